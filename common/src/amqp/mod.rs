@@ -1,0 +1,13 @@
+//! RabbitMQ plumbing shared by every process: the topology ([`topology`]), the connection supervisor
+//! ([`connection`]), the typed RPC client and server, and the event stream of committed messages.
+
+pub mod connection;
+pub mod headers;
+pub mod rpc_client;
+pub mod rpc_server;
+pub mod topology;
+
+pub use connection::{Broker, Link, Session};
+pub use rpc_client::{CallContext, RpcClient};
+pub use rpc_server::{RequestContext, RpcServer};
+pub use topology::Topology;

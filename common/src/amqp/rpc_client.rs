@@ -1,0 +1,318 @@
+//! The typed RPC client: `client.call::<Register>(&request, &ctx).await`.
+//!
+//! Each call gets a correlation id unique within this instance; replies come back on the instance's own named,
+//! exclusive reply queue. The per-call timeout travels as the message's `expiration`, so a request nobody picked up
+//! in time is dropped by the broker rather than executed late, and as a deadline header for requests already
+//! prefetched by a server. Requests are published `mandatory` with publisher confirms: no queue bound for the
+//! operation comes back as "unavailable" at once. A queue that exists but has no consumer (every replica stopped)
+//! is caught by a consumer-count probe cached for a second, so that case is also answered at once, not after the
+//! timeout. Replies for calls that already gave up are discarded.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties, Channel,
+    options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use tokio::sync::oneshot;
+
+use super::{
+    connection::{Broker, Session},
+    headers,
+};
+use crate::protocol::{ApiError, Operation, RpcReply};
+
+/// How long a consumer count read from the broker is trusted.
+const PRESENCE_TTL: Duration = Duration::from_secs(1);
+
+/// Per-call context: the request id to log under, and how long to wait.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    pub request_id: String,
+    pub timeout: Duration,
+}
+
+impl CallContext {
+    pub fn new(request_id: impl Into<String>, timeout: Duration) -> Self {
+        Self { request_id: request_id.into(), timeout }
+    }
+}
+
+type ReplySender = oneshot::Sender<Result<Vec<u8>, ApiError>>;
+
+#[derive(Debug)]
+struct Inner {
+    broker: Broker,
+    reply_queue: String,
+    next_id: AtomicU64,
+    pending: Mutex<HashMap<u64, ReplySender>>,
+    /// The publishing channel of the current connection (with publisher confirms), `None` while down.
+    link: RwLock<Option<Channel>>,
+    presence: Mutex<HashMap<String, (u32, Instant)>>,
+    probe: tokio::sync::Mutex<Option<Channel>>,
+}
+
+/// A handle on the RPC client. Cheap to clone; one per process is enough.
+#[derive(Debug, Clone)]
+pub struct RpcClient {
+    inner: Arc<Inner>,
+}
+
+impl RpcClient {
+    /// Starts the client: its reply consumer follows the broker's connection in the background.
+    /// `component` and `instance_id` name the reply queue (`<prefix>.<component>.<instance>.replies`).
+    pub fn start(broker: Broker, component: &str, instance_id: &str) -> RpcClient {
+        let reply_queue = broker.topology().reply_queue(component, instance_id);
+        let inner = Arc::new(Inner {
+            broker,
+            reply_queue,
+            next_id: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            link: RwLock::new(None),
+            presence: Mutex::new(HashMap::new()),
+            probe: tokio::sync::Mutex::new(None),
+        });
+        tokio::spawn(consume_replies(Arc::downgrade(&inner)));
+        RpcClient { inner }
+    }
+
+    /// Whether the client can send requests now (connected, reply queue consumed).
+    pub fn is_ready(&self) -> bool {
+        self.inner.link.read().is_ok_and(|link| link.is_some())
+    }
+
+    /// Calls operation `O` and waits for its reply. Errors come back as [`ApiError`]s: the service's own, or
+    /// `unavailable` (no replica, broker down), `timeout` (no reply in time), `internal` (a garbled reply).
+    pub async fn call<O: Operation>(&self, request: &O::Request, ctx: &CallContext) -> Result<O::Response, ApiError> {
+        let body = serde_json::to_vec(request).map_err(|error| {
+            tracing::error!(%error, operation = O::ROUTING_KEY, "cannot encode request");
+            ApiError::internal()
+        })?;
+        let reply = tokio::time::timeout(ctx.timeout, self.call_raw(O::ROUTING_KEY, body, ctx))
+            .await
+            .map_err(|_| ApiError::timeout(format!("{} did not answer in time", O::ROUTING_KEY)))??;
+        let reply: RpcReply<O::Response> = serde_json::from_slice(&reply).map_err(|error| {
+            tracing::error!(%error, operation = O::ROUTING_KEY, "cannot decode reply");
+            ApiError::internal()
+        })?;
+        reply.into()
+    }
+
+    async fn call_raw(&self, routing_key: &str, body: Vec<u8>, ctx: &CallContext) -> Result<Vec<u8>, ApiError> {
+        let unavailable = || ApiError::unavailable(format!("{routing_key} is unavailable, try again shortly"));
+        if self.consumer_count(routing_key).await == Some(0) {
+            tracing::warn!(operation = routing_key, "no consumer for the operation");
+            return Err(unavailable());
+        }
+        let publish = {
+            let link = self.inner.link.read().map_err(|_| ApiError::internal())?;
+            link.clone().ok_or_else(|| ApiError::unavailable("the message broker is unreachable, try again shortly"))?
+        };
+
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let _pending = PendingGuard::insert(&self.inner, id, tx);
+        let properties = BasicProperties::default()
+            .with_correlation_id(id.to_string().into())
+            .with_reply_to(self.inner.reply_queue.as_str().into())
+            .with_expiration(ctx.timeout.as_millis().max(1).to_string().into())
+            .with_content_type("application/json".into())
+            .with_headers(headers::request_headers(&ctx.request_id, headers::deadline_after(ctx.timeout)));
+        let confirm = publish
+            .basic_publish(
+                self.inner.broker.topology().rpc_exchange().into(),
+                routing_key.into(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                &body,
+                properties,
+            )
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, operation = routing_key, "publish failed");
+                unavailable()
+            })?
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, operation = routing_key, "publish not confirmed");
+                unavailable()
+            })?;
+        if confirm.is_nack() {
+            // The queue is at its length limit (`x-overflow = reject-publish`).
+            tracing::warn!(operation = routing_key, "request refused by the broker");
+            return Err(unavailable());
+        }
+        if confirm.take_message().is_some() {
+            tracing::warn!(operation = routing_key, "request unroutable: no queue bound");
+            self.remember(routing_key, 0);
+            return Err(unavailable());
+        }
+        match rx.await {
+            Ok(reply) => reply,
+            // The sender is dropped only when the pending entry is cleared without an answer.
+            Err(_) => Err(unavailable()),
+        }
+    }
+
+    /// How many consumers the operation's queue has, from a cache refreshed every second; a cached zero is
+    /// re-checked at once so a freshly started service is not turned away. `None` when it cannot be told.
+    pub async fn consumer_count(&self, routing_key: &str) -> Option<u32> {
+        if let Some(count) = self.cached(routing_key)
+            && count > 0
+        {
+            return Some(count);
+        }
+        let mut probe = self.inner.probe.lock().await;
+        if let Some(count) = self.cached(routing_key)
+            && count > 0
+        {
+            return Some(count);
+        }
+        let count = self.probe(&mut probe, routing_key).await;
+        if let Some(count) = count {
+            self.remember(routing_key, count);
+        }
+        count
+    }
+
+    fn cached(&self, routing_key: &str) -> Option<u32> {
+        let presence = self.inner.presence.lock().ok()?;
+        presence.get(routing_key).filter(|(_, at)| at.elapsed() < PRESENCE_TTL).map(|(count, _)| *count)
+    }
+
+    fn remember(&self, routing_key: &str, count: u32) {
+        if let Ok(mut presence) = self.inner.presence.lock() {
+            presence.insert(routing_key.to_owned(), (count, Instant::now()));
+        }
+    }
+
+    async fn probe(&self, probe: &mut Option<Channel>, routing_key: &str) -> Option<u32> {
+        let session = self.inner.broker.current()?;
+        if probe.as_ref().is_none_or(|c| !c.status().connected()) {
+            *probe = Some(session.channel().await.ok()?);
+        }
+        let channel = probe.as_ref()?;
+        let queue = self.inner.broker.topology().rpc_queue(routing_key);
+        match channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions { passive: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+        {
+            Ok(queue) => Some(queue.consumer_count()),
+            Err(error) => {
+                // A passive declare of a missing queue closes the channel with 404: nobody ever served it.
+                *probe = None;
+                let missing = error.to_string().contains("NOT_FOUND");
+                tracing::debug!(%error, operation = routing_key, "consumer probe failed");
+                missing.then_some(0)
+            }
+        }
+    }
+}
+
+/// Removes the pending entry however the call ends (answered, timed out, or its future dropped).
+struct PendingGuard<'a> {
+    inner: &'a Inner,
+    id: u64,
+}
+
+impl<'a> PendingGuard<'a> {
+    fn insert(inner: &'a Inner, id: u64, tx: ReplySender) -> Self {
+        if let Ok(mut pending) = inner.pending.lock() {
+            pending.insert(id, tx);
+        }
+        Self { inner, id }
+    }
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut pending) = self.inner.pending.lock() {
+            pending.remove(&self.id);
+        }
+    }
+}
+
+async fn consume_replies(weak: std::sync::Weak<Inner>) {
+    let mut generation = 0;
+    loop {
+        let Some(broker) = weak.upgrade().map(|inner| inner.broker.clone()) else { return };
+        let Some(session) = broker.next_session(generation).await else { return };
+        generation = session.generation;
+        let Some(inner) = weak.upgrade() else { return };
+        match attach(&inner, &session).await {
+            Ok(consumer) => {
+                drop(inner);
+                drain(&weak, consumer).await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot set up the RPC reply queue; will retry");
+                drop(inner);
+                // Retry on the same connection if it is still alive.
+                generation = generation.saturating_sub(1);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        if let Ok(mut link) = inner.link.write() {
+            *link = None;
+        }
+        // Replies to requests in flight went with the old connection's exclusive queue: fail them now
+        // (retryable) rather than let each wait for its timeout.
+        if let Ok(mut pending) = inner.pending.lock() {
+            for (_, tx) in pending.drain() {
+                let _ = tx.send(Err(ApiError::unavailable("the connection to the message broker was lost")));
+            }
+        }
+        tracing::warn!("RPC client lost its connection; waiting for the next one");
+    }
+}
+
+async fn attach(inner: &Inner, session: &Session) -> lapin::Result<lapin::Consumer> {
+    let publish = session.channel().await?;
+    publish.confirm_select(ConfirmSelectOptions::default()).await?;
+    let consume = session.channel().await?;
+    let topology = inner.broker.topology();
+    topology.declare_reply_queue(&consume, &inner.reply_queue).await?;
+    let consumer = consume
+        .basic_consume(
+            inner.reply_queue.as_str().into(),
+            inner.reply_queue.as_str().into(),
+            BasicConsumeOptions { no_ack: true, exclusive: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?;
+    if let Ok(mut link) = inner.link.write() {
+        *link = Some(publish);
+    }
+    tracing::debug!(generation = session.generation, queue = %inner.reply_queue, "RPC client ready");
+    Ok(consumer)
+}
+
+async fn drain(weak: &std::sync::Weak<Inner>, mut consumer: lapin::Consumer) {
+    while let Some(delivery) = consumer.next().await {
+        let Ok(delivery) = delivery else { return };
+        let Some(inner) = weak.upgrade() else { return };
+        let id = delivery.properties.correlation_id().as_ref().and_then(|id| id.as_str().parse::<u64>().ok());
+        let waiter = id.and_then(|id| inner.pending.lock().ok()?.remove(&id));
+        match waiter {
+            Some(tx) => {
+                let _ = tx.send(Ok(delivery.data));
+            }
+            // A reply to a call that already gave up (timeout) or a duplicate after a redelivery: discard.
+            None => tracing::debug!(correlation_id = ?id, "discarding a late or unknown reply"),
+        }
+    }
+}

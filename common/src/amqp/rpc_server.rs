@@ -1,0 +1,247 @@
+//! The typed RPC server: register one handler per operation, then `run` until the shutdown token fires.
+//!
+//! - Replicas of a service consume the same queues and compete for requests: that is the load balancing.
+//! - `prefetch` bounds how many requests of one operation a replica holds at once (lapin's consumer buffer is
+//!   unbounded, so QoS is the only backpressure); handlers run concurrently up to that bound.
+//! - A request is acked only after its reply was published. A crash before that makes the broker redeliver it to
+//!   another replica; the caller discards the second reply if the first reached it.
+//! - A handler that fails unexpectedly (returns `internal`, or panics) has its request requeued; on the last
+//!   allowed attempt ([`DELIVERY_LIMIT`]) the caller is answered with an error and the request is rejected into the
+//!   dead-letter queue, so a poison request never loops and never blocks the others.
+//! - Requests whose caller has already given up (past the deadline header) are dropped unexecuted.
+//! - On shutdown the consumers are cancelled (no new requests) and the requests already taken are finished.
+
+use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use futures_util::{StreamExt, stream::SelectAll};
+use lapin::{
+    BasicProperties, Channel,
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
+        BasicQosOptions, BasicRejectOptions,
+    },
+    types::FieldTable,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::{
+    connection::{Broker, Session},
+    headers,
+    topology::DELIVERY_LIMIT,
+};
+use crate::protocol::{ApiError, ErrorCode, Operation, RpcReply};
+
+/// What the server knows about one request, passed to its handler.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub request_id: String,
+    /// 1 on first delivery; higher when a previous attempt failed or its replica died.
+    pub attempt: u32,
+    /// When the caller stops waiting (ms since the Unix epoch), if it said.
+    pub deadline_ms: Option<i64>,
+}
+
+enum Outcome {
+    Reply(Vec<u8>),
+    Failed(String),
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+type Handler = Arc<dyn Fn(Vec<u8>, RequestContext) -> BoxFuture + Send + Sync>;
+
+/// Builder and runner of one service's RPC consumers.
+pub struct RpcServer {
+    broker: Broker,
+    name: String,
+    prefetch: u16,
+    handlers: HashMap<&'static str, Handler>,
+}
+
+impl std::fmt::Debug for RpcServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcServer")
+            .field("name", &self.name)
+            .field("prefetch", &self.prefetch)
+            .field("operations", &self.handlers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl RpcServer {
+    /// `name` prefixes the consumer tags shown in the management UI.
+    pub fn new(broker: Broker, name: impl Into<String>) -> Self {
+        Self { broker, name: name.into(), prefetch: 64, handlers: HashMap::new() }
+    }
+
+    /// Most unacknowledged requests of one operation this replica holds.
+    pub fn prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = prefetch.max(1);
+        self
+    }
+
+    /// Serves operation `O` with `handler`. Expected failures are `Err(ApiError)` replies; an `internal` error is
+    /// treated as a failed attempt (retried, then dead-lettered).
+    pub fn handle<O, F, Fut>(mut self, handler: F) -> Self
+    where
+        O: Operation,
+        F: Fn(O::Request, RequestContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O::Response, ApiError>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let erased: Handler = Arc::new(move |body: Vec<u8>, ctx: RequestContext| {
+            let handler = handler.clone();
+            Box::pin(async move {
+                let request: O::Request = match serde_json::from_slice(&body) {
+                    Ok(request) => request,
+                    Err(error) => {
+                        return Outcome::Reply(encode::<O::Response>(Err(ApiError::bad_request(format!(
+                            "malformed {} request: {error}",
+                            O::ROUTING_KEY
+                        )))));
+                    }
+                };
+                // Run the handler as its own task so a panic is caught as a failed attempt, not a dead server.
+                match tokio::spawn(handler(request, ctx)).await {
+                    Ok(Err(error)) if error.code == ErrorCode::Internal => Outcome::Failed(error.message),
+                    Ok(result) => Outcome::Reply(encode::<O::Response>(result)),
+                    Err(join_error) => Outcome::Failed(format!("handler panicked: {join_error}")),
+                }
+            }) as BoxFuture
+        });
+        self.handlers.insert(O::ROUTING_KEY, erased);
+        self
+    }
+
+    /// Consumes until `shutdown` fires, following the broker across reconnects, then finishes the requests it
+    /// holds. Call [`Broker::close`] after this returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        let mut generation = 0;
+        while !shutdown.is_cancelled() {
+            let session = tokio::select! {
+                session = self.broker.next_session(generation) => session,
+                () = shutdown.cancelled() => None,
+            };
+            let Some(session) = session else { break };
+            generation = session.generation;
+            if let Err(error) = self.serve(&session, &tracker, &shutdown).await {
+                tracing::warn!(%error, "RPC server lost its channel; waiting for the broker");
+                generation = generation.saturating_sub(u64::from(session.connection.status().connected()));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        tracker.close();
+        if tokio::time::timeout(Duration::from_secs(30), tracker.wait()).await.is_err() {
+            tracing::warn!("gave up waiting for in-flight requests after 30 s");
+        }
+        tracing::info!(server = %self.name, "RPC server stopped");
+    }
+
+    async fn serve(&self, session: &Session, tracker: &TaskTracker, shutdown: &CancellationToken) -> lapin::Result<()> {
+        let topology = self.broker.topology();
+        let consume = session.channel().await?;
+        let publish = session.channel().await?;
+        consume.basic_qos(self.prefetch, BasicQosOptions { global: false }).await?;
+        let mut streams = SelectAll::new();
+        let mut tags = Vec::new();
+        for (&key, handler) in &self.handlers {
+            topology.declare_rpc_queue(&consume, key).await?;
+            let tag = format!("{}.{}.{}", self.name, key, uuid::Uuid::new_v4().simple());
+            let consumer = consume
+                .basic_consume(
+                    topology.rpc_queue(key).into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            tags.push(tag);
+            let handler = handler.clone();
+            streams.push(consumer.map(move |delivery| (key, handler.clone(), delivery)));
+        }
+        tracing::info!(generation = session.generation, operations = ?self.handlers.keys().collect::<Vec<_>>(), "serving RPC");
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    for tag in tags {
+                        let _ = consume.basic_cancel(tag.into(), BasicCancelOptions::default()).await;
+                    }
+                    return Ok(());
+                }
+                next = streams.next() => match next {
+                    Some((key, handler, Ok(delivery))) => {
+                        tracker.spawn(process(key, handler, delivery, publish.clone()));
+                    }
+                    Some((_, _, Err(error))) => return Err(error),
+                    None => return Err(lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Closed, "consumers ended").into()),
+                }
+            }
+        }
+    }
+}
+
+fn encode<T: serde::Serialize>(result: Result<T, ApiError>) -> Vec<u8> {
+    serde_json::to_vec(&RpcReply::from(result)).unwrap_or_else(|error| {
+        tracing::error!(%error, "cannot encode reply");
+        serde_json::to_vec(&RpcReply::<()>::Err(ApiError::internal())).unwrap_or_default()
+    })
+}
+
+#[tracing::instrument(name = "rpc", skip_all, fields(operation = key, request_id, attempt))]
+async fn process(key: &'static str, handler: Handler, delivery: Delivery, publish: Channel) {
+    let properties = &delivery.properties;
+    let ctx = RequestContext {
+        request_id: headers::request_id(properties).unwrap_or_default(),
+        attempt: headers::attempt(properties),
+        deadline_ms: headers::deadline(properties),
+    };
+    let span = tracing::Span::current();
+    span.record("request_id", ctx.request_id.as_str());
+    span.record("attempt", ctx.attempt);
+    if ctx.deadline_ms.is_some_and(|deadline| deadline < headers::now_millis()) {
+        tracing::info!("dropping a request whose caller has given up");
+        let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        return;
+    }
+    let attempt = ctx.attempt;
+    match handler(delivery.data.clone(), ctx).await {
+        Outcome::Reply(body) => {
+            if reply(&publish, properties, body).await {
+                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            }
+            // If the reply could not be published the channel is gone; the request is redelivered elsewhere.
+        }
+        Outcome::Failed(reason) if attempt >= DELIVERY_LIMIT => {
+            tracing::error!(%reason, "request failed on its last attempt; dead-lettering it");
+            let body = encode::<()>(Err(ApiError::new(
+                ErrorCode::Internal,
+                "the request failed repeatedly and was set aside",
+            )));
+            reply(&publish, properties, body).await;
+            let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+        }
+        Outcome::Failed(reason) => {
+            tracing::warn!(%reason, "request failed; it will be retried");
+            tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+        }
+    }
+}
+
+/// Publishes a reply to the caller's queue. `false` when the channel is gone.
+async fn reply(publish: &Channel, request: &BasicProperties, body: Vec<u8>) -> bool {
+    let Some(reply_to) = request.reply_to().as_ref() else { return true };
+    let mut properties = BasicProperties::default().with_content_type("application/json".into());
+    if let Some(correlation_id) = request.correlation_id() {
+        properties = properties.with_correlation_id(correlation_id.clone());
+    }
+    // Not `mandatory`: a caller that went away simply misses its reply.
+    match publish.basic_publish("".into(), reply_to.clone(), BasicPublishOptions::default(), &body, properties).await {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::warn!(%error, "cannot publish reply");
+            false
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Every exchange, queue, binding and argument Warren uses, in one place.
+//!
+//! Operators read this file next to the RabbitMQ management UI: each name below is what the UI shows, with the
+//! configured prefix (`warren` by default; tests use a fresh prefix per run so runs never share queues).
+//!
+//! | name | kind | who declares | what for |
+//! |---|---|---|---|
+//! | `<p>.rpc` | direct exchange, durable | everyone | requests; routing key = operation name |
+//! | `<p>.<service>.<operation>` | quorum queue, durable | the owning service | requests for one operation, shared by the service's replicas |
+//! | `<p>.dlx` / `<p>.dead-letters` | fanout exchange / quorum queue | everyone | requests that failed [`DELIVERY_LIMIT`] times, kept for inspection |
+//! | `<p>.events` | fanout exchange, durable | everyone | committed chat messages and conversation events, one copy per gateway |
+//! | `<p>.api.<instance>.events` | classic queue, exclusive, length-limited | each gateway | that gateway's copy of every event |
+//! | `<p>.api.<instance>.replies` | classic queue, exclusive | each RPC caller | RPC replies for that caller |
+//!
+//! Why quorum queues for requests: they carry `x-delivery-limit`, so a request that crashes or fails its handler
+//! every time is dead-lettered instead of looping forever (classic queues have no delivery limit in RabbitMQ 3.10),
+//! and at-least-once dead-lettering needs `x-overflow = reject-publish`.
+//! Why exclusive, named reply and event queues: broker-named `amq.gen-*` queues do not survive reconnection, and an
+//! exclusive queue disappears with its owner, so a dead gateway leaves nothing behind.
+
+use lapin::{
+    Channel, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, ShortString},
+};
+
+/// How many times a request is delivered before it is dead-lettered. The RPC server answers the caller with an
+/// error on the last attempt; the queue argument is the backstop for crashes.
+pub const DELIVERY_LIMIT: u32 = 5;
+
+/// Most requests a single RPC queue holds before the broker refuses new ones (the caller then gets
+/// "unavailable" at once rather than a slow timeout).
+pub const RPC_QUEUE_MAX_LENGTH: u32 = 100_000;
+
+/// Most events a gateway's queue holds. Past it the oldest are dropped: live push may lose, `sync` repairs.
+pub const GATEWAY_EVENT_QUEUE_MAX_LENGTH: u32 = 50_000;
+
+/// The service that owns (consumes) an RPC operation. Queue names carry it so the UI shows who serves what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    User,
+    Message,
+}
+
+impl Service {
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::User => "user-service",
+            Service::Message => "message-service",
+        }
+    }
+}
+
+/// Every RPC operation: its routing key and owner.
+pub const OPERATIONS: &[(&str, Service)] = &[
+    ("register", Service::User),
+    ("login", Service::User),
+    ("getUsers", Service::User),
+    ("getSelf", Service::User),
+    ("resolveUsers", Service::User),
+    ("sendMessage", Service::Message),
+    ("getMessages", Service::Message),
+    ("createGroup", Service::Message),
+    ("addMembers", Service::Message),
+    ("removeMember", Service::Message),
+    ("leaveConversation", Service::Message),
+    ("listConversations", Service::Message),
+    ("getConversation", Service::Message),
+    ("markRead", Service::Message),
+    ("sync", Service::Message),
+];
+
+/// The owning service of an operation, if it exists.
+pub fn owner_of(routing_key: &str) -> Option<Service> {
+    OPERATIONS.iter().find(|(key, _)| *key == routing_key).map(|(_, service)| *service)
+}
+
+/// The names of Warren's AMQP objects under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    prefix: String,
+}
+
+impl Topology {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn rpc_exchange(&self) -> String {
+        format!("{}.rpc", self.prefix)
+    }
+
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.prefix)
+    }
+
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead-letters", self.prefix)
+    }
+
+    /// The queue of one operation, named after its owner: `warren.user-service.register`.
+    /// Unknown operations are named as if owned by `unknown`, so a typo shows up as an unroutable request
+    /// rather than a panic.
+    pub fn rpc_queue(&self, routing_key: &str) -> String {
+        let owner = owner_of(routing_key).map_or("unknown", Service::name);
+        format!("{}.{}.{}", self.prefix, owner, routing_key)
+    }
+
+    /// The reply queue of one RPC caller instance.
+    pub fn reply_queue(&self, component: &str, instance_id: &str) -> String {
+        format!("{}.{}.{}.replies", self.prefix, component, instance_id)
+    }
+
+    /// The event queue of one gateway instance.
+    pub fn gateway_event_queue(&self, instance_id: &str) -> String {
+        format!("{}.api.{}.events", self.prefix, instance_id)
+    }
+
+    /// Declares what every component shares: the RPC and event exchanges and the dead-letter pair.
+    /// Idempotent, so every component calls it on every (re)connect and no start order is needed.
+    pub async fn declare_shared(&self, channel: &Channel) -> lapin::Result<()> {
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        channel
+            .exchange_declare(self.rpc_exchange().into(), ExchangeKind::Direct, durable, FieldTable::default())
+            .await?;
+        channel
+            .exchange_declare(self.events_exchange().into(), ExchangeKind::Fanout, durable, FieldTable::default())
+            .await?;
+        channel
+            .exchange_declare(self.dead_letter_exchange().into(), ExchangeKind::Fanout, durable, FieldTable::default())
+            .await?;
+        let mut dlq_args = FieldTable::default();
+        dlq_args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        channel
+            .queue_declare(
+                self.dead_letter_queue().into(),
+                QueueDeclareOptions { durable: true, ..Default::default() },
+                dlq_args,
+            )
+            .await?;
+        channel
+            .queue_bind(
+                self.dead_letter_queue().into(),
+                self.dead_letter_exchange().into(),
+                ShortString::from(""),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Declares an operation's request queue and binds it with the operation name as routing key.
+    pub async fn declare_rpc_queue(&self, channel: &Channel, routing_key: &str) -> lapin::Result<()> {
+        let queue = self.rpc_queue(routing_key);
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions { durable: true, ..Default::default() },
+                self.rpc_queue_arguments(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.into(),
+                self.rpc_exchange().into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+    }
+
+    /// Arguments of every request queue. Changing one needs the queue deleted first: RabbitMQ refuses to
+    /// redeclare a queue with other arguments (see docs/OPERATIONS.md, "upgrading").
+    pub fn rpc_queue_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        args.insert("x-delivery-limit".into(), AMQPValue::LongInt(DELIVERY_LIMIT as i32));
+        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(self.dead_letter_exchange().into()));
+        args.insert("x-dead-letter-strategy".into(), AMQPValue::LongString("at-least-once".into()));
+        args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+        args.insert("x-max-length".into(), AMQPValue::LongInt(RPC_QUEUE_MAX_LENGTH as i32));
+        args
+    }
+
+    /// Declares a caller's exclusive reply queue.
+    pub async fn declare_reply_queue(&self, channel: &Channel, queue: &str) -> lapin::Result<()> {
+        channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Declares a gateway's exclusive, length-limited event queue and binds it to the fanout exchange.
+    pub async fn declare_gateway_event_queue(&self, channel: &Channel, instance_id: &str) -> lapin::Result<String> {
+        let queue = self.gateway_event_queue(instance_id);
+        let mut args = FieldTable::default();
+        args.insert("x-max-length".into(), AMQPValue::LongInt(GATEWAY_EVENT_QUEUE_MAX_LENGTH as i32));
+        args.insert("x-overflow".into(), AMQPValue::LongString("drop-head".into()));
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                args,
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                self.events_exchange().into(),
+                ShortString::from(""),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(queue)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names_show_the_owning_service() {
+        let topology = Topology::new("warren");
+        assert_eq!(topology.rpc_queue("register"), "warren.user-service.register");
+        assert_eq!(topology.rpc_queue("sendMessage"), "warren.message-service.sendMessage");
+        assert_eq!(topology.rpc_queue("nope"), "warren.unknown.nope");
+    }
+
+    #[test]
+    fn the_seed_operations_keep_their_exact_routing_keys() {
+        for key in ["register", "login", "getUsers", "getSelf", "getMessages", "sendMessage"] {
+            assert!(owner_of(key).is_some(), "{key} must be an operation");
+        }
+    }
+
+    #[test]
+    fn request_queues_carry_a_delivery_limit_and_dead_letter_exchange() {
+        let args = Topology::new("t").rpc_queue_arguments();
+        let inner = args.inner();
+        assert!(matches!(inner.get("x-delivery-limit"), Some(AMQPValue::LongInt(n)) if *n == DELIVERY_LIMIT as i32));
+        assert!(
+            matches!(inner.get("x-dead-letter-exchange"), Some(AMQPValue::LongString(s)) if s.to_string() == "t.dlx")
+        );
+    }
+}

@@ -1,0 +1,97 @@
+//! The user-service's operations: `register`, `login`, `getUsers`, `getSelf`, `resolveUsers`.
+//!
+//! Requests carry raw strings: the user-service parses them into its domain types (`Username`, `Password`) and
+//! answers `validation` when a rule is broken, so the rules live in one place.
+
+use serde::{Deserialize, Serialize};
+use ts_rs::TS;
+
+use crate::operation;
+
+/// A user as other users see it. Never carries the password hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase")]
+#[ts(export)]
+pub struct User {
+    pub id: i64,
+    pub username: String,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[ts(export)]
+pub struct RegisterRequest {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[ts(export)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+/// The answer to `register` and `login`: the user and a bearer token for every later request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase")]
+#[ts(export)]
+pub struct AuthResponse {
+    pub user: User,
+    pub token: String,
+    /// When the token stops being accepted, in milliseconds since the Unix epoch.
+    pub expires_at: i64,
+}
+
+/// One page of users, ordered by id. `after` is the last id of the previous page.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase")]
+#[ts(export)]
+pub struct GetUsersRequest {
+    #[serde(default)]
+    #[ts(optional)]
+    pub after: Option<i64>,
+    /// Case-insensitive username prefix.
+    #[serde(default)]
+    #[ts(optional)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    #[ts(optional)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase")]
+#[ts(export)]
+pub struct UsersPage {
+    pub users: Vec<User>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[ts(optional)]
+    pub next: Option<i64>,
+}
+
+/// Sent by the gateway on behalf of an authenticated user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GetSelfRequest {
+    pub user_id: i64,
+}
+
+/// Looks up several users by id at once (the message-service's member lists name users by id only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolveUsersRequest {
+    pub ids: Vec<i64>,
+}
+
+/// Most users a page or a `resolveUsers` call returns.
+pub const MAX_USERS_PAGE: u32 = 100;
+
+operation!(Register, "register", RegisterRequest => AuthResponse);
+operation!(Login, "login", LoginRequest => AuthResponse);
+operation!(GetUsers, "getUsers", GetUsersRequest => UsersPage);
+operation!(GetSelf, "getSelf", GetSelfRequest => User);
+operation!(ResolveUsers, "resolveUsers", ResolveUsersRequest => Vec<User>);

@@ -1,0 +1,29 @@
+//! Logging set-up shared by every binary: human-readable lines by default, one JSON object per line with
+//! `WARREN_LOG_FORMAT=json` (for log shippers). Filtering follows `RUST_LOG` (default `info`).
+//!
+//! Every request carries a `request_id` field from the gateway through the RPC headers into the services, so one
+//! request can be followed across processes by grepping for it.
+
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+/// Installs the global subscriber. Safe to call more than once (later calls do nothing), so tests can call it.
+pub fn init(service: &'static str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,sqlx=warn"));
+    let json = crate::config::env_or("WARREN_LOG_FORMAT", "text").eq_ignore_ascii_case("json");
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = if json {
+        registry.with(fmt::layer().json().flatten_event(true).with_current_span(true)).try_init()
+    } else {
+        registry.with(fmt::layer().with_target(false)).try_init()
+    };
+    if result.is_ok() {
+        tracing::debug!(service, "telemetry initialised");
+    }
+}
+
+/// For tests: logs only when `TEST_LOG` is set, so passing runs stay quiet.
+pub fn init_for_tests() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        init("test");
+    }
+}

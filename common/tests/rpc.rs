@@ -1,0 +1,275 @@
+//! The RPC client and server against the real RabbitMQ: each test gets its own queue prefix.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use common::{
+    amqp::{Broker, CallContext, RpcClient, RpcServer},
+    operation,
+    protocol::{ApiError, ErrorCode},
+    testing,
+};
+use lapin::options::QueueDeclareOptions;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Text(String);
+
+// Routing keys of real operations, reused here with test payloads: the plumbing does not care.
+operation!(Echo, "getSelf", Text => Text);
+operation!(Slow, "getUsers", Text => Text);
+operation!(Poison, "login", Text => Text);
+operation!(Unserved, "register", Text => Text);
+
+struct Harness {
+    prefix: String,
+    broker: Broker,
+    client: RpcClient,
+}
+
+impl Harness {
+    async fn start() -> Self {
+        common::telemetry::init_for_tests();
+        let settings = testing::unique_amqp_settings();
+        let broker = Broker::start(&settings, "test client".into());
+        let client = RpcClient::start(broker.clone(), "test", &uuid::Uuid::new_v4().simple().to_string());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !client.is_ready() {
+            assert!(Instant::now() < deadline, "client never became ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Harness { prefix: settings.prefix.clone(), broker, client }
+    }
+
+    fn server(
+        &self,
+        shutdown: &CancellationToken,
+        server: impl FnOnce(RpcServer) -> RpcServer,
+    ) -> tokio::task::JoinHandle<Broker> {
+        let settings = common::config::AmqpSettings::new(&testing::amqp_url(), self.prefix.clone());
+        let broker = Broker::start(&settings, "test server".into());
+        let server = server(RpcServer::new(broker.clone(), "test-server"));
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            server.run(shutdown).await;
+            broker
+        })
+    }
+
+    async fn wait_for_consumers(&self, key: &str, at_least: u32) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let session = self.broker.current().expect("connected");
+            let channel = session.channel().await.unwrap();
+            let queue = self.broker.topology().rpc_queue(key);
+            if let Ok(q) = channel
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions { passive: true, ..Default::default() },
+                    Default::default(),
+                )
+                .await
+                && q.consumer_count() >= at_least
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "server never consumed {key}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn finish(self) {
+        self.broker.close().await;
+        testing::delete_topology(&self.prefix).await;
+    }
+}
+
+fn ctx(timeout_ms: u64) -> CallContext {
+    CallContext::new(uuid::Uuid::new_v4().to_string(), Duration::from_millis(timeout_ms))
+}
+
+fn echo_server(server: RpcServer) -> RpcServer {
+    server.handle::<Echo, _, _>(|Text(s), _| async move { Ok(Text(format!("echo {s}"))) })
+}
+
+#[tokio::test]
+async fn a_call_gets_the_reply_of_its_handler() {
+    let h = Harness::start().await;
+    let stop = CancellationToken::new();
+    let server = h.server(&stop, echo_server);
+    h.wait_for_consumers("getSelf", 1).await;
+
+    let reply = h.client.call::<Echo>(&Text("hi".into()), &ctx(5_000)).await;
+
+    assert_eq!(reply, Ok(Text("echo hi".into())));
+    stop.cancel();
+    server.await.unwrap().close().await;
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_handler_error_reaches_the_caller_with_its_code() {
+    let h = Harness::start().await;
+    let stop = CancellationToken::new();
+    let server = h.server(&stop, |s| s.handle::<Echo, _, _>(|_, _| async { Err(ApiError::conflict("taken")) }));
+    h.wait_for_consumers("getSelf", 1).await;
+
+    let reply = h.client.call::<Echo>(&Text("x".into()), &ctx(5_000)).await;
+
+    assert_eq!(reply, Err(ApiError::conflict("taken")));
+    stop.cancel();
+    server.await.unwrap().close().await;
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_call_nobody_ever_served_is_unavailable_at_once() {
+    let h = Harness::start().await;
+
+    let started = Instant::now();
+    let reply = h.client.call::<Unserved>(&Text("x".into()), &ctx(3_000)).await;
+
+    assert_eq!(reply.unwrap_err().code, ErrorCode::Unavailable);
+    assert!(started.elapsed() < Duration::from_millis(1_500), "took {:?}", started.elapsed());
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_call_after_every_replica_stopped_is_unavailable_at_once() {
+    let h = Harness::start().await;
+    let stop = CancellationToken::new();
+    let server = h.server(&stop, echo_server);
+    h.wait_for_consumers("getSelf", 1).await;
+    assert!(h.client.call::<Echo>(&Text("warm".into()), &ctx(5_000)).await.is_ok());
+    stop.cancel();
+    server.await.unwrap().close().await;
+    // The durable queue stays, with no consumer.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+
+    let started = Instant::now();
+    let reply = h.client.call::<Echo>(&Text("x".into()), &ctx(3_000)).await;
+
+    assert_eq!(reply.unwrap_err().code, ErrorCode::Unavailable);
+    assert!(started.elapsed() < Duration::from_millis(1_500), "took {:?}", started.elapsed());
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_slow_service_times_out_and_the_queued_request_is_never_executed() {
+    let h = Harness::start().await;
+    let stop = CancellationToken::new();
+    let executed = Arc::new(AtomicU32::new(0));
+    let counter = executed.clone();
+    // One request at a time, each taking longer than the caller waits.
+    let server = h.server(&stop, move |s| {
+        s.prefetch(1).handle::<Slow, _, _>(move |text, _| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(1_500)).await;
+                Ok(text)
+            }
+        })
+    });
+    h.wait_for_consumers("getUsers", 1).await;
+
+    let (one, two, short) = (Text("1".into()), Text("2".into()), ctx(500));
+    let (first, second) = tokio::join!(h.client.call::<Slow>(&one, &short), h.client.call::<Slow>(&two, &short));
+    assert_eq!(first.unwrap_err().code, ErrorCode::Timeout);
+    assert_eq!(second.unwrap_err().code, ErrorCode::Timeout);
+    // Long enough for the first to finish and the second to have been picked up, had it not expired.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+
+    assert_eq!(executed.load(Ordering::SeqCst), 1, "the expired request must not run late");
+    stop.cancel();
+    server.await.unwrap().close().await;
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_poison_request_is_dead_lettered_after_the_delivery_limit_and_others_are_still_served() {
+    let h = Harness::start().await;
+    let stop = CancellationToken::new();
+    let attempts = Arc::new(AtomicU32::new(0));
+    let counter = attempts.clone();
+    let server = h.server(&stop, move |s| {
+        echo_server(s).handle::<Poison, _, _>(move |_, _| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                panic!("this request always crashes its handler");
+                #[allow(unreachable_code)]
+                Ok(Text(String::new()))
+            }
+        })
+    });
+    h.wait_for_consumers("login", 1).await;
+
+    let (boom, fine, patient) = (Text("boom".into()), Text("fine".into()), ctx(10_000));
+    let (poisoned, healthy) =
+        tokio::join!(h.client.call::<Poison>(&boom, &patient), h.client.call::<Echo>(&fine, &patient));
+
+    assert_eq!(poisoned.unwrap_err().code, ErrorCode::Internal);
+    assert_eq!(healthy, Ok(Text("echo fine".into())));
+    assert_eq!(attempts.load(Ordering::SeqCst), common::amqp::topology::DELIVERY_LIMIT);
+    let session = h.broker.current().unwrap();
+    let channel = session.channel().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let dlq = channel
+            .queue_declare(
+                h.broker.topology().dead_letter_queue().into(),
+                QueueDeclareOptions { passive: true, ..Default::default() },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        if dlq.message_count() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "dead-letter queue holds {} messages", dlq.message_count());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(h.client.call::<Echo>(&Text("after".into()), &ctx(5_000)).await, Ok(Text("echo after".into())));
+    stop.cancel();
+    server.await.unwrap().close().await;
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn stopping_one_of_two_replicas_mid_load_loses_no_request() {
+    let h = Harness::start().await;
+    let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+    let slow_echo = |s: RpcServer| {
+        s.prefetch(8).handle::<Echo, _, _>(|Text(s), _| async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(Text(s))
+        })
+    };
+    let a = h.server(&stop_a, slow_echo);
+    let b = h.server(&stop_b, slow_echo);
+    h.wait_for_consumers("getSelf", 2).await;
+
+    let calls = (0..400).map(|i| {
+        let client = h.client.clone();
+        async move { client.call::<Echo>(&Text(i.to_string()), &ctx(15_000)).await }
+    });
+    let load = tokio::spawn(futures_util::future::join_all(calls));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    stop_a.cancel();
+    let replies = load.await.unwrap();
+
+    for (i, reply) in replies.into_iter().enumerate() {
+        assert_eq!(reply, Ok(Text(i.to_string())), "request {i}");
+    }
+    a.await.unwrap().close().await;
+    stop_b.cancel();
+    b.await.unwrap().close().await;
+    h.finish().await;
+}
