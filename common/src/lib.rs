@@ -9,6 +9,7 @@ pub mod amqp;
 pub mod auth;
 pub mod config;
 pub mod protocol;
+pub mod shutdown;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -41,3 +41,57 @@ pub async fn delete_topology(prefix: &str) {
     }
     let _ = connection.close(200, "test cleanup".into()).await;
 }
+
+/// A fresh, empty PostgreSQL database per test (`warren_test_<uuid>`), so tests run in parallel without seeing
+/// each other's rows. Services under test migrate it themselves at start-up, as in production. Dropping the value
+/// drops the database (best effort, `WITH (FORCE)`); `make test` sweeps any a crashed run left behind.
+/// `TEST_DATABASE_URL` points at the maintenance database (default `postgres://postgres@127.0.0.1:5432/postgres`).
+#[derive(Debug)]
+pub struct TestDb {
+    pub name: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        use sqlx::Connection;
+        let name = format!("warren_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&admin_url()).await.expect("connect to the maintenance database");
+        sqlx::query(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+            .execute(&mut admin)
+            .await
+            .expect("create a test database");
+        let _ = admin.close().await;
+        Self { name }
+    }
+
+    /// The URL of this test's database.
+    pub fn url(&self) -> String {
+        let admin = admin_url();
+        match admin.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{}", self.name),
+            None => admin,
+        }
+    }
+}
+
+fn admin_url() -> String {
+    env_or("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop cannot await; a short-lived runtime on its own thread does the work.
+        let _ = std::thread::spawn(move || {
+            use sqlx::Connection;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async move {
+                let mut admin = sqlx::PgConnection::connect(&admin_url()).await.ok()?;
+                let drop = format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#);
+                sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut admin).await.ok()?;
+                admin.close().await.ok()
+            })
+        })
+        .join();
+    }
+}

@@ -1,0 +1,76 @@
+//! `POST /api/register`, `POST /api/login`, `GET /api/users`, `GET /api/me`: thin translations to the
+//! user-service's RPCs. Validation of names and passwords happens there, in one place.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::{
+    extract::{ConnectInfo, State},
+    http::{HeaderMap, StatusCode},
+};
+use common::protocol::users::{
+    AuthResponse, GetSelf, GetSelfRequest, GetUsers, GetUsersRequest, Login, LoginRequest, Register, RegisterRequest,
+    User, UsersPage,
+};
+
+use crate::{
+    auth::AuthUser,
+    error::{ApiJson, ApiQuery, HttpError},
+    request_id::ReqId,
+    state::AppState,
+};
+
+type Reply<T> = Result<ApiJson<T>, HttpError>;
+
+#[tracing::instrument(skip_all, fields(request_id = %id.0), err(Debug))]
+pub async fn register_user(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    id: ReqId,
+    ApiJson(request): ApiJson<RegisterRequest>,
+) -> Result<(StatusCode, ApiJson<AuthResponse>), HttpError> {
+    state.check_auth_rate(client_ip(&state, peer, &headers))?;
+    Ok((StatusCode::CREATED, ApiJson(state.call::<Register>(&id.0, &request).await?)))
+}
+
+#[tracing::instrument(skip_all, fields(request_id = %id.0), err(Debug))]
+pub async fn log_in(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    id: ReqId,
+    ApiJson(request): ApiJson<LoginRequest>,
+) -> Reply<AuthResponse> {
+    state.check_auth_rate(client_ip(&state, peer, &headers))?;
+    Ok(ApiJson(state.call::<Login>(&id.0, &request).await?))
+}
+
+#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id), err(Debug))]
+pub async fn list_users(
+    State(state): State<AppState>,
+    user: AuthUser,
+    id: ReqId,
+    ApiQuery(request): ApiQuery<GetUsersRequest>,
+) -> Reply<UsersPage> {
+    Ok(ApiJson(state.call::<GetUsers>(&id.0, &request).await?))
+}
+
+#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id), err(Debug))]
+pub async fn get_me(State(state): State<AppState>, user: AuthUser, id: ReqId) -> Reply<User> {
+    Ok(ApiJson(state.call::<GetSelf>(&id.0, &GetSelfRequest { user_id: user.0.user_id }).await?))
+}
+
+/// The client's address for rate limiting: the peer, or the first `X-Forwarded-For` hop when configured to
+/// trust the proxy in front.
+fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    if state.settings().trust_forwarded_for
+        && let Some(ip) = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok())
+    {
+        return ip;
+    }
+    peer.ip()
+}

@@ -1,0 +1,133 @@
+//! Building and running the gateway: `Application::build(settings)` binds the listener (port 0 in tests) and
+//! connects to the broker in the background; `run_until_stopped(shutdown)` serves until the future resolves, then
+//! drains HTTP requests and closes the broker connection last.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    http::{HeaderName, HeaderValue, Method, header},
+    routing::{get, post},
+};
+use common::{
+    amqp::{Broker, RpcClient},
+    protocol::ApiError,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::{
+    cors::{AllowOrigin, CorsLayer},
+    request_id::PropagateRequestIdLayer,
+    services::{ServeDir, ServeFile},
+    trace::TraceLayer,
+};
+
+use crate::{
+    config::Settings,
+    error::HttpError,
+    request_id,
+    routes::{health, users},
+    state::AppState,
+};
+
+/// Largest HTTP body accepted. Chat payloads are a few KiB; anything bigger is refused with 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let broker = Broker::start(&settings.amqp, format!("api {}", settings.instance_id));
+        let rpc = RpcClient::start(broker.clone(), "api", &settings.instance_id);
+        let listener =
+            TcpListener::bind(settings.http_addr).await.with_context(|| format!("binding {}", settings.http_addr))?;
+        let state = AppState::new(settings, broker, rpc)?;
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Application { listener, state } = self;
+        let stop = CancellationToken::new();
+        tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                shutdown.await;
+                stop.cancel();
+            }
+        });
+        tokio::spawn(prune_rate_limiter(state.clone(), stop.clone()));
+        tracing::info!(address = %listener.local_addr()?, instance = %state.settings().instance_id, "gateway listening");
+        let router = router(state.clone());
+        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .await
+            .context("serving HTTP")?;
+        state.broker().close().await;
+        tracing::info!("gateway stopped");
+        Ok(())
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/register", post(users::register_user))
+        .route("/login", post(users::log_in))
+        .route("/users", get(users::list_users))
+        .route("/me", get(users::get_me))
+        .fallback(|| async { HttpError::from(ApiError::not_found("no such endpoint")) });
+    let mut router =
+        Router::new().route("/healthz", get(health::healthz)).route("/readyz", get(health::readyz)).nest("/api", api);
+    if let Some(dir) = state.settings().web_dir.clone() {
+        // A single-page app: unknown paths get index.html so client-side routes survive a reload.
+        let index = ServeFile::new(dir.join("index.html"));
+        router = router.fallback_service(ServeDir::new(dir).fallback(index));
+    }
+    router
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(cors(&state.settings().allowed_origins))
+        .layer(PropagateRequestIdLayer::new(HeaderName::from_static(request_id::HEADER)))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+            let id = request.headers().get(request_id::HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id)
+        }))
+        .layer(axum::middleware::map_request(request_id::assign))
+        .with_state(state)
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static(request_id::HEADER)])
+        .expose_headers([HeaderName::from_static(request_id::HEADER), header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600))
+}
+
+async fn prune_rate_limiter(state: AppState, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => state.prune_rate_limiter(),
+            () = stop.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! What every request handler can reach: the RPC client, the token verifier, the rate limiter and the settings.
+
+use std::{net::IpAddr, num::NonZeroU32, sync::Arc};
+
+use common::{
+    amqp::{Broker, CallContext, RpcClient},
+    auth::{TokenVerifier, VerifiedUser},
+    protocol::{ApiError, Operation},
+};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
+
+use crate::{config::Settings, error::HttpError};
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: Settings,
+    broker: Broker,
+    rpc: RpcClient,
+    verifier: TokenVerifier,
+    auth_limiter: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+impl AppState {
+    pub fn new(settings: Settings, broker: Broker, rpc: RpcClient) -> anyhow::Result<Self> {
+        let verifier = TokenVerifier::from_public_pem(settings.jwt_public_key_pem.as_bytes())?;
+        let per_minute = NonZeroU32::new(settings.auth_rate_per_minute).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(settings.auth_rate_burst).unwrap_or(NonZeroU32::MIN);
+        let auth_limiter = RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst));
+        Ok(Self { inner: Arc::new(Inner { settings, broker, rpc, verifier, auth_limiter }) })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.inner.broker
+    }
+
+    pub fn rpc(&self) -> &RpcClient {
+        &self.inner.rpc
+    }
+
+    /// Calls a service operation with the gateway's timeout, logging under the request id.
+    pub async fn call<O: Operation>(&self, request_id: &str, request: &O::Request) -> Result<O::Response, ApiError> {
+        let ctx = CallContext::new(request_id, self.inner.settings.rpc_timeout);
+        self.inner.rpc.call::<O>(request, &ctx).await
+    }
+
+    /// Verifies a bearer token. Every refusal looks the same to the client; the reason is logged.
+    pub fn authenticate(&self, token: &str) -> Result<VerifiedUser, ApiError> {
+        self.inner.verifier.verify(token).map_err(|reason| {
+            tracing::info!(%reason, "token refused");
+            ApiError::unauthorized("invalid or expired token")
+        })
+    }
+
+    /// Counts one register/login attempt from `client`; `Err` with a retry delay when over the limit.
+    pub fn check_auth_rate(&self, client: IpAddr) -> Result<(), HttpError> {
+        self.inner.auth_limiter.check_key(&client).map_err(|not_until| {
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            HttpError::rate_limited(wait.as_secs() + 1)
+        })
+    }
+
+    /// Forgets idle clients so the limiter's memory stays bounded.
+    pub fn prune_rate_limiter(&self) {
+        self.inner.auth_limiter.retain_recent();
+        self.inner.auth_limiter.shrink_to_fit();
+    }
+}

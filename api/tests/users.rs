@@ -1,0 +1,276 @@
+//! The user endpoints through the real gateway, user-service, RabbitMQ and PostgreSQL.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use common::auth::{DEV_PRIVATE_KEY_PEM, TokenSigner};
+use serde_json::{Value, json};
+use support::{Options, error_code, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn a_registered_user_can_log_in_and_see_itself_and_others() {
+    let app = spawn_app().await;
+    app.register("bob").await;
+
+    let (_, alice_id) = app.register("alice").await;
+    let login = app.post("/api/login", &json!({ "username": "ALICE", "password": "correct horse battery" })).await;
+    assert_eq!(login.status(), 200);
+    let body: Value = login.json().await.unwrap();
+    let token = body["token"].as_str().unwrap();
+    assert_eq!(body["user"]["id"], alice_id);
+    assert!(body["expiresAt"].as_i64().unwrap() > chrono::Utc::now().timestamp_millis());
+
+    let me: Value = app.get_with_token("/api/me", token).await.json().await.unwrap();
+    assert_eq!(me["username"], "alice");
+    assert_eq!(me["id"], alice_id);
+    assert!(me.get("passwordHash").is_none() && me.get("password_hash").is_none());
+
+    let users: Value = app.get_with_token("/api/users?prefix=b", token).await.json().await.unwrap();
+    let names: Vec<&str> = users["users"].as_array().unwrap().iter().map(|u| u["username"].as_str().unwrap()).collect();
+    assert_eq!(names, ["bob"]);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_user_list_pages_by_cursor() {
+    let app = spawn_app().await;
+    let (token, _) = app.register("user0").await;
+    for i in 1..5 {
+        app.register(&format!("user{i}")).await;
+    }
+
+    let first: Value = app.get_with_token("/api/users?limit=3", &token).await.json().await.unwrap();
+    let next = first["next"].as_i64().expect("a next cursor");
+    let second: Value =
+        app.get_with_token(&format!("/api/users?limit=3&after={next}"), &token).await.json().await.unwrap();
+
+    let names = |page: &Value| -> Vec<String> {
+        page["users"].as_array().unwrap().iter().map(|u| u["username"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(names(&first), ["user0", "user1", "user2"]);
+    assert_eq!(names(&second), ["user3", "user4"]);
+    assert!(second.get("next").is_none_or(Value::is_null));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_wrong_password_and_an_unknown_user_get_byte_identical_answers() {
+    let app = spawn_app().await;
+    app.register("carol").await;
+
+    let wrong = app.post("/api/login", &json!({ "username": "carol", "password": "not the password" })).await;
+    let unknown = app.post("/api/login", &json!({ "username": "nobody", "password": "not the password" })).await;
+
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(unknown.status(), 401);
+    assert_eq!(wrong.bytes().await.unwrap(), unknown.bytes().await.unwrap());
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn registering_a_taken_name_in_any_case_is_a_conflict() {
+    let app = spawn_app().await;
+    app.register("dave").await;
+
+    let again = app.post("/api/register", &json!({ "username": "DaVe", "password": "another password" })).await;
+
+    assert_eq!(again.status(), 409);
+    assert_eq!(error_code(again).await, "conflict");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_bodies_get_typed_errors() {
+    let app = spawn_app().await;
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            app.http.post(app.url("/api/register")).header("content-type", "application/json").body("{not json"),
+            400,
+            "bad_request",
+        ),
+        (app.http.post(app.url("/api/register")).json(&json!({ "username": "erin" })), 422, "validation"),
+        (
+            app.http.post(app.url("/api/register")).json(&json!({ "username": 7, "password": "long enough" })),
+            422,
+            "validation",
+        ),
+        (
+            app.http
+                .post(app.url("/api/register"))
+                .json(&json!({ "username": "x".repeat(33), "password": "long enough" })),
+            422,
+            "validation",
+        ),
+        (
+            app.http
+                .post(app.url("/api/register"))
+                .json(&json!({ "username": "has space", "password": "long enough" })),
+            422,
+            "validation",
+        ),
+        (
+            app.http.post(app.url("/api/register")).json(&json!({ "username": "erin", "password": "short" })),
+            422,
+            "validation",
+        ),
+        (
+            app.http.post(app.url("/api/register")).json(&json!({ "username": "erin", "password": "p".repeat(129) })),
+            422,
+            "validation",
+        ),
+        (app.http.post(app.url("/api/register")).body("username=erin"), 400, "bad_request"),
+        (
+            app.http
+                .post(app.url("/api/register"))
+                .header("content-type", "application/json")
+                .body(vec![b' '; 200_000]),
+            413,
+            "payload_too_large",
+        ),
+        (app.http.get(app.url("/api/users?limit=abc")), 401, "unauthorized"),
+        (app.http.get(app.url("/api/nowhere")), 404, "not_found"),
+    ];
+    for (request, status, code) in cases {
+        let response = request.send().await.unwrap();
+        let got = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        assert_eq!(got, status, "body: {body}");
+        let body: Value = serde_json::from_str(&body).expect("every error is JSON");
+        assert_eq!(body["error"]["code"], code, "body: {body}");
+    }
+    // Nothing was stored by any of them.
+    let (token, _) = app.register("erin").await;
+    let users: Value = app.get_with_token("/api/users", &token).await.json().await.unwrap();
+    assert_eq!(users["users"].as_array().unwrap().len(), 1);
+    let bad_query = app.get_with_token("/api/users?limit=abc", &token).await;
+    assert_eq!(bad_query.status(), 400);
+    let too_many = app.get_with_token("/api/users?limit=1000", &token).await;
+    assert_eq!(too_many.status(), 422);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn expired_tampered_and_hs256_tokens_are_refused() {
+    let app = spawn_app().await;
+    let (token, user_id) = app.register("frank").await;
+    let signer = TokenSigner::from_private_pem(DEV_PRIVATE_KEY_PEM.as_bytes()).unwrap();
+    let long_ago = chrono::Utc::now().timestamp() - 10_000;
+    let expired = signer.sign(user_id, "frank", Duration::from_secs(60), long_ago).unwrap();
+    let mut tampered = token.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let claims = json!({ "sub": user_id.to_string(), "iat": chrono::Utc::now().timestamp(), "exp": chrono::Utc::now().timestamp() + 600, "name": "frank" });
+    let hs256 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(common::auth::DEV_PUBLIC_KEY_PEM.as_bytes()),
+    )
+    .unwrap();
+
+    for bad in [expired.as_str(), tampered.as_str(), hs256.as_str(), "garbage", ""] {
+        let response = app.get_with_token("/api/me", bad).await;
+        assert_eq!(response.status(), 401, "token {bad:?}");
+        assert_eq!(error_code(response).await, "unauthorized");
+    }
+    assert_eq!(app.http.get(app.url("/api/me")).send().await.unwrap().status(), 401);
+    assert_eq!(app.get_with_token("/api/me", &token).await.status(), 200);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn register_and_login_are_rate_limited_per_client() {
+    let mut options = Options::default();
+    options.gateway.auth_rate_per_minute = 1;
+    options.gateway.auth_rate_burst = 3;
+    let app = spawn_app_with(options).await;
+
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let response = app.post("/api/login", &json!({ "username": "gina", "password": "whatever it is" })).await;
+        statuses.push(response.status().as_u16());
+        if response.status() == 429 {
+            assert!(response.headers().get("retry-after").is_some());
+            assert_eq!(error_code(response).await, "rate_limited");
+        }
+    }
+
+    assert_eq!(statuses, [401, 401, 401, 429, 429]);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_no_user_service_running_requests_fail_as_unavailable_at_once() {
+    let app = spawn_app_with(Options { user_services: 0, ..Options::default() }).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !app.http.get(app.url("/readyz")).send().await.unwrap().json::<Value>().await.unwrap()["broker"]
+        .as_bool()
+        .unwrap()
+    {
+        assert!(Instant::now() < deadline, "gateway never connected");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    let started = Instant::now();
+    let response = app.post("/api/login", &json!({ "username": "hank", "password": "whatever it is" })).await;
+
+    assert_eq!(response.status(), 503);
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert_eq!(error_code(response).await, "unavailable");
+    assert_eq!(app.http.get(app.url("/readyz")).send().await.unwrap().status(), 503);
+    assert_eq!(app.http.get(app.url("/healthz")).send().await.unwrap().status(), 200);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn after_the_last_user_service_stops_requests_fail_as_unavailable_at_once() {
+    let mut app = spawn_app().await;
+    app.register("ivan").await;
+    app.stop_user_service(0).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+
+    let started = Instant::now();
+    let response = app.post("/api/login", &json!({ "username": "ivan", "password": "correct horse battery" })).await;
+
+    assert_eq!(response.status(), 503);
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    app.start_user_service().await;
+    app.wait_until_ready().await;
+    let again = app.post("/api/login", &json!({ "username": "ivan", "password": "correct horse battery" })).await;
+    assert_eq!(again.status(), 200);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_request_id_is_echoed_and_generated_when_missing() {
+    let app = spawn_app().await;
+
+    let supplied = app.http.get(app.url("/healthz")).header("x-request-id", "trace-me-123").send().await.unwrap();
+    let generated = app.http.get(app.url("/healthz")).send().await.unwrap();
+    let forged = app.http.get(app.url("/healthz")).header("x-request-id", "bad id\twith tab").send().await.unwrap();
+
+    assert_eq!(supplied.headers()["x-request-id"], "trace-me-123");
+    assert_eq!(generated.headers()["x-request-id"].len(), 36);
+    assert_ne!(forged.headers()["x-request-id"], "bad id\twith tab");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn cors_allows_only_the_configured_web_origins() {
+    let app = spawn_app().await;
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(reqwest::Method::OPTIONS, app.url("/api/login"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+
+    let allowed = preflight("http://localhost:5173").await.unwrap();
+    let refused = preflight("https://evil.example").await.unwrap();
+
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "http://localhost:5173");
+    assert!(refused.headers().get("access-control-allow-origin").is_none());
+    app.shutdown().await;
+}

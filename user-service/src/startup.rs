@@ -1,0 +1,92 @@
+//! Building and running the user-service: connect to PostgreSQL, migrate, then serve the RPC operations until the
+//! shutdown future resolves. Everything is here rather than in `main.rs` so tests start the real service in-process.
+
+use std::{future::Future, sync::Arc};
+
+use anyhow::Context;
+use common::{
+    amqp::{Broker, RpcServer},
+    auth::TokenSigner,
+    protocol::users::{GetSelf, GetUsers, Login, Register, ResolveUsers},
+};
+use sqlx::postgres::PgPoolOptions;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::Settings,
+    handlers::{self, Service, Shared},
+    password::PasswordHasher,
+    store::UserStore,
+};
+
+#[derive(Debug)]
+pub struct Application {
+    service: Shared,
+    broker: Broker,
+    prefetch: u16,
+    instance_id: String,
+}
+
+impl Application {
+    /// Connects (the database eagerly, so a wrong URL fails at start; the broker in the background) and migrates.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.db_max_connections)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(settings.database_url.expose())
+            .await
+            .context("connecting to PostgreSQL (WARREN_DATABASE_URL)")?;
+        crate::migrate(&pool).await?;
+        let signer = TokenSigner::from_private_pem(settings.jwt_private_key_pem.expose().as_bytes())
+            .context("loading the JWT signing key")?;
+        let service = Arc::new(Service {
+            store: UserStore::new(pool),
+            hasher: PasswordHasher::new(),
+            signer,
+            token_ttl: settings.token_ttl,
+        });
+        let broker = Broker::start(&settings.amqp, format!("user-service {}", settings.instance_id));
+        Ok(Self { service, broker, prefetch: settings.prefetch, instance_id: settings.instance_id })
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Serves until `shutdown` resolves, then finishes the requests in hand and closes the connections.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                shutdown.await;
+                stop.cancel();
+            }
+        });
+        let s = self.service.clone();
+        let server = RpcServer::new(self.broker.clone(), self.instance_id.clone())
+            .prefetch(self.prefetch)
+            .handle::<Register, _, _>(with(&s, handlers::register_user))
+            .handle::<Login, _, _>(with(&s, handlers::log_in))
+            .handle::<GetUsers, _, _>(with(&s, handlers::list_users))
+            .handle::<GetSelf, _, _>(with(&s, handlers::get_self))
+            .handle::<ResolveUsers, _, _>(with(&s, handlers::resolve_users));
+        server.run(stop).await;
+        self.broker.close().await;
+        self.service.store.close().await;
+        tracing::info!("user-service stopped");
+        Ok(())
+    }
+}
+
+/// Adapts `handler(service, request, ctx)` to the RPC server's `Fn(request, ctx)`.
+fn with<Req, F, Fut>(
+    service: &Shared,
+    handler: F,
+) -> impl Fn(Req, common::amqp::RequestContext) -> Fut + Send + Sync + 'static
+where
+    F: Fn(Shared, Req, common::amqp::RequestContext) -> Fut + Send + Sync + 'static,
+{
+    let service = service.clone();
+    move |request, ctx| handler(service.clone(), request, ctx)
+}
