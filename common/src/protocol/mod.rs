@@ -3,8 +3,10 @@
 //! is serialised as JSON and the TypeScript the web app uses is generated from it (`make types`).
 
 pub mod error;
+pub mod messages;
 pub mod rpc;
 pub mod users;
+pub mod ws;
 
 pub use error::{ApiError, ErrorCode};
 pub use rpc::{Operation, RpcReply};

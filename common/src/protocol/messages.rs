@@ -1,0 +1,272 @@
+//! The message-service's vocabulary: conversations, messages, and the RPC operations on them.
+//!
+//! Every request the gateway forwards is wrapped in [`AsUser`]: the gateway has verified the token and says who
+//! is acting; the service checks membership itself, so the gateway stays free of business rules.
+
+use serde::{Deserialize, Serialize};
+use ts_rs::TS;
+
+use crate::operation;
+
+/// Longest message body, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 4_000;
+/// Longest group title, in characters.
+pub const MAX_TITLE_CHARS: usize = 100;
+/// Most members a group may have.
+pub const MAX_GROUP_MEMBERS: usize = 1_000;
+/// Longest client message id (a UUID is 36).
+pub const MAX_CLIENT_MESSAGE_ID_CHARS: usize = 64;
+/// Most messages one `getMessages` page returns.
+pub const MAX_PAGE: u32 = 100;
+/// Most conversations one `listConversations` page returns.
+pub const MAX_CONVERSATIONS_PAGE: u32 = 200;
+/// Most missed messages `sync` returns per conversation; past it the conversation is marked truncated and the
+/// client pages the rest with `getMessages`.
+pub const SYNC_MESSAGES_PER_CONVERSATION: u32 = 200;
+/// Most heads one `sync` may carry.
+pub const MAX_SYNC_HEADS: usize = 2_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase")]
+#[ts(export)]
+pub enum ConversationKind {
+    Direct,
+    Group,
+}
+
+/// A stored message. `seq` is dense per conversation (1, 2, 3, ...) and the same for every member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase")]
+#[ts(export)]
+pub struct Message {
+    pub conversation_id: i64,
+    pub seq: i64,
+    pub sender_id: i64,
+    /// The id the sending client chose; sending it again returns this message instead of storing another.
+    pub client_message_id: String,
+    pub body: String,
+    /// When the message was committed, in milliseconds since the Unix epoch.
+    pub sent_at: i64,
+}
+
+/// A conversation as every member sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase")]
+#[ts(export)]
+pub struct Conversation {
+    pub id: i64,
+    pub kind: ConversationKind,
+    /// Groups only.
+    #[ts(optional)]
+    pub title: Option<String>,
+    /// Member user ids, ascending.
+    pub members: Vec<i64>,
+    /// The seq of the newest message (0 when empty).
+    pub last_seq: i64,
+    /// When the last message was sent, or the conversation created, in ms since the Unix epoch.
+    pub last_activity_at: i64,
+    pub created_at: i64,
+}
+
+/// A conversation in one user's list: with that user's read position and the newest message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase")]
+#[ts(export)]
+pub struct ConversationEntry {
+    pub conversation: Conversation,
+    /// The highest seq this user has read; `lastSeq - readSeq` is the unread count.
+    pub read_seq: i64,
+    #[ts(optional)]
+    pub last_message: Option<Message>,
+}
+
+/// A request made on behalf of an authenticated user (the gateway fills `user_id` from the verified token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AsUser<T> {
+    pub user_id: i64,
+    pub request: T,
+}
+
+/// Send to an existing conversation (`conversationId`) or directly to a user (`toUserId`; the direct
+/// conversation is created on the first message). Exactly one of the two.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase")]
+#[ts(export)]
+pub struct SendMessageRequest {
+    #[serde(default)]
+    #[ts(optional)]
+    pub conversation_id: Option<i64>,
+    #[serde(default)]
+    #[ts(optional)]
+    pub to_user_id: Option<i64>,
+    pub client_message_id: String,
+    pub body: String,
+}
+
+/// A page of a conversation's history around a position. At most one of `before`, `after`, `around`; none
+/// means the newest page. Messages come in ascending seq order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase")]
+#[ts(export)]
+pub struct GetMessagesRequest {
+    pub conversation_id: i64,
+    #[serde(default)]
+    #[ts(optional)]
+    pub before: Option<i64>,
+    #[serde(default)]
+    #[ts(optional)]
+    pub after: Option<i64>,
+    #[serde(default)]
+    #[ts(optional)]
+    pub around: Option<i64>,
+    #[serde(default)]
+    #[ts(optional)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase")]
+#[ts(export)]
+pub struct MessagesPage {
+    pub messages: Vec<Message>,
+    /// Older messages exist before the first one returned.
+    pub has_more_before: bool,
+    /// Newer messages exist after the last one returned.
+    pub has_more_after: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase")]
+#[ts(export)]
+pub struct CreateGroupRequest {
+    pub title: String,
+    /// Other members; the creator is always a member.
+    pub member_ids: Vec<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase")]
+#[ts(export)]
+pub struct AddMembersRequest {
+    pub conversation_id: i64,
+    pub user_ids: Vec<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase")]
+#[ts(export)]
+pub struct RemoveMemberRequest {
+    pub conversation_id: i64,
+    pub user_id: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase")]
+#[ts(export)]
+pub struct LeaveConversationRequest {
+    pub conversation_id: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase")]
+#[ts(export)]
+pub struct GetConversationRequest {
+    pub conversation_id: i64,
+}
+
+/// The user's conversations, most recently active first. `before` is the `next` of the previous page.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase")]
+#[ts(export)]
+pub struct ListConversationsRequest {
+    #[serde(default)]
+    #[ts(optional)]
+    pub before: Option<String>,
+    #[serde(default)]
+    #[ts(optional)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase")]
+#[ts(export)]
+pub struct ConversationsPage {
+    pub conversations: Vec<ConversationEntry>,
+    #[ts(optional)]
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase")]
+#[ts(export)]
+pub struct MarkReadRequest {
+    pub conversation_id: i64,
+    pub seq: i64,
+}
+
+/// The read position after `markRead` (it never moves backwards).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase")]
+#[ts(export)]
+pub struct ReadPosition {
+    pub conversation_id: i64,
+    pub read_seq: i64,
+}
+
+/// The newest seq a client holds of one conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase")]
+#[ts(export)]
+pub struct Head {
+    pub conversation_id: i64,
+    pub seq: i64,
+}
+
+/// What the client has; the answer is what it lacks. Conversations missing from `heads` count as seq 0.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase")]
+#[ts(export)]
+pub struct SyncRequest {
+    pub heads: Vec<Head>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase")]
+#[ts(export)]
+pub struct SyncResponse {
+    /// Every conversation of the user (most recently active first, up to `MAX_CONVERSATIONS_PAGE`).
+    pub conversations: Vec<ConversationEntry>,
+    /// The messages the client lacks, by conversation then seq, at most `SYNC_MESSAGES_PER_CONVERSATION` each.
+    pub messages: Vec<Message>,
+    /// Conversations with more missed messages than returned: page the rest with `getMessages` `after`.
+    pub truncated: Vec<i64>,
+}
+
+/// What the message-service publishes on the fanout exchange, in batches (one AMQP message per commit).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum Event {
+    /// A committed message, for the conversation's members.
+    Message { message: Message, recipients: Vec<i64> },
+    /// A conversation was created or its membership changed; `recipients` includes removed members.
+    Conversation { conversation: Conversation, recipients: Vec<i64> },
+    /// A member's read position moved (their other devices update their unread counts).
+    Read { user_id: i64, position: ReadPosition },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventBatch {
+    pub events: Vec<Event>,
+}
+
+operation!(SendMessage, "sendMessage", AsUser<SendMessageRequest> => Message);
+operation!(GetMessages, "getMessages", AsUser<GetMessagesRequest> => MessagesPage);
+operation!(CreateGroup, "createGroup", AsUser<CreateGroupRequest> => Conversation);
+operation!(AddMembers, "addMembers", AsUser<AddMembersRequest> => Conversation);
+operation!(RemoveMember, "removeMember", AsUser<RemoveMemberRequest> => Conversation);
+operation!(LeaveConversation, "leaveConversation", AsUser<LeaveConversationRequest> => Conversation);
+operation!(GetConversation, "getConversation", AsUser<GetConversationRequest> => ConversationEntry);
+operation!(ListConversations, "listConversations", AsUser<ListConversationsRequest> => ConversationsPage);
+operation!(MarkRead, "markRead", AsUser<MarkReadRequest> => ReadPosition);
+operation!(Sync, "sync", AsUser<SyncRequest> => SyncResponse);
