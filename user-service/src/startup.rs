@@ -66,27 +66,15 @@ impl Application {
         let s = self.service.clone();
         let server = RpcServer::new(self.broker.clone(), self.instance_id.clone())
             .prefetch(self.prefetch)
-            .handle::<Register, _, _>(with(&s, handlers::register_user))
-            .handle::<Login, _, _>(with(&s, handlers::log_in))
-            .handle::<GetUsers, _, _>(with(&s, handlers::list_users))
-            .handle::<GetSelf, _, _>(with(&s, handlers::get_self))
-            .handle::<ResolveUsers, _, _>(with(&s, handlers::resolve_users));
+            .handle_with::<Register, _, _, _>(&s, handlers::register_user)
+            .handle_with::<Login, _, _, _>(&s, handlers::log_in)
+            .handle_with::<GetUsers, _, _, _>(&s, handlers::list_users)
+            .handle_with::<GetSelf, _, _, _>(&s, handlers::get_self)
+            .handle_with::<ResolveUsers, _, _, _>(&s, handlers::resolve_users);
         server.run(stop).await;
         self.broker.close().await;
         self.service.store.close().await;
         tracing::info!("user-service stopped");
         Ok(())
     }
-}
-
-/// Adapts `handler(service, request, ctx)` to the RPC server's `Fn(request, ctx)`.
-fn with<Req, F, Fut>(
-    service: &Shared,
-    handler: F,
-) -> impl Fn(Req, common::amqp::RequestContext) -> Fut + Send + Sync + 'static
-where
-    F: Fn(Shared, Req, common::amqp::RequestContext) -> Fut + Send + Sync + 'static,
-{
-    let service = service.clone();
-    move |request, ctx| handler(service.clone(), request, ctx)
 }

@@ -113,6 +113,19 @@ impl RpcServer {
         self
     }
 
+    /// Serves operation `O` with `handler(state, request, ctx)`: the shape service handlers take, so each stays a
+    /// plain async function of its shared state.
+    pub fn handle_with<O, S, F, Fut>(self, state: &S, handler: F) -> Self
+    where
+        O: Operation,
+        S: Clone + Send + Sync + 'static,
+        F: Fn(S, O::Request, RequestContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O::Response, ApiError>> + Send + 'static,
+    {
+        let state = state.clone();
+        self.handle::<O, _, _>(move |request, ctx| handler(state.clone(), request, ctx))
+    }
+
     /// Consumes until `shutdown` fires, following the broker across reconnects, then finishes the requests it
     /// holds. Call [`Broker::close`] after this returns.
     pub async fn run(self, shutdown: CancellationToken) {

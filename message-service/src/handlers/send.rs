@@ -1,0 +1,48 @@
+use common::{
+    amqp::RequestContext,
+    protocol::{
+        ApiError,
+        messages::{AsUser, Event, Message, SendMessageRequest},
+    },
+};
+
+use super::{Shared, internal};
+use crate::{
+    commit::Send,
+    domain::{ClientMessageId, MessageBody, positive_id},
+};
+
+/// Stores a message (through the group commit) and returns it with its seq. Sending to a user rather than a
+/// conversation finds or creates the direct conversation first.
+#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug))]
+pub async fn send_message(
+    service: Shared,
+    request: AsUser<SendMessageRequest>,
+    ctx: RequestContext,
+) -> Result<Message, ApiError> {
+    let AsUser { user_id, request } = request;
+    let body = MessageBody::parse(request.body)?;
+    let client_message_id = ClientMessageId::parse(request.client_message_id)?;
+    let conversation_id = match (request.conversation_id, request.to_user_id) {
+        (Some(conversation_id), None) => positive_id(conversation_id, "conversationId")?,
+        (None, Some(to)) => direct_conversation(&service, user_id, positive_id(to, "toUserId")?, &ctx).await?,
+        _ => return Err(ApiError::validation("give exactly one of conversationId and toUserId")),
+    };
+    service.committer.send(Send { sender_id: user_id, conversation_id, client_message_id, body }).await
+}
+
+async fn direct_conversation(service: &Shared, from: i64, to: i64, ctx: &RequestContext) -> Result<i64, ApiError> {
+    if from == to {
+        return Err(ApiError::validation("you cannot send a direct message to yourself"));
+    }
+    if let Some(id) = service.store.find_direct(from, to).await.map_err(internal)? {
+        return Ok(id);
+    }
+    service.ensure_users_exist(&[to], &ctx.request_id).await?;
+    let (conversation, created) = service.store.direct(from, to).await.map_err(internal)?;
+    if created {
+        let recipients = conversation.members.clone();
+        service.events.publish(vec![Event::Conversation { conversation: conversation.clone(), recipients }]).await;
+    }
+    Ok(conversation.id)
+}

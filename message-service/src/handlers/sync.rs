@@ -1,0 +1,50 @@
+use std::collections::HashMap;
+
+use common::{
+    amqp::RequestContext,
+    protocol::{
+        ApiError,
+        messages::{
+            AsUser, MAX_CONVERSATIONS_PAGE, MAX_SYNC_HEADS, SYNC_MESSAGES_PER_CONVERSATION, SyncRequest, SyncResponse,
+        },
+    },
+};
+
+use super::{Shared, internal};
+
+/// The resume contract: given the newest seq the client holds per conversation, return every conversation of the
+/// user and the messages it lacks, in order, at most `SYNC_MESSAGES_PER_CONVERSATION` per conversation (the rest
+/// flagged `truncated`, for paging with `getMessages after`). Whatever replica or gateway a client reconnects to,
+/// the answer comes from the database, so nothing acknowledged can be missed.
+#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug))]
+pub async fn sync(
+    service: Shared,
+    request: AsUser<SyncRequest>,
+    ctx: RequestContext,
+) -> Result<SyncResponse, ApiError> {
+    let AsUser { user_id, request } = request;
+    if request.heads.len() > MAX_SYNC_HEADS {
+        return Err(ApiError::validation(format!("at most {MAX_SYNC_HEADS} heads")));
+    }
+    if request.heads.iter().any(|h| h.seq < 0) {
+        return Err(ApiError::validation("a seq cannot be negative"));
+    }
+    let heads: HashMap<i64, i64> = request.heads.iter().map(|h| (h.conversation_id, h.seq)).collect();
+    let conversations = service.store.list(user_id, None, i64::from(MAX_CONVERSATIONS_PAGE)).await.map_err(internal)?;
+    let per = i64::from(SYNC_MESSAGES_PER_CONVERSATION);
+    let mut ranges = Vec::new();
+    let mut truncated = Vec::new();
+    for entry in &conversations {
+        let conversation = &entry.conversation;
+        let held = heads.get(&conversation.id).copied().unwrap_or(0);
+        if conversation.last_seq > held {
+            let hi = conversation.last_seq.min(held + per);
+            ranges.push((conversation.id, held + 1, hi));
+            if hi < conversation.last_seq {
+                truncated.push(conversation.id);
+            }
+        }
+    }
+    let messages = service.store.ranges(&ranges).await.map_err(internal)?;
+    Ok(SyncResponse { conversations, messages, truncated })
+}

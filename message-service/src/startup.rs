@@ -1,0 +1,100 @@
+//! Building and running the message-service: connect to PostgreSQL, migrate, start the group committer, then
+//! serve the RPC operations until the shutdown future resolves.
+
+use std::{future::Future, str::FromStr, sync::Arc};
+
+use anyhow::Context;
+use common::{
+    amqp::{Broker, RpcClient, RpcServer},
+    protocol::messages::{
+        AddMembers, CreateGroup, GetConversation, GetMessages, LeaveConversation, ListConversations, MarkRead,
+        RemoveMember, SendMessage, Sync,
+    },
+};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    commit::Committer,
+    config::Settings,
+    events::EventSink,
+    handlers::{self, Service, Shared},
+    store::Store,
+};
+
+#[derive(Debug)]
+pub struct Application {
+    service: Shared,
+    broker: Broker,
+    prefetch: u16,
+    instance_id: String,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        crate::migrate(settings.database_url.expose()).await?;
+        let pool = pool(settings.database_url.expose(), settings.db_max_connections)?;
+        // Fail at start, not at the first request, when the database is unreachable.
+        drop(pool.get().await.context("connecting to PostgreSQL (WARREN_DATABASE_URL)")?);
+        let store = Store::new(pool);
+        let broker = Broker::start(&settings.amqp, format!("message-service {}", settings.instance_id));
+        let users = RpcClient::start(broker.clone(), "message-service", &settings.instance_id);
+        let events = EventSink::new(broker.clone());
+        let committer =
+            Committer::start(store.clone(), events.clone(), settings.batch_max, usize::from(settings.prefetch) * 2);
+        let service = Arc::new(Service { store, committer, events, users, rpc_timeout: settings.rpc_timeout });
+        let prefetch = settings.prefetch.max(u16::try_from(settings.batch_max).unwrap_or(u16::MAX));
+        Ok(Self { service, broker, prefetch, instance_id: settings.instance_id })
+    }
+
+    pub fn service(&self) -> &Shared {
+        &self.service
+    }
+
+    /// Serves until `shutdown` resolves, then finishes the requests in hand and closes the connections.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                shutdown.await;
+                stop.cancel();
+            }
+        });
+        let s = &self.service;
+        RpcServer::new(self.broker.clone(), self.instance_id.clone())
+            .prefetch(self.prefetch)
+            .handle_with::<SendMessage, _, _, _>(s, handlers::send_message)
+            .handle_with::<GetMessages, _, _, _>(s, handlers::get_messages)
+            .handle_with::<CreateGroup, _, _, _>(s, handlers::create_group)
+            .handle_with::<AddMembers, _, _, _>(s, handlers::add_members)
+            .handle_with::<RemoveMember, _, _, _>(s, handlers::remove_member)
+            .handle_with::<LeaveConversation, _, _, _>(s, handlers::leave_conversation)
+            .handle_with::<GetConversation, _, _, _>(s, handlers::get_conversation)
+            .handle_with::<ListConversations, _, _, _>(s, handlers::list_conversations)
+            .handle_with::<MarkRead, _, _, _>(s, handlers::mark_read)
+            .handle_with::<Sync, _, _, _>(s, handlers::sync)
+            .run(stop)
+            .await;
+        self.broker.close().await;
+        self.service.store.pool().close();
+        tracing::info!("message-service stopped");
+        Ok(())
+    }
+}
+
+/// The hot-path pool. `synchronous_commit = on` is set per connection, so "acknowledged means durable" holds even
+/// if the server's default was relaxed.
+pub fn pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
+    let mut config = tokio_postgres::Config::from_str(url).context("parsing WARREN_DATABASE_URL")?;
+    config.options("-c synchronous_commit=on");
+    config.application_name("message-service");
+    let manager =
+        Manager::from_config(config, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Pool::builder(manager)
+        .max_size(max_size.max(1))
+        .wait_timeout(Some(std::time::Duration::from_secs(5)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .context("building the database pool")
+}

@@ -1,0 +1,506 @@
+//! The only code that reads or writes the `messages` schema (the group commit in [`crate::commit`] aside).
+//!
+//! Runs on deadpool-postgres (tokio-postgres underneath): statements are prepared once per connection
+//! (`prepare_cached`) and arrays go in as single parameters (`unnest`), so a page, a sync or a membership change
+//! is one or two round trips whatever its size.
+//!
+//! Because sequence numbers are dense (1..=last_seq, no holes), a history page is an exact seq range computed
+//! from `last_seq` and read from the primary key with `BETWEEN`: no OFFSET, no over-fetching, and whether more
+//! exists before or after is arithmetic, not another query.
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use common::protocol::messages::{Conversation, ConversationEntry, ConversationKind, Message, MessagesPage};
+use deadpool_postgres::{GenericClient, Pool};
+use tokio_postgres::{Row, error::SqlState};
+
+/// The columns of a message, in the order [`message_from`] reads them.
+pub const MESSAGE_COLUMNS: &str = "conversation_id, seq, sender_id, client_message_id, body, sent_at";
+
+pub fn message_from(row: &Row) -> Message {
+    let sent_at: DateTime<Utc> = row.get(5);
+    Message {
+        conversation_id: row.get(0),
+        seq: row.get(1),
+        sender_id: row.get(2),
+        client_message_id: row.get(3),
+        body: row.get(4),
+        sent_at: sent_at.timestamp_millis(),
+    }
+}
+
+/// One entry of a user's conversation list: conversation, members, read position and newest message.
+const ENTRY_SELECT: &str = "
+    SELECT c.id, c.kind, c.title, c.last_seq, c.created_at, c.last_activity_at, m.read_seq,
+           ARRAY(SELECT mm.user_id FROM messages.members mm WHERE mm.conversation_id = c.id ORDER BY mm.user_id),
+           lm.conversation_id, lm.seq, lm.sender_id, lm.client_message_id, lm.body, lm.sent_at
+      FROM messages.members m
+      JOIN messages.conversations c ON c.id = m.conversation_id
+      LEFT JOIN messages.messages lm ON lm.conversation_id = c.id AND lm.seq = c.last_seq";
+
+fn entry_from(row: &Row) -> ConversationEntry {
+    let created_at: DateTime<Utc> = row.get(4);
+    let last_activity_at: DateTime<Utc> = row.get(5);
+    let kind: &str = row.get(1);
+    let last_message = row.get::<_, Option<i64>>(8).map(|conversation_id| {
+        let sent_at: DateTime<Utc> = row.get(13);
+        Message {
+            conversation_id,
+            seq: row.get(9),
+            sender_id: row.get(10),
+            client_message_id: row.get(11),
+            body: row.get(12),
+            sent_at: sent_at.timestamp_millis(),
+        }
+    });
+    ConversationEntry {
+        conversation: Conversation {
+            id: row.get(0),
+            kind: if kind == "group" { ConversationKind::Group } else { ConversationKind::Direct },
+            title: row.get(2),
+            members: row.get(7),
+            last_seq: row.get(3),
+            last_activity_at: last_activity_at.timestamp_millis(),
+            created_at: created_at.timestamp_millis(),
+        },
+        read_seq: row.get(6),
+        last_message,
+    }
+}
+
+/// A position in a user's conversation list, most recent first: `<last activity ms>:<id>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListCursor {
+    pub last_activity_ms: i64,
+    pub id: i64,
+}
+
+impl ListCursor {
+    pub fn parse(text: &str) -> Option<Self> {
+        let (ms, id) = text.split_once(':')?;
+        Some(Self { last_activity_ms: ms.parse().ok()?, id: id.parse().ok()? })
+    }
+
+    pub fn of(entry: &ConversationEntry) -> String {
+        format!("{}:{}", entry.conversation.last_activity_at, entry.conversation.id)
+    }
+}
+
+/// The seq range of one history page, and whether more lies beyond it. Pure arithmetic over a dense sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRange {
+    pub lo: i64,
+    pub hi: i64,
+    pub has_more_before: bool,
+    pub has_more_after: bool,
+}
+
+/// Where a page sits: the newest, or before / after / around a seq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageAnchor {
+    Latest,
+    Before(i64),
+    After(i64),
+    Around(i64),
+}
+
+impl PageRange {
+    pub fn new(anchor: PageAnchor, limit: i64, last_seq: i64) -> Self {
+        let limit = limit.max(1);
+        let (lo, hi) = match anchor {
+            PageAnchor::Latest => (last_seq - limit + 1, last_seq),
+            PageAnchor::Before(b) => {
+                let hi = (b - 1).min(last_seq);
+                (hi - limit + 1, hi)
+            }
+            PageAnchor::After(a) => {
+                let lo = a.saturating_add(1).max(1);
+                (lo, lo.saturating_add(limit - 1).min(last_seq))
+            }
+            PageAnchor::Around(x) => {
+                let hi = (x.max(1) - limit / 2).max(1).saturating_add(limit - 1).min(last_seq);
+                (hi - limit + 1, hi)
+            }
+        };
+        let lo = lo.max(1);
+        Self { lo, hi, has_more_before: lo.min(hi + 1) > 1, has_more_after: hi.max(lo - 1) < last_seq }
+    }
+}
+
+/// Access to the `messages` schema. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("pool", &self.pool.status()).finish()
+    }
+}
+
+impl Store {
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    async fn client(&self) -> anyhow::Result<deadpool_postgres::Object> {
+        self.pool.get().await.context("getting a database connection")
+    }
+
+    /// The member's view of the conversation: `(last_seq, read_seq)`, or `None` when they are not a member (or it
+    /// does not exist: the two are deliberately indistinguishable to a non-member).
+    pub async fn membership(&self, user_id: i64, conversation_id: i64) -> anyhow::Result<Option<(i64, i64)>> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT c.last_seq, m.read_seq FROM messages.members m
+                   JOIN messages.conversations c ON c.id = m.conversation_id
+                  WHERE m.conversation_id = $1 AND m.user_id = $2",
+            )
+            .await?;
+        let row = client.query_opt(&statement, &[&conversation_id, &user_id]).await.context("reading membership")?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// One page of history (the caller has checked membership and read `last_seq`).
+    pub async fn page(&self, conversation_id: i64, range: PageRange) -> anyhow::Result<MessagesPage> {
+        let messages = if range.lo <= range.hi {
+            let client = self.client().await?;
+            let sql = format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages.messages
+                  WHERE conversation_id = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq"
+            );
+            let statement = client.prepare_cached(&sql).await?;
+            let rows =
+                client.query(&statement, &[&conversation_id, &range.lo, &range.hi]).await.context("reading a page")?;
+            rows.iter().map(message_from).collect()
+        } else {
+            Vec::new()
+        };
+        Ok(MessagesPage { messages, has_more_before: range.has_more_before, has_more_after: range.has_more_after })
+    }
+
+    /// The messages in `(after, hi]` of each conversation, ordered by conversation then seq.
+    pub async fn ranges(&self, ranges: &[(i64, i64, i64)]) -> anyhow::Result<Vec<Message>> {
+        if ranges.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = ranges.iter().map(|r| r.0).collect();
+        let los: Vec<i64> = ranges.iter().map(|r| r.1).collect();
+        let his: Vec<i64> = ranges.iter().map(|r| r.2).collect();
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT m.{} FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS r(cid, lo, hi)
+               JOIN messages.messages m ON m.conversation_id = r.cid AND m.seq BETWEEN r.lo AND r.hi
+              ORDER BY m.conversation_id, m.seq",
+            MESSAGE_COLUMNS.replace(", ", ", m.")
+        );
+        let statement = client.prepare_cached(&sql).await?;
+        let rows = client.query(&statement, &[&ids, &los, &his]).await.context("reading missed messages")?;
+        Ok(rows.iter().map(message_from).collect())
+    }
+
+    /// A user's conversations, most recently active first.
+    pub async fn list(
+        &self,
+        user_id: i64,
+        before: Option<ListCursor>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<ConversationEntry>> {
+        let client = self.client().await?;
+        let sql = format!(
+            "{ENTRY_SELECT}
+              WHERE m.user_id = $1
+                AND ($2::timestamptz IS NULL OR (c.last_activity_at, c.id) < ($2::timestamptz, $3::bigint))
+              ORDER BY c.last_activity_at DESC, c.id DESC
+              LIMIT $4"
+        );
+        let statement = client.prepare_cached(&sql).await?;
+        let (at, id) = match before {
+            Some(cursor) => (DateTime::<Utc>::from_timestamp_millis(cursor.last_activity_ms), cursor.id),
+            None => (None, 0),
+        };
+        let rows = client.query(&statement, &[&user_id, &at, &id, &limit]).await.context("listing conversations")?;
+        Ok(rows.iter().map(entry_from).collect())
+    }
+
+    /// One conversation as `user_id` sees it, if they are a member.
+    pub async fn entry(&self, user_id: i64, conversation_id: i64) -> anyhow::Result<Option<ConversationEntry>> {
+        let client = self.client().await?;
+        entry_with(&client, user_id, conversation_id).await
+    }
+
+    /// The conversation without a user's perspective (for events), if it exists.
+    pub async fn conversation(&self, conversation_id: i64) -> anyhow::Result<Option<Conversation>> {
+        let client = self.client().await?;
+        conversation_with(&client, conversation_id).await
+    }
+
+    /// The direct conversation of two users, created (with both as members) on first use. Returns it and whether
+    /// this call created it. Safe when two replicas race: the pair is unique.
+    pub async fn direct(&self, a: i64, b: i64) -> anyhow::Result<(Conversation, bool)> {
+        let (low, high) = (a.min(b), a.max(b));
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let inserted = tx
+            .query_opt(
+                "INSERT INTO messages.conversations (kind, direct_low, direct_high) VALUES ('direct', $1, $2)
+                 ON CONFLICT (direct_low, direct_high) WHERE kind = 'direct' DO NOTHING RETURNING id",
+                &[&low, &high],
+            )
+            .await
+            .context("creating a direct conversation")?;
+        let created = inserted.is_some();
+        let id: i64 = match inserted {
+            Some(row) => {
+                let id: i64 = row.get(0);
+                tx.execute(
+                    "INSERT INTO messages.members (conversation_id, user_id) VALUES ($1, $2), ($1, $3)",
+                    &[&id, &low, &high],
+                )
+                .await
+                .context("adding direct members")?;
+                id
+            }
+            None => tx
+                .query_one(
+                    "SELECT id FROM messages.conversations WHERE kind = 'direct' AND direct_low = $1 AND direct_high = $2",
+                    &[&low, &high],
+                )
+                .await
+                .context("finding a direct conversation")?
+                .get(0),
+        };
+        let conversation = conversation_with(&tx, id).await?.context("the direct conversation just written")?;
+        tx.commit().await.context("committing a direct conversation")?;
+        Ok((conversation, created))
+    }
+
+    /// The id of the direct conversation of two users, if it exists (the common case: no write needed).
+    pub async fn find_direct(&self, a: i64, b: i64) -> anyhow::Result<Option<i64>> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT id FROM messages.conversations WHERE kind = 'direct' AND direct_low = $1 AND direct_high = $2",
+            )
+            .await?;
+        let row =
+            client.query_opt(&statement, &[&a.min(b), &a.max(b)]).await.context("finding a direct conversation")?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Creates a group with `creator` and `members` (deduplicated) as members.
+    pub async fn create_group(&self, creator: i64, title: &str, members: &[i64]) -> anyhow::Result<Conversation> {
+        let mut all: Vec<i64> = members.iter().copied().chain([creator]).collect();
+        all.sort_unstable();
+        all.dedup();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let id: i64 = tx
+            .query_one("INSERT INTO messages.conversations (kind, title) VALUES ('group', $1) RETURNING id", &[&title])
+            .await
+            .context("creating a group")?
+            .get(0);
+        tx.execute(
+            "INSERT INTO messages.members (conversation_id, user_id) SELECT $1, unnest($2::bigint[])",
+            &[&id, &all],
+        )
+        .await
+        .context("adding group members")?;
+        let conversation = conversation_with(&tx, id).await?.context("the group just written")?;
+        tx.commit().await.context("committing a group")?;
+        Ok(conversation)
+    }
+
+    /// Changes a group's membership on behalf of `actor`, who must be a member. Returns the conversation after the
+    /// change, or a [`MembershipError`].
+    pub async fn change_members(
+        &self,
+        actor: i64,
+        conversation_id: i64,
+        change: MemberChange<'_>,
+    ) -> anyhow::Result<Result<Conversation, MembershipError>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Lock the conversation: membership changes and sends serialise on it, so a message's recipients are the
+        // members at its commit.
+        let row = tx
+            .query_opt("SELECT kind FROM messages.conversations WHERE id = $1 FOR UPDATE", &[&conversation_id])
+            .await
+            .context("locking a conversation")?;
+        let is_member = tx
+            .query_opt(
+                "SELECT 1 FROM messages.members WHERE conversation_id = $1 AND user_id = $2",
+                &[&conversation_id, &actor],
+            )
+            .await
+            .context("checking membership")?
+            .is_some();
+        let Some(row) = row.filter(|_| is_member) else { return Ok(Err(MembershipError::NotAMember)) };
+        if row.get::<_, &str>(0) != "group" {
+            return Ok(Err(MembershipError::NotAGroup));
+        }
+        match change {
+            MemberChange::Add(users) => {
+                let count: i64 = tx
+                    .query_one("SELECT count(*) FROM messages.members WHERE conversation_id = $1", &[&conversation_id])
+                    .await?
+                    .get(0);
+                if count as usize + users.len() > common::protocol::messages::MAX_GROUP_MEMBERS {
+                    return Ok(Err(MembershipError::TooMany));
+                }
+                tx.execute(
+                    "INSERT INTO messages.members (conversation_id, user_id) SELECT $1, unnest($2::bigint[])
+                     ON CONFLICT DO NOTHING",
+                    &[&conversation_id, &users],
+                )
+                .await
+                .context("adding members")?;
+            }
+            MemberChange::Remove(user) => {
+                let removed = tx
+                    .execute(
+                        "DELETE FROM messages.members WHERE conversation_id = $1 AND user_id = $2",
+                        &[&conversation_id, &user],
+                    )
+                    .await
+                    .context("removing a member")?;
+                if removed == 0 {
+                    return Ok(Err(MembershipError::NoSuchMember));
+                }
+            }
+        }
+        let conversation = conversation_with(&tx, conversation_id).await?.context("the conversation just changed")?;
+        tx.commit().await.context("committing a membership change")?;
+        Ok(Ok(conversation))
+    }
+
+    /// Moves a member's read position forward to `seq` (clamped to the conversation's last seq; never backwards).
+    /// `None` when not a member.
+    pub async fn mark_read(&self, user_id: i64, conversation_id: i64, seq: i64) -> anyhow::Result<Option<i64>> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "UPDATE messages.members m
+                    SET read_seq = GREATEST(m.read_seq, LEAST($3, c.last_seq))
+                   FROM messages.conversations c
+                  WHERE m.conversation_id = $1 AND m.user_id = $2 AND c.id = m.conversation_id
+              RETURNING m.read_seq",
+            )
+            .await?;
+        let row = client.query_opt(&statement, &[&conversation_id, &user_id, &seq]).await.context("marking read")?;
+        Ok(row.map(|r| r.get(0)))
+    }
+}
+
+/// A change to a group's members.
+#[derive(Debug, Clone, Copy)]
+pub enum MemberChange<'a> {
+    Add(&'a [i64]),
+    Remove(i64),
+}
+
+/// Why a membership change was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MembershipError {
+    NotAMember,
+    NotAGroup,
+    NoSuchMember,
+    TooMany,
+}
+
+async fn entry_with(
+    client: &impl GenericClient,
+    user_id: i64,
+    conversation_id: i64,
+) -> anyhow::Result<Option<ConversationEntry>> {
+    let sql = format!("{ENTRY_SELECT} WHERE m.user_id = $1 AND c.id = $2");
+    let statement = client.prepare_cached(&sql).await?;
+    let row = client.query_opt(&statement, &[&user_id, &conversation_id]).await.context("reading a conversation")?;
+    Ok(row.as_ref().map(entry_from))
+}
+
+async fn conversation_with(client: &impl GenericClient, conversation_id: i64) -> anyhow::Result<Option<Conversation>> {
+    let statement = client
+        .prepare_cached(
+            "SELECT c.id, c.kind, c.title, c.last_seq, c.created_at, c.last_activity_at,
+                    ARRAY(SELECT mm.user_id FROM messages.members mm WHERE mm.conversation_id = c.id ORDER BY mm.user_id)
+               FROM messages.conversations c WHERE c.id = $1",
+        )
+        .await?;
+    let row = client.query_opt(&statement, &[&conversation_id]).await.context("reading a conversation")?;
+    Ok(row.map(|row| {
+        let kind: &str = row.get(1);
+        let created_at: DateTime<Utc> = row.get(4);
+        let last_activity_at: DateTime<Utc> = row.get(5);
+        Conversation {
+            id: row.get(0),
+            kind: if kind == "group" { ConversationKind::Group } else { ConversationKind::Direct },
+            title: row.get(2),
+            members: row.get(6),
+            last_seq: row.get(3),
+            last_activity_at: last_activity_at.timestamp_millis(),
+            created_at: created_at.timestamp_millis(),
+        }
+    }))
+}
+
+/// Whether a database error is worth retrying the whole transaction for.
+pub fn is_retryable(error: &tokio_postgres::Error) -> bool {
+    matches!(error.code(), Some(code) if *code == SqlState::UNIQUE_VIOLATION || *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(anchor: PageAnchor, limit: i64, last: i64) -> (i64, i64, bool, bool) {
+        let r = PageRange::new(anchor, limit, last);
+        (r.lo, r.hi, r.has_more_before, r.has_more_after)
+    }
+
+    #[test]
+    fn the_latest_page_ends_at_the_last_seq() {
+        assert_eq!(range(PageAnchor::Latest, 50, 120), (71, 120, true, false));
+        assert_eq!(range(PageAnchor::Latest, 50, 10), (1, 10, false, false));
+        let empty = PageRange::new(PageAnchor::Latest, 50, 0);
+        assert!(empty.lo > empty.hi && !empty.has_more_before && !empty.has_more_after);
+    }
+
+    #[test]
+    fn pages_before_and_after_a_seq_exclude_it() {
+        assert_eq!(range(PageAnchor::Before(71), 50, 120), (21, 70, true, true));
+        assert_eq!(range(PageAnchor::Before(21), 50, 120), (1, 20, false, true));
+        assert_eq!(range(PageAnchor::After(70), 50, 120), (71, 120, true, false));
+        assert_eq!(range(PageAnchor::After(0), 50, 120), (1, 50, false, true));
+    }
+
+    #[test]
+    fn pages_past_either_end_are_empty_but_say_what_lies_beyond() {
+        let r = PageRange::new(PageAnchor::Before(1), 50, 120);
+        assert!(r.lo > r.hi && !r.has_more_before && r.has_more_after);
+        let r = PageRange::new(PageAnchor::After(120), 50, 120);
+        assert!(r.lo > r.hi && r.has_more_before && !r.has_more_after);
+    }
+
+    #[test]
+    fn a_page_around_a_seq_centres_on_it_within_bounds() {
+        assert_eq!(range(PageAnchor::Around(60), 50, 120), (35, 84, true, true));
+        assert_eq!(range(PageAnchor::Around(3), 50, 120), (1, 50, false, true));
+        assert_eq!(range(PageAnchor::Around(119), 50, 120), (71, 120, true, false));
+    }
+
+    #[test]
+    fn cursors_round_trip() {
+        assert_eq!(
+            ListCursor::parse("1700000000000:42"),
+            Some(ListCursor { last_activity_ms: 1_700_000_000_000, id: 42 })
+        );
+        assert_eq!(ListCursor::parse("nope"), None);
+    }
+}
