@@ -1,0 +1,354 @@
+//! The message-service's operations through the real broker, with a real user-service beside it.
+
+use std::time::{Duration, Instant};
+
+use common::{
+    amqp::{Broker, CallContext, RpcClient},
+    config::AmqpSettings,
+    protocol::{
+        ApiError, ErrorCode, Operation,
+        messages::*,
+        users::{Register, RegisterRequest},
+    },
+    testing,
+};
+use tokio_util::sync::CancellationToken;
+
+struct Stack {
+    amqp: AmqpSettings,
+    _db: testing::TestDb,
+    broker: Broker,
+    client: RpcClient,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Stack {
+    async fn start() -> Self {
+        common::telemetry::init_for_tests();
+        let db = testing::TestDb::new().await;
+        let amqp = testing::unique_amqp_settings();
+        let stop = CancellationToken::new();
+        let users = user_service::startup::Application::build(user_service::config::Settings::for_tests(
+            &db.url(),
+            amqp.clone(),
+        ))
+        .await
+        .unwrap();
+        let messages = message_service::startup::Application::build(message_service::config::Settings::for_tests(
+            &db.url(),
+            amqp.clone(),
+        ))
+        .await
+        .unwrap();
+        let (a, b) = (stop.clone(), stop.clone());
+        let tasks = vec![
+            tokio::spawn(users.run_until_stopped(async move { a.cancelled().await })),
+            tokio::spawn(messages.run_until_stopped(async move { b.cancelled().await })),
+        ];
+        let broker = Broker::start(&amqp, "test".into());
+        let client = RpcClient::start(broker.clone(), "test", &uuid::Uuid::new_v4().simple().to_string());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for (key, _) in common::amqp::topology::OPERATIONS {
+            while client.consumer_count(key).await.unwrap_or(0) == 0 {
+                assert!(Instant::now() < deadline, "{key} never served");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Stack { amqp, _db: db, broker, client, stop, tasks }
+    }
+
+    async fn call<O: Operation>(&self, request: O::Request) -> Result<O::Response, ApiError> {
+        self.client.call::<O>(&request, &CallContext::new("test", Duration::from_secs(10))).await
+    }
+
+    async fn user(&self, name: &str) -> i64 {
+        self.call::<Register>(RegisterRequest { username: name.into(), password: "correct horse battery".into() })
+            .await
+            .unwrap()
+            .user
+            .id
+    }
+
+    async fn send(&self, user_id: i64, conversation_id: i64, client_id: &str, body: &str) -> Result<Message, ApiError> {
+        let request = SendMessageRequest {
+            conversation_id: Some(conversation_id),
+            to_user_id: None,
+            client_message_id: client_id.into(),
+            body: body.into(),
+        };
+        self.call::<SendMessage>(AsUser { user_id, request }).await
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            task.await.unwrap().unwrap();
+        }
+        self.broker.close().await;
+        testing::delete_topology(&self.amqp.prefix).await;
+    }
+}
+
+fn as_user<T>(user_id: i64, request: T) -> AsUser<T> {
+    AsUser { user_id, request }
+}
+
+#[tokio::test]
+async fn a_first_direct_message_creates_the_conversation_and_later_ones_reuse_it() {
+    let s = Stack::start().await;
+    let (ann, ben) = (s.user("ann").await, s.user("ben").await);
+    let direct = |client_id: &str, from: i64, to: i64| {
+        as_user(
+            from,
+            SendMessageRequest {
+                conversation_id: None,
+                to_user_id: Some(to),
+                client_message_id: client_id.into(),
+                body: "hi".into(),
+            },
+        )
+    };
+
+    let first = s.call::<SendMessage>(direct("m1", ann, ben)).await.unwrap();
+    let reply = s.call::<SendMessage>(direct("m2", ben, ann)).await.unwrap();
+
+    assert_eq!(first.conversation_id, reply.conversation_id);
+    assert_eq!((first.seq, reply.seq), (1, 2));
+    let entry = s
+        .call::<GetConversation>(as_user(ben, GetConversationRequest { conversation_id: first.conversation_id }))
+        .await
+        .unwrap();
+    assert_eq!(entry.conversation.kind, ConversationKind::Direct);
+    assert_eq!(entry.conversation.members, vec![ann.min(ben), ann.max(ben)]);
+    let to_self = s.call::<SendMessage>(direct("m3", ann, ann)).await.unwrap_err();
+    assert_eq!(to_self.code, ErrorCode::Validation);
+    let to_nobody = s.call::<SendMessage>(direct("m4", ann, 987_654)).await.unwrap_err();
+    assert_eq!(to_nobody.code, ErrorCode::NotFound);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn history_pages_walk_back_through_every_message() {
+    let s = Stack::start().await;
+    let ann = s.user("ann").await;
+    let group = s
+        .call::<CreateGroup>(as_user(ann, CreateGroupRequest { title: "notes".into(), member_ids: vec![] }))
+        .await
+        .unwrap();
+    for i in 1..=25 {
+        s.send(ann, group.id, &format!("c{i}"), &format!("message {i}")).await.unwrap();
+    }
+
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = s
+            .call::<GetMessages>(as_user(
+                ann,
+                GetMessagesRequest { conversation_id: group.id, before, limit: Some(10), ..Default::default() },
+            ))
+            .await
+            .unwrap();
+        seen.splice(0..0, page.messages.iter().map(|m| m.seq));
+        if !page.has_more_before {
+            break;
+        }
+        before = page.messages.first().map(|m| m.seq);
+    }
+
+    assert_eq!(seen, (1..=25).collect::<Vec<_>>());
+    let around = s
+        .call::<GetMessages>(as_user(
+            ann,
+            GetMessagesRequest { conversation_id: group.id, around: Some(12), limit: Some(5), ..Default::default() },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(around.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [10, 11, 12, 13, 14]);
+    let both = s
+        .call::<GetMessages>(as_user(
+            ann,
+            GetMessagesRequest { conversation_id: group.id, before: Some(3), after: Some(1), ..Default::default() },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(both.code, ErrorCode::Validation);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn sync_returns_exactly_what_the_client_lacks() {
+    let s = Stack::start().await;
+    let (ann, ben) = (s.user("ann").await, s.user("ben").await);
+    let group = s
+        .call::<CreateGroup>(as_user(ann, CreateGroupRequest { title: "team".into(), member_ids: vec![ben] }))
+        .await
+        .unwrap();
+    for i in 1..=5 {
+        s.send(ann, group.id, &format!("c{i}"), "x").await.unwrap();
+    }
+
+    let synced = s
+        .call::<Sync>(as_user(ben, SyncRequest { heads: vec![Head { conversation_id: group.id, seq: 2 }] }))
+        .await
+        .unwrap();
+
+    assert_eq!(synced.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [3, 4, 5]);
+    assert!(synced.truncated.is_empty());
+    assert_eq!(synced.conversations.len(), 1);
+    assert_eq!(synced.conversations[0].conversation.last_seq, 5);
+    let fresh = s.call::<Sync>(as_user(ben, SyncRequest::default())).await.unwrap();
+    assert_eq!(fresh.messages.len(), 5);
+    let negative =
+        s.call::<Sync>(as_user(ben, SyncRequest { heads: vec![Head { conversation_id: group.id, seq: -1 }] })).await;
+    assert_eq!(negative.unwrap_err().code, ErrorCode::Validation);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn members_are_added_removed_and_leave_and_only_members_may_act() {
+    let s = Stack::start().await;
+    let (ann, ben, cat) = (s.user("ann").await, s.user("ben").await, s.user("cat").await);
+    let group = s
+        .call::<CreateGroup>(as_user(ann, CreateGroupRequest { title: "team".into(), member_ids: vec![ben] }))
+        .await
+        .unwrap();
+    assert_eq!(group.members.len(), 2);
+
+    let outsider = s.send(cat, group.id, "c1", "let me in").await.unwrap_err();
+    assert_eq!(outsider.code, ErrorCode::Forbidden);
+    let sneaky = s
+        .call::<AddMembers>(as_user(cat, AddMembersRequest { conversation_id: group.id, user_ids: vec![cat] }))
+        .await
+        .unwrap_err();
+    assert_eq!(sneaky.code, ErrorCode::Forbidden);
+    let read_other = s
+        .call::<GetMessages>(as_user(cat, GetMessagesRequest { conversation_id: group.id, ..Default::default() }))
+        .await
+        .unwrap_err();
+    assert_eq!(read_other.code, ErrorCode::Forbidden);
+
+    let added = s
+        .call::<AddMembers>(as_user(ben, AddMembersRequest { conversation_id: group.id, user_ids: vec![cat] }))
+        .await
+        .unwrap();
+    assert_eq!(added.members.len(), 3);
+    assert!(s.send(cat, group.id, "c2", "thanks").await.is_ok());
+    let removed = s
+        .call::<RemoveMember>(as_user(ann, RemoveMemberRequest { conversation_id: group.id, user_id: cat }))
+        .await
+        .unwrap();
+    assert!(!removed.members.contains(&cat));
+    let left = s
+        .call::<LeaveConversation>(as_user(ben, LeaveConversationRequest { conversation_id: group.id }))
+        .await
+        .unwrap();
+    assert_eq!(left.members, vec![ann]);
+    assert_eq!(s.send(ben, group.id, "c3", "hello?").await.unwrap_err().code, ErrorCode::Forbidden);
+    let ghost = s
+        .call::<AddMembers>(as_user(ann, AddMembersRequest { conversation_id: group.id, user_ids: vec![777_777] }))
+        .await
+        .unwrap_err();
+    assert_eq!(ghost.code, ErrorCode::NotFound);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn read_positions_only_move_forward_and_unread_counts_follow() {
+    let s = Stack::start().await;
+    let (ann, ben) = (s.user("ann").await, s.user("ben").await);
+    let group = s
+        .call::<CreateGroup>(as_user(ann, CreateGroupRequest { title: "team".into(), member_ids: vec![ben] }))
+        .await
+        .unwrap();
+    for i in 1..=4 {
+        s.send(ann, group.id, &format!("c{i}"), "x").await.unwrap();
+    }
+
+    let read = s.call::<MarkRead>(as_user(ben, MarkReadRequest { conversation_id: group.id, seq: 3 })).await.unwrap();
+    let back = s.call::<MarkRead>(as_user(ben, MarkReadRequest { conversation_id: group.id, seq: 1 })).await.unwrap();
+    let beyond =
+        s.call::<MarkRead>(as_user(ben, MarkReadRequest { conversation_id: group.id, seq: 99 })).await.unwrap();
+
+    assert_eq!((read.read_seq, back.read_seq, beyond.read_seq), (3, 3, 4));
+    let list = s.call::<ListConversations>(as_user(ben, ListConversationsRequest::default())).await.unwrap();
+    assert_eq!(list.conversations[0].read_seq, 4);
+    assert_eq!(list.conversations[0].last_message.as_ref().map(|m| m.seq), Some(4));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn conversations_list_newest_first_in_pages() {
+    let s = Stack::start().await;
+    let ann = s.user("ann").await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let group = s
+            .call::<CreateGroup>(as_user(ann, CreateGroupRequest { title: format!("g{i}"), member_ids: vec![] }))
+            .await
+            .unwrap();
+        s.send(ann, group.id, &format!("c{i}"), "x").await.unwrap();
+        ids.push(group.id);
+    }
+
+    let first = s
+        .call::<ListConversations>(as_user(ann, ListConversationsRequest { before: None, limit: Some(3) }))
+        .await
+        .unwrap();
+    let second = s
+        .call::<ListConversations>(as_user(
+            ann,
+            ListConversationsRequest { before: first.next.clone(), limit: Some(3) },
+        ))
+        .await
+        .unwrap();
+
+    let order: Vec<i64> = first.conversations.iter().chain(&second.conversations).map(|e| e.conversation.id).collect();
+    ids.reverse();
+    assert_eq!(order, ids);
+    assert!(second.next.is_none());
+    let bad = s
+        .call::<ListConversations>(as_user(
+            ann,
+            ListConversationsRequest { before: Some("garbage".into()), limit: None },
+        ))
+        .await;
+    assert_eq!(bad.unwrap_err().code, ErrorCode::Validation);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_sends_are_refused_and_store_nothing() {
+    let s = Stack::start().await;
+    let ann = s.user("ann").await;
+    let group = s
+        .call::<CreateGroup>(as_user(ann, CreateGroupRequest { title: "team".into(), member_ids: vec![] }))
+        .await
+        .unwrap();
+
+    for (client_id, body) in
+        [("ok-id", "   "), ("ok-id", &"x".repeat(MAX_MESSAGE_CHARS + 1)), ("bad id", "hi"), ("", "hi")]
+    {
+        let error = s.send(ann, group.id, client_id, body).await.unwrap_err();
+        assert_eq!(error.code, ErrorCode::Validation, "{client_id:?}");
+    }
+    let neither = s
+        .call::<SendMessage>(as_user(
+            ann,
+            SendMessageRequest {
+                conversation_id: None,
+                to_user_id: None,
+                client_message_id: "x".into(),
+                body: "hi".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(neither.code, ErrorCode::Validation);
+
+    let entry =
+        s.call::<GetConversation>(as_user(ann, GetConversationRequest { conversation_id: group.id })).await.unwrap();
+    assert_eq!(entry.conversation.last_seq, 0);
+    s.stop().await;
+}
