@@ -31,6 +31,85 @@ pub struct Settings {
     pub trust_forwarded_for: bool,
     /// `WARREN_WEB_DIR`: the built web app to serve at `/`, if any.
     pub web_dir: Option<PathBuf>,
+    /// `WARREN_REQUIRE_MESSAGE_SERVICE`, default true: `/readyz` also waits for a message-service replica on
+    /// every message operation. Tests of the user endpoints alone turn it off.
+    pub require_message_service: bool,
+    pub ws: WsSettings,
+}
+
+/// The WebSocket endpoint's limits and timers. Every one bounds memory or time per connection (DESIGN §2.7).
+#[derive(Debug, Clone)]
+pub struct WsSettings {
+    /// `WARREN_WS_AUTH_TIMEOUT_MS`, default 5000: how long a new socket may take to send its `auth` frame.
+    pub auth_timeout: Duration,
+    /// `WARREN_WS_PING_INTERVAL_MS`, default 20000: how often the gateway pings (told to clients in `ready`).
+    pub ping_interval: Duration,
+    /// `WARREN_WS_IDLE_TIMEOUT_MS`, default 60000: a socket that sends nothing (not even a pong) this long is
+    /// closed.
+    pub idle_timeout: Duration,
+    /// `WARREN_WS_SYNC_INTERVAL_MS`, default 30000: how often an idle client should `sync` (told in `ready`).
+    pub sync_interval: Duration,
+    /// `WARREN_WS_MAX_MESSAGE_BYTES`, default 65536: the largest frame (and message) a client may send;
+    /// larger ones close the socket with 1009. A `sync` with the most heads allowed needs ~41 KB.
+    pub max_message_bytes: usize,
+    /// `WARREN_WS_OUTBOUND_QUEUE`, default 1024: frames queued for one socket before it counts as too slow and is
+    /// closed with 4008. One commit's event batch arrives as a burst, so this must exceed the events one user can
+    /// get from a single batch; slots cost nothing until used and queued frames share their bytes.
+    pub outbound_queue: usize,
+    /// `WARREN_WS_MAX_IN_FLIGHT`, default 32: requests one socket may have in flight; more get `rate_limited`.
+    pub max_in_flight: usize,
+    /// `WARREN_WS_WRITE_TIMEOUT_MS`, default 10000: a write the client does not take in this time closes the
+    /// socket with 4008.
+    pub write_timeout: Duration,
+    /// `WARREN_WS_MAX_CONNECTIONS`, default 10000: sockets this gateway holds at once; more are refused with 503.
+    pub max_connections: usize,
+}
+
+impl WsSettings {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let settings = Self {
+            auth_timeout: env_millis("WARREN_WS_AUTH_TIMEOUT_MS", 5_000)?,
+            ping_interval: env_millis("WARREN_WS_PING_INTERVAL_MS", 20_000)?,
+            idle_timeout: env_millis("WARREN_WS_IDLE_TIMEOUT_MS", 60_000)?,
+            sync_interval: env_millis("WARREN_WS_SYNC_INTERVAL_MS", 30_000)?,
+            max_message_bytes: env_parse("WARREN_WS_MAX_MESSAGE_BYTES", 64 * 1024)?,
+            outbound_queue: env_parse("WARREN_WS_OUTBOUND_QUEUE", 1024)?,
+            max_in_flight: env_parse("WARREN_WS_MAX_IN_FLIGHT", 32)?,
+            write_timeout: env_millis("WARREN_WS_WRITE_TIMEOUT_MS", 10_000)?,
+            max_connections: env_parse("WARREN_WS_MAX_CONNECTIONS", 10_000)?,
+        };
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.ping_interval.is_zero() || self.idle_timeout <= self.ping_interval {
+            bail!("WARREN_WS_IDLE_TIMEOUT_MS must be longer than WARREN_WS_PING_INTERVAL_MS (> 0)");
+        }
+        if self.outbound_queue == 0 || self.max_in_flight == 0 || self.max_connections == 0 {
+            bail!("WARREN_WS_OUTBOUND_QUEUE, WARREN_WS_MAX_IN_FLIGHT and WARREN_WS_MAX_CONNECTIONS must be > 0");
+        }
+        if self.max_message_bytes < 1024 {
+            bail!("WARREN_WS_MAX_MESSAGE_BYTES must be at least 1024");
+        }
+        Ok(())
+    }
+}
+
+impl Default for WsSettings {
+    fn default() -> Self {
+        Self {
+            auth_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            sync_interval: Duration::from_secs(30),
+            max_message_bytes: 64 * 1024,
+            outbound_queue: 1024,
+            max_in_flight: 32,
+            write_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+        }
+    }
 }
 
 impl Settings {
@@ -62,10 +141,13 @@ impl Settings {
             auth_rate_burst: env_parse("WARREN_AUTH_RATE_BURST", 10)?,
             trust_forwarded_for: env_parse("WARREN_TRUST_FORWARDED_FOR", false)?,
             web_dir,
+            require_message_service: env_parse("WARREN_REQUIRE_MESSAGE_SERVICE", true)?,
+            ws: WsSettings::from_env()?,
         })
     }
 
-    /// Settings for tests: development key, port 0, the given broker settings.
+    /// Settings for tests: development key, port 0, the given broker settings, and readiness without a
+    /// message-service (set `require_message_service` when a test starts one).
     pub fn for_tests(amqp: AmqpSettings) -> Self {
         Self {
             environment: Environment::Development,
@@ -79,6 +161,8 @@ impl Settings {
             auth_rate_burst: 1_000,
             trust_forwarded_for: false,
             web_dir: None,
+            require_message_service: false,
+            ws: WsSettings::default(),
         }
     }
 }
@@ -95,6 +179,14 @@ pub fn default_instance_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_websocket_defaults_are_consistent_and_nonsense_is_refused() {
+        assert!(WsSettings::default().check().is_ok());
+        let idle_before_ping = WsSettings { idle_timeout: Duration::from_secs(10), ..WsSettings::default() };
+        assert!(idle_before_ping.check().is_err());
+        assert!(WsSettings { outbound_queue: 0, ..WsSettings::default() }.check().is_err());
+    }
 
     #[test]
     fn origins_are_trimmed_and_normalised() {

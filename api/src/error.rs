@@ -6,7 +6,7 @@
 
 use axum::{
     Json,
-    extract::rejection::{JsonRejection, QueryRejection},
+    extract::rejection::{JsonRejection, PathRejection, QueryRejection},
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -76,7 +76,7 @@ impl IntoResponse for HttpError {
 impl From<JsonRejection> for HttpError {
     fn from(rejection: JsonRejection) -> Self {
         let error = match &rejection {
-            JsonRejection::JsonDataError(e) => ApiError::validation(e.body_text()),
+            JsonRejection::JsonDataError(e) => ApiError::bad_request(e.body_text()),
             JsonRejection::JsonSyntaxError(_) => ApiError::bad_request("the body is not valid JSON"),
             JsonRejection::MissingJsonContentType(_) => {
                 ApiError::bad_request("expected a JSON body with content-type application/json")
@@ -96,6 +96,20 @@ impl From<QueryRejection> for HttpError {
     }
 }
 
+impl From<PathRejection> for HttpError {
+    fn from(rejection: PathRejection) -> Self {
+        let error = match &rejection {
+            PathRejection::FailedToDeserializePathParams(e) => ApiError::bad_request(e.body_text()),
+            // A route/extractor mismatch is a bug, not the client's fault.
+            other => {
+                tracing::error!(rejection = %other.body_text(), "path parameters do not fit the route");
+                ApiError::internal()
+            }
+        };
+        error.into()
+    }
+}
+
 /// A JSON body whose rejections are [`HttpError`]s.
 #[derive(Debug, axum::extract::FromRequest)]
 #[from_request(via(axum::Json), rejection(HttpError))]
@@ -105,6 +119,11 @@ pub struct ApiJson<T>(pub T);
 #[derive(Debug, axum::extract::FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(HttpError))]
 pub struct ApiQuery<T>(pub T);
+
+/// Path parameters whose rejections (`/api/conversations/abc`) are [`HttpError`]s.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(HttpError))]
+pub struct ApiPath<T>(pub T);
 
 impl<T: Serialize> IntoResponse for ApiJson<T> {
     fn into_response(self) -> Response {

@@ -1,9 +1,11 @@
-//! The gateway: the only process browsers talk to. HTTP and (soon) WebSockets in, RabbitMQ RPC out; it verifies
-//! tokens with the public key but holds no database connection and cannot mint tokens.
+//! The gateway: the only process browsers talk to. HTTP and WebSockets in, RabbitMQ RPC out, and the event
+//! stream fanned back in to the sockets; it verifies tokens with the public key but holds no database connection
+//! and cannot mint tokens.
 //!
 //! A tour: [`startup`] builds the router and runs it; [`routes`] holds one file per area of the REST API;
-//! [`auth`] is the bearer-token extractor; [`error`] is the one place errors become HTTP statuses;
-//! [`state`] is what handlers share; [`config`] reads the environment.
+//! [`ws`] is the WebSocket endpoint and the hub that routes live events to sockets; [`auth`] is the
+//! bearer-token extractor; [`error`] is the one place errors become HTTP statuses; [`validate`] bounds request
+//! sizes at the edge; [`state`] is what handlers share; [`config`] reads the environment.
 
 pub mod auth;
 pub mod config;
@@ -12,3 +14,5 @@ pub mod request_id;
 pub mod routes;
 pub mod startup;
 pub mod state;
+pub mod validate;
+pub mod ws;

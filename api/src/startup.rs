@@ -1,6 +1,8 @@
-//! Building and running the gateway: `Application::build(settings)` binds the listener (port 0 in tests) and
-//! connects to the broker in the background; `run_until_stopped(shutdown)` serves until the future resolves, then
-//! drains HTTP requests and closes the broker connection last.
+//! Building and running the gateway: `Application::build(settings)` binds the listener (port 0 in tests),
+//! connects to the broker in the background and subscribes to the event stream; `run_until_stopped(shutdown)`
+//! serves until the future resolves, then closes every WebSocket with 1001 (axum's graceful shutdown does not wait
+//! for upgraded connections, so the hub tracks them itself), drains HTTP requests and closes the broker connection
+//! last.
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
@@ -9,10 +11,10 @@ use axum::{
     Router,
     extract::DefaultBodyLimit,
     http::{HeaderName, HeaderValue, Method, header},
-    routing::{get, post},
+    routing::{delete, get, post},
 };
 use common::{
-    amqp::{Broker, RpcClient},
+    amqp::{Broker, EventSubscriber, RpcClient, SubscriberOptions},
     protocol::ApiError,
 };
 use tokio::net::TcpListener;
@@ -28,12 +30,16 @@ use crate::{
     config::Settings,
     error::HttpError,
     request_id,
-    routes::{health, users},
+    routes::{conversations, health, users},
     state::AppState,
+    ws::{self, Hub},
 };
 
 /// Largest HTTP body accepted. Chat payloads are a few KiB; anything bigger is refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// How long shutdown waits for WebSockets to finish their close handshakes.
+pub const WS_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub struct Application {
@@ -47,7 +53,12 @@ impl Application {
         let rpc = RpcClient::start(broker.clone(), "api", &settings.instance_id);
         let listener =
             TcpListener::bind(settings.http_addr).await.with_context(|| format!("binding {}", settings.http_addr))?;
-        let state = AppState::new(settings, broker, rpc)?;
+        let hub = Hub::new(settings.ws.outbound_queue, settings.ws.max_connections);
+        let events = EventSubscriber::start(broker.clone(), &settings.instance_id, SubscriberOptions::default(), {
+            let hub = hub.clone();
+            move |received| hub.receive(received)
+        });
+        let state = AppState::new(settings, broker, rpc, hub, events)?;
         Ok(Self { listener, state })
     }
 
@@ -68,9 +79,11 @@ impl Application {
         let stop = CancellationToken::new();
         tokio::spawn({
             let stop = stop.clone();
+            let hub = state.hub().clone();
             async move {
                 shutdown.await;
                 stop.cancel();
+                hub.shut_down();
             }
         });
         tokio::spawn(prune_rate_limiter(state.clone(), stop.clone()));
@@ -80,6 +93,9 @@ impl Application {
             .with_graceful_shutdown(stop.clone().cancelled_owned())
             .await
             .context("serving HTTP")?;
+        if !state.hub().wait_closed(WS_CLOSE_WAIT).await {
+            tracing::warn!(sockets = state.hub().len(), "some WebSockets did not finish closing in time");
+        }
         state.broker().close().await;
         tracing::info!("gateway stopped");
         Ok(())
@@ -92,9 +108,24 @@ pub fn router(state: AppState) -> Router {
         .route("/login", post(users::log_in))
         .route("/users", get(users::list_users))
         .route("/me", get(users::get_me))
+        .route("/conversations", get(conversations::list_conversations).post(conversations::create_group))
+        .route("/conversations/{id}", get(conversations::get_conversation))
+        .route(
+            "/conversations/{id}/messages",
+            get(conversations::get_messages).post(conversations::send_to_conversation),
+        )
+        .route("/conversations/{id}/members", post(conversations::add_members))
+        .route("/conversations/{id}/members/{user_id}", delete(conversations::remove_member))
+        .route("/conversations/{id}/leave", post(conversations::leave_conversation))
+        .route("/conversations/{id}/read", post(conversations::mark_read))
+        .route("/sync", post(conversations::sync))
+        .route("/messages", post(conversations::send_direct))
         .fallback(|| async { HttpError::from(ApiError::not_found("no such endpoint")) });
-    let mut router =
-        Router::new().route("/healthz", get(health::healthz)).route("/readyz", get(health::readyz)).nest("/api", api);
+    let mut router = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/ws", get(ws::upgrade))
+        .nest("/api", api);
     if let Some(dir) = state.settings().web_dir.clone() {
         // A single-page app: unknown paths get index.html so client-side routes survive a reload.
         let index = ServeFile::new(dir.join("index.html"));

@@ -1,15 +1,16 @@
-//! What every request handler can reach: the RPC client, the token verifier, the rate limiter and the settings.
+//! What every request handler can reach: the RPC client, the token verifier, the rate limiter, the settings, and
+//! the WebSocket hub with the event subscription that feeds it.
 
 use std::{net::IpAddr, num::NonZeroU32, sync::Arc};
 
 use common::{
-    amqp::{Broker, CallContext, RpcClient},
+    amqp::{Broker, CallContext, EventSubscriber, RpcClient},
     auth::{TokenVerifier, VerifiedUser},
     protocol::{ApiError, Operation},
 };
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 
-use crate::{config::Settings, error::HttpError};
+use crate::{config::Settings, error::HttpError, ws::Hub};
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -23,15 +24,23 @@ struct Inner {
     rpc: RpcClient,
     verifier: TokenVerifier,
     auth_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    hub: Hub,
+    events: EventSubscriber,
 }
 
 impl AppState {
-    pub fn new(settings: Settings, broker: Broker, rpc: RpcClient) -> anyhow::Result<Self> {
+    pub fn new(
+        settings: Settings,
+        broker: Broker,
+        rpc: RpcClient,
+        hub: Hub,
+        events: EventSubscriber,
+    ) -> anyhow::Result<Self> {
         let verifier = TokenVerifier::from_public_pem(settings.jwt_public_key_pem.as_bytes())?;
         let per_minute = NonZeroU32::new(settings.auth_rate_per_minute).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(settings.auth_rate_burst).unwrap_or(NonZeroU32::MIN);
         let auth_limiter = RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst));
-        Ok(Self { inner: Arc::new(Inner { settings, broker, rpc, verifier, auth_limiter }) })
+        Ok(Self { inner: Arc::new(Inner { settings, broker, rpc, verifier, auth_limiter, hub, events }) })
     }
 
     pub fn settings(&self) -> &Settings {
@@ -44,6 +53,14 @@ impl AppState {
 
     pub fn rpc(&self) -> &RpcClient {
         &self.inner.rpc
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    pub fn events(&self) -> &EventSubscriber {
+        &self.inner.events
     }
 
     /// Calls a service operation with the gateway's timeout, logging under the request id.

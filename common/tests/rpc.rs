@@ -210,6 +210,8 @@ async fn a_poison_request_is_dead_lettered_after_the_delivery_limit_and_others_a
         })
     });
     h.wait_for_consumers("login", 1).await;
+    // The server consumes its queues one after another: the echo queue may not be served yet.
+    h.wait_for_consumers("getSelf", 1).await;
 
     let (boom, fine, patient) = (Text("boom".into()), Text("fine".into()), ctx(10_000));
     let (poisoned, healthy) =

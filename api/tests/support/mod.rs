@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
+pub mod ws;
+
 use std::time::{Duration, Instant};
 
 use common::{config::AmqpSettings, testing};

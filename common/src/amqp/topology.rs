@@ -206,9 +206,20 @@ impl Topology {
 
     /// Declares a gateway's exclusive, length-limited event queue and binds it to the fanout exchange.
     pub async fn declare_gateway_event_queue(&self, channel: &Channel, instance_id: &str) -> lapin::Result<String> {
+        self.declare_gateway_event_queue_with_max_length(channel, instance_id, GATEWAY_EVENT_QUEUE_MAX_LENGTH).await
+    }
+
+    /// [`Self::declare_gateway_event_queue`] with another length limit (tests use a small one to see the oldest
+    /// events dropped). The queue is exclusive to one connection, so no two declarations ever disagree.
+    pub async fn declare_gateway_event_queue_with_max_length(
+        &self,
+        channel: &Channel,
+        instance_id: &str,
+        max_length: u32,
+    ) -> lapin::Result<String> {
         let queue = self.gateway_event_queue(instance_id);
         let mut args = FieldTable::default();
-        args.insert("x-max-length".into(), AMQPValue::LongInt(GATEWAY_EVENT_QUEUE_MAX_LENGTH as i32));
+        args.insert("x-max-length".into(), AMQPValue::LongInt(i32::try_from(max_length).unwrap_or(i32::MAX)));
         args.insert("x-overflow".into(), AMQPValue::LongString("drop-head".into()));
         channel
             .queue_declare(

@@ -23,8 +23,13 @@ pub const MAX_CONVERSATIONS_PAGE: u32 = 200;
 /// Most missed messages `sync` returns per conversation; past it the conversation is marked truncated and the
 /// client pages the rest with `getMessages`.
 pub const SYNC_MESSAGES_PER_CONVERSATION: u32 = 200;
-/// Most heads one `sync` may carry.
-pub const MAX_SYNC_HEADS: usize = 2_000;
+/// Most heads one `sync` may carry (a thousand heads is ~41 KB of JSON, inside the 64 KiB frame limit; `sync`
+/// answers for the most recently active `MAX_CONVERSATIONS_PAGE` conversations anyway).
+pub const MAX_SYNC_HEADS: usize = 1_000;
+/// Most missed messages one `sync` returns in all; conversations past the budget are listed in `truncated`.
+pub const SYNC_MESSAGES_TOTAL: u32 = 1_000;
+/// Most message-body bytes one `sync` returns in all (a thousand maximal messages would be ~16 MB).
+pub const SYNC_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
 #[serde(rename_all = "camelCase")]

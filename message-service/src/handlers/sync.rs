@@ -5,7 +5,8 @@ use common::{
     protocol::{
         ApiError,
         messages::{
-            AsUser, MAX_CONVERSATIONS_PAGE, MAX_SYNC_HEADS, SYNC_MESSAGES_PER_CONVERSATION, SyncRequest, SyncResponse,
+            AsUser, MAX_CONVERSATIONS_PAGE, MAX_SYNC_HEADS, SYNC_BODY_BYTES, SYNC_MESSAGES_PER_CONVERSATION,
+            SYNC_MESSAGES_TOTAL, SyncRequest, SyncResponse,
         },
     },
 };
@@ -13,9 +14,11 @@ use common::{
 use super::{Shared, internal};
 
 /// The resume contract: given the newest seq the client holds per conversation, return every conversation of the
-/// user and the messages it lacks, in order, at most `SYNC_MESSAGES_PER_CONVERSATION` per conversation (the rest
-/// flagged `truncated`, for paging with `getMessages after`). Whatever replica or gateway a client reconnects to,
-/// the answer comes from the database, so nothing acknowledged can be missed.
+/// user and the messages it lacks, in order, at most `SYNC_MESSAGES_PER_CONVERSATION` per conversation and
+/// `SYNC_MESSAGES_TOTAL` / `SYNC_BODY_BYTES` in all (the rest flagged `truncated`, for paging with
+/// `getMessages after`: what was returned of a conversation is always a prefix of what it lacks, so the client's
+/// new head is exact). Whatever replica or gateway a client reconnects to, the answer comes from the database,
+/// so nothing acknowledged can be missed.
 #[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug))]
 pub async fn sync(
     service: Shared,
@@ -32,19 +35,36 @@ pub async fn sync(
     let heads: HashMap<i64, i64> = request.heads.iter().map(|h| (h.conversation_id, h.seq)).collect();
     let conversations = service.store.list(user_id, None, i64::from(MAX_CONVERSATIONS_PAGE)).await.map_err(internal)?;
     let per = i64::from(SYNC_MESSAGES_PER_CONVERSATION);
+    let mut budget = i64::from(SYNC_MESSAGES_TOTAL);
     let mut ranges = Vec::new();
     let mut truncated = Vec::new();
     for entry in &conversations {
         let conversation = &entry.conversation;
-        let held = heads.get(&conversation.id).copied().unwrap_or(0);
+        let held = heads.get(&conversation.id).copied().unwrap_or(0).min(conversation.last_seq);
         if conversation.last_seq > held {
-            let hi = conversation.last_seq.min(held + per);
-            ranges.push((conversation.id, held + 1, hi));
+            let hi = conversation.last_seq.min(held + per.min(budget));
+            if hi > held {
+                ranges.push((conversation.id, held + 1, hi));
+                budget -= hi - held;
+            }
             if hi < conversation.last_seq {
                 truncated.push(conversation.id);
             }
         }
     }
-    let messages = service.store.ranges(&ranges).await.map_err(internal)?;
+    let mut messages = service.store.ranges(&ranges).await.map_err(internal)?;
+    // The byte budget: keep a prefix of each conversation's missing messages, flag the rest.
+    let mut bytes = 0;
+    if let Some(cut) = messages.iter().position(|m| {
+        bytes += m.body.len();
+        bytes > SYNC_BODY_BYTES
+    }) {
+        for message in &messages[cut..] {
+            if !truncated.contains(&message.conversation_id) {
+                truncated.push(message.conversation_id);
+            }
+        }
+        messages.truncate(cut);
+    }
     Ok(SyncResponse { conversations, messages, truncated })
 }

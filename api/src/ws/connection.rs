@@ -1,0 +1,376 @@
+//! One WebSocket connection, from the upgrade to the close handshake.
+//!
+//! 1. **Authenticate**: the first frame must be `auth` within the configured time, with a token the gateway
+//!    verifies; then `getSelf` fetches the user, the socket joins the [`Hub`](super::Hub) and `ready` is sent.
+//!    Joining before `ready` means no event can fall between the client's first `sync` and live push.
+//! 2. **Serve**: one task per socket selects over the client's frames, replies of requests in flight (run
+//!    concurrently, at most `max_in_flight`), the events the hub queued, the ping timer, the idle timer and the
+//!    hub's close signal (slow consumer, shutdown). Every write is bounded by a timeout.
+//! 3. **Close**: send a close frame with a code and a reason, then keep reading until the client's close arrives
+//!    and the stream ends (bounded), so closes are clean (DESIGN §8).
+
+use std::{borrow::Cow, error::Error as _, pin::pin, time::Duration};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use common::{
+    auth::VerifiedUser,
+    protocol::{
+        ApiError, ErrorCode,
+        users::{GetSelf, GetSelfRequest, User},
+        ws::{ClientFrame, ServerFrame, close},
+    },
+};
+use futures_util::{SinkExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
+use tokio::{
+    sync::{OwnedSemaphorePermit, mpsc},
+    time::{Instant, MissedTickBehavior, sleep, timeout},
+};
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tracing::Instrument;
+
+use super::{
+    dispatch, frames,
+    hub::{CloseReason, Closer, encode},
+};
+use crate::state::AppState;
+
+/// Largest frame the gateway sends. A reply that would be larger is answered with an error instead (the
+/// write buffer refuses any frame above its cap, see `max_write_buffer_size`).
+pub const MAX_OUTBOUND_FRAME_BYTES: usize = 16 << 20;
+
+/// How long a close handshake may take before the connection is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Most queued frames written before one flush.
+const MAX_BATCH: usize = 64;
+
+/// Requests refused in a row (over `max_in_flight`) after which the client counts as flooding.
+const MAX_STRIKES: usize = 64;
+
+/// Used when the gateway cannot even encode an error frame (never expected).
+const INTERNAL_ERROR_FRAME: &str = r#"{"type":"error","error":{"code":"internal","message":"internal error"}}"#;
+
+/// How a connection ends.
+#[derive(Debug)]
+enum End {
+    /// Send a close frame with this code and reason, then wait for the client's.
+    Close(u16, Cow<'static, str>),
+    /// The client sent its close: only finish the handshake.
+    Drain,
+    /// The connection is gone or broken: nothing more to send.
+    Drop,
+}
+
+impl From<CloseReason> for End {
+    fn from(reason: CloseReason) -> Self {
+        End::Close(reason.code, reason.reason.into())
+    }
+}
+
+/// Everything one socket's task owns.
+#[derive(Debug)]
+pub struct Connection {
+    pub state: AppState,
+    pub closer: Closer,
+    /// Holds one of the gateway's connection slots.
+    pub permit: OwnedSemaphorePermit,
+    /// Keeps shutdown waiting until this connection has closed.
+    pub task: TaskTrackerToken,
+}
+
+/// Runs a socket to its end.
+pub async fn run(mut socket: WebSocket, connection: Connection) {
+    let Connection { state, closer, permit, task } = connection;
+    // A short random id ties the socket's log lines and its requests' RPCs together.
+    let mut id = uuid::Uuid::new_v4().simple().to_string();
+    id.truncate(12);
+    let span = tracing::info_span!("ws", connection = %id, user_id = tracing::field::Empty);
+    async move {
+        let end = match authenticate(&mut socket, &state, &closer, &id).await {
+            Ok((verified, user)) => {
+                tracing::Span::current().record("user_id", user.id);
+                let mut registration = state.hub().register(user.id, closer.clone());
+                let ready = ServerFrame::Ready {
+                    user,
+                    ping_interval_ms: millis(state.settings().ws.ping_interval),
+                    sync_interval_ms: millis(state.settings().ws.sync_interval),
+                };
+                tracing::debug!("socket authenticated");
+                let mut session = Session {
+                    socket: &mut socket,
+                    state: &state,
+                    closer: &closer,
+                    outbound: &mut registration.outbound,
+                    in_flight: FuturesUnordered::new(),
+                };
+                match session.write_frame(&ready).await {
+                    Ok(()) => session.serve(&verified, &id).await,
+                    Err(end) => end,
+                }
+            }
+            Err(end) => end,
+        };
+        tracing::debug!(?end, "socket closing");
+        finish(socket, end, state.settings().ws.write_timeout).await;
+        drop((permit, task));
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn authenticate(
+    socket: &mut WebSocket,
+    state: &AppState,
+    closer: &Closer,
+    connection: &str,
+) -> Result<(VerifiedUser, User), End> {
+    let settings = &state.settings().ws;
+    let mut deadline = pin!(sleep(settings.auth_timeout));
+    let token = loop {
+        let message = tokio::select! {
+            () = &mut deadline => return Err(End::Close(close::UNAUTHORIZED, "no auth frame in time".into())),
+            reason = closer.closed() => return Err(reason.into()),
+            message = socket.recv() => message,
+        };
+        match inbound(message, settings.max_message_bytes)? {
+            Inbound::Text(text) => match frames::parse(&text) {
+                Ok(ClientFrame::Auth { token }) => break token,
+                _ => return Err(End::Close(close::UNAUTHORIZED, "the first frame must be auth".into())),
+            },
+            Inbound::Control => {}
+        }
+    };
+    let verified =
+        state.authenticate(&token).map_err(|_| End::Close(close::UNAUTHORIZED, "invalid or expired token".into()))?;
+    let request_id = format!("{connection}-auth");
+    let get_self = GetSelfRequest { user_id: verified.user_id };
+    let user = tokio::select! {
+        user = state.call::<GetSelf>(&request_id, &get_self) => user,
+        reason = closer.closed() => return Err(reason.into()),
+    };
+    match user {
+        Ok(user) => Ok((verified, user)),
+        Err(error) => {
+            tracing::info!(code = ?error.code, user_id = verified.user_id, "cannot load the user of a socket");
+            let (code, reason) = refusal(&error);
+            let frame = text_of(&ServerFrame::Error { id: None, error });
+            send(socket, closer, settings.write_timeout, Message::Text(frame)).await?;
+            Err(End::Close(code, reason.into()))
+        }
+    }
+}
+
+/// The close code when the user behind a valid token cannot be loaded.
+fn refusal(error: &ApiError) -> (u16, &'static str) {
+    match error.code {
+        ErrorCode::NotFound | ErrorCode::Unauthorized | ErrorCode::Forbidden => (close::UNAUTHORIZED, "unknown user"),
+        ErrorCode::Internal => (1011, "internal error"),
+        code if code.is_retryable() => (1013, "try again later"),
+        _ => (1011, "internal error"),
+    }
+}
+
+/// An authenticated socket being served.
+struct Session<'a> {
+    socket: &'a mut WebSocket,
+    state: &'a AppState,
+    closer: &'a Closer,
+    outbound: &'a mut mpsc::Receiver<Utf8Bytes>,
+    in_flight: FuturesUnordered<BoxFuture<'static, ServerFrame>>,
+}
+
+impl Session<'_> {
+    async fn serve(&mut self, user: &VerifiedUser, connection: &str) -> End {
+        let settings = &self.state.settings().ws;
+        let mut idle = pin!(sleep(settings.idle_timeout));
+        let mut ping = tokio::time::interval_at(Instant::now() + settings.ping_interval, settings.ping_interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut requests = 0u64;
+        let mut strikes = 0usize;
+        loop {
+            let step = tokio::select! {
+                reason = self.closer.closed() => Err(reason.into()),
+                message = self.socket.recv() => match inbound(message, settings.max_message_bytes) {
+                    Ok(message) => {
+                        idle.as_mut().reset(Instant::now() + settings.idle_timeout);
+                        match message {
+                            Inbound::Text(text) => match self.admit(&text, &mut strikes) {
+                                Ok(Admitted::Request(frame)) => {
+                                    requests += 1;
+                                    let request_id = format!("{connection}-{requests}");
+                                    let state = self.state.clone();
+                                    self.in_flight.push(Box::pin(dispatch::handle(state, user.clone(), request_id, frame)));
+                                    Ok(())
+                                }
+                                Ok(Admitted::Refused(error)) => self.write_frame(&error).await,
+                                Err(end) => Err(end),
+                            },
+                            Inbound::Control => Ok(()),
+                        }
+                    }
+                    Err(end) => Err(end),
+                },
+                Some(reply) = self.in_flight.next(), if !self.in_flight.is_empty() => self.write_reply(reply).await,
+                Some(first) = self.outbound.recv() => self.write_queued(first).await,
+                _ = ping.tick() => self.send(Message::Ping(Default::default())).await,
+                () = &mut idle => Err(End::Close(1001, "idle timeout".into())),
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// Decides what to do with a text frame: run it, refuse it with an error frame, or end a flooding client.
+    fn admit(&self, text: &str, strikes: &mut usize) -> Result<Admitted, End> {
+        let frame = match frames::parse(text) {
+            Ok(ClientFrame::Auth { .. }) => {
+                return Ok(Admitted::Refused(ServerFrame::Error {
+                    id: None,
+                    error: ApiError::bad_request("already authenticated"),
+                }));
+            }
+            Ok(frame) => frame,
+            Err(rejected) => return Ok(Admitted::Refused(rejected.into())),
+        };
+        let max = self.state.settings().ws.max_in_flight;
+        if self.in_flight.len() < max {
+            *strikes = 0;
+            return Ok(Admitted::Request(frame));
+        }
+        *strikes += 1;
+        if *strikes > MAX_STRIKES {
+            tracing::info!("closing a socket that floods requests");
+            return Err(End::Close(close::PROTOCOL, "too many requests at once".into()));
+        }
+        Ok(Admitted::Refused(ServerFrame::Error {
+            id: frame.id().map(str::to_owned),
+            error: ApiError::new(ErrorCode::RateLimited, format!("too many requests in flight (at most {max})")),
+        }))
+    }
+
+    async fn write_reply(&mut self, reply: ServerFrame) -> Result<(), End> {
+        let mut text = text_of(&reply);
+        if text.len() > MAX_OUTBOUND_FRAME_BYTES {
+            let id = match &reply {
+                ServerFrame::Reply { id, .. } => Some(id.clone()),
+                _ => None,
+            };
+            tracing::warn!(bytes = text.len(), "a reply is too large to send");
+            let error = ApiError::new(ErrorCode::PayloadTooLarge, "the reply is too large; ask for a smaller page");
+            text = text_of(&ServerFrame::Error { id, error });
+        }
+        self.send(Message::Text(text)).await
+    }
+
+    async fn write_frame(&mut self, frame: &ServerFrame) -> Result<(), End> {
+        self.send(Message::Text(text_of(frame))).await
+    }
+
+    /// Writes `first` and whatever else is queued (up to a batch), then flushes once.
+    async fn write_queued(&mut self, first: Utf8Bytes) -> Result<(), End> {
+        let Session { socket, outbound, closer, state, .. } = self;
+        let write = async {
+            socket.feed(Message::Text(first)).await?;
+            for _ in 1..MAX_BATCH {
+                match outbound.try_recv() {
+                    Ok(text) => socket.feed(Message::Text(text)).await?,
+                    Err(_) => break,
+                }
+            }
+            socket.flush().await
+        };
+        bounded(write, closer, state.settings().ws.write_timeout).await
+    }
+
+    async fn send(&mut self, message: Message) -> Result<(), End> {
+        send(self.socket, self.closer, self.state.settings().ws.write_timeout, message).await
+    }
+}
+
+enum Admitted {
+    Request(ClientFrame),
+    Refused(ServerFrame),
+}
+
+async fn send(socket: &mut WebSocket, closer: &Closer, limit: Duration, message: Message) -> Result<(), End> {
+    bounded(socket.send(message), closer, limit).await
+}
+
+/// Runs a write, giving up when the client does not take it in time (it is too slow) or the hub closes the
+/// socket meanwhile.
+async fn bounded(
+    write: impl Future<Output = Result<(), axum::Error>>,
+    closer: &Closer,
+    limit: Duration,
+) -> Result<(), End> {
+    tokio::select! {
+        written = timeout(limit, write) => match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "write failed");
+                Err(End::Drop)
+            }
+            Err(_) => Err(CloseReason::SLOW_CONSUMER.into()),
+        },
+        reason = closer.closed() => Err(reason.into()),
+    }
+}
+
+enum Inbound {
+    Text(Utf8Bytes),
+    /// Ping or pong: proof of life, nothing to answer (tungstenite answers pings itself).
+    Control,
+}
+
+fn inbound(message: Option<Result<Message, axum::Error>>, max_bytes: usize) -> Result<Inbound, End> {
+    match message {
+        Some(Ok(Message::Text(text))) => Ok(Inbound::Text(text)),
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(Inbound::Control),
+        Some(Ok(Message::Binary(_))) => Err(End::Close(close::PROTOCOL, "binary frames are not supported".into())),
+        Some(Ok(Message::Close(_))) => Err(End::Drain),
+        Some(Err(error)) if is_too_large(&error) => {
+            tracing::info!("closing a socket that sent an oversized frame");
+            Err(End::Close(1009, format!("frame too large (at most {max_bytes} bytes)").into()))
+        }
+        Some(Err(error)) => {
+            tracing::debug!(%error, "socket read failed");
+            Err(End::Drop)
+        }
+        None => Err(End::Drop),
+    }
+}
+
+/// Whether tungstenite refused a frame or message over the configured size.
+fn is_too_large(error: &axum::Error) -> bool {
+    error
+        .source()
+        .and_then(|source| source.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|error| matches!(error, tungstenite::Error::Capacity(_)))
+}
+
+/// Sends the close frame (if any) and reads until the client's close ends the stream.
+///
+/// The close frame gets the whole write timeout: a client closed for being slow has a full buffer to read
+/// before it reaches the reason. Its answer then gets [`CLOSE_GRACE`].
+async fn finish(mut socket: WebSocket, end: End, write_timeout: Duration) {
+    if let End::Close(code, reason) = &end {
+        let frame = Message::Close(Some(CloseFrame { code: *code, reason: Utf8Bytes::from(reason.as_ref()) }));
+        if !matches!(timeout(write_timeout, socket.send(frame)).await, Ok(Ok(()))) {
+            tracing::debug!("the close frame could not be delivered");
+            return;
+        }
+    }
+    if matches!(end, End::Drop) {
+        return;
+    }
+    let _ = timeout(CLOSE_GRACE, async { while let Some(Ok(_)) = socket.recv().await {} }).await;
+}
+
+fn text_of(frame: &ServerFrame) -> Utf8Bytes {
+    encode(frame).unwrap_or_else(|| Utf8Bytes::from_static(INTERNAL_ERROR_FRAME))
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,97 @@
+//! One client request frame in, one `reply` or `error` frame out: the WebSocket twin of the REST handlers.
+//!
+//! User operations go to the user-service as they are; every message operation is wrapped in
+//! [`AsUser`] with the id from the verified token, so a client can never act as someone else. Bounds are checked
+//! here ([`Bounded`]) so oversized requests never reach the broker.
+
+use common::{
+    auth::VerifiedUser,
+    protocol::{
+        ApiError, Operation,
+        messages::{
+            AddMembers, AsUser, CreateGroup, GetConversation, GetMessages, LeaveConversation, ListConversations,
+            MarkRead, RemoveMember, SendMessage, Sync,
+        },
+        users::{GetSelf, GetSelfRequest, GetUsers},
+        ws::{ClientFrame, ReplyData, ServerFrame},
+    },
+};
+
+use crate::{state::AppState, validate::Bounded};
+
+/// Runs one request. Never fails: every error becomes an error frame naming the request's `id`.
+#[tracing::instrument(skip_all, fields(request_id = %request_id, user_id = user.user_id, op))]
+pub async fn handle(state: AppState, user: VerifiedUser, request_id: String, frame: ClientFrame) -> ServerFrame {
+    let id = frame.id().unwrap_or_default().to_owned();
+    let user_id = user.user_id;
+    let call = Call { state: &state, request_id: &request_id, user_id };
+    let result = match frame {
+        ClientFrame::Auth { .. } => Err(ApiError::bad_request("already authenticated")),
+        ClientFrame::GetSelf { .. } => call.plain::<GetSelf>(GetSelfRequest { user_id }).await.map(ReplyData::GetSelf),
+        ClientFrame::GetUsers { request, .. } => call.plain::<GetUsers>(request).await.map(ReplyData::GetUsers),
+        ClientFrame::SendMessage { request, .. } => {
+            call.checked::<SendMessage, _>(request).await.map(ReplyData::SendMessage)
+        }
+        ClientFrame::GetMessages { request, .. } => {
+            call.as_user::<GetMessages, _>(request).await.map(ReplyData::GetMessages)
+        }
+        ClientFrame::CreateGroup { request, .. } => {
+            call.checked::<CreateGroup, _>(request).await.map(ReplyData::CreateGroup)
+        }
+        ClientFrame::AddMembers { request, .. } => {
+            call.checked::<AddMembers, _>(request).await.map(ReplyData::AddMembers)
+        }
+        ClientFrame::RemoveMember { request, .. } => {
+            call.as_user::<RemoveMember, _>(request).await.map(ReplyData::RemoveMember)
+        }
+        ClientFrame::LeaveConversation { request, .. } => {
+            call.as_user::<LeaveConversation, _>(request).await.map(ReplyData::LeaveConversation)
+        }
+        ClientFrame::GetConversation { request, .. } => {
+            call.as_user::<GetConversation, _>(request).await.map(ReplyData::GetConversation)
+        }
+        ClientFrame::ListConversations { request, .. } => {
+            call.checked::<ListConversations, _>(request).await.map(ReplyData::ListConversations)
+        }
+        ClientFrame::MarkRead { request, .. } => call.as_user::<MarkRead, _>(request).await.map(ReplyData::MarkRead),
+        ClientFrame::Sync { request, .. } => call.checked::<Sync, _>(request).await.map(ReplyData::Sync),
+    };
+    match result {
+        Ok(result) => ServerFrame::Reply { id, result },
+        Err(error) => {
+            if error.code.is_retryable() {
+                tracing::warn!(code = ?error.code, message = %error.message, "request failed");
+            }
+            ServerFrame::Error { id: Some(id), error }
+        }
+    }
+}
+
+struct Call<'a> {
+    state: &'a AppState,
+    request_id: &'a str,
+    user_id: i64,
+}
+
+impl Call<'_> {
+    async fn plain<O: Operation>(&self, request: O::Request) -> Result<O::Response, ApiError> {
+        tracing::Span::current().record("op", O::ROUTING_KEY);
+        self.state.call::<O>(self.request_id, &request).await
+    }
+
+    async fn as_user<O, T>(&self, request: T) -> Result<O::Response, ApiError>
+    where
+        O: Operation<Request = AsUser<T>>,
+    {
+        self.plain::<O>(AsUser { user_id: self.user_id, request }).await
+    }
+
+    async fn checked<O, T>(&self, request: T) -> Result<O::Response, ApiError>
+    where
+        O: Operation<Request = AsUser<T>>,
+        T: Bounded,
+    {
+        request.check_bounds()?;
+        self.as_user::<O, T>(request).await
+    }
+}

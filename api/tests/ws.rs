@@ -1,0 +1,430 @@
+//! The WebSocket endpoint through the real gateway, user-service, RabbitMQ and PostgreSQL: authentication,
+//! limits, typed errors, requests, live events from the broker, and every way a socket is closed.
+//! No message-service runs here; events are published on the fanout exchange directly.
+
+mod support;
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{
+    amqp::{Broker, EventPublisher},
+    protocol::messages::{Event, EventBatch, Message, ReadPosition},
+};
+use serde_json::{Value, json};
+use support::{
+    Options, TestApp, spawn_app, spawn_app_with,
+    ws::{Ending, WsClient, error_code},
+};
+use tokio_tungstenite::tungstenite;
+
+fn message_event(id: i64, body: &str, recipients: Vec<i64>) -> Event {
+    Event::Message {
+        message: Message {
+            conversation_id: 7,
+            seq: id,
+            sender_id: recipients[0],
+            client_message_id: format!("c{id}"),
+            body: body.to_owned(),
+            sent_at: 0,
+        },
+        recipients,
+    }
+}
+
+/// A publisher on the test's queue prefix, standing in for the message-service.
+async fn publisher(app: &TestApp) -> (Broker, EventPublisher) {
+    let broker = Broker::start(&app.amqp, "test publisher".into());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !broker.is_connected() {
+        assert!(Instant::now() < deadline, "the publisher never connected");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let publisher = EventPublisher::new(broker.clone());
+    (broker, publisher)
+}
+
+#[tokio::test]
+async fn a_valid_token_gets_ready_with_its_user() {
+    let app = spawn_app().await;
+    let (token, alice_id) = app.register("alice").await;
+
+    let (client, ready) = WsClient::authenticated(&app, &token).await;
+
+    assert_eq!(ready["user"]["id"], alice_id);
+    assert_eq!(ready["user"]["username"], "alice");
+    assert!(ready["user"]["createdAt"].as_i64().unwrap() > 0);
+    assert_eq!(ready["pingIntervalMs"], 20_000);
+    assert_eq!(ready["syncIntervalMs"], 30_000);
+    client.close().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_socket_that_never_authenticates_is_closed_with_4001() {
+    let mut options = Options::default();
+    options.gateway.ws.auth_timeout = Duration::from_millis(300);
+    let app = spawn_app_with(options).await;
+    let mut client = WsClient::connect(&app).await;
+
+    let started = Instant::now();
+    let (code, reason) = client.expect_close().await;
+
+    assert_eq!(code, 4001, "{reason}");
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_token_or_a_request_before_auth_is_closed_with_4001() {
+    let app = spawn_app().await;
+    let (token, _) = app.register("bob").await;
+    let mut tampered = token.clone();
+    tampered.push('x');
+
+    for first in [
+        json!({ "type": "auth", "token": "garbage" }),
+        json!({ "type": "auth", "token": tampered }),
+        json!({ "type": "getSelf", "id": "r1" }),
+        json!({ "type": "auth" }),
+    ] {
+        let mut client = WsClient::connect(&app).await;
+        client.send_json(&first).await;
+        let (code, _) = client.expect_close().await;
+        assert_eq!(code, 4001, "first frame {first}");
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_foreign_origin_is_refused_and_a_listed_one_accepted() {
+    let app = spawn_app().await;
+    let (token, _) = app.register("carol").await;
+
+    let refused = WsClient::try_connect(&app, Some("http://evil.example")).await;
+    let Err(tungstenite::Error::Http(response)) = refused else { panic!("the upgrade was not refused") };
+    assert_eq!(response.status(), 403);
+    let body: Value = serde_json::from_slice(response.body().as_deref().expect("a body")).expect("a JSON body");
+    assert_eq!(body["error"]["code"], "forbidden");
+
+    let mut allowed = WsClient::try_connect(&app, Some("http://localhost:5173")).await.expect("a listed origin");
+    allowed.send_json(&json!({ "type": "auth", "token": token })).await;
+    assert_eq!(allowed.next_frame().await["type"], "ready");
+    allowed.close().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_frames_get_typed_errors_naming_their_request_and_the_socket_keeps_working() {
+    let app = spawn_app().await;
+    let (token, dave_id) = app.register("dave").await;
+    let (mut client, _) = WsClient::authenticated(&app, &token).await;
+    let cases: Vec<(String, Option<&str>, &str)> = vec![
+        ("not json at all".into(), None, "valid JSON"),
+        ("[1, 2, 3]".into(), None, "object"),
+        (json!({ "type": "launchMissiles", "id": "a" }).to_string(), Some("a"), "launchMissiles"),
+        (json!({ "type": "markRead", "id": "b", "conversationId": 1 }).to_string(), Some("b"), "seq"),
+        (json!({ "type": "getUsers", "id": "c", "limit": "ten" }).to_string(), Some("c"), "invalid type"),
+        (json!({ "id": "d" }).to_string(), Some("d"), "type"),
+        (json!({ "type": "getSelf", "id": "x".repeat(65) }).to_string(), None, "id"),
+        (json!({ "type": "getSelf", "id": 42 }).to_string(), None, "id"),
+        (json!({ "type": "getSelf" }).to_string(), None, "id"),
+        (json!({ "type": "auth", "token": token }).to_string(), None, "already authenticated"),
+    ];
+
+    for (text, id, mentions) in cases {
+        client.send_text(text.clone()).await;
+        let frame = client.next_frame().await;
+        assert_eq!(error_code(&frame), "bad_request", "{text} -> {frame}");
+        assert_eq!(frame["id"].as_str(), id, "{text} -> {frame}");
+        let message = frame["error"]["message"].as_str().unwrap();
+        assert!(message.contains(mentions), "{text} -> {message}");
+    }
+
+    let me = client.call("getSelf", json!({})).await;
+    assert_eq!(me["type"], "reply");
+    assert_eq!(me["result"]["data"]["id"], dave_id);
+    client.close().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_oversized_frame_closes_the_socket_with_1009() {
+    let app = spawn_app().await;
+    let (token, _) = app.register("erin").await;
+    let (mut client, _) = WsClient::authenticated(&app, &token).await;
+
+    let huge = json!({ "type": "getUsers", "id": "big", "prefix": "x".repeat(1 << 20) });
+    client.send_json(&huge).await;
+
+    let (code, reason) = client.expect_close().await;
+    assert_eq!(code, 1009, "{reason}");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_binary_frame_closes_the_socket_with_4002() {
+    let app = spawn_app().await;
+    let (token, _) = app.register("frank").await;
+    let (mut client, _) = WsClient::authenticated(&app, &token).await;
+
+    client.send(tungstenite::Message::binary(vec![1, 2, 3])).await;
+
+    assert_eq!(client.expect_close().await.0, 4002);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn users_and_self_can_be_fetched_over_the_socket() {
+    let app = spawn_app().await;
+    let (token, gina_id) = app.register("gina").await;
+    app.register("gus").await;
+    app.register("hank").await;
+    let (mut client, _) = WsClient::authenticated(&app, &token).await;
+
+    let users = client.call("getUsers", json!({ "prefix": "g" })).await;
+    let me = client.call("getSelf", json!({})).await;
+
+    assert_eq!(users["result"]["op"], "getUsers", "{users}");
+    let names: Vec<&str> =
+        users["result"]["data"]["users"].as_array().unwrap().iter().map(|u| u["username"].as_str().unwrap()).collect();
+    assert_eq!(names, ["gina", "gus"]);
+    assert_eq!(me["result"]["op"], "getSelf");
+    assert_eq!(me["result"]["data"]["id"], gina_id);
+    let too_many = client.call("getUsers", json!({ "limit": 1000 })).await;
+    assert_eq!(error_code(&too_many), "validation", "the service's own errors come through typed");
+    client.close().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn message_operations_without_a_message_service_fail_fast_as_unavailable() {
+    let app = spawn_app().await;
+    let (token, _) = app.register("ivy").await;
+    let (mut client, _) = WsClient::authenticated(&app, &token).await;
+    let requests = [
+        ("sendMessage", json!({ "conversationId": 1, "clientMessageId": "c1", "body": "hi" })),
+        ("getMessages", json!({ "conversationId": 1 })),
+        ("createGroup", json!({ "title": "t", "memberIds": [] })),
+        ("listConversations", json!({})),
+        ("sync", json!({ "heads": [] })),
+    ];
+
+    for (kind, fields) in requests {
+        let started = Instant::now();
+        let frame = client.call(kind, fields).await;
+        assert_eq!(error_code(&frame), "unavailable", "{kind}: {frame}");
+        assert!(frame["id"].as_str().unwrap().starts_with("req-"));
+        assert!(started.elapsed() < Duration::from_secs(2), "{kind} took {:?}", started.elapsed());
+    }
+    let too_long = client
+        .call("sendMessage", json!({ "conversationId": 1, "clientMessageId": "c2", "body": "x".repeat(4_001) }))
+        .await;
+    assert_eq!(error_code(&too_long), "validation", "bounds are checked before the broker");
+
+    // The REST twins answer the same way, and refuse malformed paths with JSON.
+    let rest = app
+        .http
+        .post(app.url("/api/conversations/1/messages"))
+        .bearer_auth(&token)
+        .json(&json!({ "clientMessageId": "c3", "body": "hi" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.status(), 503);
+    let bad_path = app.get_with_token("/api/conversations/abc/messages", &token).await;
+    assert_eq!(bad_path.status(), 400);
+    assert_eq!(support::error_code(bad_path).await, "bad_request");
+    let anonymous = app.http.get(app.url("/api/conversations")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    client.close().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_silent_client_is_closed_after_the_idle_timeout_and_a_responsive_one_is_not() {
+    let mut options = Options::default();
+    options.gateway.ws.ping_interval = Duration::from_millis(100);
+    options.gateway.ws.idle_timeout = Duration::from_millis(400);
+    let app = spawn_app_with(options).await;
+    let (token, _) = app.register("jane").await;
+    let (mut responsive, ready) = WsClient::authenticated(&app, &token).await;
+    let (mut silent, _) = WsClient::authenticated(&app, &token).await;
+    assert_eq!(ready["pingIntervalMs"], 100);
+
+    // Reading answers the gateway's pings; not reading leaves them unanswered.
+    responsive.expect_no_frame(Duration::from_millis(1_000)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    assert_eq!(silent.expect_close().await, (1001, "idle timeout".to_owned()));
+    assert_eq!(responsive.call("getSelf", json!({})).await["type"], "reply");
+    responsive.close().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutting_down_closes_every_socket_with_1001() {
+    let mut app = spawn_app().await;
+    let (token, _) = app.register("kate").await;
+    let (mut first, _) = WsClient::authenticated(&app, &token).await;
+    let (mut second, _) = WsClient::authenticated(&app, &token).await;
+
+    app.gateway_stop.cancel();
+
+    assert_eq!(first.expect_close().await, (1001, "server shutting down".to_owned()));
+    assert_eq!(second.expect_close().await.0, 1001);
+    let gateway = app.gateway.take().unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(5), gateway).await;
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "the gateway stops cleanly and promptly: {stopped:?}");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn requests_over_the_in_flight_limit_are_refused_as_rate_limited() {
+    let mut options = Options::default();
+    options.gateway.ws.max_in_flight = 1;
+    let app = spawn_app_with(options).await;
+    let (token, _) = app.register("liam").await;
+    let (mut client, _) = WsClient::authenticated(&app, &token).await;
+
+    for i in 0..20 {
+        client.send_json(&json!({ "type": "getUsers", "id": format!("q{i}") })).await;
+    }
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        answers.push(client.next_frame().await);
+    }
+
+    let limited: Vec<&Value> = answers.iter().filter(|f| f["type"] == "error").collect();
+    assert!(!limited.is_empty(), "a burst over the limit is refused");
+    for frame in &limited {
+        assert_eq!(error_code(frame), "rate_limited");
+        assert!(frame["id"].as_str().unwrap().starts_with('q'));
+    }
+    assert!(answers.iter().any(|f| f["type"] == "reply"), "the admitted one is answered");
+    assert_eq!(client.call("getSelf", json!({})).await["type"], "reply", "the socket is still usable");
+    client.close().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn events_reach_every_socket_of_their_recipients_and_no_one_else() {
+    let app = spawn_app().await;
+    let (alice_token, alice) = app.register("alice").await;
+    let (bob_token, bob) = app.register("bob").await;
+    let (mallory_token, _) = app.register("mallory").await;
+    let (mut alice_laptop, _) = WsClient::authenticated(&app, &alice_token).await;
+    let (mut alice_phone, _) = WsClient::authenticated(&app, &alice_token).await;
+    let (mut bob_socket, _) = WsClient::authenticated(&app, &bob_token).await;
+    let (mut mallory, _) = WsClient::authenticated(&app, &mallory_token).await;
+    let (broker, publisher) = publisher(&app).await;
+
+    let read = Event::Read { user_id: alice, position: ReadPosition { conversation_id: 7, read_seq: 1 } };
+    publisher
+        .publish(&EventBatch { events: vec![message_event(1, "hello bob", vec![alice, bob]), read] })
+        .await
+        .unwrap();
+
+    for socket in [&mut alice_laptop, &mut alice_phone, &mut bob_socket] {
+        let frame = socket.next_frame().await;
+        assert_eq!(frame["type"], "message", "{frame}");
+        assert_eq!(frame["message"]["body"], "hello bob");
+    }
+    for socket in [&mut alice_laptop, &mut alice_phone] {
+        let frame = socket.next_frame().await;
+        assert_eq!((frame["type"].as_str(), frame["position"]["readSeq"].as_i64()), (Some("read"), Some(1)));
+    }
+    bob_socket.expect_no_frame(Duration::from_millis(300)).await;
+    mallory.expect_no_frame(Duration::from_millis(300)).await;
+    broker.close().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn after_the_gateway_loses_its_broker_connection_every_socket_is_told_to_resync() {
+    let options = Options::default();
+    let connection_name = format!("api {}", options.gateway.instance_id);
+    let app = spawn_app_with(options).await;
+    let (token, _) = app.register("nina").await;
+    let (mut client, _) = WsClient::authenticated(&app, &token).await;
+
+    close_broker_connection_named(&connection_name);
+
+    let frame = tokio::time::timeout(Duration::from_secs(15), client.next_frame()).await.expect("a resync in time");
+    assert_eq!(frame["type"], "resync", "{frame}");
+    app.wait_until_ready().await;
+    assert_eq!(client.call("getSelf", json!({})).await["type"], "reply", "the socket survived the broker hiccup");
+    client.close().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_as_too_slow_and_others_are_unaffected() {
+    let mut options = Options::default();
+    options.gateway.ws.outbound_queue = 64;
+    let app = spawn_app_with(options).await;
+    let (slow_token, slow_id) = app.register("slowpoke").await;
+    let (fast_token, fast_id) = app.register("speedy").await;
+    let (mut slow, _) = WsClient::authenticated(&app, &slow_token).await;
+    let (mut fast, _) = WsClient::authenticated(&app, &fast_token).await;
+    let (broker, publisher) = publisher(&app).await;
+
+    // ~24 MB for the slow reader: far more than the socket buffers hold, so its queue fills.
+    let body = "x".repeat(4_000);
+    for batch in 0..60 {
+        let events = (0..100).map(|i| message_event(batch * 100 + i + 1, &body, vec![slow_id])).collect();
+        publisher.publish(&EventBatch { events }).await.unwrap();
+    }
+    publisher.publish(&EventBatch { events: vec![message_event(1, "still here?", vec![fast_id])] }).await.unwrap();
+
+    let frame = fast.next_frame().await;
+    assert_eq!(frame["message"]["body"], "still here?");
+    match slow.ending_within(Duration::from_secs(20)).await {
+        Ending::Closed { code, reason } => assert_eq!((code, reason.as_str()), (4008, "too slow, reconnect and sync")),
+        Ending::Dropped => panic!("the slow socket was dropped without its close frame"),
+    }
+    fast.expect_no_frame(Duration::from_millis(200)).await;
+    broker.close().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_socket_whose_user_cannot_be_loaded_gets_an_error_and_a_retryable_close() {
+    let mut app = spawn_app().await;
+    let (token, _) = app.register("olga").await;
+    app.stop_user_service(0).await;
+    // The RPC client trusts a consumer count for a second.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+
+    let mut client = WsClient::connect(&app).await;
+    client.send_json(&json!({ "type": "auth", "token": token })).await;
+
+    let frame = client.next_frame().await;
+    assert_eq!(error_code(&frame), "unavailable", "{frame}");
+    assert_eq!(client.expect_close().await.0, 1013);
+    app.shutdown().await;
+}
+
+/// Closes the broker side of the AMQP connection named `name` (as a network fault would), leaving every other
+/// test's connections alone.
+fn close_broker_connection_named(name: &str) {
+    let output = Command::new("rabbitmqctl")
+        .args(["list_connections", "pid", "client_properties", "-q"])
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(output.status.success(), "rabbitmqctl list_connections failed");
+    let listing = String::from_utf8_lossy(&output.stdout);
+    let pid = listing
+        .lines()
+        .find(|line| line.starts_with('<') && line.contains(name))
+        .and_then(|line| line.split('\t').next())
+        .expect("the gateway's connection is listed")
+        .to_owned();
+    let closed = Command::new("rabbitmqctl")
+        .args(["close_connection", &pid, "test: simulated connection loss"])
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(closed.status.success(), "rabbitmqctl close_connection failed");
+}

@@ -1,0 +1,218 @@
+//! The event stream against the real RabbitMQ: fanout to every gateway, the length limit, and resuming after a
+//! lost connection. Each test gets its own queue prefix.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{
+    amqp::{
+        Broker, EventPublisher, EventSubscriber, Received, SubscriberOptions, events::PublishError, topology::Topology,
+    },
+    config::AmqpSettings,
+    protocol::messages::{Event, EventBatch, ReadPosition},
+    testing,
+};
+use lapin::options::{BasicGetOptions, BasicNackOptions};
+use tokio::sync::mpsc;
+
+/// An event whose `read_seq` numbers it, so order and identity are easy to check.
+fn event(n: i64) -> Event {
+    Event::Read { user_id: 1, position: ReadPosition { conversation_id: 1, read_seq: n } }
+}
+
+fn batch(numbers: &[i64]) -> EventBatch {
+    EventBatch { events: numbers.iter().copied().map(event).collect() }
+}
+
+fn number(received: &Received) -> Option<i64> {
+    match received {
+        Received::Event(Event::Read { position, .. }) => Some(position.read_seq),
+        _ => None,
+    }
+}
+
+struct Gateway {
+    broker: Broker,
+    subscriber: EventSubscriber,
+    received: mpsc::UnboundedReceiver<Received>,
+}
+
+impl Gateway {
+    fn start(settings: &AmqpSettings, name: &str, options: SubscriberOptions) -> Gateway {
+        let broker = Broker::start(settings, name.to_owned());
+        let (tx, received) = mpsc::unbounded_channel();
+        let subscriber = EventSubscriber::start(broker.clone(), name, options, move |r| {
+            let _ = tx.send(r);
+        });
+        Gateway { broker, subscriber, received }
+    }
+
+    async fn until_live(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.subscriber.is_live() {
+            assert!(Instant::now() < deadline, "the subscriber never went live");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn next(&mut self) -> Received {
+        tokio::time::timeout(Duration::from_secs(10), self.received.recv())
+            .await
+            .expect("something arrives in time")
+            .expect("the subscriber is running")
+    }
+
+    async fn nothing_more(&mut self) {
+        let more = tokio::time::timeout(Duration::from_millis(300), self.received.recv()).await;
+        assert!(more.is_err(), "unexpected: {more:?}");
+    }
+}
+
+async fn publisher(settings: &AmqpSettings) -> (Broker, EventPublisher) {
+    let broker = Broker::start(settings, "test publisher".into());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !broker.is_connected() {
+        assert!(Instant::now() < deadline, "the publisher never connected");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let publisher = EventPublisher::new(broker.clone());
+    (broker, publisher)
+}
+
+#[tokio::test]
+async fn every_gateway_gets_every_batch_once_in_order() {
+    common::telemetry::init_for_tests();
+    let settings = testing::unique_amqp_settings();
+    let mut one = Gateway::start(&settings, "gw-one", SubscriberOptions::default());
+    let mut two = Gateway::start(&settings, "gw-two", SubscriberOptions::default());
+    one.until_live().await;
+    two.until_live().await;
+    let (publishing, publisher) = publisher(&settings).await;
+
+    for numbers in [&[1, 2][..], &[3], &[4, 5, 6]] {
+        publisher.publish(&batch(numbers)).await.expect("published");
+    }
+
+    for gateway in [&mut one, &mut two] {
+        assert!(matches!(gateway.next().await, Received::Attached { generation: 1 }));
+        let mut got = Vec::new();
+        while got.len() < 6 {
+            got.push(number(&gateway.next().await).expect("an event"));
+        }
+        assert_eq!(got, [1, 2, 3, 4, 5, 6]);
+        gateway.nothing_more().await;
+    }
+    for broker in [one.broker, two.broker, publishing] {
+        broker.close().await;
+    }
+    testing::delete_topology(&settings.prefix).await;
+}
+
+#[tokio::test]
+async fn a_gateway_queue_at_its_length_limit_drops_the_oldest_batches() {
+    common::telemetry::init_for_tests();
+    let settings = testing::unique_amqp_settings();
+    let (broker, publisher) = publisher(&settings).await;
+    let topology = Topology::new(settings.prefix.clone());
+    let session = broker.current().expect("connected");
+    let channel = session.channel().await.unwrap();
+    // The declaration the subscriber makes, without a consumer, so the queue fills up.
+    let queue = topology.declare_gateway_event_queue_with_max_length(&channel, "gw-slow", 10).await.unwrap();
+
+    for n in 1..=25 {
+        publisher.publish(&batch(&[n])).await.expect("published");
+    }
+
+    // Publishes are not confirmed: peek at the head until the last one has pushed the 15 oldest out.
+    let first = |data: &[u8]| serde_json::from_slice::<EventBatch>(data).unwrap().events[0].clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let head = channel.basic_get(queue.as_str().into(), BasicGetOptions::default()).await.unwrap();
+        let oldest = match head {
+            Some(head) => {
+                let oldest = first(&head.delivery.data);
+                head.delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.unwrap();
+                Some(oldest)
+            }
+            // Nothing has arrived yet.
+            None => None,
+        };
+        if oldest == Some(event(16)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the oldest batches were never dropped (head {oldest:?})");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut left = Vec::new();
+    while let Some(message) = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap()
+    {
+        left.push(first(&message.delivery.data));
+    }
+    assert_eq!(left, (16..=25).map(event).collect::<Vec<_>>());
+    broker.close().await;
+    testing::delete_topology(&settings.prefix).await;
+}
+
+#[tokio::test]
+async fn a_subscriber_resumes_after_its_connection_is_killed_and_reports_the_gap() {
+    common::telemetry::init_for_tests();
+    let settings = testing::unique_amqp_settings();
+    let name = format!("gw-{}", uuid::Uuid::new_v4().simple());
+    let mut gateway = Gateway::start(&settings, &name, SubscriberOptions::default());
+    gateway.until_live().await;
+    let (publishing, publisher) = publisher(&settings).await;
+    assert!(matches!(gateway.next().await, Received::Attached { generation: 1 }));
+    publisher.publish(&batch(&[1])).await.unwrap();
+    assert_eq!(number(&gateway.next().await), Some(1));
+
+    close_connection_named(&name);
+
+    assert!(matches!(gateway.next().await, Received::Attached { generation: 2 }), "the gap is reported");
+    publisher.publish(&batch(&[2])).await.unwrap();
+    assert_eq!(number(&gateway.next().await), Some(2));
+    gateway.nothing_more().await;
+    gateway.broker.close().await;
+    publishing.close().await;
+    testing::delete_topology(&settings.prefix).await;
+}
+
+#[tokio::test]
+async fn publishing_without_a_connection_fails_at_once() {
+    common::telemetry::init_for_tests();
+    let broker = Broker::start(&AmqpSettings::new("amqp://guest:guest@127.0.0.1:1/%2f", "test-nowhere"), "x".into());
+    let publisher = EventPublisher::new(broker.clone());
+
+    let started = Instant::now();
+    let result = publisher.publish(&batch(&[1])).await;
+
+    assert!(matches!(result, Err(PublishError::Down)), "{result:?}");
+    assert!(started.elapsed() < Duration::from_millis(100));
+    broker.close().await;
+}
+
+/// Closes the broker side of the connection whose client-given name is `name`, the way an operator (or a
+/// network fault) would, leaving every other test's connections alone.
+fn close_connection_named(name: &str) {
+    // Tab-separated output: its pids (`<rabbit@host.1.2.0>`) are what close_connection accepts; the JSON
+    // formatter's `#PID<…>` are not.
+    let output = Command::new("rabbitmqctl")
+        .args(["list_connections", "pid", "client_properties", "-q"])
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(output.status.success(), "rabbitmqctl list_connections failed");
+    let listing = String::from_utf8_lossy(&output.stdout);
+    let pid = listing
+        .lines()
+        .find(|line| line.starts_with('<') && line.contains(name))
+        .and_then(|line| line.split('\t').next())
+        .expect("our connection is listed")
+        .to_owned();
+    let status = Command::new("rabbitmqctl")
+        .args(["close_connection", &pid, "test: simulated connection loss"])
+        .output()
+        .expect("rabbitmqctl runs")
+        .status;
+    assert!(status.success(), "rabbitmqctl close_connection failed");
+}
