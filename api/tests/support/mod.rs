@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
+pub mod chat;
+pub mod cluster;
 pub mod ws;
 
 use std::time::{Duration, Instant};

@@ -45,7 +45,12 @@ impl WsClient {
 
     /// Connects, optionally as a browser page on `origin`. A refused upgrade is `Err(Http(response))`.
     pub async fn try_connect(app: &TestApp, origin: Option<&str>) -> Result<WsClient, tungstenite::Error> {
-        let url = format!("{}/ws", app.address.replacen("http", "ws", 1));
+        Self::try_connect_to(&app.address, origin).await
+    }
+
+    /// Connects to the gateway at `address` (`http://host:port`), optionally as a page on `origin`.
+    pub async fn try_connect_to(address: &str, origin: Option<&str>) -> Result<WsClient, tungstenite::Error> {
+        let url = format!("{}/ws", address.replacen("http", "ws", 1));
         let mut request = url.into_client_request()?;
         if let Some(origin) = origin {
             request.headers_mut().insert("origin", HeaderValue::from_str(origin).expect("a valid origin"));
@@ -56,7 +61,12 @@ impl WsClient {
 
     /// Connects and authenticates with `token`; returns the client and its `ready` frame.
     pub async fn authenticated(app: &TestApp, token: &str) -> (WsClient, Value) {
-        let mut client = Self::connect(app).await;
+        Self::authenticated_to(&app.address, token).await
+    }
+
+    /// Connects to the gateway at `address` and authenticates with `token`.
+    pub async fn authenticated_to(address: &str, token: &str) -> (WsClient, Value) {
+        let mut client = Self::try_connect_to(address, None).await.expect("the WebSocket upgrade succeeds");
         client.send_json(&json!({ "type": "auth", "token": token })).await;
         let ready = client.next_frame().await;
         assert_eq!(ready["type"], "ready", "expected ready, got {ready}");
@@ -163,6 +173,34 @@ impl WsClient {
     pub async fn close(mut self) {
         let _ = self.stream.close(None).await;
         let _ = tokio::time::timeout(FRAME_WAIT, async { while let Some(Ok(_)) = self.stream.next().await {} }).await;
+    }
+
+    /// Like [`Self::next_frame_within`], but a closed or dropped socket is `Err` instead of a failed test (for
+    /// tests that kill the gateway on purpose).
+    pub async fn try_next_frame(&mut self, wait: Duration) -> Result<Option<Value>, Ending> {
+        if let Some(frame) = self.pending.pop_front() {
+            return Ok(Some(frame));
+        }
+        let read = tokio::time::timeout(wait, async {
+            loop {
+                match self.stream.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        return Ok(serde_json::from_str::<Value>(text.as_str()).expect("server frames are JSON"));
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_) | Message::Binary(_))) => {}
+                    Some(Ok(Message::Close(Some(frame)))) => {
+                        return Err(Ending::Closed { code: frame.code.into(), reason: frame.reason.to_string() });
+                    }
+                    Some(Ok(Message::Close(None))) => return Err(Ending::Closed { code: 1005, reason: String::new() }),
+                    Some(Err(_)) | None => return Err(Ending::Dropped),
+                }
+            }
+        });
+        match read.await {
+            Ok(Ok(frame)) => Ok(Some(frame)),
+            Ok(Err(ending)) => Err(ending),
+            Err(_) => Ok(None),
+        }
     }
 
     async fn read_frame(&mut self, wait: Duration) -> Option<Value> {

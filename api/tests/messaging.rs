@@ -1,0 +1,303 @@
+//! Guarantees 1–5 end to end, through real processes: two gateways, two message-services and a user-service
+//! sharing the real broker and database (the docker-compose topology, as plain processes).
+
+mod support;
+
+use std::{collections::HashSet, time::Duration};
+
+use serde_json::{Value, json};
+use support::{
+    chat::{Chat, Sent},
+    cluster::Cluster,
+    ws::{WsClient, error_code},
+};
+
+const QUIET: Duration = Duration::from_millis(700);
+
+async fn group(chat: &mut Chat, title: &str, members: &[i64]) -> i64 {
+    let reply = chat.request(json!({ "type": "createGroup", "title": title, "memberIds": members })).await;
+    assert_eq!(reply["type"], "reply", "{reply}");
+    reply["result"]["data"]["id"].as_i64().unwrap()
+}
+
+fn items(prefix: &str, n: usize) -> Vec<(String, String)> {
+    (0..n).map(|i| (format!("{prefix}-{i}"), format!("{prefix} says {i}"))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_reaches_every_device_of_every_member_across_gateways_and_no_one_else() {
+    let cluster = Cluster::start(2, 1, 2).await;
+    let (ann_token, ann) = cluster.register(0, "ann").await;
+    let (ben_token, ben) = cluster.register(1, "ben").await;
+    let (cat_token, cat) = cluster.register(0, "cat").await;
+    let mut ann_laptop = Chat::connect(cluster.gateway(0), &ann_token, ann).await;
+    let mut ann_phone = Chat::connect(cluster.gateway(1), &ann_token, ann).await;
+    let mut ben_phone = Chat::connect(cluster.gateway(1), &ben_token, ben).await;
+    let mut cat_laptop = Chat::connect(cluster.gateway(0), &cat_token, cat).await;
+
+    let reply = ann_laptop
+        .request(json!({ "type": "sendMessage", "toUserId": ben, "clientMessageId": "hello-1", "body": "hi Ben" }))
+        .await;
+    assert_eq!(reply["type"], "reply", "{reply}");
+    let sent = reply["result"]["data"].clone();
+    let conversation = sent["conversationId"].as_i64().unwrap();
+    ben_phone.drain(QUIET).await;
+    ann_phone.drain(QUIET).await;
+    ann_laptop.drain(QUIET).await;
+    cat_laptop.drain(QUIET).await;
+
+    assert_eq!(ben_phone.view.get(&(conversation, 1)), Some(&sent), "the recipient on the other gateway");
+    assert_eq!(ann_phone.view.get(&(conversation, 1)), Some(&sent), "the sender's other device");
+    assert!(cat_laptop.live.is_empty() && cat_laptop.view.is_empty(), "a non-member saw {:?}", cat_laptop.other);
+    assert!(
+        cat_laptop.other.iter().all(|f| f["type"] != "conversation"),
+        "a non-member was told about the conversation: {:?}",
+        cat_laptop.other
+    );
+    // A conversation she is not in, and someone else's client id, get her nothing.
+    let intrude = cat_laptop.request(json!({ "type": "getMessages", "conversationId": conversation })).await;
+    assert_eq!(error_code(&intrude), "forbidden");
+    let post = cat_laptop
+        .request(json!({ "type": "sendMessage", "conversationId": conversation, "clientMessageId": "x", "body": "hi" }))
+        .await;
+    assert_eq!(error_code(&post), "forbidden");
+    let borrowed = cat_laptop
+        .request(json!({ "type": "sendMessage", "toUserId": ann, "clientMessageId": "hello-1", "body": "mine" }))
+        .await;
+    assert_eq!(borrowed["type"], "reply", "{borrowed}");
+    assert_ne!(borrowed["result"]["data"]["conversationId"], json!(conversation), "not Ann's message");
+    assert_eq!(cluster.stored(conversation).await.len(), 1);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_senders_on_two_gateways_produce_one_dense_order_that_every_member_sees() {
+    let cluster = Cluster::start(2, 1, 2).await;
+    let mut chats = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (token, id) = cluster.register(i % 2, &format!("sender{i}")).await;
+        ids.push(id);
+        chats.push(Chat::connect(cluster.gateway(i % 2), &token, id).await);
+    }
+    let conversation = group(&mut chats[0], "busy", &ids).await;
+
+    let sends = chats.into_iter().enumerate().map(|(i, mut chat)| {
+        tokio::spawn(async move {
+            let results = chat.send_many(conversation, &items(&format!("s{i}"), 200), 16).await;
+            assert!(results.iter().all(|r| matches!(r, Sent::Acked(_))), "sender {i}: {results:?}");
+            chat
+        })
+    });
+    let mut chats: Vec<Chat> = futures_util::future::join_all(sends).await.into_iter().map(Result::unwrap).collect();
+    for chat in &mut chats {
+        chat.drain(QUIET).await;
+        chat.sync().await;
+    }
+
+    let expected: Vec<i64> = (1..=1000).collect();
+    let reference = chats[0].order(conversation);
+    for (i, chat) in chats.iter().enumerate() {
+        assert_eq!(chat.seqs(conversation), expected, "member {i} holds a gap or extra");
+        assert_eq!(chat.order(conversation), reference, "member {i} sees another order");
+        let live: Vec<i64> = chat.live.iter().filter(|(c, _)| *c == conversation).map(|(_, s)| *s).collect();
+        assert_eq!(live.len(), live.iter().collect::<HashSet<_>>().len(), "member {i} got a live duplicate");
+    }
+    let stored = cluster.stored(conversation).await;
+    assert_eq!(stored.iter().map(|(seq, _, _)| *seq).collect::<Vec<_>>(), expected);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_client_id_sent_twice_to_two_gateways_at_once_stores_one_message() {
+    let cluster = Cluster::start(2, 1, 2).await;
+    let (token, ann) = cluster.register(0, "ann").await;
+    let (_, ben) = cluster.register(0, "ben").await;
+    let mut first = Chat::connect(cluster.gateway(0), &token, ann).await;
+    let mut second = Chat::connect(cluster.gateway(1), &token, ann).await;
+    let conversation = group(&mut first, "dup", &[ben]).await;
+
+    for round in 0..10 {
+        let frame = json!({ "type": "sendMessage", "conversationId": conversation,
+            "clientMessageId": format!("same-{round}"), "body": "only once" });
+        let (a, b) = tokio::join!(first.request(frame.clone()), second.request(frame.clone()));
+        assert_eq!(a["type"], "reply", "{a}");
+        assert_eq!(a["result"], b["result"], "round {round}: both replies carry the one stored message");
+        let again = first.request(frame).await;
+        assert_eq!(again["result"], a["result"], "a later retry also returns the original");
+    }
+
+    let stored = cluster.stored(conversation).await;
+    assert_eq!(stored.len(), 10);
+    assert_eq!(stored.iter().map(|(seq, _, _)| *seq).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reconnects_to_the_other_gateway_receives_exactly_what_it_missed_in_order() {
+    let cluster = Cluster::start(2, 1, 2).await;
+    let (ann_token, ann) = cluster.register(0, "ann").await;
+    let (ben_token, ben) = cluster.register(0, "ben").await;
+    let mut ann_chat = Chat::connect(cluster.gateway(0), &ann_token, ann).await;
+    let mut ben_chat = Chat::connect(cluster.gateway(0), &ben_token, ben).await;
+    let conversation = group(&mut ann_chat, "resume", &[ben]).await;
+    let early = ann_chat.send_many(conversation, &items("early", 5), 5).await;
+    assert!(early.iter().all(|r| matches!(r, Sent::Acked(_))));
+    ben_chat.drain(QUIET).await;
+    assert_eq!(ben_chat.seqs(conversation), [1, 2, 3, 4, 5]);
+
+    let Chat { ws, .. } = std::mem::replace(&mut ben_chat, Chat::connect(cluster.gateway(1), &ben_token, ben).await);
+    ws.close().await;
+    let missed = ann_chat.send_many(conversation, &items("missed", 7), 7).await;
+    assert!(missed.iter().all(|r| matches!(r, Sent::Acked(_))));
+    // The fresh connection is on gateway 1; give it the view it had before disconnecting, then resume.
+    let mut resumed = Chat::connect(cluster.gateway(1), &ben_token, ben).await;
+    let held: Vec<(i64, i64)> = (1..=5).map(|s| (conversation, s)).collect();
+    for key in held {
+        resumed.view.insert(key, json!({ "conversationId": key.0, "seq": key.1 }));
+    }
+    let heads = vec![json!({ "conversationId": conversation, "seq": 5 })];
+    let reply = resumed.request(json!({ "type": "sync", "heads": heads })).await;
+
+    let got: Vec<i64> =
+        reply["result"]["data"]["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+    assert_eq!(got, [6, 7, 8, 9, 10, 11, 12], "exactly the missed ones, in order");
+    drop(ben_chat);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_gateway_mid_stream_loses_and_doubles_nothing_once_clients_resume_on_the_other() {
+    let mut cluster = Cluster::start(2, 1, 2).await;
+    let (ann_token, ann) = cluster.register(0, "ann").await;
+    let (ben_token, ben) = cluster.register(0, "ben").await;
+    let (cat_token, cat) = cluster.register(1, "cat").await;
+    let mut sender = Chat::connect(cluster.gateway(0), &ann_token, ann).await;
+    let mut ben_chat = Chat::connect(cluster.gateway(0), &ben_token, ben).await;
+    let mut cat_chat = Chat::connect(cluster.gateway(1), &cat_token, cat).await;
+    let conversation = group(&mut sender, "steady", &[ben, cat]).await;
+    let all = items("steady", 300);
+
+    let stream = tokio::spawn(async move {
+        let mut outcomes = Vec::new();
+        for chunk in all.chunks(10) {
+            outcomes.extend(sender.send_many(conversation, chunk, 10).await);
+            if outcomes.iter().any(|o| matches!(o, Sent::Unanswered)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        (sender, outcomes, all)
+    });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    cluster.gateways[0].kill();
+    let (mut sender, outcomes, all) = stream.await.unwrap();
+
+    // Everyone on the dead gateway reconnects to the living one; the sender retries what was not acked, with
+    // the same client ids, then finishes the stream.
+    sender.reconnect(cluster.gateway(1)).await;
+    ben_chat.reconnect(cluster.gateway(1)).await;
+    let acked_before: HashSet<String> = outcomes
+        .iter()
+        .filter_map(|o| if let Sent::Acked(m) = o { m["clientMessageId"].as_str().map(str::to_owned) } else { None })
+        .collect();
+    let rest: Vec<(String, String)> = all.iter().filter(|(id, _)| !acked_before.contains(id)).cloned().collect();
+    assert!(!rest.is_empty(), "the kill came after the stream ended; nothing was tested");
+    let retried = sender.send_many(conversation, &rest, 10).await;
+    assert!(retried.iter().all(|r| matches!(r, Sent::Acked(_))), "{retried:?}");
+    for chat in [&mut sender, &mut ben_chat, &mut cat_chat] {
+        chat.drain(QUIET).await;
+        chat.sync().await;
+    }
+
+    let stored = cluster.stored(conversation).await;
+    let client_ids: Vec<&String> = stored.iter().map(|(_, _, id)| id).collect();
+    assert_eq!(stored.len(), 300, "every message stored exactly once");
+    assert_eq!(client_ids.iter().collect::<HashSet<_>>().len(), 300);
+    let expected: Vec<i64> = (1..=300).collect();
+    for chat in [&sender, &ben_chat, &cat_chat] {
+        assert_eq!(chat.seqs(conversation), expected, "user {} holds a gap or extra", chat.user_id);
+        assert_eq!(chat.order(conversation), sender.order(conversation));
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_message_service_mid_stream_loses_no_acknowledged_message() {
+    let mut cluster = Cluster::start(1, 1, 2).await;
+    let (ann_token, ann) = cluster.register(0, "ann").await;
+    let (ben_token, ben) = cluster.register(0, "ben").await;
+    let mut sender = Chat::connect(cluster.gateway(0), &ann_token, ann).await;
+    let mut ben_chat = Chat::connect(cluster.gateway(0), &ben_token, ben).await;
+    let conversation = group(&mut sender, "steady", &[ben]).await;
+    let all = items("ms", 300);
+
+    let stream = tokio::spawn(async move {
+        let outcomes = sender.send_many(conversation, &all, 16).await;
+        (sender, outcomes, all)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.message_services[0].kill();
+    let (mut sender, outcomes, all) = stream.await.unwrap();
+
+    // Sends the dead replica held are redelivered to the other; any that failed are retried with their ids.
+    let failed: Vec<(String, String)> = outcomes
+        .iter()
+        .zip(&all)
+        .filter(|(o, _)| !matches!(o, Sent::Acked(_)))
+        .map(|(o, item)| {
+            if let Sent::Refused(frame) = o {
+                assert!(
+                    matches!(error_code(frame), "unavailable" | "timeout" | "internal"),
+                    "a non-retryable failure: {frame}"
+                );
+            }
+            item.clone()
+        })
+        .collect();
+    let retried = sender.send_many(conversation, &failed, 16).await;
+    assert!(retried.iter().all(|r| matches!(r, Sent::Acked(_))), "{retried:?}");
+    let acked: Vec<Value> = outcomes
+        .iter()
+        .chain(&retried)
+        .filter_map(|o| if let Sent::Acked(m) = o { Some(m.clone()) } else { None })
+        .collect();
+    ben_chat.drain(QUIET).await;
+    ben_chat.sync().await;
+
+    let stored = cluster.stored(conversation).await;
+    assert_eq!(stored.len(), 300);
+    for message in &acked {
+        let key = (conversation, message["seq"].as_i64().unwrap());
+        assert_eq!(ben_chat.view.get(&key), Some(message), "acked message missing from the member's view");
+        assert!(stored.iter().any(|(seq, _, id)| *seq == key.1 && id == message["clientMessageId"].as_str().unwrap()));
+    }
+    assert_eq!(ben_chat.seqs(conversation), (1..=300).collect::<Vec<_>>());
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_login_and_a_direct_message_work_across_the_compose_topology() {
+    // The docker-compose topology as plain processes: two of every service.
+    let cluster = Cluster::start(2, 2, 2).await;
+    cluster.register(0, "ann").await;
+    let (_, ben) = cluster.register(1, "ben").await;
+    let ann_token = cluster.log_in(1, "ann").await;
+    let ben_token = cluster.log_in(0, "ben").await;
+    let (mut ann_ws, ready) = WsClient::authenticated_to(cluster.gateway(1), &ann_token).await;
+    let ann = ready["user"]["id"].as_i64().unwrap();
+    let mut ben_chat = Chat::connect(cluster.gateway(0), &ben_token, ben).await;
+
+    let reply = ann_ws
+        .request(
+            &json!({ "type": "sendMessage", "id": "1", "toUserId": ben, "clientMessageId": "m1", "body": "hello" }),
+        )
+        .await;
+    ben_chat.drain(QUIET).await;
+
+    assert_eq!(reply["type"], "reply", "{reply}");
+    let message = &reply["result"]["data"];
+    assert_eq!(message["senderId"], json!(ann));
+    assert_eq!(ben_chat.view.values().next(), Some(message));
+    cluster.stop().await;
+}
