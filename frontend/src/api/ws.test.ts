@@ -1,0 +1,209 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { FakeServer } from '../test/fakeSocket';
+import { alice } from '../test/fixtures';
+import { backoffDelay } from './backoff';
+import { ApiRequestError } from './errors';
+import { type SocketStatus, WarrenSocket } from './ws';
+
+function setup(overrides: Partial<ConstructorParameters<typeof WarrenSocket>[0]> = {}) {
+  const server = new FakeServer();
+  const statuses: SocketStatus[] = [];
+  const unauthorized = vi.fn();
+  const disconnects: number[] = [];
+  const socket = new WarrenSocket({
+    url: 'ws://test/ws',
+    token: () => 'tok',
+    createSocket: server.factory,
+    requestTimeoutMs: 1_000,
+    backoff: { baseMs: 1_000, maxMs: 8_000 },
+    random: () => 0.5,
+    onStatus: (s) => statuses.push(s),
+    onUnauthorized: unauthorized,
+    onDisconnect: (code) => disconnects.push(code),
+    ...overrides,
+  });
+  return { server, socket, statuses, unauthorized, disconnects };
+}
+
+describe('backoff', () => {
+  it('grows exponentially with jitter and a cap', () => {
+    const opts = { baseMs: 500, maxMs: 4_000 };
+    expect(backoffDelay(0, opts, () => 0)).toBe(250);
+    expect(backoffDelay(0, opts, () => 1)).toBe(500);
+    expect(backoffDelay(3, opts, () => 1)).toBe(4_000);
+    expect(backoffDelay(10, opts, () => 1)).toBe(4_000);
+    expect(backoffDelay(10, opts, () => 0)).toBe(2_000);
+  });
+});
+
+describe('WarrenSocket', () => {
+  beforeEach(() => {
+    vi.useFakeTimers();
+  });
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it('authenticates with the first frame and opens on ready', () => {
+    const { server, socket, statuses } = setup();
+    socket.start();
+    expect(server.sockets).toHaveLength(1);
+    expect(socket.isOpen).toBe(false);
+    server.accept(alice);
+    expect(server.current.sent[0]).toEqual({ type: 'auth', token: 'tok' });
+    expect(socket.isOpen).toBe(true);
+    expect(statuses).toEqual(['connecting', 'open']);
+  });
+
+  it('correlates replies with requests by id, whatever order they come in', async () => {
+    const { server, socket } = setup();
+    socket.start();
+    const ws = server.accept(alice);
+    const a = socket.request('getUsers', { prefix: 'a' });
+    const b = socket.request('getSelf', {});
+    const [reqA, reqB] = [ws.lastRequest('getUsers'), ws.lastRequest('getSelf')];
+    expect(reqA.id).not.toBe(reqB.id);
+    ws.reply(reqB, 'getSelf', alice);
+    ws.reply(reqA, 'getUsers', { users: [alice] });
+    await expect(a).resolves.toEqual({ users: [alice] });
+    await expect(b).resolves.toEqual(alice);
+  });
+
+  it('rejects with the server error code', async () => {
+    const { server, socket } = setup();
+    socket.start();
+    const ws = server.accept(alice);
+    const p = socket.request('markRead', { conversationId: 1, seq: 2 });
+    ws.fail(ws.lastRequest('markRead'), { code: 'forbidden', message: 'not a member' });
+    await expect(p).rejects.toMatchObject({ code: 'forbidden', message: 'not a member' });
+  });
+
+  it('times a request out, and ignores its late reply', async () => {
+    const { server, socket } = setup();
+    socket.start();
+    const ws = server.accept(alice);
+    const p = socket.request('getSelf', {});
+    const assertion = expect(p).rejects.toMatchObject({ code: 'timeout' });
+    await vi.advanceTimersByTimeAsync(1_001);
+    await assertion;
+    expect(() => ws.reply(ws.lastRequest('getSelf'), 'getSelf', alice)).not.toThrow();
+  });
+
+  it('fails at once when not connected', async () => {
+    const { socket } = setup();
+    socket.start();
+    await expect(socket.request('getSelf', {})).rejects.toBeInstanceOf(ApiRequestError);
+    await expect(socket.request('getSelf', {})).rejects.toMatchObject({ code: 'disconnected' });
+  });
+
+  it('fails requests in flight when the socket closes, then reconnects with growing backoff', async () => {
+    const { server, socket, statuses, disconnects } = setup();
+    socket.start();
+    const ws = server.accept(alice);
+    const p = socket.request('getSelf', {});
+    const assertion = expect(p).rejects.toMatchObject({ code: 'disconnected' });
+    ws.serverClose(1001, 'going away');
+    await assertion;
+    expect(disconnects).toEqual([1001]);
+    expect(statuses[statuses.length - 1]).toBe('reconnecting');
+    // random 0.5 → 75% of the exponential delay: 750 ms, then 1500 ms, then 3000 ms.
+    await vi.advanceTimersByTimeAsync(749);
+    expect(server.sockets).toHaveLength(1);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(server.sockets).toHaveLength(2);
+    server.current.serverClose(1006);
+    await vi.advanceTimersByTimeAsync(1_499);
+    expect(server.sockets).toHaveLength(2);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(server.sockets).toHaveLength(3);
+    server.current.serverClose(1006);
+    await vi.advanceTimersByTimeAsync(3_000);
+    expect(server.sockets).toHaveLength(4);
+    // Success resets the backoff.
+    server.accept(alice);
+    expect(socket.isOpen).toBe(true);
+    server.current.serverClose(4008, 'slow consumer');
+    await vi.advanceTimersByTimeAsync(750);
+    expect(server.sockets).toHaveLength(5);
+  });
+
+  it('stops and reports when the token is refused (4001)', async () => {
+    const { server, socket, unauthorized, statuses } = setup();
+    socket.start();
+    server.accept(alice);
+    server.current.serverClose(4001, 'token expired');
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(server.sockets).toHaveLength(1);
+    expect(unauthorized).toHaveBeenCalledWith('token expired');
+    expect(statuses[statuses.length - 1]).toBe('closed');
+  });
+
+  it('gives up on a connection that never answers auth', async () => {
+    const { server, socket } = setup({ authTimeoutMs: 2_000 });
+    socket.start();
+    server.current.open();
+    await vi.advanceTimersByTimeAsync(2_000);
+    expect(server.sockets[0]?.closedByClient).not.toBeNull();
+    await vi.advanceTimersByTimeAsync(750);
+    expect(server.sockets).toHaveLength(2);
+  });
+
+  it('reconnectNow replaces a presumed-dead socket immediately', () => {
+    const { server, socket } = setup();
+    socket.start();
+    server.accept(alice);
+    socket.reconnectNow();
+    expect(server.sockets).toHaveLength(2);
+    expect(server.sockets[0]?.closedByClient).not.toBeNull();
+  });
+
+  it('stop closes for good', async () => {
+    const { server, socket } = setup();
+    socket.start();
+    server.accept(alice);
+    socket.stop();
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(server.sockets).toHaveLength(1);
+    expect(socket.status).toBe('closed');
+  });
+
+  it('keeps at most maxInFlight requests on the wire, queueing the rest (user actions first)', async () => {
+    const { server, socket } = setup({ maxInFlight: 2 });
+    socket.start();
+    const ws = server.accept(alice);
+    const background = [1, 2, 3].map((n) => socket.request('getConversation', { conversationId: n }));
+    const send = socket.request(
+      'sendMessage',
+      { conversationId: 1, clientMessageId: 'c1', body: 'hi' },
+      { priority: 'high' },
+    );
+    expect(ws.sent.filter((f) => f.type !== 'auth')).toHaveLength(2);
+    expect(socket.queued).toBe(2);
+    // A reply frees a slot: the send goes before the third background request.
+    ws.fail(ws.requests('getConversation')[0]!, { code: 'not_found', message: 'gone' });
+    await expect(background[0]).rejects.toMatchObject({ code: 'not_found' });
+    expect(ws.sent[ws.sent.length - 1]?.type).toBe('sendMessage');
+    expect(socket.queued).toBe(1);
+    // A disconnect fails what is on the wire and what is queued alike.
+    ws.serverClose(1006);
+    await expect(send).rejects.toMatchObject({ code: 'disconnected' });
+    await expect(background[1]).rejects.toMatchObject({ code: 'disconnected' });
+    await expect(background[2]).rejects.toMatchObject({ code: 'disconnected' });
+    expect(socket.queued).toBe(0);
+  });
+
+  it('times out a request still waiting in the queue', async () => {
+    const { server, socket } = setup({ maxInFlight: 1 });
+    socket.start();
+    server.accept(alice);
+    const first = socket.request('getSelf', {});
+    const second = socket.request('getSelf', {});
+    const both = Promise.all([
+      expect(first).rejects.toMatchObject({ code: 'timeout' }),
+      expect(second).rejects.toMatchObject({ code: 'timeout' }),
+    ]);
+    await vi.advanceTimersByTimeAsync(1_001);
+    await both;
+    expect(socket.queued).toBe(0);
+  });
+});

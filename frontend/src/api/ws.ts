@@ -1,0 +1,375 @@
+import type { ClientFrame } from '../protocol/generated/ClientFrame';
+import type { ReplyData } from '../protocol/generated/ReplyData';
+import type { ServerFrame } from '../protocol/generated/ServerFrame';
+import { type BackoffOptions, DEFAULT_BACKOFF, backoffDelay } from './backoff';
+import { ApiRequestError } from './errors';
+
+/** Every client frame but `auth` is a request with an id and exactly one reply or error. */
+export type RequestFrame = Exclude<ClientFrame, { type: 'auth' }>;
+export type Op = RequestFrame['type'];
+export type RequestParams<O extends Op> = Omit<Extract<RequestFrame, { type: O }>, 'type' | 'id'>;
+export type ReplyOf<O extends Op> = Extract<ReplyData, { op: O }>['data'];
+export type ReadyFrame = Extract<ServerFrame, { type: 'ready' }>;
+export type LiveFrame = Extract<ServerFrame, { type: 'message' | 'conversation' | 'read' | 'resync' }>;
+
+/** Close codes the gateway uses besides the standard ones (common/src/protocol/ws.rs `close`). */
+export const CloseCode = {
+  NORMAL: 1000,
+  GOING_AWAY: 1001,
+  UNAUTHORIZED: 4001,
+  PROTOCOL: 4002,
+  SLOW_CONSUMER: 4008,
+} as const;
+
+/** The part of the browser's WebSocket this client uses; tests pass a double. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((event: Event) => void) | null;
+  onmessage: ((event: MessageEvent) => void) | null;
+  onclose: ((event: CloseEvent) => void) | null;
+  onerror: ((event: Event) => void) | null;
+}
+
+export type WebSocketFactory = (url: string) => WebSocketLike;
+
+/**
+ * - `connecting`: first connection attempt (or after `start`).
+ * - `open`: authenticated (`ready` received); requests may be sent.
+ * - `reconnecting`: the connection dropped; waiting for the next attempt or in one.
+ * - `closed`: stopped for good (logged out, or the token was refused).
+ */
+export type SocketStatus = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed';
+
+export interface StatusInfo {
+  /** Failed attempts since the last successful `ready`. */
+  attempt: number;
+  /** When the next attempt starts (ms since epoch), while waiting. */
+  retryAt?: number;
+  /** The close code that ended the previous connection. */
+  closeCode?: number;
+}
+
+export interface WarrenSocketOptions {
+  url: string;
+  /** Read on every connect, so a refreshed token is used on reconnect. */
+  token: () => string | null;
+  createSocket?: WebSocketFactory;
+  /** Default per-request timeout (counted from the call, queueing included). */
+  requestTimeoutMs?: number;
+  /**
+   * Requests on the wire at once; more wait in a queue. The gateway refuses requests past its own limit
+   * (`WARREN_WS_MAX_IN_FLIGHT`, default 32) and closes a socket that keeps trying, so stay well below it.
+   */
+  maxInFlight?: number;
+  /** How long the gateway may take to answer `auth` with `ready`. */
+  authTimeoutMs?: number;
+  backoff?: BackoffOptions;
+  random?: () => number;
+  now?: () => number;
+  onReady?: (frame: ReadyFrame) => void;
+  onLive?: (frame: LiveFrame) => void;
+  onStatus?: (status: SocketStatus, info: StatusInfo) => void;
+  /** The gateway refused the token (close 4001): the session is over. */
+  onUnauthorized?: (reason: string) => void;
+  /** A connection ended (any reason); in-flight requests have already been rejected. */
+  onDisconnect?: (closeCode: number) => void;
+}
+
+interface InFlight {
+  op: Op;
+  resolve: (data: unknown) => void;
+  reject: (error: ApiRequestError) => void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+interface Queued extends InFlight {
+  frame: RequestFrame;
+}
+
+export interface RequestOptions {
+  timeoutMs?: number;
+  /** User actions (sending, group changes, search) go ahead of background fetches in the queue. */
+  priority?: 'high' | 'normal';
+}
+
+export function defaultSocketUrl(location: Pick<Location, 'protocol' | 'host'> = window.location): string {
+  return `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
+}
+
+/**
+ * One logical connection to the gateway that heals itself: authenticates with the first frame, correlates
+ * requests and replies by id (each with a timeout), and reconnects with exponential backoff and jitter after
+ * any close except 4001 (unauthorized). Requests made while not connected fail at once with `disconnected`;
+ * the session layer decides what to resend after the next `sync`.
+ */
+export class WarrenSocket {
+  private readonly options: Required<
+    Pick<
+      WarrenSocketOptions,
+      'requestTimeoutMs' | 'authTimeoutMs' | 'backoff' | 'random' | 'now' | 'createSocket' | 'maxInFlight'
+    >
+  > &
+    WarrenSocketOptions;
+  private socket: WebSocketLike | null = null;
+  private readonly inFlight = new Map<string, InFlight>();
+  private readonly queue: Queued[] = [];
+  private nextId = 1;
+  private attempt = 0;
+  private reconnectTimer: ReturnType<typeof setTimeout> | null = null;
+  private authTimer: ReturnType<typeof setTimeout> | null = null;
+  private currentStatus: SocketStatus = 'idle';
+  private stopped = true;
+
+  constructor(options: WarrenSocketOptions) {
+    this.options = {
+      requestTimeoutMs: 10_000,
+      authTimeoutMs: 10_000,
+      maxInFlight: 16,
+      backoff: DEFAULT_BACKOFF,
+      random: Math.random,
+      now: Date.now,
+      createSocket: (url: string) => new WebSocket(url) as WebSocketLike,
+      ...options,
+    };
+  }
+
+  get status(): SocketStatus {
+    return this.currentStatus;
+  }
+
+  get isOpen(): boolean {
+    return this.currentStatus === 'open';
+  }
+
+  start(): void {
+    if (!this.stopped) return;
+    this.stopped = false;
+    this.attempt = 0;
+    this.setStatus('connecting', { attempt: 0 });
+    this.connect();
+  }
+
+  /** Closes for good (log out). */
+  stop(): void {
+    this.stopped = true;
+    this.clearReconnect();
+    this.dropSocket(CloseCode.NORMAL, 'client stopped');
+    this.setStatus('closed', { attempt: this.attempt });
+  }
+
+  /**
+   * Drops the current connection (if any) and connects again now: the network came back, or a request timed
+   * out and the socket is presumed dead.
+   */
+  reconnectNow(): void {
+    if (this.stopped) return;
+    this.clearReconnect();
+    if (this.socket) {
+      this.dropSocket(CloseCode.NORMAL, 'reconnecting');
+      this.options.onDisconnect?.(CloseCode.NORMAL);
+    }
+    this.setStatus('reconnecting', { attempt: this.attempt });
+    this.connect();
+  }
+
+  request<O extends Op>(op: O, params: RequestParams<O>, options: RequestOptions = {}): Promise<ReplyOf<O>> {
+    if (!this.isOpen) {
+      return Promise.reject(new ApiRequestError('disconnected', 'not connected'));
+    }
+    const id = `r${this.nextId++}`;
+    const frame = { ...params, type: op, id } as RequestFrame;
+    return new Promise<ReplyOf<O>>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        const queued = this.queue.findIndex((q) => q.frame.id === id);
+        if (queued >= 0) this.queue.splice(queued, 1);
+        this.highPriority.delete(id);
+        if (queued >= 0 || this.inFlight.delete(id)) {
+          reject(new ApiRequestError('timeout', `no answer to ${op} in time`));
+          this.pump();
+        }
+      }, options.timeoutMs ?? this.options.requestTimeoutMs);
+      const entry: Queued = { op, frame, resolve: resolve as (data: unknown) => void, reject, timer };
+      if (options.priority === 'high') {
+        // After the other high-priority requests, before everything else.
+        const firstNormal = this.queue.findIndex((q) => !this.highPriority.has(q.frame.id));
+        this.queue.splice(firstNormal < 0 ? this.queue.length : firstNormal, 0, entry);
+        this.highPriority.add(id);
+      } else {
+        this.queue.push(entry);
+      }
+      this.pump();
+    });
+  }
+
+  /** Requests waiting for a free slot (for tests and diagnostics). */
+  get queued(): number {
+    return this.queue.length;
+  }
+
+  private readonly highPriority = new Set<string>();
+
+  /** Moves queued requests onto the wire while there is room. */
+  private pump(): void {
+    const socket = this.socket;
+    while (socket && this.isOpen && this.inFlight.size < this.options.maxInFlight && this.queue.length > 0) {
+      const next = this.queue.shift()!;
+      this.highPriority.delete(next.frame.id);
+      this.inFlight.set(next.frame.id, next);
+      try {
+        socket.send(JSON.stringify(next.frame));
+      } catch {
+        clearTimeout(next.timer);
+        this.inFlight.delete(next.frame.id);
+        next.reject(new ApiRequestError('disconnected', 'the connection closed'));
+      }
+    }
+  }
+
+  private connect(): void {
+    const token = this.options.token();
+    if (!token) {
+      this.stop();
+      this.options.onUnauthorized?.('no token');
+      return;
+    }
+    let socket: WebSocketLike;
+    try {
+      socket = this.options.createSocket(this.options.url);
+    } catch {
+      this.scheduleReconnect(1006);
+      return;
+    }
+    this.socket = socket;
+    socket.onopen = () => {
+      if (this.socket !== socket) return;
+      socket.send(JSON.stringify({ type: 'auth', token } satisfies ClientFrame));
+      this.authTimer = setTimeout(() => {
+        if (this.socket !== socket) return;
+        // No `ready` in time: treat the connection as failed.
+        this.handleClose(socket, 4000);
+      }, this.options.authTimeoutMs);
+    };
+    socket.onmessage = (event: MessageEvent) => {
+      if (this.socket !== socket) return;
+      this.handleMessage(event.data);
+    };
+    socket.onclose = (event: CloseEvent) => this.handleClose(socket, event.code, event.reason);
+    socket.onerror = () => {
+      // A close event always follows an error; reconnecting is handled there.
+    };
+  }
+
+  private handleMessage(data: unknown): void {
+    if (typeof data !== 'string') return;
+    let frame: ServerFrame;
+    try {
+      frame = JSON.parse(data) as ServerFrame;
+    } catch {
+      return;
+    }
+    switch (frame.type) {
+      case 'ready': {
+        if (this.authTimer) clearTimeout(this.authTimer);
+        this.authTimer = null;
+        this.attempt = 0;
+        this.setStatus('open', { attempt: 0 });
+        this.options.onReady?.(frame);
+        return;
+      }
+      case 'reply': {
+        const pending = frame.id ? this.inFlight.get(frame.id) : undefined;
+        if (!pending) return; // timed out already, or not ours
+        this.inFlight.delete(frame.id);
+        clearTimeout(pending.timer);
+        if (frame.result.op !== pending.op) {
+          pending.reject(new ApiRequestError('internal', `expected a ${pending.op} reply, got ${frame.result.op}`));
+        } else {
+          pending.resolve(frame.result.data);
+        }
+        this.pump();
+        return;
+      }
+      case 'error': {
+        const pending = frame.id ? this.inFlight.get(frame.id) : undefined;
+        if (!pending || frame.id === undefined) return;
+        this.inFlight.delete(frame.id);
+        clearTimeout(pending.timer);
+        pending.reject(ApiRequestError.fromApiError(frame.error));
+        this.pump();
+        return;
+      }
+      case 'message':
+      case 'conversation':
+      case 'read':
+      case 'resync':
+        this.options.onLive?.(frame);
+        return;
+    }
+  }
+
+  private handleClose(socket: WebSocketLike, code: number, reason = ''): void {
+    if (this.socket !== socket) return;
+    this.dropSocket(code === 4000 ? CloseCode.NORMAL : undefined, 'no ready in time');
+    this.options.onDisconnect?.(code);
+    if (this.stopped) return;
+    if (code === CloseCode.UNAUTHORIZED) {
+      this.stopped = true;
+      this.setStatus('closed', { attempt: this.attempt, closeCode: code });
+      this.options.onUnauthorized?.(reason || 'unauthorized');
+      return;
+    }
+    this.scheduleReconnect(code);
+  }
+
+  private scheduleReconnect(closeCode: number): void {
+    this.clearReconnect();
+    const delay = backoffDelay(this.attempt, this.options.backoff, this.options.random);
+    this.attempt += 1;
+    this.setStatus('reconnecting', { attempt: this.attempt, retryAt: this.options.now() + delay, closeCode });
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      if (!this.stopped) this.connect();
+    }, delay);
+  }
+
+  /** Detaches and closes the current socket and fails every request still waiting on it. */
+  private dropSocket(code: number | undefined, reason: string): void {
+    const socket = this.socket;
+    this.socket = null;
+    if (this.authTimer) clearTimeout(this.authTimer);
+    this.authTimer = null;
+    if (socket) {
+      socket.onopen = null;
+      socket.onmessage = null;
+      socket.onclose = null;
+      socket.onerror = null;
+      if (code !== undefined) {
+        try {
+          socket.close(code, reason);
+        } catch {
+          // already closed
+        }
+      }
+    }
+    const waiting: InFlight[] = [...this.inFlight.values(), ...this.queue];
+    this.inFlight.clear();
+    this.queue.length = 0;
+    this.highPriority.clear();
+    for (const request of waiting) {
+      clearTimeout(request.timer);
+      request.reject(new ApiRequestError('disconnected', 'the connection closed before an answer came'));
+    }
+  }
+
+  private clearReconnect(): void {
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
+  }
+
+  private setStatus(status: SocketStatus, info: StatusInfo): void {
+    this.currentStatus = status;
+    this.options.onStatus?.(status, info);
+  }
+}

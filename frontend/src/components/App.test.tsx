@@ -1,0 +1,278 @@
+import { act, render, screen, waitFor, within } from '@testing-library/react';
+import userEvent from '@testing-library/user-event';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { App } from '../App';
+import { dayLabel } from './format';
+import type { RestClient } from '../api/rest';
+import type { ConversationEntry } from '../protocol/generated/ConversationEntry';
+import { FakeServer, flush } from '../test/fakeSocket';
+import { alice, bob, carol, conv, entry, msg } from '../test/fixtures';
+
+const users = [alice, bob, carol];
+
+function storedLogin(expiresAt = Date.now() + 3_600_000) {
+  window.localStorage.setItem('warren.auth', JSON.stringify({ user: alice, token: 'tok-1', expiresAt }));
+}
+
+const rest: RestClient = {
+  login: vi.fn(async () => ({ user: alice, token: 'tok-2', expiresAt: Date.now() + 3_600_000 })),
+  register: vi.fn(),
+  me: vi.fn(),
+  getUsers: vi.fn(async () => ({ users: [] })),
+};
+
+function renderApp(entries: ConversationEntry[]) {
+  const server = new FakeServer();
+  server.handlers = {
+    listConversations: () => ({ conversations: entries }),
+    sync: () => ({ conversations: entries, messages: [], truncated: [] }),
+    getUsers: (f) => ({
+      users: users.filter((u) => u.id > (f.after ?? 0) && (!f.prefix || u.username.startsWith(f.prefix))).slice(0, f.limit ?? 20),
+    }),
+    getMessages: (f) =>
+      f.conversationId === 7 && f.before === undefined && f.after === undefined
+        ? { messages: [msg(7, 1, bob.id, 'hi alice'), msg(7, 2, alice.id, 'hey bob'), msg(7, 3, bob.id, 'how are you?')], hasMoreBefore: false, hasMoreAfter: false }
+        : undefined,
+    markRead: (f) => ({ conversationId: f.conversationId, readSeq: f.seq }),
+  };
+  const user = userEvent.setup();
+  const view = render(
+    <App
+      rest={rest}
+      createSocket={server.factory}
+      socketUrl="ws://test/ws"
+      sessionOptions={{ backoff: { baseMs: 20, maxMs: 20 }, random: () => 1, sendTimeoutMs: 5_000 }}
+    />,
+  );
+  return { server, user, view };
+}
+
+async function connected(server: FakeServer) {
+  await act(async () => {
+    server.accept(alice);
+    await flush();
+  });
+}
+
+const entries = () => [
+  entry(conv(7, [alice.id, bob.id], 3), 1, msg(7, 3, bob.id, 'how are you?')),
+  entry(conv(8, [alice.id, bob.id, carol.id], 0, { kind: 'group', title: 'Weekend plans' }), 0),
+];
+
+afterEach(() => {
+  vi.clearAllMocks();
+});
+
+describe('App', () => {
+  it('stays logged in across a reload: a stored token connects the socket', async () => {
+    storedLogin();
+    const { server } = renderApp(entries());
+    expect(server.sockets).toHaveLength(1);
+    await connected(server);
+    expect(server.current.sent[0]).toEqual({ type: 'auth', token: 'tok-1' });
+    expect(screen.getByText('alice', { selector: '.me__name' })).toBeTruthy();
+  });
+
+  it('an expired stored token shows the login form', () => {
+    storedLogin(Date.now() - 1_000);
+    renderApp(entries());
+    expect(screen.getByRole('heading', { name: 'Welcome back' })).toBeTruthy();
+    expect(window.localStorage.getItem('warren.auth')).toBeNull();
+  });
+
+  it('logs in, then connects with the new token', async () => {
+    const { server, user } = renderApp(entries());
+    await user.type(screen.getByLabelText('Username'), 'alice');
+    await user.type(screen.getByLabelText('Password'), 'secret-password');
+    await user.click(screen.getByRole('button', { name: 'Log in' }));
+    await waitFor(() => expect(server.sockets).toHaveLength(1));
+    await connected(server);
+    expect(server.current.sent[0]).toEqual({ type: 'auth', token: 'tok-2' });
+    expect(JSON.parse(window.localStorage.getItem('warren.auth') ?? '{}').token).toBe('tok-2');
+  });
+
+  it('lists conversations by activity with unread badges, updated live and by read frames', async () => {
+    storedLogin();
+    const { server } = renderApp(entries());
+    await connected(server);
+    const nav = screen.getByRole('navigation', { name: 'Conversations' });
+    const items = within(nav).getAllByRole('button');
+    expect(items.map((b) => b.querySelector('.conversation-item__title')?.textContent)).toEqual(['bob', 'Weekend plans']);
+    expect(within(items[0]!).getByText('2 unread messages')).toBeTruthy();
+    expect(within(items[0]!).getByText('how are you?')).toBeTruthy();
+    await act(async () => {
+      server.current.receive({ type: 'message', message: msg(8, 1, carol.id, 'saturday?', { sentAt: Date.now() }) });
+      await flush();
+    });
+    const reordered = within(nav).getAllByRole('button');
+    expect(reordered[0]!.textContent).toContain('Weekend plans');
+    expect(within(reordered[0]!).getByText('carol: saturday?')).toBeTruthy();
+    expect(within(reordered[0]!).getByText('1 unread message')).toBeTruthy();
+    expect(screen.getByTestId('announcer').textContent).toBe('New message from carol in Weekend plans');
+    await act(async () => {
+      server.current.receive({ type: 'read', position: { conversationId: 8, readSeq: 1 } });
+    });
+    expect(within(reordered[0]!).queryByTestId('unread-badge')).toBeNull();
+  });
+
+  it('opens a conversation: history with names, own messages styled apart, read position moved', async () => {
+    storedLogin();
+    const { server, user } = renderApp(entries());
+    await connected(server);
+    await user.click(screen.getByRole('button', { name: /bob/ }));
+    await act(() => flush());
+    const log = screen.getByRole('region', { name: 'Messages' });
+    const messages = within(log).getAllByTestId('message');
+    expect(messages.map((m) => m.querySelector('.msg__body')?.textContent)).toEqual(['hi alice', 'hey bob', 'how are you?']);
+    expect(messages.map((m) => m.classList.contains('msg--own'))).toEqual([false, true, false]);
+    expect(within(messages[0]!).getByText('bob')).toBeTruthy();
+    expect(within(log).getByText(dayLabel(msg(7, 1, bob.id).sentAt))).toBeTruthy();
+    expect(server.current.lastRequest('markRead')).toMatchObject({ conversationId: 7, seq: 3 });
+    await waitFor(() => expect(screen.queryAllByTestId('unread-badge')).toHaveLength(0));
+  });
+
+  it('Enter sends, Shift+Enter adds a line; the message shows as sending, then sent', async () => {
+    storedLogin();
+    const { server, user } = renderApp(entries());
+    await connected(server);
+    await user.click(screen.getByRole('button', { name: /bob/ }));
+    await act(() => flush());
+    const box = screen.getByRole('textbox', { name: 'Message' });
+    await user.type(box, 'hello{Shift>}{Enter}{/Shift}world');
+    expect((box as HTMLTextAreaElement).value).toBe('hello\nworld');
+    expect(server.current.requests('sendMessage')).toHaveLength(0);
+    await user.type(box, '{Enter}');
+    expect((box as HTMLTextAreaElement).value).toBe('');
+    const req = server.current.lastRequest('sendMessage');
+    expect(req).toMatchObject({ conversationId: 7, body: 'hello\nworld' });
+    expect(req.clientMessageId).toMatch(/^[0-9a-f-]{36}$/);
+    const pending = screen.getByTestId('pending-message');
+    expect(pending.textContent).toContain('Sending…');
+    await act(async () => {
+      server.current.reply(req, 'sendMessage', msg(7, 4, alice.id, 'hello\nworld', { clientMessageId: req.clientMessageId }));
+      server.current.receive({ type: 'message', message: msg(7, 4, alice.id, 'hello\nworld', { clientMessageId: req.clientMessageId }) });
+      await flush();
+    });
+    expect(screen.queryByTestId('pending-message')).toBeNull();
+    const sent = screen.getAllByTestId('message');
+    expect(sent).toHaveLength(4);
+    expect(sent[3]!.classList.contains('msg--own')).toBe(true);
+    expect(sent[3]!.getAttribute('data-seq')).toBe('4');
+  });
+
+  it('a failed send offers Retry, which resends the same client message id', async () => {
+    storedLogin();
+    const { server, user } = renderApp(entries());
+    server.handlers.sendMessage = () => ({ error: { code: 'unavailable', message: 'try later' } });
+    await connected(server);
+    await user.click(screen.getByRole('button', { name: /bob/ }));
+    await act(() => flush());
+    await user.type(screen.getByRole('textbox', { name: 'Message' }), 'are you there?{Enter}');
+    await act(() => flush());
+    const failed = screen.getByTestId('pending-message');
+    expect(failed.classList.contains('msg--failed')).toBe(true);
+    const first = server.current.lastRequest('sendMessage');
+    server.handlers.sendMessage = (f) => msg(7, 4, alice.id, f.body, { clientMessageId: f.clientMessageId });
+    await user.click(within(failed).getByRole('button', { name: 'Retry' }));
+    await act(() => flush());
+    const sends = server.current.requests('sendMessage');
+    expect(sends).toHaveLength(2);
+    expect(sends[1]!.clientMessageId).toBe(first.clientMessageId);
+    expect(screen.queryByTestId('pending-message')).toBeNull();
+    expect(screen.getAllByTestId('message').filter((m) => m.textContent?.includes('are you there?'))).toHaveLength(1);
+  });
+
+  it('shows "Reconnecting…" while the connection is down, and syncs when it is back', async () => {
+    storedLogin();
+    const { server } = renderApp(entries());
+    await connected(server);
+    expect(screen.queryByText('Reconnecting…')).toBeNull();
+    act(() => server.current.serverClose(1001, 'restart'));
+    expect(screen.getByText('Reconnecting…')).toBeTruthy();
+    await waitFor(() => expect(server.sockets).toHaveLength(2));
+    await connected(server);
+    expect(screen.queryByText('Reconnecting…')).toBeNull();
+    expect(server.current.lastRequest('sync').heads).toEqual([
+      { conversationId: 7, seq: 3 },
+      { conversationId: 8, seq: 0 },
+    ]);
+  });
+
+  it('a refused token (4001) returns to the login screen with a reason', async () => {
+    storedLogin();
+    const { server } = renderApp(entries());
+    await connected(server);
+    act(() => server.current.serverClose(4001, 'token expired'));
+    expect(await screen.findByText('Your session ended. Please log in again.')).toBeTruthy();
+    expect(window.localStorage.getItem('warren.auth')).toBeNull();
+  });
+
+  it('logs out', async () => {
+    storedLogin();
+    const { server, user } = renderApp(entries());
+    await connected(server);
+    await user.click(screen.getByRole('button', { name: 'Log out' }));
+    expect(screen.getByRole('heading', { name: 'Welcome back' })).toBeTruthy();
+    expect(window.localStorage.getItem('warren.auth')).toBeNull();
+    expect(server.current.closedByClient).not.toBeNull();
+  });
+
+  it('finds a person and starts a direct conversation with toUserId', async () => {
+    storedLogin();
+    const { server, user } = renderApp([]);
+    await connected(server);
+    await user.type(screen.getByRole('searchbox', { name: 'Find people' }), 'car');
+    const result = await screen.findByRole('button', { name: /carol/ });
+    await user.click(result);
+    expect(screen.getByRole('heading', { name: 'carol' })).toBeTruthy();
+    await user.type(screen.getByRole('textbox', { name: 'Message' }), 'hi carol{Enter}');
+    const req = server.current.lastRequest('sendMessage');
+    expect(req).toMatchObject({ toUserId: carol.id, body: 'hi carol' });
+    expect(req.conversationId).toBeUndefined();
+    server.handlers.getConversation = () => entry(conv(11, [alice.id, carol.id], 1), 1, msg(11, 1, alice.id, 'hi carol'));
+    await act(async () => {
+      server.current.reply(req, 'sendMessage', msg(11, 1, alice.id, 'hi carol', { clientMessageId: req.clientMessageId }));
+      await flush();
+    });
+    expect(screen.getAllByTestId('message').map((m) => m.querySelector('.msg__body')?.textContent)).toEqual(['hi carol']);
+    const nav = screen.getByRole('navigation', { name: 'Conversations' });
+    expect(within(nav).getByRole('button', { name: /carol/ }).getAttribute('aria-current')).toBe('true');
+  });
+
+  it('creates a group with members picked by search', async () => {
+    storedLogin();
+    const { server, user } = renderApp([]);
+    server.handlers.createGroup = (f) => conv(20, [alice.id, ...f.memberIds].sort(), 0, { kind: 'group', title: f.title });
+    await connected(server);
+    await user.click(screen.getByRole('button', { name: 'New group' }));
+    const dialog = screen.getByRole('dialog', { name: 'New group' });
+    await user.type(within(dialog).getByLabelText('Group name'), 'Book club');
+    await user.type(within(dialog).getByRole('searchbox', { name: 'Add members' }), 'b');
+    await user.click(await within(dialog).findByRole('button', { name: /bob/ }));
+    expect(within(dialog).getByRole('list', { name: 'Selected members' }).textContent).toContain('bob');
+    await user.click(within(dialog).getByRole('button', { name: 'Create group' }));
+    await act(() => flush());
+    expect(server.current.lastRequest('createGroup')).toMatchObject({ title: 'Book club', memberIds: [bob.id] });
+    expect(screen.queryByRole('dialog')).toBeNull();
+    expect(screen.getByRole('heading', { name: 'Book club' })).toBeTruthy();
+  });
+});
+
+describe('App session expiry', () => {
+  it('logs out when the token expires', async () => {
+    vi.useFakeTimers({ shouldAdvanceTime: true });
+    try {
+      storedLogin(Date.now() + 65_000);
+      const { server } = renderApp(entries());
+      await connected(server);
+      expect(screen.queryByRole('heading', { name: 'Welcome back' })).toBeNull();
+      await act(async () => {
+        await vi.advanceTimersByTimeAsync(61_000);
+      });
+      expect(screen.getByRole('heading', { name: 'Welcome back' })).toBeTruthy();
+      expect(screen.getByText('Your session expired. Please log in again.')).toBeTruthy();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+});

@@ -1,0 +1,21 @@
+const HUES = [12, 35, 150, 190, 215, 245, 275, 310, 340];
+
+function initials(name: string): string {
+  const parts = name.split(/[\s._-]+/).filter(Boolean);
+  const letters = parts.length > 1 ? `${parts[0]![0]}${parts[1]![0]}` : name.slice(0, 2);
+  return letters.toUpperCase();
+}
+
+/** A colored circle with initials; decorative (the name is always next to it). */
+export function Avatar({ name, seed, size = 40, group = false }: { name: string; seed: number; size?: number; group?: boolean }) {
+  const hue = HUES[Math.abs(seed) % HUES.length];
+  return (
+    <span
+      className={`avatar${group ? ' avatar--group' : ''}`}
+      aria-hidden="true"
+      style={{ width: size, height: size, fontSize: size * 0.38, ['--avatar-hue' as string]: hue }}
+    >
+      {initials(name) || '?'}
+    </span>
+  );
+}

@@ -1,0 +1,99 @@
+import { type FormEvent, type KeyboardEvent, useEffect, useId, useLayoutEffect, useRef, useState } from 'react';
+import { MAX_MESSAGE_CHARS } from '../state/session';
+
+const WARN_AT = MAX_MESSAGE_CHARS - 300;
+
+/** The message box: Enter sends, Shift+Enter starts a new line. */
+export function Composer({
+  placeholder,
+  onSend,
+  offline,
+  focusKey,
+}: {
+  placeholder: string;
+  onSend: (text: string) => void;
+  offline: boolean;
+  /** Focus moves here whenever this changes (another conversation was opened). */
+  focusKey: string;
+}) {
+  const [text, setText] = useState('');
+  const ref = useRef<HTMLTextAreaElement>(null);
+  const hintId = useId();
+  const countId = useId();
+  const length = text.trim().length;
+  const tooLong = length > MAX_MESSAGE_CHARS;
+
+  useEffect(() => {
+    // On a phone, focusing would pop the keyboard over the conversation the user just opened.
+    const narrow = typeof window.matchMedia === 'function' && window.matchMedia('(max-width: 759px)').matches;
+    if (!narrow) ref.current?.focus();
+  }, [focusKey]);
+
+  // Grow with the text up to the CSS max-height.
+  useLayoutEffect(() => {
+    const el = ref.current;
+    if (!el) return;
+    el.style.height = 'auto';
+    if (el.scrollHeight) el.style.height = `${el.scrollHeight}px`;
+  }, [text]);
+
+  function submit() {
+    if (length === 0 || tooLong) return;
+    onSend(text);
+    setText('');
+    ref.current?.focus();
+  }
+
+  function onKeyDown(event: KeyboardEvent<HTMLTextAreaElement>) {
+    if (event.key === 'Enter' && !event.shiftKey && !event.altKey && !event.nativeEvent.isComposing) {
+      event.preventDefault();
+      submit();
+    }
+  }
+
+  function onSubmit(event: FormEvent) {
+    event.preventDefault();
+    submit();
+  }
+
+  return (
+    <form className="composer" onSubmit={onSubmit} aria-label="Send a message">
+      {offline && (
+        <p className="composer__offline" id={hintId}>
+          You're offline. Messages you send now go out when the connection is back.
+        </p>
+      )}
+      <div className="composer__row">
+        <label className="visually-hidden" htmlFor={`${hintId}-input`}>
+          Message
+        </label>
+        <textarea
+          ref={ref}
+          id={`${hintId}-input`}
+          className="composer__input"
+          rows={1}
+          placeholder={placeholder}
+          value={text}
+          onChange={(e) => setText(e.target.value)}
+          onKeyDown={onKeyDown}
+          aria-describedby={[offline ? hintId : '', length > WARN_AT ? countId : ''].filter(Boolean).join(' ') || undefined}
+          aria-invalid={tooLong || undefined}
+          enterKeyHint="send"
+        />
+        <button type="submit" className="send-button" disabled={length === 0 || tooLong} aria-label="Send">
+          <svg viewBox="0 0 24 24" width="20" height="20" aria-hidden="true">
+            <path d="M4 12l16-8-6 16-2.5-6.5z" fill="currentColor" />
+          </svg>
+        </button>
+      </div>
+      {length > WARN_AT && (
+        <p id={countId} className={`composer__count${tooLong ? ' is-over' : ''}`} aria-live="polite">
+          {tooLong
+            ? `${length - MAX_MESSAGE_CHARS} characters over the limit`
+            : `${MAX_MESSAGE_CHARS - length} characters left`}
+        </p>
+      )}
+      <p className="composer__hint visually-hidden">Enter sends, Shift+Enter adds a new line.</p>
+    </form>
+  );
+}

@@ -1,0 +1,92 @@
+import { type FormEvent, useId, useState } from 'react';
+import { asApiRequestError } from '../api/errors';
+import type { User } from '../protocol/generated/User';
+import { MAX_TITLE_CHARS } from '../state/session';
+import { sentence } from './format';
+import { Modal } from './Modal';
+import { PeopleSearch } from './PeopleSearch';
+import { useChat, useSession } from './SessionContext';
+
+export function NewGroupDialog({ onClose }: { onClose: () => void }) {
+  const session = useSession();
+  const me = useChat((s) => s.me);
+  const [title, setTitle] = useState('');
+  const [members, setMembers] = useState<User[]>([]);
+  const [error, setError] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false);
+  const titleId = useId();
+
+  async function onSubmit(event: FormEvent) {
+    event.preventDefault();
+    if (!title.trim()) {
+      setError('Give the group a name.');
+      return;
+    }
+    setBusy(true);
+    setError(null);
+    try {
+      await session.createGroup(title, members.map((m) => m.id));
+      onClose();
+    } catch (e) {
+      const err = asApiRequestError(e);
+      setError(err.code === 'disconnected' ? 'Not connected. Try again when the connection is back.' : sentence(err.message));
+      setBusy(false);
+    }
+  }
+
+  return (
+    <Modal title="New group" onClose={onClose}>
+      <form onSubmit={onSubmit} className="new-group">
+        <div className="field">
+          <label htmlFor={titleId}>Group name</label>
+          <input
+            id={titleId}
+            value={title}
+            maxLength={MAX_TITLE_CHARS}
+            onChange={(e) => setTitle(e.target.value)}
+            data-autofocus
+            autoComplete="off"
+          />
+        </div>
+        <div className="field">
+          <span className="field__label">Members</span>
+          {members.length > 0 && (
+            <ul className="chips" aria-label="Selected members">
+              {members.map((m) => (
+                <li key={m.id} className="chip">
+                  {m.username}
+                  <button
+                    type="button"
+                    className="chip__remove"
+                    onClick={() => setMembers((list) => list.filter((x) => x.id !== m.id))}
+                    aria-label={`Remove ${m.username}`}
+                  >
+                    ×
+                  </button>
+                </li>
+              ))}
+            </ul>
+          )}
+          <PeopleSearch
+            label="Add members"
+            placeholder="Add people by username"
+            actionLabel="Add"
+            exclude={[me.id, ...members.map((m) => m.id)]}
+            onPick={(user) => setMembers((list) => [...list, user])}
+          />
+        </div>
+        <div className="form-error" role="alert">
+          {error}
+        </div>
+        <div className="modal__footer">
+          <button type="button" className="button button--ghost" onClick={onClose}>
+            Cancel
+          </button>
+          <button type="submit" className="button button--primary" disabled={busy}>
+            {busy ? 'Creating…' : 'Create group'}
+          </button>
+        </div>
+      </form>
+    </Modal>
+  );
+}

@@ -1,0 +1,65 @@
+import { describe, expect, it } from 'vitest';
+import { alice, bob, carol, conv, entry, msg } from '../test/fixtures';
+import {
+  applyConversation,
+  applyMessages,
+  applyRead,
+  findDirect,
+  sortConversations,
+  unreadCount,
+  upsertEntry,
+} from './conversations';
+
+describe('conversations', () => {
+  it('counts unread as lastSeq - readSeq, live and through read frames', () => {
+    let list = upsertEntry({}, entry(conv(7, [alice.id, bob.id], 3), 1));
+    expect(unreadCount(list[7]!)).toBe(2);
+    list = applyMessages(list, [msg(7, 4, bob.id), msg(7, 5, bob.id)]);
+    expect(unreadCount(list[7]!)).toBe(4);
+    list = applyRead(list, { conversationId: 7, readSeq: 5 });
+    expect(unreadCount(list[7]!)).toBe(0);
+    // A stale read position never moves it backwards.
+    const same = applyRead(list, { conversationId: 7, readSeq: 2 });
+    expect(same).toBe(list);
+    expect(unreadCount(same[7]!)).toBe(0);
+  });
+
+  it('a duplicated message does not raise the unread count twice', () => {
+    let list = upsertEntry({}, entry(conv(7, [alice.id, bob.id], 3), 3));
+    list = applyMessages(list, [msg(7, 4, bob.id)]);
+    list = applyMessages(list, [msg(7, 4, bob.id)]);
+    expect(unreadCount(list[7]!)).toBe(1);
+    expect(list[7]!.lastMessage?.seq).toBe(4);
+  });
+
+  it('orders by last activity, newest first, and keeps the newest preview', () => {
+    let list = upsertEntry({}, entry(conv(1, [alice.id, bob.id], 5), 5, msg(1, 5, bob.id)));
+    list = upsertEntry(list, entry(conv(2, [alice.id, carol.id], 9), 9, msg(2, 9, carol.id)));
+    expect(sortConversations(list).map((c) => c.conversation.id)).toEqual([2, 1]);
+    list = applyMessages(list, [msg(1, 20, bob.id, 'latest')]);
+    expect(sortConversations(list).map((c) => c.conversation.id)).toEqual([1, 2]);
+    // An older message arriving late does not replace the preview.
+    list = applyMessages(list, [msg(1, 6, bob.id, 'old')]);
+    expect(list[1]!.lastMessage?.body).toBe('latest');
+  });
+
+  it('drops a conversation the user is no longer a member of', () => {
+    let list = upsertEntry({}, entry(conv(4, [alice.id, bob.id, carol.id], 0, { kind: 'group', title: 'g' }), 0));
+    list = applyConversation(list, conv(4, [bob.id, carol.id], 0, { kind: 'group', title: 'g' }), alice.id);
+    expect(list[4]).toBeUndefined();
+  });
+
+  it('keeps the read position when a conversation frame updates membership', () => {
+    let list = upsertEntry({}, entry(conv(4, [alice.id, bob.id], 8, { kind: 'group' }), 6));
+    list = applyConversation(list, conv(4, [alice.id, bob.id, carol.id], 8, { kind: 'group' }), alice.id);
+    expect(list[4]!.readSeq).toBe(6);
+    expect(list[4]!.conversation.members).toEqual([alice.id, bob.id, carol.id]);
+  });
+
+  it('finds the direct conversation with a person', () => {
+    let list = upsertEntry({}, entry(conv(1, [alice.id, bob.id], 1), 1));
+    list = upsertEntry(list, entry(conv(2, [alice.id, bob.id, carol.id], 1, { kind: 'group' }), 1));
+    expect(findDirect(list, alice.id, bob.id)?.conversation.id).toBe(1);
+    expect(findDirect(list, alice.id, carol.id)).toBeUndefined();
+  });
+});

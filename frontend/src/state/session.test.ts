@@ -1,0 +1,396 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import type { ConversationEntry } from '../protocol/generated/ConversationEntry';
+import type { Message } from '../protocol/generated/Message';
+import { FakeServer, flush } from '../test/fakeSocket';
+import { alice, bob, carol, conv, entry, msg } from '../test/fixtures';
+import { unreadCount } from './conversations';
+import { ChatSession, type SessionOptions } from './session';
+import { visibleMessages } from './timeline';
+
+const users = [alice, bob, carol];
+const sessions: ChatSession[] = [];
+
+afterEach(() => {
+  for (const s of sessions.splice(0)) s.stop();
+});
+
+function memoryStorage() {
+  const map = new Map<string, string>();
+  return {
+    getItem: (k: string) => map.get(k) ?? null,
+    setItem: (k: string, v: string) => void map.set(k, v),
+    removeItem: (k: string) => void map.delete(k),
+    map,
+  };
+}
+
+function setup(initial: ConversationEntry[], options: Partial<SessionOptions> = {}) {
+  const server = new FakeServer();
+  let entries = initial;
+  server.handlers = {
+    listConversations: () => ({ conversations: entries }),
+    sync: () => ({ conversations: entries, messages: [], truncated: [] }),
+    getUsers: (f) => {
+      const after = f.after ?? 0;
+      return { users: users.filter((u) => u.id > after && (!f.prefix || u.username.startsWith(f.prefix))).slice(0, f.limit ?? 20) };
+    },
+  };
+  const win = new EventTarget();
+  let n = 0;
+  const session = new ChatSession({
+    auth: { user: alice, token: 'tok', expiresAt: Date.now() + 3_600_000 },
+    socketUrl: 'ws://test/ws',
+    createSocket: server.factory,
+    windowTarget: win as unknown as Window,
+    documentTarget: { addEventListener() {}, removeEventListener() {}, visibilityState: 'visible' },
+    backoff: { baseMs: 10, maxMs: 10 },
+    random: () => 1,
+    newId: () => `cm-${++n}`,
+    storage: memoryStorage(),
+    requestTimeoutMs: 2_000,
+    ...options,
+  });
+  sessions.push(session);
+  session.start();
+  return {
+    server,
+    session,
+    win,
+    setEntries: (e: ConversationEntry[]) => (entries = e),
+    state: () => session.store.getState(),
+    seqs: (cid: number) => visibleMessages(session.store.getState().timelines[cid]!).map((m) => m.seq),
+  };
+}
+
+/** Waits (bounded) until the client opened its `n`-th socket: the reconnect backoff has run. */
+async function reconnected(t: ReturnType<typeof setup>, n = 2) {
+  for (let i = 0; i < 100 && t.server.sockets.length < n; i++) await new Promise((r) => setTimeout(r, 5));
+  expect(t.server.sockets).toHaveLength(n);
+}
+
+const dm = (lastSeq: number, readSeq: number) => entry(conv(7, [alice.id, bob.id], lastSeq), readSeq, lastSeq ? msg(7, lastSeq, bob.id) : undefined);
+const group = entry(conv(8, [alice.id, bob.id, carol.id], 0, { kind: 'group', title: 'Team' }), 0);
+const page = (from: number, to: number, more = { hasMoreBefore: from > 1, hasMoreAfter: false }) => ({
+  messages: Array.from({ length: to - from + 1 }, (_, i) => msg(7, from + i, i % 2 ? alice.id : bob.id)),
+  ...more,
+});
+
+/** Connects, answers the first list + sync, and opens conversation 7 with messages `from..to`. */
+async function connectAndOpen(t: ReturnType<typeof setup>, from = 3, to = 12) {
+  t.server.accept(alice);
+  await flush();
+  t.server.handlers.getMessages = (f) => (f.before === undefined && f.after === undefined ? page(from, to) : undefined);
+  t.session.select({ kind: 'conversation', id: 7 });
+  await flush();
+  delete t.server.handlers.getMessages;
+}
+
+describe('session: sync', () => {
+  it("syncs on connect with each conversation's tail as its head", async () => {
+    const t = setup([dm(12, 10), group]);
+    const ws = t.server.accept(alice);
+    await flush();
+    const types = ws.sent.map((f) => f.type).filter((type) => type !== 'getUsers');
+    expect(types).toEqual(['auth', 'listConversations', 'sync']);
+    expect(ws.lastRequest('sync').heads).toEqual([
+      { conversationId: 7, seq: 12 },
+      { conversationId: 8, seq: 0 },
+    ]);
+    expect(t.state().synced).toBe(true);
+    expect(unreadCount(t.state().conversations[7]!)).toBe(2);
+  });
+
+  it('on reconnect, sync carries the newest contiguous seq held of every conversation', async () => {
+    const t = setup([dm(12, 12), group]);
+    await connectAndOpen(t);
+    expect(t.seqs(7)).toEqual([3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+    t.server.current.receive({ type: 'message', message: msg(7, 13, bob.id) });
+    t.server.current.receive({ type: 'message', message: msg(8, 1, carol.id) });
+    t.server.current.serverClose(1001, 'restart');
+    expect(t.state().connection.status).toBe('reconnecting');
+    await reconnected(t);
+    const ws2 = t.server.accept(alice);
+    await flush();
+    expect(ws2.requests('listConversations')).toHaveLength(0);
+    expect(ws2.lastRequest('sync').heads).toEqual([
+      { conversationId: 7, seq: 13 },
+      { conversationId: 8, seq: 1 },
+    ]);
+  });
+
+  it('reconnects and syncs after a slow-consumer close (4008)', async () => {
+    const t = setup([dm(2, 2)]);
+    t.server.accept(alice);
+    await flush();
+    t.server.current.serverClose(4008, 'slow consumer');
+    await reconnected(t);
+    const ws2 = t.server.accept(alice);
+    await flush();
+    expect(ws2.requests('sync')).toHaveLength(1);
+  });
+
+  it('applies what sync returns and pages truncated conversations with getMessages after', async () => {
+    const t = setup([dm(12, 12)]);
+    await connectAndOpen(t);
+    const afters: number[] = [];
+    t.server.handlers.sync = () => ({
+      conversations: [dm(17, 12)],
+      messages: [msg(7, 13, bob.id), msg(7, 14, bob.id)],
+      truncated: [7],
+    });
+    t.server.handlers.getMessages = (f) => {
+      afters.push(f.after ?? -1);
+      if (f.after === 14) return page(15, 16, { hasMoreBefore: true, hasMoreAfter: true });
+      if (f.after === 16) return page(17, 17);
+      return { messages: [], hasMoreBefore: true, hasMoreAfter: false };
+    };
+    t.server.current.receive({ type: 'resync', reason: 'broker reconnected' });
+    await flush(10);
+    expect(afters).toEqual([14, 16]);
+    expect(t.seqs(7)).toEqual(Array.from({ length: 15 }, (_, i) => i + 3));
+    expect(t.state().timelines[7]!.head).toBe(17);
+    expect(unreadCount(t.state().conversations[7]!)).toBe(5);
+  });
+
+  it('a gap in live messages fetches getMessages after the last contiguous seq', async () => {
+    const t = setup([dm(12, 12)]);
+    await connectAndOpen(t);
+    const ws = t.server.current;
+    ws.receive({ type: 'message', message: msg(7, 15, bob.id) });
+    await flush(1);
+    const req = ws.lastRequest('getMessages');
+    expect(req).toMatchObject({ conversationId: 7, after: 12 });
+    ws.reply(req, 'getMessages', page(13, 15));
+    await flush();
+    expect(t.seqs(7)).toEqual([3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
+    expect(t.state().timelines[7]!.head).toBe(15);
+  });
+
+  it('a message that arrives twice, or late, shows once and in seq order', async () => {
+    const t = setup([dm(12, 12)]);
+    await connectAndOpen(t);
+    const ws = t.server.current;
+    t.server.handlers.getMessages = () => page(13, 14);
+    ws.receive({ type: 'message', message: msg(7, 14, bob.id) });
+    ws.receive({ type: 'message', message: msg(7, 13, bob.id) });
+    ws.receive({ type: 'message', message: msg(7, 14, bob.id) });
+    await flush();
+    expect(t.seqs(7)).toEqual([3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
+    expect(t.state().conversations[7]!.conversation.lastSeq).toBe(14);
+  });
+
+  it('syncs on resync frames, on window focus and on the interval from ready', async () => {
+    const t = setup([dm(1, 1)]);
+    const ws = t.server.accept(alice, 1_000);
+    await flush();
+    expect(ws.requests('sync')).toHaveLength(1);
+    ws.receive({ type: 'resync', reason: 'lagged' });
+    await flush();
+    expect(ws.requests('sync')).toHaveLength(2);
+    t.win.dispatchEvent(new Event('focus'));
+    await flush();
+    expect(ws.requests('sync')).toHaveLength(3);
+    await new Promise((r) => setTimeout(r, 1_100));
+    await flush();
+    expect(ws.requests('sync').length).toBeGreaterThanOrEqual(4);
+  });
+
+  it('a live message in a conversation not known yet fetches its entry', async () => {
+    const t = setup([]);
+    const ws = t.server.accept(alice);
+    await flush();
+    t.server.handlers.getConversation = () => entry(conv(9, [alice.id, carol.id], 1), 0, msg(9, 1, carol.id));
+    ws.receive({ type: 'message', message: msg(9, 1, carol.id, 'hi alice') });
+    await flush();
+    expect(ws.lastRequest('getConversation').conversationId).toBe(9);
+    expect(t.state().conversations[9]?.lastMessage?.body).toBe('m1');
+    expect(unreadCount(t.state().conversations[9]!)).toBe(1);
+    expect(t.state().users[carol.id]?.username).toBe('carol');
+  });
+
+  it('read frames and markRead move the unread count', async () => {
+    const t = setup([dm(12, 4)]);
+    await connectAndOpen(t);
+    expect(unreadCount(t.state().conversations[7]!)).toBe(8);
+    const ws = t.server.current;
+    ws.receive({ type: 'read', position: { conversationId: 7, readSeq: 10 } });
+    expect(unreadCount(t.state().conversations[7]!)).toBe(2);
+    t.server.handlers.markRead = (f) => ({ conversationId: f.conversationId, readSeq: f.seq });
+    t.session.markRead(7);
+    t.session.markRead(7); // not sent twice
+    await flush();
+    expect(ws.requests('markRead')).toEqual([expect.objectContaining({ conversationId: 7, seq: 12 })]);
+    expect(unreadCount(t.state().conversations[7]!)).toBe(0);
+  });
+
+  it('a conversation frame that no longer lists the user removes it', async () => {
+    const t = setup([dm(1, 1), group]);
+    t.server.accept(alice);
+    await flush();
+    t.session.select({ kind: 'conversation', id: 8 });
+    t.server.current.receive({ type: 'conversation', conversation: conv(8, [bob.id, carol.id], 0, { kind: 'group', title: 'Team' }) });
+    expect(t.state().conversations[8]).toBeUndefined();
+    expect(t.state().selected).toBeNull();
+    expect(t.state().notice).toMatch(/Team/);
+  });
+
+  it('loads older pages before the oldest seq shown', async () => {
+    const t = setup([dm(12, 12)]);
+    await connectAndOpen(t);
+    t.server.handlers.getMessages = (f) => (f.before === 3 ? page(1, 2) : undefined);
+    await t.session.loadOlder(7);
+    expect(t.server.current.lastRequest('getMessages')).toMatchObject({ before: 3 });
+    expect(t.seqs(7)).toEqual(Array.from({ length: 12 }, (_, i) => i + 1));
+    expect(t.state().timelines[7]!.hasMoreBefore).toBe(false);
+  });
+});
+
+describe('session: sending', () => {
+  const own = (seq: number, clientMessageId: string, body = 'hello'): Message =>
+    msg(7, seq, alice.id, body, { clientMessageId });
+
+  it('shows a send as pending at once, then as sent with its seq; the live echo does not double it', async () => {
+    const t = setup([dm(12, 12)]);
+    await connectAndOpen(t);
+    const ws = t.server.current;
+    const id = t.session.send('  hello  ');
+    expect(id).toBe('cm-1');
+    expect(t.state().pending['cm-1']).toMatchObject({ status: 'sending', body: 'hello' });
+    const req = ws.lastRequest('sendMessage');
+    expect(req).toMatchObject({ conversationId: 7, clientMessageId: 'cm-1', body: 'hello' });
+    expect(req.toUserId).toBeUndefined();
+    ws.reply(req, 'sendMessage', own(13, 'cm-1'));
+    ws.receive({ type: 'message', message: own(13, 'cm-1') });
+    await flush();
+    expect(t.state().pending).toEqual({});
+    expect(t.seqs(7).filter((s) => s === 13)).toHaveLength(1);
+    expect(t.state().timelines[7]!.bySeq.get(13)?.clientMessageId).toBe('cm-1');
+  });
+
+  it('the live echo arriving before the reply confirms the send too', async () => {
+    const t = setup([dm(12, 12)]);
+    await connectAndOpen(t);
+    const ws = t.server.current;
+    t.session.send('hello');
+    ws.receive({ type: 'message', message: own(13, 'cm-1') });
+    expect(t.state().pending).toEqual({});
+    ws.reply(ws.lastRequest('sendMessage'), 'sendMessage', own(13, 'cm-1'));
+    await flush();
+    expect(t.seqs(7).slice(-2)).toEqual([12, 13]);
+    expect(t.state().pending).toEqual({});
+  });
+
+  it('an error fails the send; Retry sends it again with the same client message id', async () => {
+    const t = setup([dm(12, 12)]);
+    await connectAndOpen(t);
+    t.server.handlers.sendMessage = () => ({ error: { code: 'unavailable', message: 'message-service is down' } });
+    t.session.send('hello');
+    await flush();
+    expect(t.state().pending['cm-1']).toMatchObject({ status: 'failed', error: { code: 'unavailable' }, autoResend: false });
+    t.server.handlers.sendMessage = (f) => own(13, f.clientMessageId);
+    t.session.retry('cm-1');
+    expect(t.state().pending['cm-1']?.status).toBe('sending');
+    await flush();
+    const sends = t.server.current.requests('sendMessage');
+    expect(sends).toHaveLength(2);
+    expect(sends.map((s) => s.clientMessageId)).toEqual(['cm-1', 'cm-1']);
+    expect(sends[0]!.id).not.toBe(sends[1]!.id);
+    expect(t.state().pending).toEqual({});
+    expect(t.seqs(7).slice(-1)).toEqual([13]);
+  });
+
+  it('a send with no reply in time fails with timeout', async () => {
+    const t = setup([dm(12, 12)], { sendTimeoutMs: 30 });
+    await connectAndOpen(t);
+    t.session.send('hello');
+    await new Promise((r) => setTimeout(r, 60));
+    expect(t.state().pending['cm-1']).toMatchObject({ status: 'failed', error: { code: 'timeout' } });
+  });
+
+  it('a send cut off by a disconnect is resent after the reconnect sync, with the same id', async () => {
+    const t = setup([dm(12, 12)]);
+    await connectAndOpen(t);
+    t.session.send('hello');
+    t.server.current.serverClose(1006);
+    await flush(1);
+    expect(t.state().pending['cm-1']).toMatchObject({ status: 'failed', autoResend: true });
+    // Sent while offline: failed at once, resent later too.
+    t.session.send('second');
+    expect(t.state().pending['cm-2']).toMatchObject({ status: 'failed', error: { code: 'disconnected' } });
+    await reconnected(t);
+    let syncAnswered = false;
+    t.server.handlers.sync = () => {
+      syncAnswered = true;
+      return { conversations: [dm(12, 12)], messages: [], truncated: [] };
+    };
+    t.server.handlers.sendMessage = (f) => {
+      expect(syncAnswered).toBe(true);
+      return own(f.clientMessageId === 'cm-1' ? 13 : 14, f.clientMessageId, f.body);
+    };
+    const ws2 = t.server.accept(alice);
+    await flush();
+    const types = ws2.sent.map((f) => f.type);
+    expect(types.indexOf('sync')).toBeLessThan(types.indexOf('sendMessage'));
+    expect(ws2.requests('sendMessage').map((s) => s.clientMessageId)).toEqual(['cm-1', 'cm-2']);
+    expect(t.state().pending).toEqual({});
+    expect(t.seqs(7).slice(-2)).toEqual([13, 14]);
+  });
+
+  it('a send the server stored before the drop is confirmed by sync and not sent again', async () => {
+    const t = setup([dm(12, 12)]);
+    await connectAndOpen(t);
+    t.session.send('hello');
+    t.server.current.serverClose(1001);
+    await reconnected(t);
+    t.server.handlers.sync = () => ({ conversations: [dm(13, 12)], messages: [own(13, 'cm-1')], truncated: [] });
+    const ws2 = t.server.accept(alice);
+    await flush();
+    expect(ws2.lastRequest('sync').heads).toEqual([{ conversationId: 7, seq: 12 }]);
+    expect(ws2.requests('sendMessage')).toHaveLength(0);
+    expect(t.state().pending).toEqual({});
+    expect(t.seqs(7).slice(-1)).toEqual([13]);
+  });
+
+  it('unsent messages survive a reload and are resent with the same id', async () => {
+    const storage = memoryStorage();
+    const first = setup([dm(12, 12)], { storage });
+    await connectAndOpen(first);
+    first.session.send('keep me');
+    first.session.stop();
+    expect(storage.map.get(`warren.pending.${alice.id}`)).toContain('cm-1');
+    const second = setup([dm(12, 12)], { storage, newId: () => 'other' });
+    second.server.handlers.sendMessage = (f) => own(13, f.clientMessageId, f.body);
+    expect(second.state().pending['cm-1']?.status).toBe('failed');
+    second.server.accept(alice);
+    await flush();
+    expect(second.server.current.lastRequest('sendMessage')).toMatchObject({ clientMessageId: 'cm-1', body: 'keep me' });
+    expect(second.state().pending).toEqual({});
+  });
+
+  it('a first message to a person goes with toUserId; the view moves to the new conversation', async () => {
+    const t = setup([]);
+    const ws = t.server.accept(alice);
+    await flush();
+    t.server.handlers.getConversation = () => entry(conv(9, [alice.id, bob.id], 1), 1, msg(9, 1, alice.id));
+    t.session.openDirect(bob.id);
+    expect(t.state().selected).toEqual({ kind: 'draft', userId: bob.id });
+    t.session.send('hi bob');
+    const req = ws.lastRequest('sendMessage');
+    expect(req).toMatchObject({ toUserId: bob.id, clientMessageId: 'cm-1' });
+    expect(req.conversationId).toBeUndefined();
+    ws.reply(req, 'sendMessage', msg(9, 1, alice.id, 'hi bob', { clientMessageId: 'cm-1' }));
+    await flush();
+    expect(t.state().selected).toEqual({ kind: 'conversation', id: 9 });
+    expect(t.state().pending).toEqual({});
+    expect(t.state().conversations[9]).toBeDefined();
+    expect(visibleMessages(t.state().timelines[9]!).map((m) => m.body)).toEqual(['hi bob']);
+  });
+
+  it('rejects empty and over-long messages', async () => {
+    const t = setup([dm(12, 12)]);
+    await connectAndOpen(t);
+    expect(t.session.send('   \n ')).toBeNull();
+    expect(t.session.send('x'.repeat(4_001))).toBeNull();
+    expect(t.server.current.requests('sendMessage')).toHaveLength(0);
+  });
+});

@@ -1,0 +1,820 @@
+import type { BackoffOptions } from '../api/backoff';
+import { ApiRequestError, asApiRequestError } from '../api/errors';
+import type { RestClient } from '../api/rest';
+import {
+  type LiveFrame,
+  type Op,
+  type ReadyFrame,
+  type ReplyOf,
+  type RequestParams,
+  type WebSocketFactory,
+  WarrenSocket,
+  defaultSocketUrl,
+} from '../api/ws';
+import type { Conversation } from '../protocol/generated/Conversation';
+import type { ConversationEntry } from '../protocol/generated/ConversationEntry';
+import type { Head } from '../protocol/generated/Head';
+import type { Message } from '../protocol/generated/Message';
+import type { MessagesPage } from '../protocol/generated/MessagesPage';
+import type { User } from '../protocol/generated/User';
+import type { StorageLike, StoredAuth } from './auth';
+import {
+  applyConversation,
+  applyMessages,
+  applyRead,
+  directPeer,
+  findDirect,
+  removeConversation,
+  sortConversations,
+  upsertEntry,
+} from './conversations';
+import { newClientMessageId } from './ids';
+import {
+  type PendingSend,
+  type PendingSends,
+  type SendTarget,
+  addPending,
+  confirmPending,
+  markFailed,
+  markSending,
+  removePending,
+  toResend,
+} from './pending';
+import { type ChatState, type ChatStore, type Selection, createChatStore } from './store';
+import { type PageKind, type Timeline, applyPage, emptyTimeline, mergeMessages, newestSeq, setBaseline } from './timeline';
+import { displayName, lookupWindows, mergeUsers, missingIds } from './users';
+
+/** Protocol limits (common/src/protocol/messages.rs). */
+export const MAX_MESSAGE_CHARS = 4_000;
+export const MAX_TITLE_CHARS = 100;
+export const MAX_PAGE = 100;
+export const MAX_CONVERSATIONS_PAGE = 200;
+export const MAX_SYNC_HEADS = 1_000;
+
+export interface SessionOptions {
+  auth: StoredAuth;
+  socketUrl?: string;
+  createSocket?: WebSocketFactory;
+  requestTimeoutMs?: number;
+  /** How long a send waits for its reply before it is shown as failed. */
+  sendTimeoutMs?: number;
+  backoff?: BackoffOptions;
+  random?: () => number;
+  now?: () => number;
+  newId?: () => string;
+  /** Where unsent messages are kept across reloads. */
+  storage?: StorageLike;
+  /** Where `focus` and `online` are listened for (the window). */
+  windowTarget?: Pick<Window, 'addEventListener' | 'removeEventListener'>;
+  documentTarget?: Pick<Document, 'addEventListener' | 'removeEventListener' | 'visibilityState'>;
+  /** Messages per history page. */
+  pageSize?: number;
+  /** The gateway refused the token: the user must log in again. */
+  onUnauthorized?: (reason: string) => void;
+  /** For people search while the socket is reconnecting. */
+  rest?: RestClient;
+  /** Requests on the wire at once (the gateway allows 32 by default). */
+  maxInFlight?: number;
+}
+
+function groupByConversation(messages: readonly Message[]): Map<number, Message[]> {
+  const groups = new Map<number, Message[]>();
+  for (const m of messages) {
+    let list = groups.get(m.conversationId);
+    if (!list) groups.set(m.conversationId, (list = []));
+    list.push(m);
+  }
+  for (const list of groups.values()) list.sort((a, b) => a.seq - b.seq);
+  return groups;
+}
+
+function pendingKey(userId: number): string {
+  return `warren.pending.${userId}`;
+}
+
+/**
+ * One signed-in user's live session: owns the socket and the store, keeps the store consistent with the
+ * server (sync on every connect, on `resync`, on focus and on a timer; gap repair; pending sends), and offers
+ * the actions the UI calls. All state changes go through the pure functions in this folder.
+ */
+export class ChatSession {
+  readonly store: ChatStore;
+  private readonly socket: WarrenSocket;
+  private readonly opts: SessionOptions;
+  private readonly now: () => number;
+  private readonly newId: () => string;
+  private readonly pageSize: number;
+
+  private listed = false;
+  private syncing: Promise<void> | null = null;
+  private syncAgain = false;
+  private syncTimer: ReturnType<typeof setInterval> | null = null;
+  private readonly catchingUp = new Set<number>();
+  private readonly catchUpAgain = new Set<number>();
+  private readonly fetchingConversation = new Set<number>();
+  private readonly resolving = new Set<number>();
+  private readonly markReadSent = new Map<number, number>();
+  private started = false;
+  private unsubscribePersist: (() => void) | null = null;
+
+  constructor(options: SessionOptions) {
+    this.opts = options;
+    this.now = options.now ?? Date.now;
+    this.newId = options.newId ?? newClientMessageId;
+    this.pageSize = Math.min(options.pageSize ?? 50, MAX_PAGE);
+    this.store = createChatStore(options.auth.user, { pending: this.loadPersistedPending(options.auth.user.id) });
+    this.socket = new WarrenSocket({
+      url: options.socketUrl ?? defaultSocketUrl(),
+      token: () => options.auth.token,
+      ...(options.createSocket ? { createSocket: options.createSocket } : {}),
+      ...(options.requestTimeoutMs ? { requestTimeoutMs: options.requestTimeoutMs } : {}),
+      ...(options.maxInFlight ? { maxInFlight: options.maxInFlight } : {}),
+      ...(options.backoff ? { backoff: options.backoff } : {}),
+      ...(options.random ? { random: options.random } : {}),
+      now: this.now,
+      onReady: (frame) => this.onReady(frame),
+      onLive: (frame) => this.onLive(frame),
+      onStatus: (status, info) =>
+        this.store.setState((s) => ({
+          connection: {
+            status,
+            attempt: info.attempt,
+            ...(info.retryAt !== undefined ? { retryAt: info.retryAt } : {}),
+            hasConnected: s.connection.hasConnected || status === 'open',
+          },
+        })),
+      onDisconnect: () => this.onDisconnect(),
+      onUnauthorized: (reason) => {
+        this.stop();
+        this.opts.onUnauthorized?.(reason);
+      },
+    });
+  }
+
+  get me(): User {
+    return this.store.getState().me;
+  }
+
+  // ---- lifecycle -------------------------------------------------------------------------------------------
+
+  start(): void {
+    if (this.started) return;
+    this.started = true;
+    this.unsubscribePersist = this.store.subscribe((state, previous) => {
+      if (state.pending !== previous.pending) this.persistPending(state.pending);
+    });
+    const win = this.opts.windowTarget ?? (typeof window !== 'undefined' ? window : undefined);
+    win?.addEventListener('focus', this.onFocus);
+    win?.addEventListener('online', this.onOnline);
+    const doc = this.opts.documentTarget ?? (typeof document !== 'undefined' ? document : undefined);
+    doc?.addEventListener('visibilitychange', this.onVisibility);
+    this.socket.start();
+  }
+
+  stop(): void {
+    if (!this.started) return;
+    this.started = false;
+    this.unsubscribePersist?.();
+    this.unsubscribePersist = null;
+    const win = this.opts.windowTarget ?? (typeof window !== 'undefined' ? window : undefined);
+    win?.removeEventListener('focus', this.onFocus);
+    win?.removeEventListener('online', this.onOnline);
+    const doc = this.opts.documentTarget ?? (typeof document !== 'undefined' ? document : undefined);
+    doc?.removeEventListener('visibilitychange', this.onVisibility);
+    this.stopSyncTimer();
+    this.socket.stop();
+  }
+
+  /** Log out: stop and forget the unsent messages of this user on this device. */
+  discardLocalData(): void {
+    try {
+      this.opts.storage?.removeItem(pendingKey(this.me.id));
+    } catch {
+      // ignore
+    }
+  }
+
+  /** "Retry now" in the reconnecting banner. */
+  reconnectNow(): void {
+    this.socket.reconnectNow();
+  }
+
+  private readonly onFocus = () => {
+    void this.syncNow();
+  };
+
+  private readonly onOnline = () => {
+    if (!this.socket.isOpen) this.socket.reconnectNow();
+  };
+
+  private readonly onVisibility = () => {
+    const doc = this.opts.documentTarget ?? document;
+    if (doc.visibilityState === 'visible') void this.syncNow();
+  };
+
+  private onReady(frame: ReadyFrame): void {
+    this.store.setState((s) => ({ me: frame.user, users: mergeUsers(s.users, [frame.user]) }));
+    this.startSyncTimer(frame.syncIntervalMs);
+    void this.afterConnect();
+  }
+
+  private async afterConnect(): Promise<void> {
+    await this.syncNow();
+    if (!this.socket.isOpen) return;
+    this.resendInterrupted();
+    const selected = this.store.getState().selected;
+    if (selected?.kind === 'conversation') void this.ensureLoaded(selected.id);
+    if (selected?.kind === 'draft') void this.resolveUsers([selected.userId]);
+  }
+
+  private onDisconnect(): void {
+    this.stopSyncTimer();
+    this.markReadSent.clear();
+  }
+
+  private startSyncTimer(intervalMs: number): void {
+    this.stopSyncTimer();
+    const every = Math.max(1_000, intervalMs || 30_000);
+    this.syncTimer = setInterval(() => void this.syncNow(), every);
+  }
+
+  private stopSyncTimer(): void {
+    if (this.syncTimer) clearInterval(this.syncTimer);
+    this.syncTimer = null;
+  }
+
+  private request<O extends Op>(
+    op: O,
+    params: RequestParams<O>,
+    options: { timeoutMs?: number; priority?: 'high' } = {},
+  ): Promise<ReplyOf<O>> {
+    return this.socket.request(op, params, options);
+  }
+
+  // ---- live frames -------------------------------------------------------------------------------------------
+
+  private onLive(frame: LiveFrame): void {
+    switch (frame.type) {
+      case 'message':
+        this.ingest([frame.message], { live: true });
+        return;
+      case 'conversation':
+        this.onConversation(frame.conversation);
+        return;
+      case 'read':
+        this.store.setState((s) => ({ conversations: applyRead(s.conversations, frame.position) }));
+        return;
+      case 'resync':
+        void this.syncNow();
+        return;
+    }
+  }
+
+  private onConversation(conversation: Conversation): void {
+    const before = this.store.getState();
+    const known = conversation.id in before.conversations;
+    const stillMember = conversation.members.includes(before.me.id);
+    this.store.setState((s) => {
+      const conversations = applyConversation(s.conversations, conversation, s.me.id);
+      const timelines = { ...s.timelines };
+      if (!stillMember) delete timelines[conversation.id];
+      else timelines[conversation.id] ??= emptyTimeline(conversation.lastSeq);
+      const selected =
+        !stillMember && s.selected?.kind === 'conversation' && s.selected.id === conversation.id ? null : s.selected;
+      const notice =
+        !stillMember && known ? `You are no longer a member of ${this.titleOf(conversation, s)}.` : s.notice;
+      return { conversations, timelines, selected, notice };
+    });
+    if (stillMember) {
+      // A `conversation` frame has no read position or preview: fetch the entry for a conversation new to us.
+      if (!known) void this.fetchConversation(conversation.id);
+      this.resolveDirectPeers([conversation]);
+      this.reconcileDraftSelection();
+    }
+  }
+
+  /**
+   * Adds messages from any source (live, a reply, a page, sync): keyed by seq, so duplicates vanish; confirms
+   * the user's pending sends; updates the list; repairs gaps; fetches conversations not known yet.
+   */
+  private ingest(messages: readonly Message[], options: { live?: boolean } = {}): void {
+    if (messages.length === 0) return;
+    const groups = groupByConversation(messages);
+    const gaps: number[] = [];
+    const unknown: number[] = [];
+    this.store.setState((s) => {
+      const timelines = { ...s.timelines };
+      for (const [cid, list] of groups) {
+        const known = cid in s.conversations;
+        const first = list[0];
+        if (!first) continue;
+        // For a conversation we know nothing about, follow it from here: its history loads when it is opened.
+        const current = timelines[cid] ?? emptyTimeline(known ? 0 : first.seq - 1);
+        const merged = mergeMessages(current, list);
+        timelines[cid] = merged;
+        if (newestSeq(merged) > merged.head) gaps.push(cid);
+        if (!known) unknown.push(cid);
+      }
+      return {
+        timelines,
+        conversations: applyMessages(s.conversations, messages),
+        pending: confirmPending(s.pending, messages, s.me.id),
+      };
+    });
+    for (const cid of gaps) void this.catchUp(cid);
+    for (const cid of unknown) void this.fetchConversation(cid);
+    // Announce once the sender's name is known (a lookup failure still announces, with the fallback name).
+    const resolved = this.resolveUsers(messages.map((m) => m.senderId));
+    if (options.live) void resolved.then(() => this.announce(messages));
+  }
+
+  private announce(messages: readonly Message[]): void {
+    const s = this.store.getState();
+    const fromOthers = messages.filter((m) => m.senderId !== s.me.id);
+    const last = fromOthers[fromOthers.length - 1];
+    if (!last) return;
+    const sender = displayName(s.users, last.senderId);
+    const inView = s.selected?.kind === 'conversation' && s.selected.id === last.conversationId;
+    const c = s.conversations[last.conversationId];
+    const where = !inView && c?.conversation.kind === 'group' ? ` in ${this.titleOf(c.conversation, s)}` : '';
+    const text = inView ? `${sender}: ${last.body}` : `New message from ${sender}${where}`;
+    this.store.setState((st) => ({ announcement: { text, n: st.announcement.n + 1 } }));
+  }
+
+  // ---- sync and repair ---------------------------------------------------------------------------------------
+
+  /**
+   * Sends `sync` with the heads the client holds and applies what it lacks. Concurrent calls coalesce: a call
+   * during a sync makes it run once more, and every caller's promise resolves when the last run finished.
+   */
+  syncNow(): Promise<void> {
+    if (!this.socket.isOpen) return Promise.resolve();
+    if (this.syncing) {
+      this.syncAgain = true;
+      return this.syncing;
+    }
+    this.syncing = (async () => {
+      try {
+        do {
+          this.syncAgain = false;
+          await this.syncOnce();
+        } while (this.syncAgain && this.socket.isOpen);
+      } finally {
+        this.syncing = null;
+      }
+    })();
+    return this.syncing;
+  }
+
+  /** The heads `sync` sends: the contiguous top of every conversation held, most recently active first. */
+  heads(): Head[] {
+    const s = this.store.getState();
+    return sortConversations(s.conversations)
+      .slice(0, MAX_SYNC_HEADS)
+      .map(({ conversation }) => ({
+        conversationId: conversation.id,
+        seq: s.timelines[conversation.id]?.head ?? conversation.lastSeq,
+      }));
+  }
+
+  private async syncOnce(): Promise<void> {
+    try {
+      if (!this.listed) {
+        // The first sync of a session would count every unknown conversation from seq 0 and return its oldest
+        // messages; listing first gives heads at each conversation's tail instead.
+        await this.listAllConversations();
+        this.listed = true;
+      }
+      const heads = this.heads();
+      const inHeads = new Set(heads.map((h) => h.conversationId));
+      const response = await this.request('sync', { heads });
+      const truncated = new Set(response.truncated);
+      this.upsertEntries(response.conversations);
+      if (response.conversations.length < MAX_CONVERSATIONS_PAGE) {
+        // The list is complete: a conversation we sent a head for and that is missing was left.
+        const present = new Set(response.conversations.map((e) => e.conversation.id));
+        const gone = [...inHeads].filter((id) => !present.has(id));
+        if (gone.length) this.removeConversations(gone);
+      }
+      // A conversation new to us whose history was cut short starts at its tail (set by upsertEntries); its
+      // oldest messages are not needed, but they still confirm our own pending sends.
+      const keep = response.messages.filter((m) => inHeads.has(m.conversationId) || !truncated.has(m.conversationId));
+      this.store.setState((s) => ({ pending: confirmPending(s.pending, response.messages, s.me.id) }));
+      this.ingest(keep);
+      for (const cid of truncated) if (inHeads.has(cid)) void this.catchUp(cid);
+      this.store.setState({ synced: true });
+    } catch (error) {
+      const e = asApiRequestError(error);
+      // No answer in time on an open socket: the connection is presumed dead (the browser cannot see the
+      // gateway's pings), so start over rather than wait for TCP to notice.
+      if (e.code === 'timeout') this.socket.reconnectNow();
+    }
+  }
+
+  private async listAllConversations(): Promise<void> {
+    let before: string | undefined;
+    for (let page = 0; page < 100; page++) {
+      const result = await this.request('listConversations', {
+        limit: MAX_CONVERSATIONS_PAGE,
+        ...(before !== undefined ? { before } : {}),
+      });
+      this.upsertEntries(result.conversations);
+      before = result.next;
+      if (before === undefined || result.conversations.length === 0) break;
+    }
+  }
+
+  private upsertEntries(entries: readonly ConversationEntry[]): void {
+    if (entries.length === 0) return;
+    this.store.setState((s) => {
+      let conversations = s.conversations;
+      const timelines = { ...s.timelines };
+      for (const entry of entries) {
+        if (!entry.conversation.members.includes(s.me.id)) continue;
+        conversations = upsertEntry(conversations, entry);
+        const id = entry.conversation.id;
+        timelines[id] = setBaseline(timelines[id] ?? emptyTimeline(entry.conversation.lastSeq), entry.conversation.lastSeq);
+      }
+      return { conversations, timelines };
+    });
+    this.resolveDirectPeers(entries.map((e) => e.conversation));
+    void this.resolveUsers(entries.flatMap((e) => (e.lastMessage ? [e.lastMessage.senderId] : [])));
+    this.reconcileDraftSelection();
+  }
+
+  private removeConversations(ids: readonly number[]): void {
+    this.store.setState((s) => {
+      let conversations = s.conversations;
+      const timelines = { ...s.timelines };
+      for (const id of ids) {
+        conversations = removeConversation(conversations, id);
+        delete timelines[id];
+      }
+      const selected = s.selected?.kind === 'conversation' && ids.includes(s.selected.id) ? null : s.selected;
+      return { conversations, timelines, selected };
+    });
+  }
+
+  /** Pages `getMessages` after the contiguous head until the conversation is whole again. */
+  async catchUp(conversationId: number): Promise<void> {
+    if (this.catchingUp.has(conversationId)) {
+      this.catchUpAgain.add(conversationId);
+      return;
+    }
+    if (!this.socket.isOpen) return;
+    this.catchingUp.add(conversationId);
+    try {
+      for (let round = 0; round < 10_000; round++) {
+        this.catchUpAgain.delete(conversationId);
+        const timeline = this.store.getState().timelines[conversationId];
+        if (!timeline) break;
+        const page = await this.request('getMessages', { conversationId, after: timeline.head, limit: MAX_PAGE });
+        this.applyPageToStore(conversationId, page, 'after');
+        const now = this.store.getState().timelines[conversationId];
+        const progressed = now !== undefined && now.head > timeline.head;
+        if (!progressed) break;
+        if (!page.hasMoreAfter && !this.catchUpAgain.has(conversationId) && newestSeq(now) <= now.head) break;
+      }
+    } catch {
+      // The next sync repairs what this could not.
+    } finally {
+      this.catchingUp.delete(conversationId);
+      this.catchUpAgain.delete(conversationId);
+    }
+  }
+
+  private applyPageToStore(conversationId: number, page: MessagesPage, kind: PageKind): void {
+    this.store.setState((s) => {
+      const current = s.timelines[conversationId] ?? emptyTimeline(0);
+      return {
+        timelines: { ...s.timelines, [conversationId]: applyPage(current, page, kind) },
+        conversations: applyMessages(s.conversations, page.messages),
+        pending: confirmPending(s.pending, page.messages, s.me.id),
+      };
+    });
+    void this.resolveUsers(page.messages.map((m) => m.senderId));
+  }
+
+  private async fetchConversation(conversationId: number): Promise<void> {
+    if (this.fetchingConversation.has(conversationId) || !this.socket.isOpen) return;
+    this.fetchingConversation.add(conversationId);
+    try {
+      const entry = await this.request('getConversation', { conversationId });
+      this.upsertEntries([entry]);
+    } catch {
+      // Sync brings it later.
+    } finally {
+      this.fetchingConversation.delete(conversationId);
+    }
+  }
+
+  // ---- history -----------------------------------------------------------------------------------------------
+
+  /** Loads the newest page of a conversation that was never opened. */
+  async ensureLoaded(conversationId: number): Promise<void> {
+    const s = this.store.getState();
+    const timeline = s.timelines[conversationId];
+    if ((timeline && timeline.lo !== null) || s.loadingNewest[conversationId] || !this.socket.isOpen) return;
+    this.setFlag('loadingNewest', conversationId, true);
+    try {
+      const page = await this.request('getMessages', { conversationId, limit: this.pageSize }, { priority: 'high' });
+      this.applyPageToStore(conversationId, page, 'newest');
+      const now = this.store.getState().timelines[conversationId];
+      if (now && newestSeq(now) > now.head) void this.catchUp(conversationId);
+    } catch {
+      // Shown as "couldn't load"; opening again retries.
+    } finally {
+      this.setFlag('loadingNewest', conversationId, false);
+    }
+  }
+
+  /** Loads the page before the oldest message shown. */
+  async loadOlder(conversationId: number): Promise<void> {
+    const s = this.store.getState();
+    const timeline = s.timelines[conversationId];
+    if (!timeline || timeline.lo === null || !timeline.hasMoreBefore || s.loadingOlder[conversationId]) return;
+    if (!this.socket.isOpen) return;
+    this.setFlag('loadingOlder', conversationId, true);
+    try {
+      const page = await this.request(
+        'getMessages',
+        { conversationId, before: timeline.lo, limit: this.pageSize },
+        { priority: 'high' },
+      );
+      this.applyPageToStore(conversationId, page, 'before');
+    } catch {
+      // Scrolling up again retries.
+    } finally {
+      this.setFlag('loadingOlder', conversationId, false);
+    }
+  }
+
+  private setFlag(key: 'loadingOlder' | 'loadingNewest', conversationId: number, value: boolean): void {
+    this.store.setState((s) => {
+      const next = { ...s[key] };
+      if (value) next[conversationId] = true;
+      else delete next[conversationId];
+      return { [key]: next } as Pick<ChatState, typeof key>;
+    });
+  }
+
+  // ---- sending -----------------------------------------------------------------------------------------------
+
+  /** Sends to the selected conversation (or, for a draft, to the person). Returns the client message id. */
+  send(body: string, target?: SendTarget): string | null {
+    const text = body.trim();
+    if (!text || text.length > MAX_MESSAGE_CHARS) return null;
+    const resolved = target ?? this.selectedTarget();
+    if (!resolved) return null;
+    const send: PendingSend = {
+      clientMessageId: this.newId(),
+      target: resolved,
+      body: text,
+      createdAt: this.now(),
+      status: 'sending',
+      autoResend: false,
+    };
+    this.store.setState((s) => ({ pending: addPending(s.pending, send) }));
+    void this.transmit(send.clientMessageId);
+    return send.clientMessageId;
+  }
+
+  /** Sends a failed message again with the same client message id: the server stores it at most once. */
+  retry(clientMessageId: string): void {
+    void this.transmit(clientMessageId);
+  }
+
+  discard(clientMessageId: string): void {
+    this.store.setState((s) => ({ pending: removePending(s.pending, clientMessageId) }));
+  }
+
+  private selectedTarget(): SendTarget | null {
+    const s = this.store.getState();
+    if (s.selected?.kind === 'conversation') return { conversationId: s.selected.id };
+    if (s.selected?.kind === 'draft') {
+      const existing = findDirect(s.conversations, s.me.id, s.selected.userId);
+      return existing ? { conversationId: existing.conversation.id } : { toUserId: s.selected.userId };
+    }
+    return null;
+  }
+
+  private async transmit(clientMessageId: string): Promise<void> {
+    const send = this.store.getState().pending[clientMessageId];
+    if (!send) return;
+    if (!this.socket.isOpen) {
+      this.store.setState((s) => ({
+        pending: markFailed(s.pending, clientMessageId, { code: 'disconnected', message: 'Not connected' }, true),
+      }));
+      return;
+    }
+    this.store.setState((s) => ({ pending: markSending(s.pending, clientMessageId) }));
+    try {
+      const message = await this.request(
+        'sendMessage',
+        { ...send.target, clientMessageId, body: send.body },
+        { timeoutMs: this.opts.sendTimeoutMs ?? 15_000, priority: 'high' },
+      );
+      this.ingest([message]);
+      if ('toUserId' in send.target) {
+        const userId = send.target.toUserId;
+        this.store.setState((s) =>
+          s.selected?.kind === 'draft' && s.selected.userId === userId
+            ? { selected: { kind: 'conversation', id: message.conversationId } }
+            : {},
+        );
+      }
+    } catch (error) {
+      const e = asApiRequestError(error);
+      if (!(clientMessageId in this.store.getState().pending)) return; // confirmed by a live frame meanwhile
+      this.store.setState((s) => ({
+        pending: markFailed(s.pending, clientMessageId, { code: e.code, message: e.message }, e.code === 'disconnected'),
+      }));
+    }
+  }
+
+  /** After a reconnect's sync (which confirmed whatever had been stored), resend what is still unconfirmed. */
+  private resendInterrupted(): void {
+    for (const send of toResend(this.store.getState().pending)) void this.transmit(send.clientMessageId);
+  }
+
+  private loadPersistedPending(userId: number): PendingSends {
+    try {
+      const raw = this.opts.storage?.getItem(pendingKey(userId));
+      if (!raw) return {};
+      const list = JSON.parse(raw) as PendingSend[];
+      if (!Array.isArray(list)) return {};
+      let pending: PendingSends = {};
+      for (const p of list) {
+        if (typeof p?.clientMessageId !== 'string' || typeof p.body !== 'string' || typeof p.target !== 'object') continue;
+        pending = addPending(pending, {
+          ...p,
+          status: 'failed',
+          error: { code: 'disconnected', message: 'Not sent yet' },
+          autoResend: true,
+        });
+      }
+      return pending;
+    } catch {
+      return {};
+    }
+  }
+
+  private persistPending(pending: PendingSends): void {
+    try {
+      const list = Object.values(pending);
+      const key = pendingKey(this.me.id);
+      if (list.length === 0) this.opts.storage?.removeItem(key);
+      else this.opts.storage?.setItem(key, JSON.stringify(list));
+    } catch {
+      // Storage full or disabled.
+    }
+  }
+
+  // ---- reading -----------------------------------------------------------------------------------------------
+
+  /** The user is looking at the newest messages of this conversation: move the read position there. */
+  markRead(conversationId: number): void {
+    const s = this.store.getState();
+    const state = s.conversations[conversationId];
+    const timeline = s.timelines[conversationId];
+    if (!state || !timeline || timeline.lo === null || !this.socket.isOpen) return;
+    const seq = Math.min(timeline.head, state.conversation.lastSeq);
+    if (seq <= state.readSeq || (this.markReadSent.get(conversationId) ?? 0) >= seq) return;
+    this.markReadSent.set(conversationId, seq);
+    this.request('markRead', { conversationId, seq }, { priority: 'high' })
+      .then((position) => this.store.setState((st) => ({ conversations: applyRead(st.conversations, position) })))
+      .catch(() => {
+        if (this.markReadSent.get(conversationId) === seq) this.markReadSent.delete(conversationId);
+      });
+  }
+
+  // ---- selection ---------------------------------------------------------------------------------------------
+
+  select(selection: Selection | null): void {
+    this.store.setState({ selected: selection });
+    if (selection?.kind === 'conversation') void this.ensureLoaded(selection.id);
+    if (selection?.kind === 'draft') {
+      void this.resolveUsers([selection.userId]);
+      this.reconcileDraftSelection();
+    }
+  }
+
+  /** Opens the direct conversation with a person, or a draft that creates it with the first message. */
+  openDirect(userId: number): void {
+    const s = this.store.getState();
+    const existing = findDirect(s.conversations, s.me.id, userId);
+    this.select(existing ? { kind: 'conversation', id: existing.conversation.id } : { kind: 'draft', userId });
+  }
+
+  /** A draft whose direct conversation now exists becomes that conversation. */
+  private reconcileDraftSelection(): void {
+    const s = this.store.getState();
+    if (s.selected?.kind !== 'draft') return;
+    const existing = findDirect(s.conversations, s.me.id, s.selected.userId);
+    if (existing) this.select({ kind: 'conversation', id: existing.conversation.id });
+  }
+
+  dismissNotice(): void {
+    this.store.setState({ notice: null });
+  }
+
+  // ---- people and groups -------------------------------------------------------------------------------------
+
+  /** People whose username starts with `prefix` (over REST while the socket is down). */
+  async searchUsers(prefix: string, limit = 20): Promise<User[]> {
+    const page =
+      !this.socket.isOpen && this.opts.rest
+        ? await this.opts.rest.getUsers(this.opts.auth.token, { prefix, limit })
+        : await this.request('getUsers', { prefix, limit }, { priority: 'high' });
+    this.store.setState((s) => ({ users: mergeUsers(s.users, page.users) }));
+    return page.users;
+  }
+
+  /** Looks up users by id through `getUsers` windows (the protocol has no lookup by id). */
+  async resolveUsers(ids: readonly number[]): Promise<void> {
+    if (!this.socket.isOpen) return;
+    const missing = missingIds(this.store.getState().users, ids).filter((id) => !this.resolving.has(id));
+    if (missing.length === 0) return;
+    for (const id of missing) this.resolving.add(id);
+    try {
+      await Promise.all(
+        lookupWindows(missing, 100).map(async (window) => {
+          const page = await this.request('getUsers', window);
+          this.store.setState((s) => ({ users: mergeUsers(s.users, page.users) }));
+        }),
+      );
+    } catch {
+      // Names show as "user N" until the next attempt.
+    } finally {
+      for (const id of missing) this.resolving.delete(id);
+    }
+  }
+
+  private resolveDirectPeers(conversations: readonly Conversation[]): void {
+    const meId = this.store.getState().me.id;
+    const ids = conversations
+      .filter((c) => c.kind === 'direct')
+      .map((c) => directPeer(c, meId))
+      .filter((id): id is number => id !== undefined);
+    void this.resolveUsers(ids);
+  }
+
+  async createGroup(title: string, memberIds: readonly number[]): Promise<Conversation> {
+    const conversation = await this.request('createGroup', { title: title.trim(), memberIds: [...memberIds] }, { priority: 'high' });
+    this.applyOwnConversation(conversation);
+    this.select({ kind: 'conversation', id: conversation.id });
+    return conversation;
+  }
+
+  async addMembers(conversationId: number, userIds: readonly number[]): Promise<Conversation> {
+    const conversation = await this.request('addMembers', { conversationId, userIds: [...userIds] }, { priority: 'high' });
+    this.applyOwnConversation(conversation);
+    return conversation;
+  }
+
+  async removeMember(conversationId: number, userId: number): Promise<Conversation> {
+    const conversation = await this.request('removeMember', { conversationId, userId }, { priority: 'high' });
+    this.applyOwnConversation(conversation);
+    return conversation;
+  }
+
+  async leave(conversationId: number): Promise<void> {
+    const conversation = await this.request('leaveConversation', { conversationId }, { priority: 'high' });
+    this.applyOwnConversation(conversation);
+    this.removeConversations([conversationId]);
+  }
+
+  /** A group operation's reply: the same as a `conversation` frame, without the "removed" notice. */
+  private applyOwnConversation(conversation: Conversation): void {
+    this.store.setState((s) => {
+      const conversations = applyConversation(s.conversations, conversation, s.me.id);
+      if (!(conversation.id in conversations) || conversation.id in s.timelines) return { conversations };
+      return { conversations, timelines: { ...s.timelines, [conversation.id]: emptyTimeline(conversation.lastSeq) } };
+    });
+    void this.resolveUsers(conversation.members.slice(0, 200));
+  }
+
+  // ---- helpers -----------------------------------------------------------------------------------------------
+
+  titleOf(conversation: Conversation, state: ChatState = this.store.getState()): string {
+    return conversationTitle(conversation, state.me.id, state.users);
+  }
+}
+
+export function conversationTitle(
+  conversation: Conversation,
+  meId: number,
+  users: ChatState['users'],
+): string {
+  if (conversation.kind === 'group') return conversation.title?.trim() || 'Untitled group';
+  const peer = directPeer(conversation, meId);
+  if (peer === undefined) return 'Direct conversation';
+  if (peer === meId) return `${displayName(users, meId)} (you)`;
+  return displayName(users, peer);
+}
+
+export function isRetryable(error: unknown): boolean {
+  return error instanceof ApiRequestError && error.retryable;
+}
+
+export type { Timeline };

@@ -1,0 +1,76 @@
+import { describe, expect, it } from 'vitest';
+import { msg } from '../test/fixtures';
+import { applyPage, emptyTimeline, isGap, mergeMessages, newestSeq, setBaseline, visibleMessages } from './timeline';
+
+const seqs = (t: ReturnType<typeof emptyTimeline>) => visibleMessages(t).map((m) => m.seq);
+
+describe('timeline', () => {
+  it('orders messages by seq whatever order they arrive in', () => {
+    const t = mergeMessages(emptyTimeline(0), [msg(1, 3, 1), msg(1, 1, 2), msg(1, 2, 1)]);
+    expect(seqs(t)).toEqual([1, 2, 3]);
+    expect(t.head).toBe(3);
+    const later = mergeMessages(t, [msg(1, 5, 1), msg(1, 4, 2)]);
+    expect(seqs(later)).toEqual([1, 2, 3, 4, 5]);
+  });
+
+  it('keeps one message per seq: a duplicate or late copy never shows twice', () => {
+    const first = msg(1, 1, 1, 'hello');
+    const t = mergeMessages(emptyTimeline(0), [first]);
+    const again = mergeMessages(t, [{ ...first }, msg(1, 1, 1, 'hello')]);
+    expect(again).toBe(t); // unchanged: no re-render
+    expect(visibleMessages(again)).toHaveLength(1);
+    const batch = mergeMessages(emptyTimeline(0), [msg(1, 1, 1), msg(1, 1, 1), msg(1, 2, 1), msg(1, 2, 1)]);
+    expect(seqs(batch)).toEqual([1, 2]);
+  });
+
+  it('stops the contiguous head at a hole and reveals the gap', () => {
+    const t = mergeMessages(emptyTimeline(0), [msg(1, 1, 1), msg(1, 2, 1), msg(1, 4, 1)]);
+    expect(t.head).toBe(2);
+    expect(newestSeq(t)).toBe(4);
+    expect(isGap(t, 4)).toBe(true);
+    expect(isGap(t, 3)).toBe(false);
+    const filled = mergeMessages(t, [msg(1, 3, 1)]);
+    expect(filled.head).toBe(4);
+    expect(seqs(filled)).toEqual([1, 2, 3, 4]);
+  });
+
+  it('follows only the tail of a conversation never opened', () => {
+    const t = emptyTimeline(40);
+    expect(t.lo).toBeNull();
+    expect(visibleMessages(t)).toEqual([]);
+    expect(setBaseline(t, 50).head).toBe(50);
+    // Once history is held, the baseline never skips what sync must deliver.
+    const held = mergeMessages(emptyTimeline(0), [msg(1, 1, 1)]);
+    expect(setBaseline(held, 9)).toBe(held);
+  });
+
+  it('loads the newest page, then older pages before the oldest seq shown', () => {
+    let t = emptyTimeline(120);
+    const newest = Array.from({ length: 50 }, (_, i) => msg(1, 71 + i, 1));
+    t = applyPage(t, { messages: newest, hasMoreBefore: true, hasMoreAfter: false }, 'newest');
+    expect(t.lo).toBe(71);
+    expect(t.head).toBe(120);
+    expect(t.hasMoreBefore).toBe(true);
+    const older = Array.from({ length: 50 }, (_, i) => msg(1, 21 + i, 1));
+    t = applyPage(t, { messages: older, hasMoreBefore: true, hasMoreAfter: true }, 'before');
+    expect(t.lo).toBe(21);
+    const oldest = Array.from({ length: 20 }, (_, i) => msg(1, 1 + i, 1));
+    t = applyPage(t, { messages: oldest, hasMoreBefore: false, hasMoreAfter: true }, 'before');
+    expect(t.lo).toBe(1);
+    expect(t.hasMoreBefore).toBe(false);
+    expect(seqs(t)).toEqual(Array.from({ length: 120 }, (_, i) => i + 1));
+  });
+
+  it('an after page extends the head', () => {
+    let t = mergeMessages(emptyTimeline(0), [msg(1, 1, 1), msg(1, 2, 1)]);
+    t = applyPage(t, { messages: [msg(1, 3, 1), msg(1, 4, 1)], hasMoreBefore: true, hasMoreAfter: false }, 'after');
+    expect(t.head).toBe(4);
+  });
+
+  it('an empty conversation is fully loaded', () => {
+    const t = emptyTimeline(0);
+    expect(t.lo).toBe(1);
+    expect(t.hasMoreBefore).toBe(false);
+    expect(seqs(mergeMessages(t, [msg(1, 1, 2)]))).toEqual([1]);
+  });
+});
