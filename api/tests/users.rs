@@ -29,6 +29,10 @@ async fn a_registered_user_can_log_in_and_see_itself_and_others() {
     let users: Value = app.get_with_token("/api/users?prefix=b", token).await.json().await.unwrap();
     let names: Vec<&str> = users["users"].as_array().unwrap().iter().map(|u| u["username"].as_str().unwrap()).collect();
     assert_eq!(names, ["bob"]);
+    let by_id: Value =
+        app.get_with_token(&format!("/api/users?ids={alice_id},999999"), token).await.json().await.unwrap();
+    let names: Vec<&str> = by_id["users"].as_array().unwrap().iter().map(|u| u["username"].as_str().unwrap()).collect();
+    assert_eq!(names, ["alice"], "unknown ids are left out");
     app.shutdown().await;
 }
 

@@ -146,6 +146,10 @@ async fn malformed_frames_get_typed_errors_naming_their_request_and_the_socket_k
     let me = client.call("getSelf", json!({})).await;
     assert_eq!(me["type"], "reply");
     assert_eq!(me["result"]["data"]["id"], dave_id);
+    let pong = client.call("ping", json!({})).await;
+    assert_eq!(pong["result"]["op"], "ping");
+    let skew = pong["result"]["data"]["serverTime"].as_i64().unwrap() - chrono::Utc::now().timestamp_millis();
+    assert!(skew.abs() < 60_000, "the ping reply carries the gateway's clock");
     client.close().await;
     app.shutdown().await;
 }

@@ -272,6 +272,18 @@ pub async fn commit(store: &Store, sends: &[Send]) -> anyhow::Result<Committed> 
             )
             .await?;
         tx.execute(&advance, &[&ids, &seqs, &now]).await.context("advancing last_seq")?;
+        // What you sent, you have read (on every device).
+        let (readers, read_conversations, read_seqs) = rows.newest_per_sender();
+        let read = tx
+            .prepare_cached(
+                "UPDATE messages.members m SET read_seq = GREATEST(m.read_seq, v.seq)
+                   FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS v(cid, uid, seq)
+                  WHERE m.conversation_id = v.cid AND m.user_id = v.uid",
+            )
+            .await?;
+        tx.execute(&read, &[&read_conversations, &readers, &read_seqs])
+            .await
+            .context("moving senders' read positions")?;
     }
     tx.commit().await.context("committing a batch")?;
     Ok(Committed { results, events, fresh: stored })
@@ -300,5 +312,21 @@ impl Rows {
 
     fn len(&self) -> usize {
         self.seqs.len()
+    }
+
+    /// The newest new seq of each (sender, conversation): (senders, conversations, seqs).
+    fn newest_per_sender(&self) -> (Vec<i64>, Vec<i64>, Vec<i64>) {
+        let mut newest: HashMap<(i64, i64), i64> = HashMap::new();
+        for ((sender, conversation), seq) in self.senders.iter().zip(&self.conversation_ids).zip(&self.seqs) {
+            let entry = newest.entry((*sender, *conversation)).or_insert(*seq);
+            *entry = (*entry).max(*seq);
+        }
+        let mut columns = (Vec::new(), Vec::new(), Vec::new());
+        for ((sender, conversation), seq) in newest {
+            columns.0.push(sender);
+            columns.1.push(conversation);
+            columns.2.push(seq);
+        }
+        columns
     }
 }

@@ -354,8 +354,10 @@ impl Store {
                 if count as usize + users.len() > common::protocol::messages::MAX_GROUP_MEMBERS {
                     return Ok(Err(MembershipError::TooMany));
                 }
+                // New members start with the history read: it was written before they came.
                 tx.execute(
-                    "INSERT INTO messages.members (conversation_id, user_id) SELECT $1, unnest($2::bigint[])
+                    "INSERT INTO messages.members (conversation_id, user_id, read_seq)
+                     SELECT $1, u, c.last_seq FROM unnest($2::bigint[]) AS u, messages.conversations c WHERE c.id = $1
                      ON CONFLICT DO NOTHING",
                     &[&conversation_id, &users],
                 )

@@ -203,6 +203,21 @@ async fn sync_returns_exactly_what_the_client_lacks() {
     let negative =
         s.call::<Sync>(as_user(ben, SyncRequest { heads: vec![Head { conversation_id: group.id, seq: -1 }] })).await;
     assert_eq!(negative.unwrap_err().code, ErrorCode::Validation);
+
+    // A conversation new to the client: its newest messages, not its oldest; older ones are paged back.
+    let long = s
+        .call::<CreateGroup>(as_user(ann, CreateGroupRequest { title: "long".into(), member_ids: vec![ben] }))
+        .await
+        .unwrap();
+    let per = SYNC_MESSAGES_PER_CONVERSATION as i64;
+    for i in 1..=per + 5 {
+        s.send(ann, long.id, &format!("l{i}"), "x").await.unwrap();
+    }
+    let known = vec![Head { conversation_id: group.id, seq: 5 }];
+    let tail = s.call::<Sync>(as_user(ben, SyncRequest { heads: known })).await.unwrap();
+    let seqs: Vec<i64> = tail.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (6..=per + 5).collect::<Vec<_>>());
+    assert!(tail.truncated.is_empty());
     s.stop().await;
 }
 
@@ -229,11 +244,15 @@ async fn members_are_added_removed_and_leave_and_only_members_may_act() {
         .unwrap_err();
     assert_eq!(read_other.code, ErrorCode::Forbidden);
 
+    s.send(ann, group.id, "c0", "before cat").await.unwrap();
     let added = s
         .call::<AddMembers>(as_user(ben, AddMembersRequest { conversation_id: group.id, user_ids: vec![cat] }))
         .await
         .unwrap();
     assert_eq!(added.members.len(), 3);
+    let cats_view =
+        s.call::<GetConversation>(as_user(cat, GetConversationRequest { conversation_id: group.id })).await.unwrap();
+    assert_eq!(cats_view.read_seq, cats_view.conversation.last_seq, "a new member starts with the history read");
     assert!(s.send(cat, group.id, "c2", "thanks").await.is_ok());
     let removed = s
         .call::<RemoveMember>(as_user(ann, RemoveMemberRequest { conversation_id: group.id, user_id: cat }))
@@ -272,6 +291,9 @@ async fn read_positions_only_move_forward_and_unread_counts_follow() {
         s.call::<MarkRead>(as_user(ben, MarkReadRequest { conversation_id: group.id, seq: 99 })).await.unwrap();
 
     assert_eq!((read.read_seq, back.read_seq, beyond.read_seq), (3, 3, 4));
+    let sender_view =
+        s.call::<GetConversation>(as_user(ann, GetConversationRequest { conversation_id: group.id })).await.unwrap();
+    assert_eq!(sender_view.read_seq, 4, "what you send, you have read");
     let list = s.call::<ListConversations>(as_user(ben, ListConversationsRequest::default())).await.unwrap();
     assert_eq!(list.conversations[0].read_seq, 4);
     assert_eq!(list.conversations[0].last_message.as_ref().map(|m| m.seq), Some(4));

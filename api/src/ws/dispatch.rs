@@ -13,7 +13,7 @@ use common::{
             MarkRead, RemoveMember, SendMessage, Sync,
         },
         users::{GetSelf, GetSelfRequest, GetUsers},
-        ws::{ClientFrame, ReplyData, ServerFrame},
+        ws::{ClientFrame, Pong, ReplyData, ServerFrame},
     },
 };
 
@@ -27,6 +27,7 @@ pub async fn handle(state: AppState, user: VerifiedUser, request_id: String, fra
     let call = Call { state: &state, request_id: &request_id, user_id };
     let result = match frame {
         ClientFrame::Auth { .. } => Err(ApiError::bad_request("already authenticated")),
+        ClientFrame::Ping { .. } => Ok(ReplyData::Ping(Pong { server_time: chrono::Utc::now().timestamp_millis() })),
         ClientFrame::GetSelf { .. } => call.plain::<GetSelf>(GetSelfRequest { user_id }).await.map(ReplyData::GetSelf),
         ClientFrame::GetUsers { request, .. } => call.plain::<GetUsers>(request).await.map(ReplyData::GetUsers),
         ClientFrame::SendMessage { request, .. } => {

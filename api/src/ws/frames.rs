@@ -13,6 +13,7 @@ use serde_json::Value;
 /// Every `type` a client may send, as [`ClientFrame`] spells it (a test keeps the two in step).
 pub const CLIENT_FRAME_TYPES: &[&str] = &[
     "auth",
+    "ping",
     "sendMessage",
     "getMessages",
     "getUsers",

@@ -132,10 +132,11 @@ impl Chat {
             while next < items.len() && ids.len() - answered < window {
                 let id = self.next_id();
                 let (client_id, body) = &items[next];
-                self.ws
-                    .send_json(&json!({ "type": "sendMessage", "id": id, "conversationId": conversation_id,
-                        "clientMessageId": client_id, "body": body }))
-                    .await;
+                let frame = json!({ "type": "sendMessage", "id": id, "conversationId": conversation_id,
+                    "clientMessageId": client_id, "body": body });
+                if self.ws.try_send_json(&frame).await.is_err() {
+                    return results;
+                }
                 ids.insert(id, next);
                 next += 1;
             }

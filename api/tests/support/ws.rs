@@ -85,6 +85,11 @@ impl WsClient {
         self.stream.send(message).await.expect("the frame is sent");
     }
 
+    /// Sends a frame; `Err` when the socket is gone (for tests that kill the gateway on purpose).
+    pub async fn try_send_json(&mut self, frame: &Value) -> Result<(), tungstenite::Error> {
+        self.stream.send(Message::text(frame.to_string())).await
+    }
+
     /// Sends a request of `kind` with `fields` and a fresh id; returns its reply or error frame.
     pub async fn call(&mut self, kind: &str, fields: Value) -> Value {
         self.next_id += 1;

@@ -228,7 +228,8 @@ pub struct Head {
     pub seq: i64,
 }
 
-/// What the client has; the answer is what it lacks. Conversations missing from `heads` count as seq 0.
+/// What the client has; the answer is what it lacks. For a conversation missing from `heads` (new to the client)
+/// the answer holds its newest messages; older ones are paged with `getMessages before`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, TS)]
 #[serde(rename_all = "camelCase")]
 #[ts(export)]

@@ -61,6 +61,36 @@ pub struct GetUsersRequest {
     #[serde(default)]
     #[ts(optional)]
     pub limit: Option<u32>,
+    /// Look these users up instead (at most `MAX_USERS_PAGE`; unknown ids are left out; the other fields are
+    /// ignored). In a query string: `ids=1,2,3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional, as = "Option<Vec<i64>>")]
+    pub ids: Option<UserIds>,
+}
+
+/// User ids read from a JSON array (WebSocket frames, RPC) or a comma-separated string (REST query strings).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct UserIds(pub Vec<i64>);
+
+impl<'de> Deserialize<'de> for UserIds {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Ids {
+            List(Vec<i64>),
+            Text(String),
+        }
+        match Ids::deserialize(deserializer)? {
+            Ids::List(ids) => Ok(UserIds(ids)),
+            Ids::Text(text) => text
+                .split(',')
+                .filter(|part| !part.trim().is_empty())
+                .map(|part| part.trim().parse::<i64>().map_err(|_| serde::de::Error::custom("ids must be numbers")))
+                .collect::<Result<Vec<_>, _>>()
+                .map(UserIds),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
@@ -95,3 +125,18 @@ operation!(Login, "login", LoginRequest => AuthResponse);
 operation!(GetUsers, "getUsers", GetUsersRequest => UsersPage);
 operation!(GetSelf, "getSelf", GetSelfRequest => User);
 operation!(ResolveUsers, "resolveUsers", ResolveUsersRequest => Vec<User>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_read_from_a_list_or_a_comma_separated_string() {
+        let list: GetUsersRequest = serde_json::from_str(r#"{"ids":[3,1]}"#).unwrap();
+        let text: GetUsersRequest = serde_json::from_str(r#"{"ids":"3, 1"}"#).unwrap();
+        assert_eq!(list.ids, Some(UserIds(vec![3, 1])));
+        assert_eq!(text.ids, Some(UserIds(vec![3, 1])));
+        assert!(serde_json::from_str::<GetUsersRequest>(r#"{"ids":"3,x"}"#).is_err());
+        assert_eq!(serde_json::from_str::<GetUsersRequest>("{}").unwrap().ids, None);
+    }
+}

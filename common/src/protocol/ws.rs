@@ -38,6 +38,11 @@ pub enum ClientFrame {
     Auth {
         token: String,
     },
+    /// Answered by the gateway itself with a `ping` reply: browsers cannot see WebSocket-level pings, so this is
+    /// how a page notices a dead connection quickly.
+    Ping {
+        id: String,
+    },
     SendMessage {
         id: String,
         #[serde(flatten)]
@@ -103,7 +108,8 @@ impl ClientFrame {
     pub fn id(&self) -> Option<&str> {
         match self {
             ClientFrame::Auth { .. } => None,
-            ClientFrame::SendMessage { id, .. }
+            ClientFrame::Ping { id }
+            | ClientFrame::SendMessage { id, .. }
             | ClientFrame::GetMessages { id, .. }
             | ClientFrame::GetUsers { id, .. }
             | ClientFrame::GetSelf { id }
@@ -124,6 +130,7 @@ impl ClientFrame {
 #[serde(tag = "op", content = "data", rename_all = "camelCase")]
 #[ts(export)]
 pub enum ReplyData {
+    Ping(Pong),
     SendMessage(Message),
     GetMessages(MessagesPage),
     GetUsers(UsersPage),
@@ -136,6 +143,14 @@ pub enum ReplyData {
     ListConversations(ConversationsPage),
     MarkRead(ReadPosition),
     Sync(SyncResponse),
+}
+
+/// The answer to `ping`: the gateway's clock (ms since the Unix epoch), which also lets a client estimate skew.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "camelCase")]
+#[ts(export)]
+pub struct Pong {
+    pub server_time: i64,
 }
 
 /// A frame from the gateway.

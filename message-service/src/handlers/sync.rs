@@ -40,7 +40,9 @@ pub async fn sync(
     let mut truncated = Vec::new();
     for entry in &conversations {
         let conversation = &entry.conversation;
-        let held = heads.get(&conversation.id).copied().unwrap_or(0).min(conversation.last_seq);
+        // A conversation the client does not know yet: it gets the newest messages and pages back for older.
+        let held = heads.get(&conversation.id).copied().unwrap_or((conversation.last_seq - per).max(0));
+        let held = held.min(conversation.last_seq);
         if conversation.last_seq > held {
             let hi = conversation.last_seq.min(held + per.min(budget));
             if hi > held {

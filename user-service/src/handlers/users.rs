@@ -15,6 +15,10 @@ const DEFAULT_PAGE: u32 = 50;
 /// A page of users in id order, optionally filtered by a case-insensitive name prefix.
 #[tracing::instrument(skip_all, fields(request_id = %ctx.request_id), err(Debug))]
 pub async fn list_users(service: Shared, request: GetUsersRequest, ctx: RequestContext) -> Result<UsersPage, ApiError> {
+    if let Some(ids) = request.ids {
+        let users = resolve_users(service, ResolveUsersRequest { ids: ids.0 }, ctx).await?;
+        return Ok(UsersPage { users, next: None });
+    }
     let limit = request.limit.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > MAX_USERS_PAGE {
         return Err(ApiError::validation(format!("limit must be 1 to {MAX_USERS_PAGE}")));

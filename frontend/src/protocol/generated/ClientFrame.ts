@@ -4,11 +4,16 @@ import type { Head } from "./Head";
 /**
  * A frame from the client.
  */
-export type ClientFrame = { "type": "auth", token: string, } | { "type": "sendMessage", id: string, conversationId?: number, toUserId?: number, clientMessageId: string, body: string, } | { "type": "getMessages", id: string, conversationId: number, before?: number, after?: number, around?: number, limit?: number, } | { "type": "getUsers", id: string, after?: number, 
+export type ClientFrame = { "type": "auth", token: string, } | { "type": "ping", id: string, } | { "type": "sendMessage", id: string, conversationId?: number, toUserId?: number, clientMessageId: string, body: string, } | { "type": "getMessages", id: string, conversationId: number, before?: number, after?: number, around?: number, limit?: number, } | { "type": "getUsers", id: string, after?: number, 
 /**
  * Case-insensitive username prefix.
  */
-prefix?: string, limit?: number, } | { "type": "getSelf", id: string, } | { "type": "createGroup", id: string, title: string, 
+prefix?: string, limit?: number, 
+/**
+ * Look these users up instead (at most `MAX_USERS_PAGE`; unknown ids are left out; the other fields are
+ * ignored). In a query string: `ids=1,2,3`.
+ */
+ids?: Array<number>, } | { "type": "getSelf", id: string, } | { "type": "createGroup", id: string, title: string, 
 /**
  * Other members; the creator is always a member.
  */

@@ -7,4 +7,9 @@ export type GetUsersRequest = { after?: number,
 /**
  * Case-insensitive username prefix.
  */
-prefix?: string, limit?: number, };
+prefix?: string, limit?: number, 
+/**
+ * Look these users up instead (at most `MAX_USERS_PAGE`; unknown ids are left out; the other fields are
+ * ignored). In a query string: `ids=1,2,3`.
+ */
+ids?: Array<number>, };

@@ -4,6 +4,7 @@ import type { ConversationEntry } from "./ConversationEntry";
 import type { ConversationsPage } from "./ConversationsPage";
 import type { Message } from "./Message";
 import type { MessagesPage } from "./MessagesPage";
+import type { Pong } from "./Pong";
 import type { ReadPosition } from "./ReadPosition";
 import type { SyncResponse } from "./SyncResponse";
 import type { User } from "./User";
@@ -12,4 +13,4 @@ import type { UsersPage } from "./UsersPage";
 /**
  * The answer to one request, tagged with the operation so the client can type it.
  */
-export type ReplyData = { "op": "sendMessage", "data": Message } | { "op": "getMessages", "data": MessagesPage } | { "op": "getUsers", "data": UsersPage } | { "op": "getSelf", "data": User } | { "op": "createGroup", "data": Conversation } | { "op": "addMembers", "data": Conversation } | { "op": "removeMember", "data": Conversation } | { "op": "leaveConversation", "data": Conversation } | { "op": "getConversation", "data": ConversationEntry } | { "op": "listConversations", "data": ConversationsPage } | { "op": "markRead", "data": ReadPosition } | { "op": "sync", "data": SyncResponse };
+export type ReplyData = { "op": "ping", "data": Pong } | { "op": "sendMessage", "data": Message } | { "op": "getMessages", "data": MessagesPage } | { "op": "getUsers", "data": UsersPage } | { "op": "getSelf", "data": User } | { "op": "createGroup", "data": Conversation } | { "op": "addMembers", "data": Conversation } | { "op": "removeMember", "data": Conversation } | { "op": "leaveConversation", "data": Conversation } | { "op": "getConversation", "data": ConversationEntry } | { "op": "listConversations", "data": ConversationsPage } | { "op": "markRead", "data": ReadPosition } | { "op": "sync", "data": SyncResponse };

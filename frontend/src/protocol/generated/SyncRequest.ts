@@ -2,6 +2,7 @@
 import type { Head } from "./Head";
 
 /**
- * What the client has; the answer is what it lacks. Conversations missing from `heads` count as seq 0.
+ * What the client has; the answer is what it lacks. For a conversation missing from `heads` (new to the client)
+ * the answer holds its newest messages; older ones are paged with `getMessages before`.
  */
 export type SyncRequest = { heads: Array<Head>, };
