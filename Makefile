@@ -37,7 +37,7 @@ help:
 run:
 	scripts/run.sh
 
-test: services sweep test-rust fmt-check lint check-compose
+test: services sweep test-rust check-types fmt-check lint check-compose
 
 services:
 	scripts/ensure-services.sh
