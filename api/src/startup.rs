@@ -76,13 +76,12 @@ impl Application {
 
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let Application { listener, state } = self;
-        let stop = CancellationToken::new();
+        let stop = common::shutdown::token_from(shutdown);
         tokio::spawn({
             let stop = stop.clone();
             let hub = state.hub().clone();
             async move {
-                shutdown.await;
-                stop.cancel();
+                stop.cancelled().await;
                 hub.shut_down();
             }
         });

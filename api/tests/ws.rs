@@ -4,10 +4,7 @@
 
 mod support;
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use common::{
     amqp::{Broker, EventPublisher},
@@ -354,7 +351,7 @@ async fn after_the_gateway_loses_its_broker_connection_every_socket_is_told_to_r
     let (token, _) = app.register("nina").await;
     let (mut client, _) = WsClient::authenticated(&app, &token).await;
 
-    close_broker_connection_named(&connection_name);
+    common::testing::close_connection_named(&connection_name);
 
     let frame = tokio::time::timeout(Duration::from_secs(15), client.next_frame()).await.expect("a resync in time");
     assert_eq!(frame["type"], "resync", "{frame}");
@@ -409,26 +406,4 @@ async fn a_socket_whose_user_cannot_be_loaded_gets_an_error_and_a_retryable_clos
     assert_eq!(error_code(&frame), "unavailable", "{frame}");
     assert_eq!(client.expect_close().await.0, 1013);
     app.shutdown().await;
-}
-
-/// Closes the broker side of the AMQP connection named `name` (as a network fault would), leaving every other
-/// test's connections alone.
-fn close_broker_connection_named(name: &str) {
-    let output = Command::new("rabbitmqctl")
-        .args(["list_connections", "pid", "client_properties", "-q"])
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(output.status.success(), "rabbitmqctl list_connections failed");
-    let listing = String::from_utf8_lossy(&output.stdout);
-    let pid = listing
-        .lines()
-        .find(|line| line.starts_with('<') && line.contains(name))
-        .and_then(|line| line.split('\t').next())
-        .expect("the gateway's connection is listed")
-        .to_owned();
-    let closed = Command::new("rabbitmqctl")
-        .args(["close_connection", &pid, "test: simulated connection loss"])
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(closed.status.success(), "rabbitmqctl close_connection failed");
 }

@@ -1,5 +1,21 @@
 //! The shutdown signal every binary passes into its `run_until_stopped`: Ctrl-C or SIGTERM (what `docker stop`
-//! and orchestrators send).
+//! and orchestrators send), and the adapter that turns such a future into a token every loop can select on.
+
+use std::future::Future;
+
+use tokio_util::sync::CancellationToken;
+
+/// A token cancelled when `shutdown` resolves: applications take shutdown as a future (tests pass their own),
+/// while their consume and accept loops each need something cheap to clone and select on.
+pub fn token_from(shutdown: impl Future<Output = ()> + Send + 'static) -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        cancel.cancel();
+    });
+    token
+}
 
 /// Resolves on the first SIGINT or SIGTERM.
 pub async fn signal() {

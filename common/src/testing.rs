@@ -42,6 +42,31 @@ pub async fn delete_topology(prefix: &str) {
     let _ = connection.close(200, "test cleanup".into()).await;
 }
 
+/// Closes the broker side of the AMQP connection whose client-given name contains `name` — what a network fault
+/// or an operator would do — leaving every other test's connections alone.
+pub fn close_connection_named(name: &str) {
+    use std::process::Command;
+    // Tab-separated output: its pids (`<rabbit@host.1.2.0>`) are what close_connection accepts; the JSON
+    // formatter's `#PID<…>` are not.
+    let output = Command::new("rabbitmqctl")
+        .args(["list_connections", "pid", "client_properties", "-q"])
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(output.status.success(), "rabbitmqctl list_connections failed");
+    let listing = String::from_utf8_lossy(&output.stdout);
+    let pid = listing
+        .lines()
+        .find(|line| line.starts_with('<') && line.contains(name))
+        .and_then(|line| line.split('\t').next())
+        .unwrap_or_else(|| panic!("no connection named {name} is listed"))
+        .to_owned();
+    let status = Command::new("rabbitmqctl")
+        .args(["close_connection", &pid, "test: simulated connection loss"])
+        .status()
+        .expect("rabbitmqctl runs");
+    assert!(status.success(), "rabbitmqctl close_connection failed");
+}
+
 /// A fresh, empty PostgreSQL database per test (`warren_test_<uuid>`), so tests run in parallel without seeing
 /// each other's rows. Services under test migrate it themselves at start-up, as in production. Dropping the value
 /// drops the database (best effort, `WITH (FORCE)`); `make test` sweeps any a crashed run left behind.

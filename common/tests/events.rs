@@ -1,10 +1,7 @@
 //! The event stream against the real RabbitMQ: fanout to every gateway, the length limit, and resuming after a
 //! lost connection. Each test gets its own queue prefix.
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use common::{
     amqp::{
@@ -167,7 +164,7 @@ async fn a_subscriber_resumes_after_its_connection_is_killed_and_reports_the_gap
     publisher.publish(&batch(&[1])).await.unwrap();
     assert_eq!(number(&gateway.next().await), Some(1));
 
-    close_connection_named(&name);
+    common::testing::close_connection_named(&name);
 
     assert!(matches!(gateway.next().await, Received::Attached { generation: 2 }), "the gap is reported");
     publisher.publish(&batch(&[2])).await.unwrap();
@@ -190,29 +187,4 @@ async fn publishing_without_a_connection_fails_at_once() {
     assert!(matches!(result, Err(PublishError::Down)), "{result:?}");
     assert!(started.elapsed() < Duration::from_millis(100));
     broker.close().await;
-}
-
-/// Closes the broker side of the connection whose client-given name is `name`, the way an operator (or a
-/// network fault) would, leaving every other test's connections alone.
-fn close_connection_named(name: &str) {
-    // Tab-separated output: its pids (`<rabbit@host.1.2.0>`) are what close_connection accepts; the JSON
-    // formatter's `#PID<…>` are not.
-    let output = Command::new("rabbitmqctl")
-        .args(["list_connections", "pid", "client_properties", "-q"])
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(output.status.success(), "rabbitmqctl list_connections failed");
-    let listing = String::from_utf8_lossy(&output.stdout);
-    let pid = listing
-        .lines()
-        .find(|line| line.starts_with('<') && line.contains(name))
-        .and_then(|line| line.split('\t').next())
-        .expect("our connection is listed")
-        .to_owned();
-    let status = Command::new("rabbitmqctl")
-        .args(["close_connection", &pid, "test: simulated connection loss"])
-        .output()
-        .expect("rabbitmqctl runs")
-        .status;
-    assert!(status.success(), "rabbitmqctl close_connection failed");
 }

@@ -12,7 +12,6 @@ use common::{
     },
 };
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_util::sync::CancellationToken;
 
 use crate::{
     commit::Committer,
@@ -53,14 +52,7 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then finishes the requests in hand and closes the connections.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let stop = CancellationToken::new();
-        tokio::spawn({
-            let stop = stop.clone();
-            async move {
-                shutdown.await;
-                stop.cancel();
-            }
-        });
+        let stop = common::shutdown::token_from(shutdown);
         let s = &self.service;
         RpcServer::new(self.broker.clone(), self.instance_id.clone())
             .prefetch(self.prefetch)

@@ -10,7 +10,6 @@ use common::{
     protocol::users::{GetSelf, GetUsers, Login, Register, ResolveUsers},
 };
 use sqlx::postgres::PgPoolOptions;
-use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::Settings,
@@ -55,14 +54,7 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then finishes the requests in hand and closes the connections.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let stop = CancellationToken::new();
-        tokio::spawn({
-            let stop = stop.clone();
-            async move {
-                shutdown.await;
-                stop.cancel();
-            }
-        });
+        let stop = common::shutdown::token_from(shutdown);
         let s = self.service.clone();
         let server = RpcServer::new(self.broker.clone(), self.instance_id.clone())
             .prefetch(self.prefetch)
