@@ -8,7 +8,9 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing), so tests can call it.
 pub fn init(service: &'static str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,sqlx=warn"));
+    // lapin logs every closed channel as an error, including the expected 404 of a consumer probe for a queue no
+    // service has declared yet; the connection supervisor logs real connection losses with their cause.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,lapin=off,sqlx=warn"));
     let json = crate::config::env_or("WARREN_LOG_FORMAT", "text").eq_ignore_ascii_case("json");
     let registry = tracing_subscriber::registry().with(filter);
     let result = if json {

@@ -86,6 +86,11 @@ impl Broker {
         }
     }
 
+    /// Whether [`Broker::close`] was called: losing the connection is then expected, not news.
+    pub fn is_closing(&self) -> bool {
+        self.closing.is_cancelled()
+    }
+
     pub fn is_connected(&self) -> bool {
         self.current().is_some_and(|s| s.connection.status().connected())
     }
@@ -107,21 +112,25 @@ impl Broker {
     }
 }
 
-/// Waits until the session's connection is no longer usable.
-pub async fn session_lost(session: &Session) {
+/// Waits until the session's connection is no longer usable; returns the last error seen, which names the cause.
+pub async fn session_lost(session: &Session) -> Option<lapin::Error> {
     let mut events = session.connection.events_listener();
     let mut poll = tokio::time::interval(Duration::from_millis(500));
+    let mut last_error = None;
     loop {
         if !session.connection.status().connected() {
-            return;
+            return last_error;
         }
         tokio::select! {
             event = events.next() => match event {
                 // Channel-level errors (a passive declare of a missing queue, say) arrive here too; only a
                 // connection that is no longer connected counts as lost.
-                Some(Event::Error(error)) => tracing::debug!(%error, "amqp error event"),
+                Some(Event::Error(error)) => {
+                    tracing::debug!(%error, "amqp error event");
+                    last_error = Some(error);
+                }
                 Some(_) => {}
-                None => return,
+                None => return last_error,
             },
             _ = poll.tick() => {}
         }
@@ -146,8 +155,9 @@ async fn supervise(
                 tracing::info!(generation, "connected to RabbitMQ");
                 link.send_replace(Link::Up(session.clone()));
                 tokio::select! {
-                    () = session_lost(&session) => {
-                        tracing::warn!(generation, "lost the RabbitMQ connection; reconnecting");
+                    cause = session_lost(&session) => {
+                        let cause = cause.map_or_else(|| "closed".to_owned(), |e| e.to_string());
+                        tracing::warn!(generation, %cause, "lost the RabbitMQ connection; reconnecting");
                         link.send_replace(Link::Down);
                     }
                     () = closing.cancelled() => {

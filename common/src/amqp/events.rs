@@ -167,7 +167,7 @@ where
     let mut lost = pin!(session_lost(session));
     loop {
         let delivery = tokio::select! {
-            () = &mut lost => return,
+            _ = &mut lost => return,
             delivery = consumer.next() => delivery,
         };
         let delivery = match delivery {

@@ -276,7 +276,9 @@ async fn consume_replies(weak: std::sync::Weak<Inner>) {
                 let _ = tx.send(Err(ApiError::unavailable("the connection to the message broker was lost")));
             }
         }
-        tracing::warn!("RPC client lost its connection; waiting for the next one");
+        if !inner.broker.is_closing() {
+            tracing::warn!("RPC client lost its connection; waiting for the next one");
+        }
     }
 }
 
