@@ -2,7 +2,10 @@
 #
 #   make run        the whole system on this machine (scripts/run.sh); scale with
 #                   make run API_REPLICAS=2 MESSAGE_SERVICE_REPLICAS=3 USER_SERVICE_REPLICAS=1
-#   make test       services up, leftovers swept, Rust tests, fmt, clippy, compose file check
+#   make test       services up, leftovers swept, Rust tests, web app unit tests, end-to-end tests in Chromium,
+#                   generated types check, fmt, clippy, compose file check
+#   make test-frontend  the web app's typecheck and unit tests (npm ci first when needed)
+#   make test-e2e   the web app in headless Chromium against the real services (scripts/e2e.sh)
 #   make types      regenerate the TypeScript protocol types from common/ (ts-rs)
 #   make check-types  fail when the committed TypeScript types are stale
 #   make fmt | lint | build | clean-test
@@ -29,7 +32,8 @@ GENERATED_TYPES := frontend/src/protocol/generated
 # `make run` passes these through to scripts/run.sh (which defaults each to 1).
 export USER_SERVICE_REPLICAS MESSAGE_SERVICE_REPLICAS API_REPLICAS
 
-.PHONY: help run test services sweep clean-test test-rust fmt fmt-check lint build types check-types check-compose
+.PHONY: help run test services sweep clean-test test-rust test-frontend test-e2e fmt fmt-check lint build types \
+	check-types check-compose
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -37,7 +41,7 @@ help:
 run:
 	scripts/run.sh
 
-test: services sweep test-rust check-types fmt-check lint check-compose
+test: services sweep test-rust test-frontend test-e2e check-types fmt-check lint check-compose
 
 services:
 	scripts/ensure-services.sh
@@ -64,6 +68,19 @@ test-rust:
 		run $(CARGO) test --workspace --no-fail-fast $(RESTART_TESTS) -- --test-threads 1 || status=$$?
 	fi
 	exit $$status
+
+# The web app: dependencies installed when missing or when package-lock.json changed, then types and unit tests.
+test-frontend:
+	scripts/frontend-deps.sh
+	cd frontend
+	npm run --silent typecheck
+	npm test
+
+# Builds the web app and the services, then drives the app in headless Chromium (three people, three browser
+# contexts) against them on a fresh database and AMQP prefix; Chromium is installed first when missing.
+test-e2e:
+	scripts/ensure-browser.sh
+	scripts/e2e.sh
 
 fmt:
 	$(CARGO) fmt --all

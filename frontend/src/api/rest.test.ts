@@ -38,6 +38,8 @@ describe('REST client', () => {
     const [url, init] = fetch.mock.calls[0]!;
     expect(url).toBe('/api/users?prefix=al&limit=5');
     expect((init?.headers as Record<string, string>).Authorization).toBe('Bearer tok');
+    await createRestClient({ fetch }).getUsers('tok', { ids: [3, 1] });
+    expect(fetch.mock.calls[1]![0]).toBe('/api/users?ids=3%2C1');
   });
 
   it('parses Retry-After seconds and dates', () => {

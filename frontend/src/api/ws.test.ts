@@ -148,6 +148,18 @@ describe('WarrenSocket', () => {
     expect(server.sockets).toHaveLength(2);
   });
 
+  it('gives up on a connection attempt that never opens', async () => {
+    const { server, socket } = setup({ authTimeoutMs: 2_000 });
+    socket.start();
+    await vi.advanceTimersByTimeAsync(1_999);
+    expect(server.sockets[0]?.closedByClient).toBeNull();
+    await vi.advanceTimersByTimeAsync(1);
+    expect(server.sockets[0]?.closedByClient).not.toBeNull();
+    expect(socket.status).toBe('reconnecting');
+    await vi.advanceTimersByTimeAsync(750);
+    expect(server.sockets).toHaveLength(2);
+  });
+
   it('reconnectNow replaces a presumed-dead socket immediately', () => {
     const { server, socket } = setup();
     socket.start();
@@ -190,6 +202,49 @@ describe('WarrenSocket', () => {
     await expect(background[1]).rejects.toMatchObject({ code: 'disconnected' });
     await expect(background[2]).rejects.toMatchObject({ code: 'disconnected' });
     expect(socket.queued).toBe(0);
+  });
+
+  it('pings the gateway while open; an unanswered ping drops the socket and reconnects at once', async () => {
+    const { server, socket, statuses, disconnects } = setup({ keepAliveIntervalMs: 15_000, keepAliveTimeoutMs: 10_000 });
+    socket.start();
+    const ws = server.accept(alice);
+    await vi.advanceTimersByTimeAsync(14_999);
+    expect(ws.requests('ping')).toHaveLength(0);
+    await vi.advanceTimersByTimeAsync(1);
+    const ping = ws.lastRequest('ping');
+    ws.reply(ping, 'ping', { serverTime: 1 });
+    await vi.advanceTimersByTimeAsync(14_999);
+    expect(server.sockets).toHaveLength(1);
+    expect(socket.isOpen).toBe(true);
+    // The second ping goes unanswered: after the timeout the socket is replaced, without waiting for a backoff.
+    await vi.advanceTimersByTimeAsync(1);
+    expect(ws.requests('ping')).toHaveLength(2);
+    await vi.advanceTimersByTimeAsync(9_999);
+    expect(server.sockets).toHaveLength(1);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(ws.closedByClient).not.toBeNull();
+    expect(disconnects).toEqual([1000]);
+    expect(server.sockets).toHaveLength(2);
+    expect(statuses[statuses.length - 1]).toBe('reconnecting');
+    // No pings on the old socket any more, nor on the new one before it is ready.
+    await vi.advanceTimersByTimeAsync(30_000);
+    expect(ws.requests('ping')).toHaveLength(2);
+    expect(server.current.sent.filter((f) => f.type === 'ping')).toHaveLength(0);
+  });
+
+  it('a ping goes out even when the request queue is full', async () => {
+    const { server, socket } = setup({ maxInFlight: 1, requestTimeoutMs: 60_000, keepAliveIntervalMs: 15_000 });
+    socket.start();
+    const ws = server.accept(alice);
+    void socket.request('getSelf', {}).catch(() => {});
+    void socket.request('getSelf', {}).catch(() => {});
+    expect(socket.queued).toBe(1);
+    await vi.advanceTimersByTimeAsync(15_000);
+    expect(ws.requests('ping')).toHaveLength(1);
+    ws.reply(ws.lastRequest('ping'), 'ping', { serverTime: 1 });
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(socket.isOpen).toBe(true);
+    socket.stop();
   });
 
   it('times out a request still waiting in the queue', async () => {

@@ -63,8 +63,18 @@ export interface WarrenSocketOptions {
    * (`WARREN_WS_MAX_IN_FLIGHT`, default 32) and closes a socket that keeps trying, so stay well below it.
    */
   maxInFlight?: number;
-  /** How long the gateway may take to answer `auth` with `ready`. */
+  /**
+   * How long a connection attempt may take, from opening the socket to the gateway's `ready` (a gateway that
+   * accepts TCP but never completes the handshake, e.g. frozen, must not hold the client forever).
+   */
   authTimeoutMs?: number;
+  /**
+   * Keep-alive: every this many ms an open socket sends `ping` (answered by the gateway itself). Browsers cannot
+   * see WebSocket-level pings, so this is how a page notices a connection that died without a close. 0 turns it off.
+   */
+  keepAliveIntervalMs?: number;
+  /** A `ping` unanswered this long drops the socket and reconnects at once. */
+  keepAliveTimeoutMs?: number;
   backoff?: BackoffOptions;
   random?: () => number;
   now?: () => number;
@@ -108,7 +118,15 @@ export class WarrenSocket {
   private readonly options: Required<
     Pick<
       WarrenSocketOptions,
-      'requestTimeoutMs' | 'authTimeoutMs' | 'backoff' | 'random' | 'now' | 'createSocket' | 'maxInFlight'
+      | 'requestTimeoutMs'
+      | 'authTimeoutMs'
+      | 'keepAliveIntervalMs'
+      | 'keepAliveTimeoutMs'
+      | 'backoff'
+      | 'random'
+      | 'now'
+      | 'createSocket'
+      | 'maxInFlight'
     >
   > &
     WarrenSocketOptions;
@@ -119,6 +137,9 @@ export class WarrenSocket {
   private attempt = 0;
   private reconnectTimer: ReturnType<typeof setTimeout> | null = null;
   private authTimer: ReturnType<typeof setTimeout> | null = null;
+  private keepAliveTimer: ReturnType<typeof setInterval> | null = null;
+  /** The id of the keep-alive `ping` awaiting its answer, if any. */
+  private pingInFlight: string | null = null;
   private currentStatus: SocketStatus = 'idle';
   private stopped = true;
 
@@ -126,6 +147,8 @@ export class WarrenSocket {
     this.options = {
       requestTimeoutMs: 10_000,
       authTimeoutMs: 10_000,
+      keepAliveIntervalMs: 15_000,
+      keepAliveTimeoutMs: 10_000,
       maxInFlight: 16,
       backoff: DEFAULT_BACKOFF,
       random: Math.random,
@@ -242,14 +265,14 @@ export class WarrenSocket {
       return;
     }
     this.socket = socket;
+    this.authTimer = setTimeout(() => {
+      if (this.socket !== socket) return;
+      // Not open and authenticated in time: treat the connection as failed.
+      this.handleClose(socket, 4000);
+    }, this.options.authTimeoutMs);
     socket.onopen = () => {
       if (this.socket !== socket) return;
       socket.send(JSON.stringify({ type: 'auth', token } satisfies ClientFrame));
-      this.authTimer = setTimeout(() => {
-        if (this.socket !== socket) return;
-        // No `ready` in time: treat the connection as failed.
-        this.handleClose(socket, 4000);
-      }, this.options.authTimeoutMs);
     };
     socket.onmessage = (event: MessageEvent) => {
       if (this.socket !== socket) return;
@@ -275,6 +298,7 @@ export class WarrenSocket {
         this.authTimer = null;
         this.attempt = 0;
         this.setStatus('open', { attempt: 0 });
+        this.startKeepAlive();
         this.options.onReady?.(frame);
         return;
       }
@@ -340,6 +364,7 @@ export class WarrenSocket {
     this.socket = null;
     if (this.authTimer) clearTimeout(this.authTimer);
     this.authTimer = null;
+    this.stopKeepAlive();
     if (socket) {
       socket.onopen = null;
       socket.onmessage = null;
@@ -360,6 +385,51 @@ export class WarrenSocket {
     for (const request of waiting) {
       clearTimeout(request.timer);
       request.reject(new ApiRequestError('disconnected', 'the connection closed before an answer came'));
+    }
+  }
+
+  private startKeepAlive(): void {
+    this.stopKeepAlive();
+    if (this.options.keepAliveIntervalMs <= 0) return;
+    this.keepAliveTimer = setInterval(() => this.sendKeepAlive(), this.options.keepAliveIntervalMs);
+  }
+
+  private stopKeepAlive(): void {
+    if (this.keepAliveTimer) clearInterval(this.keepAliveTimer);
+    this.keepAliveTimer = null;
+    this.pingInFlight = null;
+  }
+
+  /**
+   * Sends `ping` straight onto the wire (not through the request queue: a full queue must not look like a dead
+   * connection, and the gateway allows more requests in flight than `maxInFlight`). No answer in time: the
+   * connection is presumed dead, so drop it and reconnect now rather than wait for TCP to notice.
+   */
+  private sendKeepAlive(): void {
+    const socket = this.socket;
+    if (!socket || !this.isOpen || this.pingInFlight !== null) return;
+    const id = `p${this.nextId++}`;
+    const timer = setTimeout(() => {
+      if (this.pingInFlight !== id) return;
+      this.pingInFlight = null;
+      this.inFlight.delete(id);
+      if (this.socket === socket) this.reconnectNow();
+    }, this.options.keepAliveTimeoutMs);
+    this.pingInFlight = id;
+    this.inFlight.set(id, {
+      op: 'ping',
+      resolve: () => {
+        if (this.pingInFlight === id) this.pingInFlight = null;
+      },
+      reject: () => {
+        if (this.pingInFlight === id) this.pingInFlight = null;
+      },
+      timer,
+    });
+    try {
+      socket.send(JSON.stringify({ type: 'ping', id } satisfies ClientFrame));
+    } catch {
+      // The close event follows; it reconnects.
     }
   }
 

@@ -27,7 +27,9 @@ function renderApp(entries: ConversationEntry[]) {
     listConversations: () => ({ conversations: entries }),
     sync: () => ({ conversations: entries, messages: [], truncated: [] }),
     getUsers: (f) => ({
-      users: users.filter((u) => u.id > (f.after ?? 0) && (!f.prefix || u.username.startsWith(f.prefix))).slice(0, f.limit ?? 20),
+      users: f.ids
+        ? users.filter((u) => f.ids!.includes(u.id))
+        : users.filter((u) => u.id > (f.after ?? 0) && (!f.prefix || u.username.startsWith(f.prefix))).slice(0, f.limit ?? 20),
     }),
     getMessages: (f) =>
       f.conversationId === 7 && f.before === undefined && f.after === undefined
@@ -196,6 +198,29 @@ describe('App', () => {
       { conversationId: 7, seq: 3 },
       { conversationId: 8, seq: 0 },
     ]);
+  });
+
+  it('a message written while the connection is down waits, then goes out once after the reconnect', async () => {
+    storedLogin();
+    const { server, user } = renderApp(entries());
+    await connected(server);
+    await user.click(screen.getByRole('button', { name: /bob/ }));
+    await act(() => flush());
+    act(() => server.current.serverClose(1006));
+    expect(screen.getByText("You're offline. Messages you send now go out when the connection is back.")).toBeTruthy();
+    await user.type(screen.getByRole('textbox', { name: 'Message' }), 'sent offline{Enter}');
+    const waiting = screen.getByTestId('pending-message');
+    expect(waiting.classList.contains('msg--queued')).toBe(true);
+    expect(waiting.classList.contains('msg--failed')).toBe(false);
+    expect(waiting.textContent).toContain('Waiting for connection…');
+    expect(within(waiting).queryByRole('button', { name: 'Retry' })).toBeNull();
+    server.handlers.sendMessage = (f) => msg(7, 4, alice.id, f.body, { clientMessageId: f.clientMessageId });
+    await waitFor(() => expect(server.sockets).toHaveLength(2));
+    await connected(server);
+    await act(() => flush());
+    expect(server.current.requests('sendMessage')).toHaveLength(1);
+    expect(screen.queryByTestId('pending-message')).toBeNull();
+    expect(screen.getAllByTestId('message').filter((m) => m.textContent?.includes('sent offline'))).toHaveLength(1);
   });
 
   it('a refused token (4001) returns to the login screen with a reason', async () => {

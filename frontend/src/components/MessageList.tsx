@@ -270,10 +270,14 @@ function PendingItem({
   onRetry: (id: string) => void;
   onDiscard: (id: string) => void;
 }) {
-  const failed = send.status === 'failed';
+  // Cut off by a disconnect (or written while offline): it goes out by itself after the reconnect, so it shows
+  // as waiting rather than failed.
+  const queued = send.status === 'failed' && send.autoResend;
+  const failed = send.status === 'failed' && !send.autoResend;
+  const state = failed ? 'msg--failed' : queued ? 'msg--pending msg--queued' : 'msg--pending';
   return (
     <li
-      className={`msg msg--own${runStart ? ' msg--run-start' : ''} ${failed ? 'msg--failed' : 'msg--pending'}`}
+      className={`msg msg--own${runStart ? ' msg--run-start' : ''} ${state}`}
       data-client-message-id={send.clientMessageId}
       data-testid="pending-message"
     >
@@ -295,7 +299,7 @@ function PendingItem({
                 <circle cx="12" cy="12" r="9" fill="none" stroke="currentColor" strokeWidth="2" />
                 <path d="M12 7v5l3 2" fill="none" stroke="currentColor" strokeWidth="2" strokeLinecap="round" />
               </svg>
-              <span>Sending…</span>
+              <span>{queued ? 'Waiting for connection…' : 'Sending…'}</span>
             </Fragment>
           )}
         </span>

@@ -56,6 +56,24 @@ describe('conversations', () => {
     expect(list[4]!.conversation.members).toEqual([alice.id, bob.id, carol.id]);
   });
 
+  it("the user's own messages count as read (the server moves the sender's read position)", () => {
+    let list = upsertEntry({}, entry(conv(7, [alice.id, bob.id], 3), 1));
+    list = applyMessages(list, [msg(7, 4, alice.id)], alice.id);
+    expect(list[7]!.readSeq).toBe(4);
+    expect(unreadCount(list[7]!)).toBe(0);
+    list = applyMessages(list, [msg(7, 5, bob.id)], alice.id);
+    expect(unreadCount(list[7]!)).toBe(1);
+    // A late own message never moves the read position back.
+    list = applyMessages(list, [msg(7, 2, alice.id)], alice.id);
+    expect(list[7]!.readSeq).toBe(4);
+  });
+
+  it('a group the user was just added to starts with its history read', () => {
+    const list = applyConversation({}, conv(4, [alice.id, bob.id, carol.id], 12, { kind: 'group', title: 'g' }), carol.id);
+    expect(list[4]!.readSeq).toBe(12);
+    expect(unreadCount(list[4]!)).toBe(0);
+  });
+
   it('finds the direct conversation with a person', () => {
     let list = upsertEntry({}, entry(conv(1, [alice.id, bob.id], 1), 1));
     list = upsertEntry(list, entry(conv(2, [alice.id, bob.id, carol.id], 1, { kind: 'group' }), 1));

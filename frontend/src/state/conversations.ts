@@ -44,14 +44,15 @@ export function upsertEntry(conversations: Conversations, entry: ConversationEnt
 
 /**
  * A `conversation` frame (or a group operation's reply). A conversation the user is no longer a member of
- * leaves the list. Unknown conversations are added with `readSeq` 0; callers fetch the entry for the true one.
+ * leaves the list. An unknown conversation is one the user was just added to (or created): new members start
+ * with the history read, so it is added with `readSeq = lastSeq`; callers fetch the entry for the true one.
  */
 export function applyConversation(conversations: Conversations, conversation: Conversation, meId: number): Conversations {
   if (!conversation.members.includes(meId)) return removeConversation(conversations, conversation.id);
   const existing = conversations[conversation.id];
   const next: ConversationState = {
     conversation: mergeConversation(existing?.conversation, conversation),
-    readSeq: existing?.readSeq ?? 0,
+    readSeq: existing?.readSeq ?? conversation.lastSeq,
     ...(existing?.lastMessage ? { lastMessage: existing.lastMessage } : {}),
   };
   return { ...conversations, [conversation.id]: next };
@@ -65,11 +66,16 @@ export function removeConversation(conversations: Conversations, id: number): Co
 }
 
 /**
- * A new message moves the conversation's last seq, activity time and preview (the read position moves only by
- * `markRead` or a `read` frame: `lastSeq - readSeq` is the unread count, as the server counts it). Unknown
- * conversations are left alone (the caller fetches them).
+ * A new message moves the conversation's last seq, activity time and preview. The read position moves by
+ * `markRead`, a `read` frame, and by sending: the server moves the sender's read position to each message it
+ * stores, so a message from `meId` (from any of the user's devices) counts as read. `lastSeq - readSeq` is the
+ * unread count, as the server counts it. Unknown conversations are left alone (the caller fetches them).
  */
-export function applyMessages(conversations: Conversations, messages: readonly Message[]): Conversations {
+export function applyMessages(
+  conversations: Conversations,
+  messages: readonly Message[],
+  meId?: number,
+): Conversations {
   let next: Record<number, ConversationState> | null = null;
   for (const message of messages) {
     const current = (next ?? conversations)[message.conversationId];
@@ -82,7 +88,7 @@ export function applyMessages(conversations: Conversations, messages: readonly M
         lastSeq: Math.max(c.lastSeq, message.seq),
         lastActivityAt: Math.max(c.lastActivityAt, message.sentAt),
       },
-      readSeq: current.readSeq,
+      readSeq: message.senderId === meId ? Math.max(current.readSeq, message.seq) : current.readSeq,
       ...(lastMessage ? { lastMessage } : {}),
     };
     next ??= { ...conversations };

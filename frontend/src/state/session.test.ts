@@ -31,6 +31,7 @@ function setup(initial: ConversationEntry[], options: Partial<SessionOptions> = 
     listConversations: () => ({ conversations: entries }),
     sync: () => ({ conversations: entries, messages: [], truncated: [] }),
     getUsers: (f) => {
+      if (f.ids) return { users: users.filter((u) => f.ids!.includes(u.id)) };
       const after = f.after ?? 0;
       return { users: users.filter((u) => u.id > after && (!f.prefix || u.username.startsWith(f.prefix))).slice(0, f.limit ?? 20) };
     },
@@ -71,7 +72,7 @@ async function reconnected(t: ReturnType<typeof setup>, n = 2) {
 const dm = (lastSeq: number, readSeq: number) => entry(conv(7, [alice.id, bob.id], lastSeq), readSeq, lastSeq ? msg(7, lastSeq, bob.id) : undefined);
 const group = entry(conv(8, [alice.id, bob.id, carol.id], 0, { kind: 'group', title: 'Team' }), 0);
 const page = (from: number, to: number, more = { hasMoreBefore: from > 1, hasMoreAfter: false }) => ({
-  messages: Array.from({ length: to - from + 1 }, (_, i) => msg(7, from + i, i % 2 ? alice.id : bob.id)),
+  messages: Array.from({ length: to - from + 1 }, (_, i) => msg(7, from + i, bob.id)),
   ...more,
 });
 
@@ -86,18 +87,61 @@ async function connectAndOpen(t: ReturnType<typeof setup>, from = 3, to = 12) {
 }
 
 describe('session: sync', () => {
-  it("syncs on connect with each conversation's tail as its head", async () => {
+  it("the first sync sends no heads; each conversation's newest messages become its newest page", async () => {
     const t = setup([dm(12, 10), group]);
+    // The server's answer for conversations missing from heads: their newest messages (here 3..12).
+    t.server.handlers.sync = () => ({ conversations: [dm(12, 10), group], messages: page(3, 12).messages, truncated: [] });
     const ws = t.server.accept(alice);
     await flush();
     const types = ws.sent.map((f) => f.type).filter((type) => type !== 'getUsers');
-    expect(types).toEqual(['auth', 'listConversations', 'sync']);
+    expect(types).toEqual(['auth', 'sync']);
+    expect(ws.lastRequest('sync').heads).toEqual([]);
+    expect(t.state().synced).toBe(true);
+    expect(unreadCount(t.state().conversations[7]!)).toBe(2);
+    expect(t.state().timelines[7]).toMatchObject({ head: 12, lo: 3, hasMoreBefore: true });
+    expect(t.state().timelines[8]).toMatchObject({ head: 0, lo: 1, hasMoreBefore: false });
+    // Opening needs no request; scrolling back pages with getMessages before the oldest shown.
+    t.session.select({ kind: 'conversation', id: 7 });
+    await flush();
+    expect(ws.requests('getMessages')).toHaveLength(0);
+    expect(t.seqs(7)).toEqual([3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+    t.server.handlers.getMessages = (f) => (f.before === 3 ? page(1, 2) : undefined);
+    await t.session.loadOlder(7);
+    expect(t.seqs(7)).toEqual(Array.from({ length: 12 }, (_, i) => i + 1));
+    // Later syncs carry the heads held.
+    t.server.current.receive({ type: 'resync', reason: 'test' });
+    await flush();
     expect(ws.lastRequest('sync').heads).toEqual([
       { conversationId: 7, seq: 12 },
       { conversationId: 8, seq: 0 },
     ]);
-    expect(t.state().synced).toBe(true);
-    expect(unreadCount(t.state().conversations[7]!)).toBe(2);
+  });
+
+  it('a new conversation whose sync answer was cut short follows its tail and loads when opened', async () => {
+    const t = setup([dm(12, 12)]);
+    t.server.handlers.sync = () => ({ conversations: [dm(12, 12)], messages: page(3, 5).messages, truncated: [7] });
+    const ws = t.server.accept(alice);
+    await flush();
+    expect(t.state().timelines[7]).toMatchObject({ head: 12, lo: null });
+    expect(ws.requests('getMessages')).toHaveLength(0);
+    t.server.handlers.getMessages = (f) => (f.before === undefined && f.after === undefined ? page(3, 12) : undefined);
+    t.session.select({ kind: 'conversation', id: 7 });
+    await flush();
+    expect(t.seqs(7)).toEqual([3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+  });
+
+  it('with more conversations than sync answers for, the rest are listed once', async () => {
+    const many = Array.from({ length: 200 }, (_, i) => entry(conv(100 + i, [alice.id, bob.id], 0, { kind: 'group' }), 0));
+    const t = setup(many);
+    const older = entry(conv(50, [alice.id, carol.id], 0, { kind: 'group', title: 'old' }), 0);
+    t.server.handlers.listConversations = () => ({ conversations: [...many, older] });
+    const ws = t.server.accept(alice);
+    await flush();
+    expect(ws.requests('listConversations')).toHaveLength(1);
+    expect(t.state().conversations[50]).toBeDefined();
+    ws.receive({ type: 'resync', reason: 'test' });
+    await flush();
+    expect(ws.requests('listConversations')).toHaveLength(1);
   });
 
   it('on reconnect, sync carries the newest contiguous seq held of every conversation', async () => {
@@ -208,6 +252,20 @@ describe('session: sync', () => {
     expect(t.state().users[carol.id]?.username).toBe('carol');
   });
 
+  it('being added to a group shows it with its history read', async () => {
+    const t = setup([]);
+    const ws = t.server.accept(alice);
+    await flush();
+    t.server.handlers.getConversation = () => entry(conv(8, [alice.id, bob.id, carol.id], 5, { kind: 'group', title: 'Team' }), 5);
+    ws.receive({ type: 'conversation', conversation: conv(8, [alice.id, bob.id, carol.id], 5, { kind: 'group', title: 'Team' }) });
+    expect(unreadCount(t.state().conversations[8]!)).toBe(0);
+    await flush();
+    expect(ws.lastRequest('getConversation').conversationId).toBe(8);
+    expect(unreadCount(t.state().conversations[8]!)).toBe(0);
+    ws.receive({ type: 'message', message: msg(8, 6, bob.id) });
+    expect(unreadCount(t.state().conversations[8]!)).toBe(1);
+  });
+
   it('read frames and markRead move the unread count', async () => {
     const t = setup([dm(12, 4)]);
     await connectAndOpen(t);
@@ -265,6 +323,24 @@ describe('session: sending', () => {
     expect(t.state().pending).toEqual({});
     expect(t.seqs(7).filter((s) => s === 13)).toHaveLength(1);
     expect(t.state().timelines[7]!.bySeq.get(13)?.clientMessageId).toBe('cm-1');
+  });
+
+  it("sending reads the conversation: no unread, and no markRead for the user's own messages", async () => {
+    const t = setup([dm(12, 12)]);
+    t.server.handlers.markRead = (f) => ({ conversationId: f.conversationId, readSeq: f.seq });
+    await connectAndOpen(t);
+    const ws = t.server.current;
+    t.server.handlers.sendMessage = (f) => own(13, f.clientMessageId);
+    t.session.send('hello');
+    await flush();
+    expect(t.state().conversations[7]!.readSeq).toBe(13);
+    t.session.markRead(7);
+    // The user's other device sent one too: still nothing unread.
+    ws.receive({ type: 'message', message: own(14, 'elsewhere') });
+    t.session.markRead(7);
+    await flush();
+    expect(unreadCount(t.state().conversations[7]!)).toBe(0);
+    expect(ws.requests('markRead')).toHaveLength(0);
   });
 
   it('the live echo arriving before the reply confirms the send too', async () => {

@@ -42,7 +42,7 @@ import {
 } from './pending';
 import { type ChatState, type ChatStore, type Selection, createChatStore } from './store';
 import { type PageKind, type Timeline, applyPage, emptyTimeline, mergeMessages, newestSeq, setBaseline } from './timeline';
-import { displayName, lookupWindows, mergeUsers, missingIds } from './users';
+import { displayName, idBatches, mergeUsers, missingIds } from './users';
 
 /** Protocol limits (common/src/protocol/messages.rs). */
 export const MAX_MESSAGE_CHARS = 4_000;
@@ -75,6 +75,9 @@ export interface SessionOptions {
   rest?: RestClient;
   /** Requests on the wire at once (the gateway allows 32 by default). */
   maxInFlight?: number;
+  /** How often an open socket pings the gateway, and how long it waits for the answer (see `WarrenSocket`). */
+  keepAliveIntervalMs?: number;
+  keepAliveTimeoutMs?: number;
 }
 
 function groupByConversation(messages: readonly Message[]): Map<number, Message[]> {
@@ -105,6 +108,7 @@ export class ChatSession {
   private readonly newId: () => string;
   private readonly pageSize: number;
 
+  /** The whole conversation list is known: `sync` answers for the most recent `MAX_CONVERSATIONS_PAGE` only. */
   private listed = false;
   private syncing: Promise<void> | null = null;
   private syncAgain = false;
@@ -129,6 +133,8 @@ export class ChatSession {
       ...(options.createSocket ? { createSocket: options.createSocket } : {}),
       ...(options.requestTimeoutMs ? { requestTimeoutMs: options.requestTimeoutMs } : {}),
       ...(options.maxInFlight ? { maxInFlight: options.maxInFlight } : {}),
+      ...(options.keepAliveIntervalMs !== undefined ? { keepAliveIntervalMs: options.keepAliveIntervalMs } : {}),
+      ...(options.keepAliveTimeoutMs !== undefined ? { keepAliveTimeoutMs: options.keepAliveTimeoutMs } : {}),
       ...(options.backoff ? { backoff: options.backoff } : {}),
       ...(options.random ? { random: options.random } : {}),
       now: this.now,
@@ -317,7 +323,7 @@ export class ChatSession {
       }
       return {
         timelines,
-        conversations: applyMessages(s.conversations, messages),
+        conversations: applyMessages(s.conversations, messages, s.me.id),
         pending: confirmPending(s.pending, messages, s.me.id),
       };
     });
@@ -379,12 +385,6 @@ export class ChatSession {
 
   private async syncOnce(): Promise<void> {
     try {
-      if (!this.listed) {
-        // The first sync of a session would count every unknown conversation from seq 0 and return its oldest
-        // messages; listing first gives heads at each conversation's tail instead.
-        await this.listAllConversations();
-        this.listed = true;
-      }
       const heads = this.heads();
       const inHeads = new Set(heads.map((h) => h.conversationId));
       const response = await this.request('sync', { heads });
@@ -395,32 +395,57 @@ export class ChatSession {
         const present = new Set(response.conversations.map((e) => e.conversation.id));
         const gone = [...inHeads].filter((id) => !present.has(id));
         if (gone.length) this.removeConversations(gone);
+      } else if (!this.listed) {
+        // More conversations than one sync answers for: list the rest once (they follow their tails from then on).
+        void this.listAllConversations();
       }
-      // A conversation new to us whose history was cut short starts at its tail (set by upsertEntries); its
-      // oldest messages are not needed, but they still confirm our own pending sends.
-      const keep = response.messages.filter((m) => inHeads.has(m.conversationId) || !truncated.has(m.conversationId));
+      this.listed = true;
+      // Every message returned confirms our own pending sends, whatever happens to it below.
       this.store.setState((s) => ({ pending: confirmPending(s.pending, response.messages, s.me.id) }));
-      this.ingest(keep);
+      const byConversation = groupByConversation(response.messages);
+      const known: Message[] = [];
+      for (const [cid, list] of byConversation) {
+        if (inHeads.has(cid)) known.push(...list);
+      }
+      this.ingest(known);
+      // A conversation new to this client comes with its newest messages: they are its newest page, so it opens
+      // without a request and scrolls back with `getMessages before`. If the answer was cut short (`truncated`:
+      // not the tail), it follows its tail instead and loads its newest page when opened.
+      for (const entry of response.conversations) {
+        const cid = entry.conversation.id;
+        if (inHeads.has(cid) || truncated.has(cid)) continue;
+        const list = byConversation.get(cid) ?? [];
+        const last = list[list.length - 1];
+        if (!last || last.seq < entry.conversation.lastSeq) continue;
+        const first = list[0]!;
+        this.applyPageToStore(cid, { messages: list, hasMoreBefore: first.seq > 1, hasMoreAfter: false }, 'newest');
+      }
       for (const cid of truncated) if (inHeads.has(cid)) void this.catchUp(cid);
       this.store.setState({ synced: true });
     } catch (error) {
       const e = asApiRequestError(error);
-      // No answer in time on an open socket: the connection is presumed dead (the browser cannot see the
-      // gateway's pings), so start over rather than wait for TCP to notice.
+      // No answer in time on an open socket: the connection is presumed dead, so start over rather than wait for
+      // the keep-alive to notice.
       if (e.code === 'timeout') this.socket.reconnectNow();
     }
   }
 
+  /** Every page of `listConversations` (only for users with more conversations than `sync` answers for). */
   private async listAllConversations(): Promise<void> {
     let before: string | undefined;
-    for (let page = 0; page < 100; page++) {
-      const result = await this.request('listConversations', {
-        limit: MAX_CONVERSATIONS_PAGE,
-        ...(before !== undefined ? { before } : {}),
-      });
-      this.upsertEntries(result.conversations);
-      before = result.next;
-      if (before === undefined || result.conversations.length === 0) break;
+    try {
+      for (let page = 0; page < 100; page++) {
+        const result = await this.request('listConversations', {
+          limit: MAX_CONVERSATIONS_PAGE,
+          ...(before !== undefined ? { before } : {}),
+        });
+        this.upsertEntries(result.conversations);
+        before = result.next;
+        if (before === undefined || result.conversations.length === 0) break;
+      }
+    } catch {
+      // The rest of the list comes with the next session; the recent conversations are all there.
+      this.listed = false;
     }
   }
 
@@ -488,7 +513,7 @@ export class ChatSession {
       const current = s.timelines[conversationId] ?? emptyTimeline(0);
       return {
         timelines: { ...s.timelines, [conversationId]: applyPage(current, page, kind) },
-        conversations: applyMessages(s.conversations, page.messages),
+        conversations: applyMessages(s.conversations, page.messages, s.me.id),
         pending: confirmPending(s.pending, page.messages, s.me.id),
       };
     });
@@ -730,7 +755,7 @@ export class ChatSession {
     return page.users;
   }
 
-  /** Looks up users by id through `getUsers` windows (the protocol has no lookup by id). */
+  /** Looks up users by id (`getUsers { ids }`, at most 100 a request), skipping those cached or being looked up. */
   async resolveUsers(ids: readonly number[]): Promise<void> {
     if (!this.socket.isOpen) return;
     const missing = missingIds(this.store.getState().users, ids).filter((id) => !this.resolving.has(id));
@@ -738,8 +763,8 @@ export class ChatSession {
     for (const id of missing) this.resolving.add(id);
     try {
       await Promise.all(
-        lookupWindows(missing, 100).map(async (window) => {
-          const page = await this.request('getUsers', window);
+        idBatches(missing).map(async (batch) => {
+          const page = await this.request('getUsers', { ids: batch });
           this.store.setState((s) => ({ users: mergeUsers(s.users, page.users) }));
         }),
       );

@@ -1,16 +1,16 @@
 import { describe, expect, it } from 'vitest';
 import { alice } from '../test/fixtures';
-import { lookupWindows, missingIds } from './users';
+import { idBatches, missingIds } from './users';
 
-describe('user lookup windows', () => {
-  it('covers every id with getUsers after/limit windows no wider than the page', () => {
-    expect(lookupWindows([5, 3, 4])).toEqual([{ after: 2, limit: 3 }]);
-    expect(lookupWindows([1, 150, 151, 400], 100)).toEqual([
-      { after: 0, limit: 1 },
-      { after: 149, limit: 2 },
-      { after: 399, limit: 1 },
-    ]);
-    expect(lookupWindows([])).toEqual([]);
+describe('user lookups by id', () => {
+  it('batches ids for getUsers { ids }, at most 100 a request', () => {
+    expect(idBatches([5, 3, 4, 3])).toEqual([[3, 4, 5]]);
+    const many = Array.from({ length: 250 }, (_, i) => 250 - i);
+    const batches = idBatches(many);
+    expect(batches.map((b) => b.length)).toEqual([100, 100, 50]);
+    expect(batches[0]![0]).toBe(1);
+    expect(batches[2]![49]).toBe(250);
+    expect(idBatches([])).toEqual([]);
   });
 
   it('asks only for users not cached', () => {

@@ -19,30 +19,15 @@ export function missingIds(cache: UsersCache, ids: Iterable<number>): number[] {
   return [...out].sort((a, b) => a - b);
 }
 
-/**
- * The protocol has no "users by id" request; `getUsers` pages users by id (`after` the last id, `limit`), so
- * a window `after = min - 1, limit = max - min + 1` returns every wanted user whose id lies in it. Ids are
- * grouped into windows no wider than `maxLimit`.
- */
-export function lookupWindows(ids: readonly number[], maxLimit = 100): { after: number; limit: number }[] {
+/** `getUsers` looks up at most this many ids at once (`MAX_USERS_PAGE`, common/src/protocol/users.rs). */
+export const MAX_USERS_BY_ID = 100;
+
+/** Splits ids (deduplicated, ascending) into `getUsers { ids }` batches of at most `max`. */
+export function idBatches(ids: readonly number[], max = MAX_USERS_BY_ID): number[][] {
   const sorted = [...new Set(ids)].sort((a, b) => a - b);
-  const windows: { after: number; limit: number }[] = [];
-  let start: number | undefined;
-  let end = 0;
-  for (const id of sorted) {
-    if (start === undefined) {
-      start = id;
-      end = id;
-    } else if (id - start + 1 <= maxLimit) {
-      end = id;
-    } else {
-      windows.push({ after: start - 1, limit: end - start + 1 });
-      start = id;
-      end = id;
-    }
-  }
-  if (start !== undefined) windows.push({ after: start - 1, limit: end - start + 1 });
-  return windows;
+  const batches: number[][] = [];
+  for (let i = 0; i < sorted.length; i += max) batches.push(sorted.slice(i, i + max));
+  return batches;
 }
 
 export function displayName(cache: UsersCache, id: number): string {
