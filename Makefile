@@ -2,10 +2,10 @@
 #
 #   make run        the whole system on this machine (scripts/run.sh); scale with
 #                   make run API_REPLICAS=2 MESSAGE_SERVICE_REPLICAS=3 USER_SERVICE_REPLICAS=1
-#   make test       services up, leftovers swept, Rust tests, web app unit tests, end-to-end tests in Chromium,
-#                   generated types check, fmt, clippy, compose file check
+#   make test       services up, leftovers swept, Rust tests, web app unit tests, end-to-end tests in Chromium
+#                   and Firefox, generated types check, fmt, clippy, compose file check
 #   make test-frontend  the web app's typecheck and unit tests (npm ci first when needed)
-#   make test-e2e   the web app in headless Chromium against the real services (scripts/e2e.sh)
+#   make test-e2e   the web app in headless Chromium and Firefox against the real services (scripts/e2e.sh)
 #   make types      regenerate the TypeScript protocol types from common/ (ts-rs)
 #   make check-types  fail when the committed TypeScript types are stale
 #   make fmt | lint | build | clean-test
@@ -77,9 +77,11 @@ test-frontend:
 	npm test
 
 # Builds the web app and the services, then drives the app in headless Chromium (three people, three browser
-# contexts) against them on a fresh database and AMQP prefix; Chromium is installed first when missing.
+# contexts) and then in headless Firefox (a smoke run, the other person in Chromium) against them on a fresh
+# database and AMQP prefix. Chromium, Firefox and geckodriver are installed first when missing.
 test-e2e:
 	scripts/ensure-browser.sh
+	scripts/ensure-firefox.sh
 	scripts/e2e.sh
 
 fmt:

@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
-# e2e.sh — the web app end to end: real headless Chromium against the real gateway, services, RabbitMQ and
-# PostgreSQL (`make test-e2e`).
+# e2e.sh — the web app end to end: real headless Chromium and Firefox against the real gateway, services, RabbitMQ
+# and PostgreSQL (`make test-e2e`).
 #
 #   1. builds the web app (npm ci when needed, npm run build) and the Rust binaries (debug);
 #   2. creates a fresh database warren_test_e2e_<random> and picks a fresh AMQP prefix test-e2e-<random> and a
 #      free port;
-#   3. runs frontend/e2e/ with node's test runner. The tests start the user-service, the message-service and the
-#      gateway themselves (frontend/e2e/stack.mjs), so they can SIGKILL the gateway and start it again on the same
-#      port mid-test;
+#   3. runs frontend/e2e/ with node's test runner, one file after the other: the Chromium scenarios
+#      (chat.e2e.test.mjs), then the Firefox smoke run (firefox.e2e.test.mjs). The tests start the user-service,
+#      the message-service and the gateway themselves (frontend/e2e/stack.mjs), so they can SIGKILL the gateway and
+#      start it again on the same port mid-test;
 #   4. always tears down, whatever happened: stops every process the run started, drops the database, deletes the
 #      prefix's queues and exchanges.
 #
-# Needs RabbitMQ and PostgreSQL (scripts/ensure-services.sh), Node.js and npm, and Chromium
-# (scripts/ensure-browser.sh). Processes log to .run/e2e/<run>/; screenshots go to frontend/e2e/screenshots/.
+# Needs RabbitMQ and PostgreSQL (scripts/ensure-services.sh), Node.js and npm, Chromium (scripts/ensure-browser.sh),
+# and Firefox with geckodriver (scripts/ensure-firefox.sh). Processes log to .run/e2e/<run>/; screenshots go to
+# frontend/e2e/screenshots/.
 #
 # Environment:
 #   WARREN_E2E_CHROMIUM       the browser (default /usr/bin/chromium)
+#   WARREN_E2E_FIREFOX        Firefox (default /usr/bin/firefox-esr)
+#   WARREN_E2E_GECKODRIVER    its WebDriver (default ~/.cache/warren/bin/geckodriver)
 #   WARREN_E2E_TIMEOUT_MS     the wait for each expectation in the tests (default 20000)
 #   WARREN_E2E_KEEP_LOGS=1    keep .run/e2e/<run>/ after a successful run (a failed run always keeps it)
 #   WARREN_E2E_SKIP_BUILD=1   use the existing builds (frontend/dist and the debug binaries)
@@ -42,6 +46,8 @@ MGMT_URL="${WARREN_RABBITMQ_MANAGEMENT_URL:-http://127.0.0.1:15672}"
 MGMT_USER="${RABBITMQ_MANAGEMENT_USER:-guest}"
 MGMT_PASS="${RABBITMQ_MANAGEMENT_PASS:-guest}"
 CHROMIUM="${WARREN_E2E_CHROMIUM:-/usr/bin/chromium}"
+FIREFOX="${WARREN_E2E_FIREFOX:-/usr/bin/firefox-esr}"
+GECKODRIVER="${WARREN_E2E_GECKODRIVER:-$HOME/.cache/warren/bin/geckodriver}"
 STARTED=$SECONDS
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -53,6 +59,9 @@ fi
 command -v psql >/dev/null 2>&1 || die "psql is required to create the test database (Debian: postgresql-client)"
 command -v cargo >/dev/null 2>&1 || die "cargo is required to build the services (https://rustup.rs)"
 [[ -x $CHROMIUM ]] || die "no Chromium at $CHROMIUM: run scripts/ensure-browser.sh (or set WARREN_E2E_CHROMIUM)"
+[[ -x $FIREFOX ]] || die "no Firefox at $FIREFOX: run scripts/ensure-firefox.sh (or set WARREN_E2E_FIREFOX)"
+[[ -x $GECKODRIVER ]] ||
+    die "no geckodriver at $GECKODRIVER: run scripts/ensure-firefox.sh (or set WARREN_E2E_GECKODRIVER)"
 tcp_open() { timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null; }
 tcp_open 127.0.0.1 5672 || [[ $WARREN_AMQP_URL != *127.0.0.1:5672* ]] ||
     die "RabbitMQ is not reachable on 127.0.0.1:5672: run scripts/ensure-services.sh"
@@ -69,7 +78,8 @@ if [[ ${WARREN_E2E_SKIP_BUILD:-0} != 1 ]]; then
     log "building the services (debug) into $CARGO_TARGET_DIR"
     cargo build --quiet --bins -p user-service -p message-service -p api || die "cargo build failed"
 else
-    [[ -d frontend/node_modules/playwright-core ]] || die "frontend/node_modules is not installed (unset WARREN_E2E_SKIP_BUILD)"
+    [[ -d frontend/node_modules/playwright-core && -d frontend/node_modules/selenium-webdriver ]] ||
+        die "frontend/node_modules is not installed (unset WARREN_E2E_SKIP_BUILD)"
 fi
 BIN_DIR="$CARGO_TARGET_DIR/debug"
 for binary in user-service message-service api; do
@@ -143,7 +153,8 @@ teardown() {
     trap - EXIT INT TERM HUP
     set +e
     if [[ -n $TEST_PID ]] && kill -0 "$TEST_PID" 2>/dev/null; then
-        # The test runner, the services it started and Chromium share its process group.
+        # The test runner, the services it started, geckodriver and Firefox share its process group (Playwright
+        # starts Chromium in a group of its own and closes it when the runner is told to stop).
         kill -TERM -- "-$TEST_PID" 2>/dev/null
         for _ in $(seq 1 50); do kill -0 "$TEST_PID" 2>/dev/null || break; sleep 0.2; done
     fi
@@ -189,10 +200,13 @@ export WARREN_E2E_URL="$URL"
 export WARREN_E2E_BIN_DIR="$BIN_DIR"
 export WARREN_E2E_LOG_DIR="$RUN_DIR"
 export WARREN_E2E_CHROMIUM="$CHROMIUM"
+export WARREN_E2E_FIREFOX="$FIREFOX"
+export WARREN_E2E_GECKODRIVER="$GECKODRIVER"
 export WARREN_WEB_DIR="$ROOT/frontend/dist"
 
 cd frontend
-setsid node --test --test-reporter=spec e2e/ &
+# One file at a time (both start the stack on the same port), Chromium first; both run even if one fails.
+setsid node --test --test-concurrency=1 --test-reporter=spec e2e/chat.e2e.test.mjs e2e/firefox.e2e.test.mjs &
 TEST_PID=$!
 status=0
 wait "$TEST_PID" || status=$?

@@ -29,12 +29,14 @@ export function Composer({
     if (!narrow) ref.current?.focus();
   }, [focusKey]);
 
-  // Grow with the text up to the CSS max-height.
+  // Grow with the text up to the CSS max-height. The box is border-box, so its height is the content's
+  // (scrollHeight) plus the borders: without them the text overflows by a pixel or two, and Firefox (whose
+  // scrollbars take room) shows a scrollbar in the one-line box.
   useLayoutEffect(() => {
     const el = ref.current;
     if (!el) return;
     el.style.height = 'auto';
-    if (el.scrollHeight) el.style.height = `${el.scrollHeight}px`;
+    if (el.scrollHeight) el.style.height = `${el.scrollHeight + el.offsetHeight - el.clientHeight}px`;
   }, [text]);
 
   function submit() {
