@@ -12,12 +12,13 @@ use axum::{
     extract::DefaultBodyLimit,
     http::{HeaderName, HeaderValue, Method, header},
     routing::{delete, get, post},
+    serve::ListenerExt,
 };
 use common::{
     amqp::{Broker, EventSubscriber, RpcClient, SubscriberOptions},
     protocol::ApiError,
 };
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
@@ -41,6 +42,19 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// How long shutdown waits for WebSockets to finish their close handshakes.
 pub const WS_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
+/// Connections the kernel queues before the gateway accepts them. `TcpListener::bind` uses 128: when every client
+/// reconnects at once (a gateway restart, a network blip), SYNs past it are dropped and retried only after the 1 s
+/// SYN timeout. The kernel caps this at `net.core.somaxconn` (4096 by default).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    // As `TcpListener::bind` does: a restarted gateway can bind while old connections linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 #[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
@@ -51,8 +65,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let broker = Broker::start(&settings.amqp, format!("api {}", settings.instance_id));
         let rpc = RpcClient::start(broker.clone(), "api", &settings.instance_id);
-        let listener =
-            TcpListener::bind(settings.http_addr).await.with_context(|| format!("binding {}", settings.http_addr))?;
+        let listener = bind(settings.http_addr).with_context(|| format!("binding {}", settings.http_addr))?;
         let hub = Hub::new(settings.ws.outbound_queue, settings.ws.max_connections);
         let events = EventSubscriber::start(broker.clone(), &settings.instance_id, SubscriberOptions::default(), {
             let hub = hub.clone();
@@ -88,6 +101,13 @@ impl Application {
         tokio::spawn(prune_rate_limiter(state.clone(), stop.clone()));
         tracing::info!(address = %listener.local_addr()?, instance = %state.settings().instance_id, "gateway listening");
         let router = router(state.clone());
+        // TCP_NODELAY: a socket often gets two small frames back to back (a sender's own `message` echo, then the
+        // reply to its `sendMessage`); with Nagle the second waits for the client's delayed ACK, ~40 ms.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(stop.clone().cancelled_owned())
             .await

@@ -1,0 +1,328 @@
+//! The message modes: `dm` (pairs of users in direct conversations), `group` (conversations of M members) and
+//! `storm` (pairs, with every client dropping its connection at once mid-run and coming back).
+//!
+//! Each runs the same way: users log in and connect, the conversations are set up, every client `sync`s once (a
+//! page load), the server processes are sampled, then the open-loop schedule sends for the run's duration. After
+//! the last scheduled send it waits (bounded) for every answer, then for the deliveries (a grace period), samples
+//! the servers again, and finally has every client `sync` so that a delivery missed live is told apart from a
+//! lost one.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use common::protocol::{
+    messages::{CreateGroupRequest, MAX_GROUP_MEMBERS, SendMessageRequest},
+    ws::{ClientFrame, ReplyData},
+};
+use futures_util::{StreamExt, future::join_all, stream};
+use serde_json::json;
+
+use crate::{
+    Env,
+    client::{Client, Job, Reconnected, Shared},
+    recorder::Recorder,
+    report::{Report, round1},
+    schedule::{Schedule, sender_of},
+    stats::{Latency, millis},
+};
+
+/// How long set-up requests and the final `sync` may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct Traffic {
+    pub mode: &'static str,
+    pub users: usize,
+    /// Members per conversation (2 for direct conversations).
+    pub members: usize,
+    pub rate: f64,
+    pub duration: Duration,
+    /// How long to wait for outstanding answers after the last scheduled send.
+    pub drain: Duration,
+    /// How long to wait for outstanding deliveries after that.
+    pub grace: Duration,
+    /// `storm`: when every client drops its connection, and how long it stays away.
+    pub storm_at: Option<Duration>,
+    pub offline: Duration,
+}
+
+pub async fn run(env: &Env, traffic: Traffic) -> anyhow::Result<Report> {
+    let direct = traffic.members == 2 && traffic.mode != "group";
+    if traffic.members < 2 || traffic.members > MAX_GROUP_MEMBERS {
+        bail!("members must be 2 to {MAX_GROUP_MEMBERS}");
+    }
+    if traffic.users < traffic.members || !traffic.users.is_multiple_of(traffic.members) {
+        bail!("users ({}) must be a multiple of the members per conversation ({})", traffic.users, traffic.members);
+    }
+    let schedule = Schedule::new(traffic.rate, traffic.duration);
+    let run = env.run_tag();
+    let shared = Shared::new(Recorder::new(&run, schedule.total()), env.max_in_flight);
+    let users = env.users(traffic.users).await?;
+    let clients = env.connect(&users, &shared).await?;
+
+    // Conversations: consecutive users, `members` at a time.
+    let started = Instant::now();
+    let conversations: Vec<anyhow::Result<(i64, i64)>> = stream::iter(0..traffic.users / traffic.members)
+        .map(|c| {
+            let first = c * traffic.members;
+            let creator = clients[first].clone();
+            let others: Vec<i64> = users[first + 1..first + traffic.members].iter().map(|u| u.id).collect();
+            let run = run.clone();
+            async move {
+                if direct {
+                    let to = others[0];
+                    let reply = creator
+                        .request(REQUEST_TIMEOUT, move |id| ClientFrame::SendMessage {
+                            id,
+                            request: SendMessageRequest {
+                                conversation_id: None,
+                                to_user_id: Some(to),
+                                client_message_id: format!("{run}-setup-{c}"),
+                                body: "loadgen: hello".to_owned(),
+                            },
+                        })
+                        .await?;
+                    match reply {
+                        ReplyData::SendMessage(message) => Ok((message.conversation_id, message.seq)),
+                        other => bail!("unexpected reply to a send: {other:?}"),
+                    }
+                } else {
+                    let title = format!("{run} g{c}");
+                    let reply = creator
+                        .request(REQUEST_TIMEOUT, move |id| ClientFrame::CreateGroup {
+                            id,
+                            request: CreateGroupRequest { title, member_ids: others },
+                        })
+                        .await?;
+                    match reply {
+                        ReplyData::CreateGroup(conversation) => Ok((conversation.id, conversation.last_seq)),
+                        other => bail!("unexpected reply to createGroup: {other:?}"),
+                    }
+                }
+            }
+        })
+        .buffered(64)
+        .collect()
+        .await;
+    let mut conversation_of = vec![0i64; traffic.users];
+    {
+        let mut recorder = shared.recorder();
+        for (c, conversation) in conversations.into_iter().enumerate() {
+            let (id, baseline) = conversation.context("setting up a conversation")?;
+            let members: Vec<usize> = (c * traffic.members..(c + 1) * traffic.members).collect();
+            for &member in &members {
+                conversation_of[member] = id;
+            }
+            recorder.add_conversation(id, members, baseline);
+        }
+    }
+    // Every client syncs once, as a page load does: it learns the heads of its other conversations.
+    let synced = join_all(clients.iter().map(|c| c.sync(REQUEST_TIMEOUT))).await;
+    if synced.iter().any(|ok| !ok) {
+        bail!("the first sync failed for {} clients", synced.iter().filter(|ok| !**ok).count());
+    }
+    eprintln!(
+        "loadgen: {} conversations of {} ready in {:.1}s; sending {} messages at {}/s for {:.0}s",
+        traffic.users / traffic.members,
+        traffic.members,
+        started.elapsed().as_secs_f64(),
+        schedule.total(),
+        traffic.rate,
+        traffic.duration.as_secs_f64()
+    );
+
+    let before = env.watch.snapshot();
+    let start = Instant::now();
+    let start_ns = shared.now_ns();
+    let mut storm: Option<tokio::task::JoinHandle<Vec<Reconnected>>> = None;
+    let mut next = 0u64;
+    while next < schedule.total() {
+        let due = schedule.due(start.elapsed());
+        let mut jobs = Vec::new();
+        {
+            let mut recorder = shared.recorder();
+            while next < due {
+                let sender = sender_of(next, traffic.users);
+                let conversation_id = conversation_of[sender];
+                let scheduled_ns = start_ns + schedule.offset_nanos(next);
+                recorder.schedule(next, conversation_id, sender, scheduled_ns);
+                jobs.push((sender, Job::Send { k: next, conversation_id, scheduled_ns }));
+                next += 1;
+            }
+        }
+        for (sender, job) in jobs {
+            clients[sender].job(job);
+        }
+        if let Some(at) = traffic.storm_at
+            && storm.is_none()
+            && start.elapsed() >= at
+        {
+            eprintln!("loadgen: storm: all {} clients drop their connections now", clients.len());
+            let waits: Vec<_> = clients.iter().map(|c| c.drop_connection(traffic.offline)).collect();
+            storm = Some(tokio::spawn(async move {
+                join_all(waits).await.into_iter().map(|r| r.unwrap_or_default()).collect()
+            }));
+        }
+        match schedule.next_after(next) {
+            Some(at) => {
+                let mut wake = start + at;
+                if let Some(storm_at) = traffic.storm_at.filter(|_| storm.is_none()) {
+                    wake = wake.min(start + storm_at);
+                }
+                tokio::time::sleep_until(wake.into()).await;
+            }
+            None => break,
+        }
+    }
+    let sending = start.elapsed();
+
+    // Answers, then deliveries, each bounded.
+    let drain_until = Instant::now() + traffic.drain;
+    while Instant::now() < drain_until {
+        let (_, answered) = shared.recorder().answered();
+        if answered >= schedule.total() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let grace_until = Instant::now() + traffic.grace;
+    while Instant::now() < grace_until {
+        let (delivered, expected) = shared.recorder().delivery_progress();
+        if delivered >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let window = start.elapsed();
+    let after = env.watch.snapshot();
+
+    let storm_results = match storm {
+        Some(handle) => Some(
+            tokio::time::timeout(Duration::from_secs(90), handle)
+                .await
+                .context("the storm's reconnections did not finish")??,
+        ),
+        None => None,
+    };
+
+    // The final sync: what was missed live is repaired here, or it is lost.
+    let synced = join_all(clients.iter().map(|c| c.sync(REQUEST_TIMEOUT))).await;
+    let failed_syncs = synced.iter().filter(|ok| !**ok).count();
+    let (counts, latency) = shared.recorder().finish();
+    let client_report = shared.stats.report();
+    join_all(clients.iter().map(Client::close)).await;
+
+    let window_s = window.as_secs_f64();
+    let mut report = Report {
+        mode: traffic.mode.to_owned(),
+        run,
+        params: json!({
+            "users": traffic.users,
+            "members": traffic.members,
+            "rate": traffic.rate,
+            "duration_s": traffic.duration.as_secs_f64(),
+            "gateways": env.gateways.len(),
+            "max_in_flight": env.max_in_flight,
+            "storm_at_s": traffic.storm_at.map(|d| d.as_secs_f64()),
+            "offline_ms": traffic.offline.as_millis() as u64,
+        }),
+        window_s: round1(window_s),
+        clients: client_report,
+        loadgen_rss_kb: crate::procstat::own_rss_kb(),
+        ..Report::default()
+    };
+    report.rates.insert("offered_per_s".into(), traffic.rate);
+    report.rates.insert("sent_per_s".into(), round1(counts.sent as f64 / sending.as_secs_f64().max(1e-3)));
+    report.rates.insert("acked_per_s".into(), round1(counts.acked as f64 / window_s));
+    report.rates.insert("delivered_per_s".into(), round1(counts.delivered as f64 / window_s));
+    report.set_server(
+        crate::procstat::usage(&before, &after, env.watch.ticks_per_second),
+        &[("delivered", counts.delivered), ("acked", counts.acked)],
+    );
+    report.set_machine(&before, &after, env.watch.ticks_per_second);
+    if failed_syncs > 0 {
+        report.problems.push(format!("the final sync failed for {failed_syncs} clients"));
+    }
+    if let Some(results) = &storm_results {
+        report.results = storm_summary(results);
+        let failed = results.iter().filter(|r| !r.ok).count();
+        if failed > 0 {
+            report.problems.push(format!("{failed} clients did not come back after the storm"));
+        }
+    }
+    report.counts = Some(counts);
+    report.latency = Some(latency);
+    report.check_counts();
+    Ok(report)
+}
+
+fn storm_summary(results: &[Reconnected]) -> serde_json::Value {
+    let mut ready = Latency::new();
+    let mut synced = Latency::new();
+    for result in results.iter().filter(|r| r.ok) {
+        ready.record(result.ready);
+        synced.record(result.synced);
+    }
+    json!({
+        "clients": results.len(),
+        "came_back": results.iter().filter(|r| r.ok).count(),
+        "all_synced_after_ms": synced.summary().max_ms,
+        "ready": ready.summary(),
+        "synced": synced.summary(),
+    })
+}
+
+/// The summary line of a traffic run.
+pub fn summary_line(report: &Report) -> String {
+    let Some(counts) = &report.counts else { return String::new() };
+    let Some(latency) = &report.latency else { return String::new() };
+    let mut line = format!(
+        "{}: users={} members={} rate={}/s window={:.1}s | sent={} acked={} delivered={}/{} repaired={} lost={} \
+         dup={} ooo={} failed={} | ack {} | deliver {}",
+        report.mode,
+        report.params["users"],
+        report.params["members"],
+        report.params["rate"],
+        report.window_s,
+        counts.sent,
+        counts.acked,
+        counts.delivered,
+        counts.expected_deliveries,
+        counts.repaired,
+        counts.lost,
+        counts.duplicated,
+        counts.out_of_order,
+        counts.failed.values().sum::<u64>(),
+        latency.ack.short(),
+        latency.deliver.short(),
+    );
+    if report.mode == "group" {
+        line.push_str(&format!(
+            " | last member {} | {:.0} deliveries/s",
+            latency.last_member.short(),
+            report.rates.get("delivered_per_s").copied().unwrap_or_default()
+        ));
+    }
+    if counts.out_of_order > 0 {
+        line.push_str(&format!(" | gap open before an out-of-order delivery {}", latency.reorder_gap.short()));
+    }
+    if counts.resent > 0 {
+        line.push_str(&format!(" | resent={} republished={}", counts.resent, counts.republished));
+    }
+    if report.mode == "storm" {
+        line.push_str(&format!(
+            " | storm: {}/{} back, all synced after {}",
+            report.results["came_back"],
+            report.results["clients"],
+            millis(report.results["all_synced_after_ms"].as_f64().unwrap_or_default())
+        ));
+    }
+    if let Some(per) = report.cpu_us_per.get("delivered") {
+        line.push_str(&format!(" | server {per:.0} µs CPU/delivered ({})", report.cpu_breakdown(counts.delivered)));
+    }
+    if report.clients.queued > 0 {
+        line.push_str(&format!(" | {} sends waited for an in-flight slot", report.clients.queued));
+    }
+    line.push_str(&report.machine_note());
+    line
+}
