@@ -9,11 +9,9 @@ set -euo pipefail
 
 CHROMIUM="${WARREN_E2E_CHROMIUM:-/usr/bin/chromium}"
 
-log() { printf 'ensure-browser: %s\n' "$*"; }
-die() {
-    printf 'ensure-browser: ERROR: %s\n' "$*" >&2
-    exit 1
-}
+TAG=ensure-browser
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if [[ -x $CHROMIUM ]]; then
     exit 0
@@ -24,16 +22,6 @@ fi
 
 command -v apt-get >/dev/null 2>&1 ||
     die "no Chromium at $CHROMIUM and no apt-get to install one: install Chromium and set WARREN_E2E_CHROMIUM"
-as_root() {
-    if ((EUID == 0)); then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo "$@"
-    else
-        die "need root to install Chromium: run 'apt-get install chromium' as root, or set WARREN_E2E_CHROMIUM"
-    fi
-}
-
 log "no Chromium at $CHROMIUM: installing Debian's chromium package"
 as_root apt-get update -q >/dev/null || die "apt-get update failed"
 if ! output=$(as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \

@@ -21,11 +21,9 @@ FIREFOX="${WARREN_E2E_FIREFOX:-/usr/bin/firefox-esr}"
 GECKODRIVER="${WARREN_E2E_GECKODRIVER:-$TOOLS/bin/geckodriver}"
 GECKODRIVER_VERSION="${GECKODRIVER_VERSION:-0.37.1}"
 
-log() { printf 'ensure-firefox: %s\n' "$*"; }
-die() {
-    printf 'ensure-firefox: ERROR: %s\n' "$*" >&2
-    exit 1
-}
+TAG=ensure-firefox
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # The fast path: nothing to do.
 if [[ -x $FIREFOX && -x $GECKODRIVER ]]; then
@@ -36,16 +34,6 @@ fi
 mkdir -p "$TOOLS"
 exec 9>"$TOOLS/.ensure-firefox.lock"
 command -v flock >/dev/null 2>&1 && flock 9
-
-as_root() {
-    if ((EUID == 0)); then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo "$@"
-    else
-        die "need root to install firefox-esr: run 'apt-get install firefox-esr' as root, or set WARREN_E2E_FIREFOX"
-    fi
-}
 
 if [[ ! -x $FIREFOX ]]; then
     [[ -z ${WARREN_E2E_FIREFOX:-} ]] ||

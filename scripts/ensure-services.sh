@@ -16,11 +16,9 @@ set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
 WAIT_SECS="${WARREN_SERVICES_WAIT_SECS:-60}"
 
-log() { printf 'ensure-services: %s\n' "$*"; }
-die() {
-    printf 'ensure-services: ERROR: %s\n' "$*" >&2
-    exit 1
-}
+TAG=ensure-services
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # True when something accepts TCP connections on host $1, port $2 (bash's /dev/tcp, bounded by `timeout`).
 tcp_open() { timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null; }
@@ -36,16 +34,6 @@ wait_for() {
         fi
         sleep 0.5
     done
-}
-
-as_root() {
-    if ((EUID == 0)); then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo "$@"
-    else
-        die "need root to run: $* (re-run this script as root)"
-    fi
 }
 
 APT_UPDATED=0
