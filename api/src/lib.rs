@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod request_id;
 pub mod routes;
+pub mod send_batcher;
 pub mod startup;
 pub mod state;
 pub mod validate;

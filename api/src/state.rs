@@ -6,11 +6,14 @@ use std::{net::IpAddr, num::NonZeroU32, sync::Arc};
 use common::{
     amqp::{Broker, CallContext, EventSubscriber, RpcClient},
     auth::{TokenVerifier, VerifiedUser},
-    protocol::{ApiError, Operation},
+    protocol::{
+        ApiError, Operation,
+        messages::{AsUser, Message, SendMessageRequest},
+    },
 };
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 
-use crate::{config::Settings, error::HttpError, ws::Hub};
+use crate::{config::Settings, error::HttpError, send_batcher::SendBatcher, ws::Hub};
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -26,6 +29,7 @@ struct Inner {
     auth_limiter: DefaultKeyedRateLimiter<IpAddr>,
     hub: Hub,
     events: EventSubscriber,
+    sends: SendBatcher,
 }
 
 impl AppState {
@@ -40,7 +44,8 @@ impl AppState {
         let per_minute = NonZeroU32::new(settings.auth_rate_per_minute).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(settings.auth_rate_burst).unwrap_or(NonZeroU32::MIN);
         let auth_limiter = RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst));
-        Ok(Self { inner: Arc::new(Inner { settings, broker, rpc, verifier, auth_limiter, hub, events }) })
+        let sends = SendBatcher::start(rpc.clone(), settings.rpc_timeout);
+        Ok(Self { inner: Arc::new(Inner { settings, broker, rpc, verifier, auth_limiter, hub, events, sends }) })
     }
 
     pub fn settings(&self) -> &Settings {
@@ -67,6 +72,16 @@ impl AppState {
     pub async fn call<O: Operation>(&self, request_id: &str, request: &O::Request) -> Result<O::Response, ApiError> {
         let ctx = CallContext::new(request_id, self.inner.settings.rpc_timeout);
         self.inner.rpc.call::<O>(request, &ctx).await
+    }
+
+    /// Sends a message on behalf of `user_id`, batched with whatever else is being sent through this gateway.
+    pub async fn send_message(
+        &self,
+        request_id: &str,
+        user_id: i64,
+        request: SendMessageRequest,
+    ) -> Result<Message, ApiError> {
+        self.inner.sends.send(request_id, AsUser { user_id, request }).await
     }
 
     /// Verifies a bearer token. Every refusal looks the same to the client; the reason is logged.

@@ -5,12 +5,13 @@
 
 mod support;
 
+use common::protocol::RpcReply;
 use common::{
     amqp::{Broker, RpcServer},
     protocol::messages::{
-        AddMembers, Conversation, ConversationEntry, ConversationKind, ConversationsPage, CreateGroup, GetConversation,
-        GetMessages, LeaveConversation, ListConversations, MarkRead, Message, MessagesPage, ReadPosition, RemoveMember,
-        SendMessage, Sync, SyncResponse,
+        AddMembers, AsUser, Conversation, ConversationEntry, ConversationKind, ConversationsPage, CreateGroup,
+        GetConversation, GetMessages, LeaveConversation, ListConversations, MarkRead, Message, MessagesPage,
+        ReadPosition, RemoveMember, SendBatchResult, SendMessage, SendMessageRequest, SendMessages, Sync, SyncResponse,
     },
 };
 use serde_json::{Value, json};
@@ -22,18 +23,24 @@ fn conversation(id: i64, members: Vec<i64>, title: Option<String>) -> Conversati
     Conversation { id, kind, title, members, last_seq: 0, last_activity_at: 0, created_at: 0 }
 }
 
+/// The stand-in's answer to one send: a reflection of it.
+fn reflect(r: AsUser<SendMessageRequest>) -> Message {
+    Message {
+        conversation_id: r.request.conversation_id.unwrap_or(-r.request.to_user_id.unwrap_or(0)),
+        seq: 1,
+        sender_id: r.user_id,
+        client_message_id: r.request.client_message_id,
+        body: r.request.body,
+        sent_at: 0,
+    }
+}
+
 /// A message-service that answers every operation with a reflection of its request.
 fn stand_in(server: RpcServer) -> RpcServer {
     server
-        .handle::<SendMessage, _, _>(|r, _| async move {
-            Ok(Message {
-                conversation_id: r.request.conversation_id.unwrap_or(-r.request.to_user_id.unwrap_or(0)),
-                seq: 1,
-                sender_id: r.user_id,
-                client_message_id: r.request.client_message_id,
-                body: r.request.body,
-                sent_at: 0,
-            })
+        .handle::<SendMessage, _, _>(|r, _| async move { Ok(reflect(r)) })
+        .handle::<SendMessages, _, _>(|batch, _| async move {
+            Ok(SendBatchResult { results: batch.sends.into_iter().map(|r| RpcReply::Ok(reflect(r))).collect() })
         })
         .handle::<GetMessages, _, _>(|r, _| async move {
             let q = r.request;

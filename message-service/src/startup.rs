@@ -8,7 +8,7 @@ use common::{
     amqp::{Broker, RpcClient, RpcServer},
     protocol::messages::{
         AddMembers, CreateGroup, GetConversation, GetMessages, LeaveConversation, ListConversations, MarkRead,
-        RemoveMember, SendMessage, Sync,
+        RemoveMember, SendMessage, SendMessages, Sync,
     },
 };
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -57,6 +57,7 @@ impl Application {
         RpcServer::new(self.broker.clone(), self.instance_id.clone())
             .prefetch(self.prefetch)
             .handle_with::<SendMessage, _, _, _>(s, handlers::send_message)
+            .handle_with::<SendMessages, _, _, _>(s, handlers::send_messages)
             .handle_with::<GetMessages, _, _, _>(s, handlers::get_messages)
             .handle_with::<CreateGroup, _, _, _>(s, handlers::create_group)
             .handle_with::<AddMembers, _, _, _>(s, handlers::add_members)

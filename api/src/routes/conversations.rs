@@ -12,8 +12,8 @@ use common::protocol::{
         AddMembers, AddMembersRequest, AsUser, Conversation, ConversationEntry, ConversationsPage, CreateGroup,
         CreateGroupRequest, GetConversation, GetConversationRequest, GetMessages, GetMessagesRequest,
         LeaveConversation, LeaveConversationRequest, ListConversations, ListConversationsRequest, MarkRead,
-        MarkReadRequest, Message, MessagesPage, ReadPosition, RemoveMember, RemoveMemberRequest, SendMessage,
-        SendMessageRequest, Sync, SyncRequest, SyncResponse,
+        MarkReadRequest, Message, MessagesPage, ReadPosition, RemoveMember, RemoveMemberRequest, SendMessageRequest,
+        Sync, SyncRequest, SyncResponse,
     },
 };
 use serde::Deserialize;
@@ -142,7 +142,7 @@ pub async fn send_to_conversation(
         body: message.body,
     };
     request.check_bounds()?;
-    Ok((StatusCode::CREATED, ApiJson(call_as::<SendMessage, _>(&state, &id, &user, request).await?)))
+    Ok((StatusCode::CREATED, ApiJson(state.send_message(&id.0, user.0.user_id, request).await?)))
 }
 
 #[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id), err(Debug))]
@@ -159,7 +159,7 @@ pub async fn send_direct(
         body: message.body,
     };
     request.check_bounds()?;
-    Ok((StatusCode::CREATED, ApiJson(call_as::<SendMessage, _>(&state, &id, &user, request).await?)))
+    Ok((StatusCode::CREATED, ApiJson(state.send_message(&id.0, user.0.user_id, request).await?)))
 }
 
 #[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id, conversation_id), err(Debug))]

@@ -10,7 +10,7 @@ use common::{
         ApiError, Operation,
         messages::{
             AddMembers, AsUser, CreateGroup, GetConversation, GetMessages, LeaveConversation, ListConversations,
-            MarkRead, RemoveMember, SendMessage, Sync,
+            MarkRead, Message, RemoveMember, SendMessageRequest, Sync,
         },
         users::{GetSelf, GetSelfRequest, GetUsers},
         ws::{ClientFrame, Pong, ReplyData, ServerFrame},
@@ -30,9 +30,7 @@ pub async fn handle(state: AppState, user: VerifiedUser, request_id: String, fra
         ClientFrame::Ping { .. } => Ok(ReplyData::Ping(Pong { server_time: chrono::Utc::now().timestamp_millis() })),
         ClientFrame::GetSelf { .. } => call.plain::<GetSelf>(GetSelfRequest { user_id }).await.map(ReplyData::GetSelf),
         ClientFrame::GetUsers { request, .. } => call.plain::<GetUsers>(request).await.map(ReplyData::GetUsers),
-        ClientFrame::SendMessage { request, .. } => {
-            call.checked::<SendMessage, _>(request).await.map(ReplyData::SendMessage)
-        }
+        ClientFrame::SendMessage { request, .. } => call.send(request).await.map(ReplyData::SendMessage),
         ClientFrame::GetMessages { request, .. } => {
             call.as_user::<GetMessages, _>(request).await.map(ReplyData::GetMessages)
         }
@@ -85,6 +83,13 @@ impl Call<'_> {
         O: Operation<Request = AsUser<T>>,
     {
         self.plain::<O>(AsUser { user_id: self.user_id, request }).await
+    }
+
+    /// `sendMessage` goes through the gateway's batcher rather than a call of its own.
+    async fn send(&self, request: SendMessageRequest) -> Result<Message, ApiError> {
+        tracing::Span::current().record("op", "sendMessage");
+        request.check_bounds()?;
+        self.state.send_message(self.request_id, self.user_id, request).await
     }
 
     async fn checked<O, T>(&self, request: T) -> Result<O::Response, ApiError>

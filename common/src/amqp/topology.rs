@@ -59,6 +59,7 @@ pub const OPERATIONS: &[(&str, Service)] = &[
     ("getSelf", Service::User),
     ("resolveUsers", Service::User),
     ("sendMessage", Service::Message),
+    ("sendMessages", Service::Message),
     ("getMessages", Service::Message),
     ("createGroup", Service::Message),
     ("addMembers", Service::Message),

@@ -266,7 +266,26 @@ pub struct EventBatch {
     pub events: Vec<Event>,
 }
 
+/// Most sends in one `sendMessages` batch.
+pub const MAX_SEND_BATCH: usize = 256;
+
+/// Several sends at once, from any users: what a gateway forwards when sends meet there, so a burst costs one
+/// request and one reply on the broker instead of one per message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SendBatch {
+    pub sends: Vec<AsUser<SendMessageRequest>>,
+}
+
+/// One outcome per send of a [`SendBatch`], in order: exactly what `sendMessage` would have answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SendBatchResult {
+    pub results: Vec<crate::protocol::RpcReply<Message>>,
+}
+
 operation!(SendMessage, "sendMessage", AsUser<SendMessageRequest> => Message);
+operation!(SendMessages, "sendMessages", SendBatch => SendBatchResult);
 operation!(GetMessages, "getMessages", AsUser<GetMessagesRequest> => MessagesPage);
 operation!(CreateGroup, "createGroup", AsUser<CreateGroupRequest> => Conversation);
 operation!(AddMembers, "addMembers", AsUser<AddMembersRequest> => Conversation);

@@ -11,7 +11,7 @@ pub use conversations::{
     add_members, create_group, get_conversation, leave_conversation, list_conversations, mark_read, remove_member,
 };
 pub use history::get_messages;
-pub use send::send_message;
+pub use send::{send_message, send_messages};
 pub use sync::sync;
 
 use std::sync::Arc;

@@ -1,8 +1,8 @@
 use common::{
     amqp::RequestContext,
     protocol::{
-        ApiError,
-        messages::{AsUser, Event, Message, SendMessageRequest},
+        ApiError, ErrorCode, RpcReply,
+        messages::{AsUser, Event, MAX_SEND_BATCH, Message, SendBatch, SendBatchResult, SendMessageRequest},
     },
 };
 
@@ -20,12 +20,40 @@ pub async fn send_message(
     request: AsUser<SendMessageRequest>,
     ctx: RequestContext,
 ) -> Result<Message, ApiError> {
+    send_one(&service, request, &ctx).await
+}
+
+/// A gateway's batch of sends: each goes the way a lone `sendMessage` goes, all at once, so they land in the
+/// same group commit. Each gets its own answer; only when every one failed unexpectedly (the database is down,
+/// say) is the batch itself failed, so the RPC server retries it — safe, because every send is idempotent.
+#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, sends = batch.sends.len()), err(Debug))]
+pub async fn send_messages(
+    service: Shared,
+    batch: SendBatch,
+    ctx: RequestContext,
+) -> Result<SendBatchResult, ApiError> {
+    if batch.sends.len() > MAX_SEND_BATCH {
+        return Err(ApiError::validation(format!("at most {MAX_SEND_BATCH} sends in one batch")));
+    }
+    let sends = batch.sends.into_iter().map(|request| send_one(&service, request, &ctx));
+    let results = futures_util::future::join_all(sends).await;
+    if !results.is_empty() && results.iter().all(|r| matches!(r, Err(e) if e.code == ErrorCode::Internal)) {
+        return Err(ApiError::internal());
+    }
+    Ok(SendBatchResult { results: results.into_iter().map(RpcReply::from).collect() })
+}
+
+async fn send_one(
+    service: &Shared,
+    request: AsUser<SendMessageRequest>,
+    ctx: &RequestContext,
+) -> Result<Message, ApiError> {
     let AsUser { user_id, request } = request;
     let body = MessageBody::parse(request.body)?;
     let client_message_id = ClientMessageId::parse(request.client_message_id)?;
     let conversation_id = match (request.conversation_id, request.to_user_id) {
         (Some(conversation_id), None) => positive_id(conversation_id, "conversationId")?,
-        (None, Some(to)) => direct_conversation(&service, user_id, positive_id(to, "toUserId")?, &ctx).await?,
+        (None, Some(to)) => direct_conversation(service, user_id, positive_id(to, "toUserId")?, ctx).await?,
         _ => return Err(ApiError::validation("give exactly one of conversationId and toUserId")),
     };
     service.committer.send(Send { sender_id: user_id, conversation_id, client_message_id, body }).await

@@ -1,0 +1,104 @@
+//! Batching sends where they meet: at the gateway.
+//!
+//! Every `sendMessage` (WebSocket or REST) goes through one batcher per gateway. It keeps up to
+//! [`MAX_BATCHES_IN_FLIGHT`] `sendMessages` requests outstanding; whenever one of those slots is free it takes
+//! every send queued at that moment (up to [`MAX_SEND_BATCH`]) and forwards them as one request. When the gateway
+//! is idle a send finds a free slot and goes alone, at once: there is no timer and no waiting for company. Under
+//! load, sends queue while the slots are busy and the batches grow by themselves, so a burst of N messages costs
+//! the broker two messages per batch (request and reply) instead of two per message, and the message-service hands
+//! the whole batch to one group commit.
+//!
+//! Each send keeps its own answer (its message, or the error `sendMessage` would have given), and its own retry
+//! semantics: a failed batch answers every send with the batch's (retryable) error, and a client retrying with the
+//! same client message id gets the original message back.
+
+use std::{sync::Arc, time::Duration};
+
+use common::{
+    amqp::{CallContext, RpcClient},
+    protocol::{
+        ApiError,
+        messages::{AsUser, MAX_SEND_BATCH, Message, SendBatch, SendMessageRequest, SendMessages},
+    },
+};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// `sendMessages` requests one gateway keeps outstanding at once: enough to keep several message-service replicas
+/// busy while the next batch gathers.
+pub const MAX_BATCHES_IN_FLIGHT: usize = 8;
+
+/// Sends waiting for a slot, at most. Past it a send waits to enter the queue (backpressure on its socket).
+const QUEUE: usize = 4 * MAX_SEND_BATCH;
+
+struct Pending {
+    request: AsUser<SendMessageRequest>,
+    request_id: String,
+    reply: oneshot::Sender<Result<Message, ApiError>>,
+}
+
+/// The handle handlers use. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SendBatcher {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl SendBatcher {
+    pub fn start(rpc: RpcClient, timeout: Duration) -> SendBatcher {
+        let (queue, pending) = mpsc::channel(QUEUE);
+        tokio::spawn(run(rpc, timeout, pending));
+        SendBatcher { queue }
+    }
+
+    /// Sends one message (in whatever batch it joins) and returns the stored message.
+    pub async fn send(&self, request_id: &str, request: AsUser<SendMessageRequest>) -> Result<Message, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending { request, request_id: request_id.to_owned(), reply };
+        self.queue.send(pending).await.map_err(|_| ApiError::unavailable("the gateway is shutting down"))?;
+        answer.await.map_err(|_| ApiError::internal())?
+    }
+}
+
+async fn run(rpc: RpcClient, timeout: Duration, mut queue: mpsc::Receiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+    loop {
+        // A slot first, then whatever has queued meanwhile: batches grow exactly while the slots are busy.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut batch = Vec::with_capacity(MAX_SEND_BATCH);
+        if queue.recv_many(&mut batch, MAX_SEND_BATCH).await == 0 {
+            return;
+        }
+        let rpc = rpc.clone();
+        tokio::spawn(async move {
+            forward(&rpc, timeout, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Forwards one batch and hands each send its own answer.
+async fn forward(rpc: &RpcClient, timeout: Duration, batch: Vec<Pending>) {
+    // The batch is logged under its first send's request id; each send's id is in the gateway's own log line.
+    let request_id = batch.first().map(|p| p.request_id.clone()).unwrap_or_default();
+    tracing::debug!(%request_id, sends = batch.len(), "forwarding a batch of sends");
+    let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.request, p.reply)).unzip();
+    let count = requests.len();
+    let ctx = CallContext::new(request_id, timeout);
+    match rpc.call::<SendMessages>(&SendBatch { sends: requests }, &ctx).await {
+        Ok(result) if result.results.len() == count => {
+            for (reply, outcome) in replies.into_iter().zip(result.results) {
+                let _ = reply.send(outcome.into());
+            }
+        }
+        Ok(result) => {
+            tracing::error!(sent = count, answered = result.results.len(), "a batch came back with the wrong count");
+            replies.into_iter().for_each(|reply| drop(reply.send(Err(ApiError::internal()))));
+        }
+        Err(error) => replies.into_iter().for_each(|reply| drop(reply.send(Err(error.clone())))),
+    }
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").field("request_id", &self.request_id).finish_non_exhaustive()
+    }
+}
