@@ -41,7 +41,10 @@ help:
 run:
 	scripts/run.sh
 
-test: services sweep test-rust test-frontend test-e2e check-types fmt-check lint check-compose
+# Cheap checks first (stale generated types, formatting), then the suites; the end-to-end run is the last test
+# runner, so the run's closing test lines are real tests (check-types runs a filtered `cargo test` that reports
+# "0 passed", which must not be the last word).
+test: services sweep check-types fmt-check test-rust lint test-frontend test-e2e check-compose
 
 services:
 	scripts/ensure-services.sh
