@@ -6,13 +6,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use common::{
-    amqp::{Broker, EventPublisher},
-    protocol::messages::{Event, EventBatch, Message, ReadPosition},
-};
+use common::protocol::messages::{Event, EventBatch, Message, ReadPosition};
 use serde_json::{Value, json};
 use support::{
-    Options, TestApp, spawn_app, spawn_app_with,
+    Options, spawn_app, spawn_app_with,
     ws::{Ending, WsClient, error_code},
 };
 use tokio_tungstenite::tungstenite;
@@ -29,18 +26,6 @@ fn message_event(id: i64, body: &str, recipients: Vec<i64>) -> Event {
         },
         recipients,
     }
-}
-
-/// A publisher on the test's queue prefix, standing in for the message-service.
-async fn publisher(app: &TestApp) -> (Broker, EventPublisher) {
-    let broker = Broker::start(&app.amqp, "test publisher".into());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !broker.is_connected() {
-        assert!(Instant::now() < deadline, "the publisher never connected");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let publisher = EventPublisher::new(broker.clone());
-    (broker, publisher)
 }
 
 #[tokio::test]
@@ -320,7 +305,7 @@ async fn events_reach_every_socket_of_their_recipients_and_no_one_else() {
     let (mut alice_phone, _) = WsClient::authenticated(&app, &alice_token).await;
     let (mut bob_socket, _) = WsClient::authenticated(&app, &bob_token).await;
     let (mut mallory, _) = WsClient::authenticated(&app, &mallory_token).await;
-    let (broker, publisher) = publisher(&app).await;
+    let (broker, publisher) = common::testing::connected_publisher(&app.amqp).await;
 
     let read = Event::Read { user_id: alice, position: ReadPosition { conversation_id: 7, read_seq: 1 } };
     publisher
@@ -370,7 +355,7 @@ async fn a_client_that_stops_reading_is_closed_as_too_slow_and_others_are_unaffe
     let (fast_token, fast_id) = app.register("speedy").await;
     let (mut slow, _) = WsClient::authenticated(&app, &slow_token).await;
     let (mut fast, _) = WsClient::authenticated(&app, &fast_token).await;
-    let (broker, publisher) = publisher(&app).await;
+    let (broker, publisher) = common::testing::connected_publisher(&app.amqp).await;
 
     // ~24 MB for the slow reader: far more than the socket buffers hold, so its queue fills.
     let body = "x".repeat(4_000);

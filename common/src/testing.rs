@@ -42,6 +42,19 @@ pub async fn delete_topology(prefix: &str) {
     let _ = connection.close(200, "test cleanup".into()).await;
 }
 
+/// A publisher of events on `settings`' prefix, standing in for the message-service, returned once its connection
+/// is up (with its broker, to close at the end).
+pub async fn connected_publisher(settings: &AmqpSettings) -> (crate::amqp::Broker, crate::amqp::EventPublisher) {
+    let broker = crate::amqp::Broker::start(settings, "test publisher".into());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !broker.is_connected() {
+        assert!(std::time::Instant::now() < deadline, "the publisher never connected");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let publisher = crate::amqp::EventPublisher::new(broker.clone());
+    (broker, publisher)
+}
+
 /// Closes the broker side of the AMQP connection whose client-given name contains `name` — what a network fault
 /// or an operator would do — leaving every other test's connections alone.
 pub fn close_connection_named(name: &str) {

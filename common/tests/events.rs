@@ -67,17 +67,6 @@ impl Gateway {
     }
 }
 
-async fn publisher(settings: &AmqpSettings) -> (Broker, EventPublisher) {
-    let broker = Broker::start(settings, "test publisher".into());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !broker.is_connected() {
-        assert!(Instant::now() < deadline, "the publisher never connected");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let publisher = EventPublisher::new(broker.clone());
-    (broker, publisher)
-}
-
 #[tokio::test]
 async fn every_gateway_gets_every_batch_once_in_order() {
     common::telemetry::init_for_tests();
@@ -86,7 +75,7 @@ async fn every_gateway_gets_every_batch_once_in_order() {
     let mut two = Gateway::start(&settings, "gw-two", SubscriberOptions::default());
     one.until_live().await;
     two.until_live().await;
-    let (publishing, publisher) = publisher(&settings).await;
+    let (publishing, publisher) = testing::connected_publisher(&settings).await;
 
     for numbers in [&[1, 2][..], &[3], &[4, 5, 6]] {
         publisher.publish(&batch(numbers)).await.expect("published");
@@ -111,7 +100,7 @@ async fn every_gateway_gets_every_batch_once_in_order() {
 async fn a_gateway_queue_at_its_length_limit_drops_the_oldest_batches() {
     common::telemetry::init_for_tests();
     let settings = testing::unique_amqp_settings();
-    let (broker, publisher) = publisher(&settings).await;
+    let (broker, publisher) = testing::connected_publisher(&settings).await;
     let topology = Topology::new(settings.prefix.clone());
     let session = broker.current().expect("connected");
     let channel = session.channel().await.unwrap();
@@ -159,7 +148,7 @@ async fn a_subscriber_resumes_after_its_connection_is_killed_and_reports_the_gap
     let name = format!("gw-{}", uuid::Uuid::new_v4().simple());
     let mut gateway = Gateway::start(&settings, &name, SubscriberOptions::default());
     gateway.until_live().await;
-    let (publishing, publisher) = publisher(&settings).await;
+    let (publishing, publisher) = testing::connected_publisher(&settings).await;
     assert!(matches!(gateway.next().await, Received::Attached { generation: 1 }));
     publisher.publish(&batch(&[1])).await.unwrap();
     assert_eq!(number(&gateway.next().await), Some(1));

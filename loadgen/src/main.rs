@@ -162,6 +162,28 @@ fn parse_pid(text: &str) -> Result<(String, u32), String> {
     Ok((group.to_owned(), pid.parse().map_err(|_| format!("bad pid {pid:?}"))?))
 }
 
+/// The traffic of the message modes, without a storm (the storm mode adds one).
+fn steady(
+    mode: &'static str,
+    users: usize,
+    members: usize,
+    rate: f64,
+    duration: f64,
+    ending: &Ending,
+) -> anyhow::Result<traffic::Traffic> {
+    Ok(traffic::Traffic {
+        mode,
+        users,
+        members,
+        rate,
+        duration: seconds(duration, "--duration")?,
+        drain: seconds(ending.drain, "--drain")?,
+        grace: seconds(ending.grace, "--grace")?,
+        storm_at: None,
+        offline: Duration::ZERO,
+    })
+}
+
 fn seconds(value: f64, what: &str) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(value).with_context(|| format!("{what}: {value} is not a number of seconds"))
 }
@@ -293,50 +315,20 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
     // Every mode ends by itself; this bounds even a misbehaving one.
     let (limit, work) = match cli.mode {
         Mode::Dm { users, rate, duration, ending } => {
-            let traffic = traffic::Traffic {
-                mode: "dm",
-                users,
-                members: 2,
-                rate,
-                duration: seconds(duration, "--duration")?,
-                drain: seconds(ending.drain, "--drain")?,
-                grace: seconds(ending.grace, "--grace")?,
-                storm_at: None,
-                offline: Duration::ZERO,
-            };
+            let traffic = steady("dm", users, 2, rate, duration, &ending)?;
             (limit_for(&traffic), Work::Traffic(traffic))
         }
         Mode::Group { users, members, rate, duration, ending } => {
-            let traffic = traffic::Traffic {
-                mode: "group",
-                users,
-                members,
-                rate,
-                duration: seconds(duration, "--duration")?,
-                drain: seconds(ending.drain, "--drain")?,
-                grace: seconds(ending.grace, "--grace")?,
-                storm_at: None,
-                offline: Duration::ZERO,
-            };
+            let traffic = steady("group", users, members, rate, duration, &ending)?;
             (limit_for(&traffic), Work::Traffic(traffic))
         }
         Mode::Storm { users, rate, duration, storm_at, offline_ms, ending } => {
-            let duration = seconds(duration, "--duration")?;
-            let storm_at = match storm_at {
+            let mut traffic = steady("storm", users, 2, rate, duration, &ending)?;
+            traffic.storm_at = Some(match storm_at {
                 Some(at) => seconds(at, "--storm-at")?,
-                None => duration / 3,
-            };
-            let traffic = traffic::Traffic {
-                mode: "storm",
-                users,
-                members: 2,
-                rate,
-                duration,
-                drain: seconds(ending.drain, "--drain")?,
-                grace: seconds(ending.grace, "--grace")?,
-                storm_at: Some(storm_at),
-                offline: Duration::from_millis(offline_ms),
-            };
+                None => traffic.duration / 3,
+            });
+            traffic.offline = Duration::from_millis(offline_ms);
             (limit_for(&traffic) + Duration::from_secs(90), Work::Traffic(traffic))
         }
         Mode::Idle { connections, devices, hold } => {

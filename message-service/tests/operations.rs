@@ -70,6 +70,13 @@ impl Stack {
             .id
     }
 
+    /// A group created by `owner` with `members`.
+    async fn group(&self, owner: i64, title: &str, members: Vec<i64>) -> Conversation {
+        self.call::<CreateGroup>(as_user(owner, CreateGroupRequest { title: title.into(), member_ids: members }))
+            .await
+            .unwrap()
+    }
+
     async fn send(&self, user_id: i64, conversation_id: i64, client_id: &str, body: &str) -> Result<Message, ApiError> {
         let request = SendMessageRequest {
             conversation_id: Some(conversation_id),
@@ -132,10 +139,7 @@ async fn a_first_direct_message_creates_the_conversation_and_later_ones_reuse_it
 async fn history_pages_walk_back_through_every_message() {
     let s = Stack::start().await;
     let ann = s.user("ann").await;
-    let group = s
-        .call::<CreateGroup>(as_user(ann, CreateGroupRequest { title: "notes".into(), member_ids: vec![] }))
-        .await
-        .unwrap();
+    let group = s.group(ann, "notes", vec![]).await;
     for i in 1..=25 {
         s.send(ann, group.id, &format!("c{i}"), &format!("message {i}")).await.unwrap();
     }
@@ -181,10 +185,7 @@ async fn history_pages_walk_back_through_every_message() {
 async fn sync_returns_exactly_what_the_client_lacks() {
     let s = Stack::start().await;
     let (ann, ben) = (s.user("ann").await, s.user("ben").await);
-    let group = s
-        .call::<CreateGroup>(as_user(ann, CreateGroupRequest { title: "team".into(), member_ids: vec![ben] }))
-        .await
-        .unwrap();
+    let group = s.group(ann, "team", vec![ben]).await;
     for i in 1..=5 {
         s.send(ann, group.id, &format!("c{i}"), "x").await.unwrap();
     }
@@ -205,10 +206,7 @@ async fn sync_returns_exactly_what_the_client_lacks() {
     assert_eq!(negative.unwrap_err().code, ErrorCode::Validation);
 
     // A conversation new to the client: its newest messages, not its oldest; older ones are paged back.
-    let long = s
-        .call::<CreateGroup>(as_user(ann, CreateGroupRequest { title: "long".into(), member_ids: vec![ben] }))
-        .await
-        .unwrap();
+    let long = s.group(ann, "long", vec![ben]).await;
     let per = SYNC_MESSAGES_PER_CONVERSATION as i64;
     for i in 1..=per + 5 {
         s.send(ann, long.id, &format!("l{i}"), "x").await.unwrap();
@@ -225,10 +223,7 @@ async fn sync_returns_exactly_what_the_client_lacks() {
 async fn members_are_added_removed_and_leave_and_only_members_may_act() {
     let s = Stack::start().await;
     let (ann, ben, cat) = (s.user("ann").await, s.user("ben").await, s.user("cat").await);
-    let group = s
-        .call::<CreateGroup>(as_user(ann, CreateGroupRequest { title: "team".into(), member_ids: vec![ben] }))
-        .await
-        .unwrap();
+    let group = s.group(ann, "team", vec![ben]).await;
     assert_eq!(group.members.len(), 2);
 
     let outsider = s.send(cat, group.id, "c1", "let me in").await.unwrap_err();
@@ -277,10 +272,7 @@ async fn members_are_added_removed_and_leave_and_only_members_may_act() {
 async fn read_positions_only_move_forward_and_unread_counts_follow() {
     let s = Stack::start().await;
     let (ann, ben) = (s.user("ann").await, s.user("ben").await);
-    let group = s
-        .call::<CreateGroup>(as_user(ann, CreateGroupRequest { title: "team".into(), member_ids: vec![ben] }))
-        .await
-        .unwrap();
+    let group = s.group(ann, "team", vec![ben]).await;
     for i in 1..=4 {
         s.send(ann, group.id, &format!("c{i}"), "x").await.unwrap();
     }
@@ -306,10 +298,7 @@ async fn conversations_list_newest_first_in_pages() {
     let ann = s.user("ann").await;
     let mut ids = Vec::new();
     for i in 0..5 {
-        let group = s
-            .call::<CreateGroup>(as_user(ann, CreateGroupRequest { title: format!("g{i}"), member_ids: vec![] }))
-            .await
-            .unwrap();
+        let group = s.group(ann, &format!("g{i}"), vec![]).await;
         s.send(ann, group.id, &format!("c{i}"), "x").await.unwrap();
         ids.push(group.id);
     }
@@ -344,10 +333,7 @@ async fn conversations_list_newest_first_in_pages() {
 async fn bad_sends_are_refused_and_store_nothing() {
     let s = Stack::start().await;
     let ann = s.user("ann").await;
-    let group = s
-        .call::<CreateGroup>(as_user(ann, CreateGroupRequest { title: "team".into(), member_ids: vec![] }))
-        .await
-        .unwrap();
+    let group = s.group(ann, "team", vec![]).await;
 
     for (client_id, body) in
         [("ok-id", "   "), ("ok-id", &"x".repeat(MAX_MESSAGE_CHARS + 1)), ("bad id", "hi"), ("", "hi")]
