@@ -11,8 +11,8 @@ pub struct Settings {
     pub amqp: AmqpSettings,
     /// `WARREN_DATABASE_URL`.
     pub database_url: Secret<String>,
-    /// `WARREN_MESSAGE_DB_MAX_CONNECTIONS`, default 16. Together with the user-service's pools this must stay
-    /// under PostgreSQL's `max_connections` (100 by default) for every replica.
+    /// `WARREN_MESSAGE_DB_MAX_CONNECTIONS`, default 16. Plus one (the group committer's own), together with the
+    /// user-service's pools, this must stay under PostgreSQL's `max_connections` (100 by default) for every replica.
     pub db_max_connections: usize,
     /// `WARREN_MESSAGE_BATCH_MAX`, default 512: most sends in one group-commit transaction.
     pub batch_max: usize,

@@ -1,11 +1,11 @@
 //! The group commit against the real PostgreSQL: dense seqs, exactly-once, no holes, no deadlocks, and batching
 //! that is visible in the database's own transaction ids.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
 use common::{config::AmqpSettings, testing};
 use message_service::{
-    commit::{Committer, Send, commit, commit_with_retries},
+    commit::{CommitConnection, Committed, Committer, Send, commit, commit_with_retries},
     domain::{ClientMessageId, MessageBody},
     events::EventSink,
     store::Store,
@@ -26,6 +26,11 @@ async fn database() -> Db {
 
 fn store_on(db: &testing::TestDb) -> Store {
     Store::new(message_service::startup::pool(&db.url(), 8).unwrap())
+}
+
+/// One batch on a connection of its own, as a committer's first batch would be.
+async fn commit_once(store: &Store, sends: &[Send]) -> anyhow::Result<Committed> {
+    commit(&CommitConnection::open(store).await?, sends).await
 }
 
 fn send(sender: i64, conversation: i64, client_id: &str, body: &str) -> Send {
@@ -75,7 +80,7 @@ async fn a_batch_gets_dense_seqs_in_arrival_order() {
     let group = db.store.create_group(1, "g", &[2]).await.unwrap().id;
 
     let batch = [send(1, group, "a", "one"), send(2, group, "b", "two"), send(1, group, "c", "three")];
-    let committed = commit(&db.store, &batch).await.unwrap();
+    let committed = commit_once(&db.store, &batch).await.unwrap();
 
     let got: Vec<(i64, String)> = committed.results.into_iter().map(|r| r.unwrap()).map(|m| (m.seq, m.body)).collect();
     assert_eq!(got, [(1, "one".to_owned()), (2, "two".to_owned()), (3, "three".to_owned())]);
@@ -88,8 +93,8 @@ async fn sending_twice_with_the_same_client_id_stores_one_message() {
     let db = database().await;
     let group = db.store.create_group(1, "g", &[]).await.unwrap().id;
 
-    let first = commit(&db.store, &[send(1, group, "same", "hello")]).await.unwrap();
-    let again = commit(&db.store, &[send(1, group, "same", "hello (edited retry)")]).await.unwrap();
+    let first = commit_once(&db.store, &[send(1, group, "same", "hello")]).await.unwrap();
+    let again = commit_once(&db.store, &[send(1, group, "same", "hello (edited retry)")]).await.unwrap();
 
     assert_eq!(first.results[0], again.results[0]);
     assert_eq!(again.fresh, 0);
@@ -101,10 +106,11 @@ async fn a_repeat_inside_one_batch_leaves_no_hole() {
     let db = database().await;
     let group = db.store.create_group(1, "g", &[]).await.unwrap().id;
 
-    let committed = commit(&db.store, &[send(1, group, "x", "a"), send(1, group, "x", "a"), send(1, group, "y", "b")])
-        .await
-        .unwrap();
-    let next = commit(&db.store, &[send(1, group, "z", "c")]).await.unwrap();
+    let committed =
+        commit_once(&db.store, &[send(1, group, "x", "a"), send(1, group, "x", "a"), send(1, group, "y", "b")])
+            .await
+            .unwrap();
+    let next = commit_once(&db.store, &[send(1, group, "z", "c")]).await.unwrap();
 
     let got: Vec<i64> = committed.results.iter().map(|r| r.as_ref().unwrap().seq).collect();
     assert_eq!(got, [1, 1, 2]);
@@ -116,9 +122,9 @@ async fn a_repeat_inside_one_batch_leaves_no_hole() {
 async fn a_repeat_of_an_already_stored_send_leaves_no_hole() {
     let db = database().await;
     let group = db.store.create_group(1, "g", &[]).await.unwrap().id;
-    commit(&db.store, &[send(1, group, "x", "a")]).await.unwrap();
+    commit_once(&db.store, &[send(1, group, "x", "a")]).await.unwrap();
 
-    let committed = commit(&db.store, &[send(1, group, "x", "a"), send(1, group, "y", "b")]).await.unwrap();
+    let committed = commit_once(&db.store, &[send(1, group, "x", "a"), send(1, group, "y", "b")]).await.unwrap();
 
     let got: Vec<i64> = committed.results.iter().map(|r| r.as_ref().unwrap().seq).collect();
     assert_eq!(got, [1, 2]);
@@ -131,15 +137,63 @@ async fn a_non_members_send_fails_alone_and_takes_no_seq() {
     let group = db.store.create_group(1, "g", &[2]).await.unwrap().id;
 
     let committed =
-        commit(&db.store, &[send(1, group, "a", "in"), send(99, group, "b", "out"), send(2, group, "c", "in")])
+        commit_once(&db.store, &[send(1, group, "a", "in"), send(99, group, "b", "out"), send(2, group, "c", "in")])
             .await
             .unwrap();
 
     assert_eq!(committed.results[0].as_ref().unwrap().seq, 1);
     assert_eq!(committed.results[1].as_ref().unwrap_err().code, common::protocol::ErrorCode::Forbidden);
     assert_eq!(committed.results[2].as_ref().unwrap().seq, 2);
-    let missing = commit(&db.store, &[send(1, 424_242, "d", "nowhere")]).await.unwrap();
+    let missing = commit_once(&db.store, &[send(1, 424_242, "d", "nowhere")]).await.unwrap();
     assert_eq!(missing.results[0].as_ref().unwrap_err().code, common::protocol::ErrorCode::Forbidden);
+}
+
+#[tokio::test]
+async fn a_batch_that_fails_takes_no_seq_and_leaves_its_connection_usable() {
+    let db = database().await;
+    let group = db.store.create_group(1, "g", &[]).await.unwrap().id;
+    // A constraint the test owns makes one body fail inside the transaction, after the seqs were allocated.
+    let (client, connection) = tokio_postgres::connect(&db.db.url(), NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute("ALTER TABLE messages.messages ADD CONSTRAINT test_no_poison CHECK (body <> 'poison')")
+        .await
+        .unwrap();
+    let connection = CommitConnection::open(&db.store).await.unwrap();
+
+    commit(&connection, &[send(1, group, "a", "one")]).await.unwrap();
+    let failed = commit(&connection, &[send(1, group, "b", "two"), send(1, group, "c", "poison")]).await;
+    assert!(failed.is_err(), "the check constraint fails the batch: {failed:?}");
+    let after = commit(&connection, &[send(1, group, "b", "two")]).await.unwrap();
+
+    assert_eq!(after.results[0].as_ref().unwrap().seq, 2, "the failed batch's seqs were not used up");
+    assert_eq!(seqs(&db, group).await, vec![1, 2]);
+}
+
+#[tokio::test]
+async fn a_batch_that_cannot_lock_its_conversation_fails_and_leaves_its_connection_usable() {
+    let db = database().await;
+    let group = db.store.create_group(1, "g", &[]).await.unwrap().id;
+    let (holder, connection) = tokio_postgres::connect(&db.db.url(), NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let name: String = holder.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
+    holder.batch_execute(&format!("ALTER DATABASE \"{name}\" SET lock_timeout = '200ms'")).await.unwrap();
+    // A new pool: its first connection starts after the setting (the old pool's would not have it).
+    let connection = CommitConnection::open(&store_on(&db.db)).await.unwrap();
+
+    // Another transaction holds the conversation's row lock: the batch's first round trip fails.
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder.execute("SELECT 1 FROM messages.conversations WHERE id = $1 FOR UPDATE", &[&group]).await.unwrap();
+    let failed = tokio::time::timeout(Duration::from_secs(10), commit(&connection, &[send(1, group, "a", "waits")]))
+        .await
+        .expect("the lock wait is bounded by lock_timeout");
+    assert!(failed.is_err(), "the lock wait times out: {failed:?}");
+    holder.batch_execute("ROLLBACK").await.unwrap();
+
+    // Had the failed transaction been left open, this would fail with "current transaction is aborted".
+    let after = commit(&connection, &[send(1, group, "a", "waits")]).await.unwrap();
+    assert_eq!(after.results[0].as_ref().unwrap().seq, 1);
+    assert_eq!(seqs(&db, group).await, vec![1]);
 }
 
 #[tokio::test]
@@ -147,6 +201,8 @@ async fn two_replicas_racing_on_the_same_client_id_store_one_message() {
     let db = database().await;
     let group = db.store.create_group(1, "g", &[]).await.unwrap().id;
     let (replica_a, replica_b) = (store_on(&db.db), store_on(&db.db));
+    let (replica_a, replica_b) =
+        (CommitConnection::open(&replica_a).await.unwrap(), CommitConnection::open(&replica_b).await.unwrap());
 
     for round in 0..20 {
         let id = format!("race-{round}");
@@ -164,6 +220,8 @@ async fn a_client_id_reused_across_conversations_by_racing_replicas_resolves_to_
     let one = db.store.create_group(1, "one", &[]).await.unwrap().id;
     let two = db.store.create_group(1, "two", &[]).await.unwrap().id;
     let (replica_a, replica_b) = (store_on(&db.db), store_on(&db.db));
+    let (replica_a, replica_b) =
+        (CommitConnection::open(&replica_a).await.unwrap(), CommitConnection::open(&replica_b).await.unwrap());
 
     for round in 0..20 {
         let id = format!("reuse-{round}");
@@ -186,6 +244,8 @@ async fn batches_touching_the_same_conversations_in_opposite_orders_do_not_deadl
     let one = db.store.create_group(1, "one", &[]).await.unwrap().id;
     let two = db.store.create_group(1, "two", &[]).await.unwrap().id;
     let (replica_a, replica_b) = (store_on(&db.db), store_on(&db.db));
+    let (replica_a, replica_b) =
+        (CommitConnection::open(&replica_a).await.unwrap(), CommitConnection::open(&replica_b).await.unwrap());
 
     for round in 0..30 {
         let forward = [send(1, one, &format!("f1-{round}"), "a"), send(1, two, &format!("f2-{round}"), "b")];
