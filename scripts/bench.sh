@@ -96,7 +96,7 @@ trap 'exit 143' TERM
 trap 'exit 129' HUP
 
 # Durable queues and exchanges named $PREFIX.* (exclusive ones went with their connections), through the
-# management API when it answers, else rabbitmqctl.
+# management API when it answers, else rabbitmqctl (queues only: rabbitmqctl cannot delete exchanges).
 # shellcheck disable=SC2317 # runs from the EXIT trap
 delete_topology() {
     if curl -s -o /dev/null --max-time 2 -u guest:guest http://127.0.0.1:15672/api/overview; then
@@ -119,7 +119,8 @@ for kind in ("queues", "exchanges"):
 PY
     elif command -v rabbitmqctl >/dev/null 2>&1; then
         rabbitmqctl -q list_queues name 2>/dev/null | grep "^$PREFIX\." | while read -r queue; do
-            rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
+            # rabbitmqctl reads stdin: without </dev/null the first call swallows the rest of the list.
+            rabbitmqctl -q delete_queue -- "$queue" </dev/null >/dev/null 2>&1 || true
         done
     fi
 }
