@@ -52,8 +52,18 @@ impl Harness {
         shutdown: &CancellationToken,
         server: impl FnOnce(RpcServer) -> RpcServer,
     ) -> tokio::task::JoinHandle<Broker> {
+        self.server_named("test server", shutdown, server)
+    }
+
+    /// A server whose broker connection is named `name` (for `close_connection_named`).
+    fn server_named(
+        &self,
+        name: &str,
+        shutdown: &CancellationToken,
+        server: impl FnOnce(RpcServer) -> RpcServer,
+    ) -> tokio::task::JoinHandle<Broker> {
         let settings = common::config::AmqpSettings::new(&testing::amqp_url(), self.prefix.clone());
-        let broker = Broker::start(&settings, "test server".into());
+        let broker = Broker::start(&settings, name.into());
         let server = server(RpcServer::new(broker.clone(), "test-server"));
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -238,6 +248,47 @@ async fn a_poison_request_is_dead_lettered_after_the_delivery_limit_and_others_a
         assert!(Instant::now() < deadline, "dead-letter queue holds {} messages", dlq.message_count());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(h.client.call::<Echo>(&Text("after".into()), &ctx(5_000)).await, Ok(Text("echo after".into())));
+    stop.cancel();
+    server.await.unwrap().close().await;
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_request_whose_replica_dies_is_retried_and_one_that_kills_every_replica_is_dead_lettered() {
+    let h = Harness::start().await;
+    let stop = CancellationToken::new();
+    let name = format!("test crashing server {}", uuid::Uuid::new_v4().simple());
+    let runs = Arc::new(std::sync::Mutex::new(Vec::<(String, u32)>::new()));
+    let (log, crash) = (runs.clone(), name.clone());
+    // "Dying" here is losing the broker connection while holding the request, as a killed process would; the
+    // handler then answers, but its reply and ack have no channel left to go out on.
+    let server = h.server_named(&name, &stop, move |s| {
+        echo_server(s).handle::<Poison, _, _>(move |Text(text), ctx| {
+            let (log, crash) = (log.clone(), crash.clone());
+            async move {
+                log.lock().unwrap().push((text.clone(), ctx.attempt));
+                if text == "always" || ctx.attempt == 1 {
+                    tokio::task::spawn_blocking(move || testing::close_connection_named(&crash)).await.unwrap();
+                }
+                Ok(Text(format!("{text} on attempt {}", ctx.attempt)))
+            }
+        })
+    });
+    h.wait_for_consumers("login", 1).await;
+
+    let once = h.client.call::<Poison>(&Text("once".into()), &ctx(30_000)).await;
+    assert_eq!(once, Ok(Text("once on attempt 2".into())), "the death counted as the first attempt");
+
+    h.wait_for_consumers("login", 1).await;
+    let always = h.client.call::<Poison>(&Text("always".into()), &ctx(30_000)).await;
+    assert_eq!(always.unwrap_err().code, ErrorCode::Internal);
+    let attempts: Vec<u32> =
+        runs.lock().unwrap().iter().filter(|(text, _)| text == "always").map(|(_, attempt)| *attempt).collect();
+    let limit = common::amqp::topology::DELIVERY_LIMIT;
+    assert_eq!(attempts, (1..=limit).collect::<Vec<_>>(), "each death counted once, then no more runs");
+
+    h.wait_for_consumers("getSelf", 1).await;
     assert_eq!(h.client.call::<Echo>(&Text("after".into()), &ctx(5_000)).await, Ok(Text("echo after".into())));
     stop.cancel();
     server.await.unwrap().close().await;

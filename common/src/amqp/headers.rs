@@ -12,8 +12,9 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// When the caller stops waiting, in ms since the Unix epoch. A server drops a request it picks up after this:
 /// queue TTL (`expiration`) cannot cover a message already prefetched into a consumer's buffer.
 pub const DEADLINE: &str = "x-deadline-ms";
-/// Set by quorum queues on redelivery: how many times the message was delivered before.
-pub const DELIVERY_COUNT: &str = "x-delivery-count";
+/// Which attempt this copy of a request is (absent on the first). The RPC server republishes a request with the
+/// next number when an attempt fails or a replica died holding it (see `rpc_server`).
+pub const ATTEMPT: &str = "x-warren-attempt";
 
 pub fn now_millis() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
@@ -53,11 +54,16 @@ pub fn deadline(properties: &BasicProperties) -> Option<i64> {
     header(properties, DEADLINE).and_then(as_i64)
 }
 
-/// 1 for a first delivery, 2 for the first redelivery, ...
+/// 1 for a first attempt, 2 for the first retry, ... (at least 1, whatever the header says).
 pub fn attempt(properties: &BasicProperties) -> u32 {
-    header(properties, DELIVERY_COUNT)
-        .and_then(as_i64)
-        .map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX).saturating_add(1))
+    header(properties, ATTEMPT).and_then(as_i64).map_or(1, |n| u32::try_from(n.max(1)).unwrap_or(u32::MAX))
+}
+
+/// `properties` with the attempt header set to `attempt` (every other header and property kept).
+pub fn with_attempt(properties: &BasicProperties, attempt: u32) -> BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(attempt)));
+    properties.clone().with_headers(headers)
 }
 
 pub fn request_headers(request_id: &str, deadline_ms: i64) -> FieldTable {
@@ -80,9 +86,25 @@ mod tests {
     }
 
     #[test]
-    fn the_attempt_counts_from_the_quorum_queue_delivery_count() {
+    fn the_attempt_header_is_set_and_read_back_and_the_rest_is_kept() {
+        let first = BasicProperties::default()
+            .with_headers(request_headers("req-1", 42))
+            .with_correlation_id("7".into())
+            .with_reply_to("replies".into());
+        let third = with_attempt(&with_attempt(&first, 2), 3);
+        assert_eq!(attempt(&third), 3);
+        assert_eq!(request_id(&third).as_deref(), Some("req-1"));
+        assert_eq!(deadline(&third), Some(42));
+        assert_eq!(third.correlation_id().as_ref().map(|c| c.to_string()).as_deref(), Some("7"));
+        assert_eq!(third.reply_to().as_ref().map(|c| c.to_string()).as_deref(), Some("replies"));
+    }
+
+    #[test]
+    fn a_nonsense_attempt_header_counts_as_the_first_attempt() {
         let mut headers = FieldTable::default();
-        headers.insert(DELIVERY_COUNT.into(), AMQPValue::LongLongInt(2));
-        assert_eq!(attempt(&BasicProperties::default().with_headers(headers)), 3);
+        headers.insert(ATTEMPT.into(), AMQPValue::LongLongInt(-4));
+        assert_eq!(attempt(&BasicProperties::default().with_headers(headers.clone())), 1);
+        headers.insert(ATTEMPT.into(), AMQPValue::LongString("two".into()));
+        assert_eq!(attempt(&BasicProperties::default().with_headers(headers)), 1);
     }
 }

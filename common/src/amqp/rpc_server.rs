@@ -5,9 +5,13 @@
 //!   unbounded, so QoS is the only backpressure); handlers run concurrently up to that bound.
 //! - A request is acked only after its reply was published. A crash before that makes the broker redeliver it to
 //!   another replica; the caller discards the second reply if the first reached it.
-//! - A handler that fails unexpectedly (returns `internal`, or panics) has its request requeued; on the last
-//!   allowed attempt ([`DELIVERY_LIMIT`]) the caller is answered with an error and the request is rejected into the
-//!   dead-letter queue, so a poison request never loops and never blocks the others.
+//! - Attempts are counted here, in a header (`x-warren-attempt`), because the request queues are classic queues,
+//!   which have no delivery limit (see [`super::topology`] for why not quorum queues). A handler that fails
+//!   unexpectedly (returns `internal`, or panics) has its request republished with the next attempt number and
+//!   the failed copy acked; a request the broker redelivers (a replica died or lost its channel holding it) is
+//!   counted the same way before it runs again, so a request that crashes every replica it reaches is still
+//!   stopped. On the last allowed attempt ([`DELIVERY_LIMIT`]) the caller is answered with an error and the
+//!   request is rejected into the dead-letter queue, so a poison request never loops and never blocks the others.
 //! - Requests whose caller has already given up (past the deadline header) are dropped unexecuted.
 //! - On shutdown the consumers are cancelled (no new requests) and the requests already taken are finished.
 
@@ -171,7 +175,8 @@ impl RpcServer {
                 .await?;
             tags.push(tag);
             let handler = handler.clone();
-            streams.push(consumer.map(move |delivery| (key, handler.clone(), delivery)));
+            let queue: Arc<str> = topology.rpc_queue(key).into();
+            streams.push(consumer.map(move |delivery| (key, queue.clone(), handler.clone(), delivery)));
         }
         tracing::info!(generation = session.generation, operations = ?self.handlers.keys().collect::<Vec<_>>(), "serving RPC");
         loop {
@@ -183,10 +188,10 @@ impl RpcServer {
                     return Ok(());
                 }
                 next = streams.next() => match next {
-                    Some((key, handler, Ok(delivery))) => {
-                        tracker.spawn(process(key, handler, delivery, publish.clone()));
+                    Some((key, queue, handler, Ok(delivery))) => {
+                        tracker.spawn(process(key, queue, handler, delivery, publish.clone()));
                     }
-                    Some((_, _, Err(error))) => return Err(error),
+                    Some((_, _, _, Err(error))) => return Err(error),
                     None => return Err(lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Closed, "consumers ended").into()),
                 }
             }
@@ -202,7 +207,7 @@ fn encode<T: serde::Serialize>(result: Result<T, ApiError>) -> Vec<u8> {
 }
 
 #[tracing::instrument(name = "rpc", skip_all, fields(operation = key, request_id, attempt))]
-async fn process(key: &'static str, handler: Handler, delivery: Delivery, publish: Channel) {
+async fn process(key: &'static str, queue: Arc<str>, handler: Handler, delivery: Delivery, publish: Channel) {
     let properties = &delivery.properties;
     let ctx = RequestContext {
         request_id: headers::request_id(properties).unwrap_or_default(),
@@ -218,6 +223,18 @@ async fn process(key: &'static str, handler: Handler, delivery: Delivery, publis
         return;
     }
     let attempt = ctx.attempt;
+    if delivery.redelivered {
+        // Handed out before and never settled: the replica holding it died or lost its channel, maybe because of
+        // this very request. That was an attempt; count it in a new copy before running anything.
+        let next = attempt.saturating_add(1);
+        if next > DELIVERY_LIMIT {
+            give_up(&publish, &delivery, "its replicas kept dying").await;
+        } else {
+            tracing::warn!("a replica died holding this request; it will be retried");
+            retry(&publish, &queue, &delivery, next).await;
+        }
+        return;
+    }
     match handler(delivery.data.clone(), ctx).await {
         Outcome::Reply(body) => {
             if reply(&publish, properties, body).await {
@@ -225,21 +242,39 @@ async fn process(key: &'static str, handler: Handler, delivery: Delivery, publis
             }
             // If the reply could not be published the channel is gone; the request is redelivered elsewhere.
         }
-        Outcome::Failed(reason) if attempt >= DELIVERY_LIMIT => {
-            tracing::error!(%reason, "request failed on its last attempt; dead-lettering it");
-            let body = encode::<()>(Err(ApiError::new(
-                ErrorCode::Internal,
-                "the request failed repeatedly and was set aside",
-            )));
-            reply(&publish, properties, body).await;
-            let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
-        }
+        Outcome::Failed(reason) if attempt >= DELIVERY_LIMIT => give_up(&publish, &delivery, &reason).await,
         Outcome::Failed(reason) => {
             tracing::warn!(%reason, "request failed; it will be retried");
             tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+            retry(&publish, &queue, &delivery, attempt + 1).await;
+        }
+    }
+}
+
+/// Puts a copy of the request back on its queue as attempt `next`, then acks this one. If the copy cannot be
+/// published the channel is gone: this one is left to the broker, which redelivers it (and that counts too).
+async fn retry(publish: &Channel, queue: &str, delivery: &Delivery, next: u32) {
+    let properties = headers::with_attempt(&delivery.properties, next);
+    let published = publish
+        .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &delivery.data, properties)
+        .await;
+    match published {
+        Ok(_) => {
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot requeue a failed request; the broker will redeliver it");
             let _ = delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
         }
     }
+}
+
+/// The last attempt failed: answer the caller with an error and reject the request into the dead-letter queue.
+async fn give_up(publish: &Channel, delivery: &Delivery, reason: &str) {
+    tracing::error!(%reason, "request failed on its last attempt; dead-lettering it");
+    let body = encode::<()>(Err(ApiError::new(ErrorCode::Internal, "the request failed repeatedly and was set aside")));
+    reply(publish, &delivery.properties, body).await;
+    let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
 }
 
 /// Publishes a reply to the caller's queue. `false` when the channel is gone.

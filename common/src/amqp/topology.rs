@@ -6,15 +6,19 @@
 //! | name | kind | who declares | what for |
 //! |---|---|---|---|
 //! | `<p>.rpc` | direct exchange, durable | everyone | requests; routing key = operation name |
-//! | `<p>.<service>.<operation>` | quorum queue, durable | the owning service | requests for one operation, shared by the service's replicas |
+//! | `<p>.<service>.<operation>` | classic queue, durable, length-limited | the owning service | requests for one operation, shared by the service's replicas |
 //! | `<p>.dlx` / `<p>.dead-letters` | fanout exchange / quorum queue | everyone | requests that failed [`DELIVERY_LIMIT`] times, kept for inspection |
 //! | `<p>.events` | fanout exchange, durable | everyone | committed chat messages and conversation events, one copy per gateway |
 //! | `<p>.api.<instance>.events` | classic queue, exclusive, length-limited | each gateway | that gateway's copy of every event |
 //! | `<p>.api.<instance>.replies` | classic queue, exclusive | each RPC caller | RPC replies for that caller |
 //!
-//! Why quorum queues for requests: they carry `x-delivery-limit`, so a request that crashes or fails its handler
-//! every time is dead-lettered instead of looping forever (classic queues have no delivery limit in RabbitMQ 3.10),
-//! and at-least-once dead-lettering needs `x-overflow = reject-publish`.
+//! Why classic queues for requests, not quorum queues: a quorum queue appends every request to its Raft log and
+//! fsyncs it before delivering it, which measured here as ~1.2 ms of every send's latency and ~40 % of the broker's
+//! CPU per request (docs/BENCHMARKS.md) — durability a request does not need, because a caller that loses its
+//! request or its reply times out and retries, and every operation is safe to retry. What quorum queues offered
+//! beyond that, the delivery limit that keeps a poison request from looping forever, the RPC server provides
+//! itself ([`super::rpc_server`]: an attempt header, counted on failures and on redeliveries after a crash), so
+//! classic queues in RabbitMQ 3.10, which have no delivery limit, keep the same guarantee.
 //! Why exclusive, named reply and event queues: broker-named `amq.gen-*` queues do not survive reconnection, and an
 //! exclusive queue disappears with its owner, so a dead gateway leaves nothing behind.
 
@@ -24,8 +28,8 @@ use lapin::{
     types::{AMQPValue, FieldTable, ShortString},
 };
 
-/// How many times a request is delivered before it is dead-lettered. The RPC server answers the caller with an
-/// error on the last attempt; the queue argument is the backstop for crashes.
+/// How many attempts a request gets before it is dead-lettered. The RPC server counts them (a failed handler, or
+/// a replica that died holding the request) and answers the caller with an error on the last one.
 pub const DELIVERY_LIMIT: u32 = 5;
 
 /// Most requests a single RPC queue holds before the broker refuses new ones (the caller then gets
@@ -184,10 +188,8 @@ impl Topology {
     /// redeclare a queue with other arguments (see docs/OPERATIONS.md, "upgrading").
     pub fn rpc_queue_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-        args.insert("x-delivery-limit".into(), AMQPValue::LongInt(DELIVERY_LIMIT as i32));
+        args.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
         args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(self.dead_letter_exchange().into()));
-        args.insert("x-dead-letter-strategy".into(), AMQPValue::LongString("at-least-once".into()));
         args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
         args.insert("x-max-length".into(), AMQPValue::LongInt(RPC_QUEUE_MAX_LENGTH as i32));
         args
@@ -262,10 +264,10 @@ mod tests {
     }
 
     #[test]
-    fn request_queues_carry_a_delivery_limit_and_dead_letter_exchange() {
+    fn request_queues_are_classic_with_a_dead_letter_exchange() {
         let args = Topology::new("t").rpc_queue_arguments();
         let inner = args.inner();
-        assert!(matches!(inner.get("x-delivery-limit"), Some(AMQPValue::LongInt(n)) if *n == DELIVERY_LIMIT as i32));
+        assert!(matches!(inner.get("x-queue-type"), Some(AMQPValue::LongString(s)) if s.to_string() == "classic"));
         assert!(
             matches!(inner.get("x-dead-letter-exchange"), Some(AMQPValue::LongString(s)) if s.to_string() == "t.dlx")
         );
