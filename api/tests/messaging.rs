@@ -71,6 +71,26 @@ async fn a_message_reaches_every_device_of_every_member_across_gateways_and_no_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sockets_pipelined_sends_are_stored_in_the_order_sent_across_message_service_replicas() {
+    let cluster = Cluster::start(1, 1, 2).await;
+    let (ann_token, ann) = cluster.register(0, "ann").await;
+    let (_, ben) = cluster.register(0, "ben").await;
+    let mut ann_laptop = Chat::connect(cluster.gateway(0), &ann_token, ann).await;
+    let conversation = group(&mut ann_laptop, "ordered", &[ben]).await;
+
+    // Many sends in flight at once, so they travel in many batches that two replicas compete for.
+    let sent = items("o", 400);
+    let results = ann_laptop.send_many(conversation, &sent, 32).await;
+    let refused: Vec<&Sent> = results.iter().filter(|r| !matches!(r, Sent::Acked(_))).collect();
+    assert!(refused.is_empty(), "every send acknowledged: {:?}", refused.first());
+
+    let stored: Vec<String> = cluster.stored(conversation).await.into_iter().map(|(_, _, id)| id).collect();
+    let expected: Vec<String> = sent.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(stored, expected, "stored in the order the socket sent them");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_senders_on_two_gateways_produce_one_dense_order_that_every_member_sees() {
     let cluster = Cluster::start(2, 1, 2).await;
     let mut chats = Vec::new();
