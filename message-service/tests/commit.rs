@@ -28,6 +28,11 @@ fn store_on(db: &testing::TestDb) -> Store {
     Store::new(message_service::startup::pool(&db.url(), 8).unwrap())
 }
 
+/// What a second message-service replica's committer would hold: its own pool, its own commit connection.
+async fn replica(db: &Db) -> CommitConnection {
+    CommitConnection::open(&store_on(&db.db)).await.unwrap()
+}
+
 /// One batch on a connection of its own, as a committer's first batch would be.
 async fn commit_once(store: &Store, sends: &[Send]) -> anyhow::Result<Committed> {
     commit(&CommitConnection::open(store).await?, sends).await
@@ -200,9 +205,7 @@ async fn a_batch_that_cannot_lock_its_conversation_fails_and_leaves_its_connecti
 async fn two_replicas_racing_on_the_same_client_id_store_one_message() {
     let db = database().await;
     let group = db.store.create_group(1, "g", &[]).await.unwrap().id;
-    let (replica_a, replica_b) = (store_on(&db.db), store_on(&db.db));
-    let (replica_a, replica_b) =
-        (CommitConnection::open(&replica_a).await.unwrap(), CommitConnection::open(&replica_b).await.unwrap());
+    let (replica_a, replica_b) = (replica(&db).await, replica(&db).await);
 
     for round in 0..20 {
         let id = format!("race-{round}");
@@ -219,9 +222,7 @@ async fn a_client_id_reused_across_conversations_by_racing_replicas_resolves_to_
     let db = database().await;
     let one = db.store.create_group(1, "one", &[]).await.unwrap().id;
     let two = db.store.create_group(1, "two", &[]).await.unwrap().id;
-    let (replica_a, replica_b) = (store_on(&db.db), store_on(&db.db));
-    let (replica_a, replica_b) =
-        (CommitConnection::open(&replica_a).await.unwrap(), CommitConnection::open(&replica_b).await.unwrap());
+    let (replica_a, replica_b) = (replica(&db).await, replica(&db).await);
 
     for round in 0..20 {
         let id = format!("reuse-{round}");
@@ -243,9 +244,7 @@ async fn batches_touching_the_same_conversations_in_opposite_orders_do_not_deadl
     let db = database().await;
     let one = db.store.create_group(1, "one", &[]).await.unwrap().id;
     let two = db.store.create_group(1, "two", &[]).await.unwrap().id;
-    let (replica_a, replica_b) = (store_on(&db.db), store_on(&db.db));
-    let (replica_a, replica_b) =
-        (CommitConnection::open(&replica_a).await.unwrap(), CommitConnection::open(&replica_b).await.unwrap());
+    let (replica_a, replica_b) = (replica(&db).await, replica(&db).await);
 
     for round in 0..30 {
         let forward = [send(1, one, &format!("f1-{round}"), "a"), send(1, two, &format!("f2-{round}"), "b")];
