@@ -23,6 +23,11 @@ pub struct Settings {
     pub allowed_origins: Vec<String>,
     /// `WARREN_RPC_TIMEOUT_MS`, default 5000: how long a request waits for a service.
     pub rpc_timeout: Duration,
+    /// `WARREN_SEND_BATCH_INTERVAL_MS`, default 0: least time between the starts of two `sendMessages` batches
+    /// (see `send_batcher`). 0 sends the next batch as soon as the last was answered; more trades up to this much
+    /// latency per send for fewer, larger batches (less CPU per message) while sends keep coming. A send after a
+    /// quiet spell longer than this is never held.
+    pub send_batch_interval: Duration,
     /// `WARREN_AUTH_RATE_PER_MINUTE` (default 30) and `WARREN_AUTH_RATE_BURST` (default 10): register and login
     /// attempts allowed per client address.
     pub auth_rate_per_minute: u32,
@@ -137,6 +142,7 @@ impl Settings {
                 "http://127.0.0.1:8080,http://localhost:8080,http://127.0.0.1:5173,http://localhost:5173",
             )),
             rpc_timeout: env_millis("WARREN_RPC_TIMEOUT_MS", 5_000)?,
+            send_batch_interval: send_batch_interval(env_millis("WARREN_SEND_BATCH_INTERVAL_MS", 0)?)?,
             auth_rate_per_minute: env_parse("WARREN_AUTH_RATE_PER_MINUTE", 30)?,
             auth_rate_burst: env_parse("WARREN_AUTH_RATE_BURST", 10)?,
             trust_forwarded_for: env_parse("WARREN_TRUST_FORWARDED_FOR", false)?,
@@ -157,6 +163,7 @@ impl Settings {
             jwt_public_key_pem: DEV_PUBLIC_KEY_PEM.to_owned(),
             allowed_origins: vec!["http://localhost:5173".to_owned()],
             rpc_timeout: Duration::from_secs(5),
+            send_batch_interval: Duration::ZERO,
             auth_rate_per_minute: 6_000,
             auth_rate_burst: 1_000,
             trust_forwarded_for: false,
@@ -165,6 +172,19 @@ impl Settings {
             ws: WsSettings::default(),
         }
     }
+}
+
+/// Most a send may be held for company: beyond this the wait stops being a batching window and becomes lag.
+pub const MAX_SEND_BATCH_INTERVAL: Duration = Duration::from_millis(100);
+
+fn send_batch_interval(interval: Duration) -> anyhow::Result<Duration> {
+    if interval > MAX_SEND_BATCH_INTERVAL {
+        bail!(
+            "WARREN_SEND_BATCH_INTERVAL_MS must be at most {} (it is added to a send's latency under load)",
+            MAX_SEND_BATCH_INTERVAL.as_millis()
+        );
+    }
+    Ok(interval)
 }
 
 fn parse_origins(list: &str) -> Vec<String> {
@@ -186,6 +206,15 @@ mod tests {
         let idle_before_ping = WsSettings { idle_timeout: Duration::from_secs(10), ..WsSettings::default() };
         assert!(idle_before_ping.check().is_err());
         assert!(WsSettings { outbound_queue: 0, ..WsSettings::default() }.check().is_err());
+    }
+
+    #[test]
+    fn the_send_batch_interval_is_off_by_default_and_bounded() {
+        assert_eq!(send_batch_interval(Duration::ZERO).ok(), Some(Duration::ZERO));
+        assert_eq!(send_batch_interval(Duration::from_millis(5)).ok(), Some(Duration::from_millis(5)));
+        assert!(send_batch_interval(MAX_SEND_BATCH_INTERVAL).is_ok());
+        let error = send_batch_interval(Duration::from_millis(101)).expect_err("over the bound");
+        assert!(error.to_string().contains("WARREN_SEND_BATCH_INTERVAL_MS"), "{error}");
     }
 
     #[test]

@@ -18,6 +18,14 @@
 //! with p99 23 ms (docs/BENCHMARKS.md). Fewer, larger batches leave the two cores less contended, which more than
 //! pays for the wait behind the batch in flight.
 //!
+//! **Pacing, for operators who would rather spend latency than CPU** (`WARREN_SEND_BATCH_INTERVAL_MS`, off by
+//! default). Because nothing waits, the pipeline runs batch after batch whenever anything is queued, and at
+//! moderate rates the stack spends about the same CPU whatever the rate: a cheaper batch only makes the batches
+//! come faster (docs/BENCHMARKS.md, "What limits target 3"). With an interval set, a batch starts no sooner than
+//! that long after the one before it and takes everything that queued meanwhile. A send that arrives after a
+//! quiet spell longer than the interval still goes at once; under steady load each send waits at most the
+//! interval, and the batches are that much larger.
+//!
 //! Each send keeps its own answer (its message, or the error `sendMessage` would have given), and its own retry
 //! semantics: a failed batch answers every send with the batch's (retryable) error, and a client retrying with the
 //! same client message id gets the original message back.
@@ -31,7 +39,10 @@ use common::{
         messages::{AsUser, MAX_SEND_BATCH, Message, SendBatch, SendMessageRequest, SendMessages},
     },
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
 
 /// Sends waiting for the batch in flight, at most. Past it a send waits to enter the queue (backpressure on its
 /// socket).
@@ -50,9 +61,10 @@ pub struct SendBatcher {
 }
 
 impl SendBatcher {
-    pub fn start(rpc: RpcClient, timeout: Duration) -> SendBatcher {
+    /// `interval`: least time between the starts of two batches (zero: none; see the module documentation).
+    pub fn start(rpc: RpcClient, timeout: Duration, interval: Duration) -> SendBatcher {
         let (queue, pending) = mpsc::channel(QUEUE);
-        tokio::spawn(run(rpc, timeout, pending));
+        tokio::spawn(run(rpc, timeout, interval, pending));
         SendBatcher { queue }
     }
 
@@ -65,10 +77,24 @@ impl SendBatcher {
     }
 }
 
-async fn run(rpc: RpcClient, timeout: Duration, mut queue: mpsc::Receiver<Pending>) {
+async fn run(rpc: RpcClient, timeout: Duration, interval: Duration, mut queue: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_SEND_BATCH);
+    let mut last_start: Option<Instant> = None;
     // Whatever queued while the last batch was out goes next, in arrival order.
     while queue.recv_many(&mut batch, MAX_SEND_BATCH).await > 0 {
+        if let Some(next_start) = last_start.map(|start| start + interval)
+            && batch.len() < MAX_SEND_BATCH
+            && Instant::now() < next_start
+        {
+            tokio::time::sleep_until(next_start).await;
+            while batch.len() < MAX_SEND_BATCH {
+                let Ok(pending) = queue.try_recv() else { break };
+                batch.push(pending);
+            }
+        }
+        if !interval.is_zero() {
+            last_start = Some(Instant::now());
+        }
         forward(&rpc, timeout, std::mem::take(&mut batch)).await;
     }
 }

@@ -44,7 +44,7 @@ impl AppState {
         let per_minute = NonZeroU32::new(settings.auth_rate_per_minute).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(settings.auth_rate_burst).unwrap_or(NonZeroU32::MIN);
         let auth_limiter = RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst));
-        let sends = SendBatcher::start(rpc.clone(), settings.rpc_timeout);
+        let sends = SendBatcher::start(rpc.clone(), settings.rpc_timeout, settings.send_batch_interval);
         Ok(Self { inner: Arc::new(Inner { settings, broker, rpc, verifier, auth_limiter, hub, events, sends }) })
     }
 

@@ -9,7 +9,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use common::{
@@ -23,55 +23,89 @@ use serde_json::json;
 use support::{Options, spawn_app_with, ws::WsClient};
 use tokio_util::sync::CancellationToken;
 
+/// The stand-in message-service: answers every `sendMessages` batch after 20 ms (refusing bodies "refuse me")
+/// and records each batch's size and arrival time.
+struct StandIn {
+    broker: Broker,
+    batches: Arc<AtomicUsize>,
+    sizes: Arc<Mutex<Vec<usize>>>,
+    arrivals: Arc<Mutex<Vec<Instant>>>,
+    stop: CancellationToken,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl StandIn {
+    async fn start(app: &support::TestApp) -> StandIn {
+        let batches = Arc::new(AtomicUsize::new(0));
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let broker = Broker::start(&app.amqp, "stand-in message-service".into());
+        let stop = CancellationToken::new();
+        let server = RpcServer::new(broker.clone(), "stand-in").handle::<SendMessages, _, _>({
+            let (batches, sizes, arrivals) = (batches.clone(), sizes.clone(), arrivals.clone());
+            move |batch, _| {
+                let (batches, sizes, arrivals) = (batches.clone(), sizes.clone(), arrivals.clone());
+                async move {
+                    arrivals.lock().unwrap().push(Instant::now());
+                    batches.fetch_add(1, Ordering::SeqCst);
+                    sizes.lock().unwrap().push(batch.sends.len());
+                    answer(batch).await
+                }
+            }
+        });
+        let serving = tokio::spawn(server.run(stop.clone()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let probe = RpcClient::start(broker.clone(), "probe", &uuid::Uuid::new_v4().simple().to_string());
+        while probe.consumer_count("sendMessages").await.unwrap_or(0) == 0 {
+            assert!(Instant::now() < deadline, "the stand-in never consumed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        StandIn { broker, batches, sizes, arrivals, stop, serving }
+    }
+
+    fn sizes(&self) -> Vec<usize> {
+        self.sizes.lock().unwrap().clone()
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.serving.await.unwrap();
+        self.broker.close().await;
+    }
+}
+
+async fn answer(batch: common::protocol::messages::SendBatch) -> Result<SendBatchResult, ApiError> {
+    // A commit takes a moment; sends arriving meanwhile must queue for the next batch.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let results = batch
+        .sends
+        .into_iter()
+        .map(|s| match s.request.body.as_str() {
+            "refuse me" => RpcReply::Err(ApiError::forbidden("not a member")),
+            _ => RpcReply::Ok(Message {
+                conversation_id: s.request.conversation_id.unwrap_or(0),
+                seq: 1,
+                sender_id: s.user_id,
+                client_message_id: s.request.client_message_id,
+                body: s.request.body,
+                sent_at: 0,
+            }),
+        })
+        .collect();
+    Ok(SendBatchResult { results })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_sends_travels_in_few_batches_and_each_gets_its_own_answer() {
     let app = spawn_app_with(Options::default()).await;
-    let batches = Arc::new(AtomicUsize::new(0));
-    let sizes = Arc::new(Mutex::new(Vec::new()));
-    let broker = Broker::start(&app.amqp, "stand-in message-service".into());
-    let stop = CancellationToken::new();
-    let server = RpcServer::new(broker.clone(), "stand-in").handle::<SendMessages, _, _>({
-        let (batches, sizes) = (batches.clone(), sizes.clone());
-        move |batch, _| {
-            let (batches, sizes) = (batches.clone(), sizes.clone());
-            async move {
-                batches.fetch_add(1, Ordering::SeqCst);
-                sizes.lock().unwrap().push(batch.sends.len());
-                // A commit takes a moment; sends arriving meanwhile must queue for the next batch.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                let results = batch
-                    .sends
-                    .into_iter()
-                    .map(|s| match s.request.body.as_str() {
-                        "refuse me" => RpcReply::Err(ApiError::forbidden("not a member")),
-                        _ => RpcReply::Ok(Message {
-                            conversation_id: s.request.conversation_id.unwrap_or(0),
-                            seq: 1,
-                            sender_id: s.user_id,
-                            client_message_id: s.request.client_message_id,
-                            body: s.request.body,
-                            sent_at: 0,
-                        }),
-                    })
-                    .collect();
-                Ok(SendBatchResult { results })
-            }
-        }
-    });
-    let serving = tokio::spawn(server.run(stop.clone()));
+    let stand_in = StandIn::start(&app).await;
     let (token, user) = app.register("burst").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let probe = RpcClient::start(broker.clone(), "probe", &uuid::Uuid::new_v4().simple().to_string());
-    while probe.consumer_count("sendMessages").await.unwrap_or(0) == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the stand-in never consumed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 
     // A lone send: a batch of one, answered.
     let (mut lone, _) = WsClient::authenticated(&app, &token).await;
     let reply = lone.call("sendMessage", json!({ "conversationId": 1, "clientMessageId": "lone", "body": "hi" })).await;
     assert_eq!(reply["result"]["data"]["clientMessageId"], "lone");
-    assert_eq!(sizes.lock().unwrap().as_slice(), [1]);
+    assert_eq!(stand_in.sizes(), [1]);
 
     // A burst: 8 sockets × 25 sends in flight at once.
     let mut sockets = Vec::new();
@@ -107,12 +141,57 @@ async fn a_burst_of_sends_travels_in_few_batches_and_each_gets_its_own_answer() 
             }
         }
     }
-    let total: usize = sizes.lock().unwrap().iter().sum();
+    let total: usize = stand_in.sizes().iter().sum();
     assert_eq!(total, 201);
-    let count = batches.load(Ordering::SeqCst);
+    let count = stand_in.batches.load(Ordering::SeqCst);
     assert!(count <= 60, "201 sends took {count} batches: they were not batched");
-    stop.cancel();
-    serving.await.unwrap();
-    broker.close().await;
+    stand_in.stop().await;
+    app.shutdown().await;
+}
+
+/// `WARREN_SEND_BATCH_INTERVAL_MS`: under load a batch starts no sooner than the interval after the one before and
+/// takes everything queued meanwhile; a send after a quiet spell is not held. (An interval of a second, far above
+/// what operators use, so that the lower bounds below cannot pass by accident and scheduling noise cannot fail
+/// them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_interval_batches_are_paced_under_load_but_a_send_after_a_pause_goes_at_once() {
+    let interval = Duration::from_secs(1);
+    let mut options = Options::default();
+    options.gateway.send_batch_interval = interval;
+    let app = spawn_app_with(options).await;
+    let stand_in = StandIn::start(&app).await;
+    let (token, _) = app.register("paced").await;
+    let (mut socket, _) = WsClient::authenticated(&app, &token).await;
+    let send = |i: usize| {
+        json!({ "type": "sendMessage", "id": format!("p{i}"), "conversationId": 1,
+        "clientMessageId": format!("p{i}"), "body": format!("paced {i}") })
+    };
+
+    // The first send finds no batch before it: it goes at once.
+    let reply = socket.request(&send(0)).await;
+    assert_eq!(reply["result"]["data"]["clientMessageId"], "p0", "{reply}");
+    // Four more, at once: held until a second after the first batch, then sent together.
+    for i in 1..=4 {
+        socket.send_json(&send(i)).await;
+    }
+    for i in 1..=4 {
+        let answer = socket.next_frame().await;
+        assert_eq!(answer["id"], format!("p{i}"), "{answer}");
+        assert_eq!(answer["result"]["data"]["clientMessageId"], format!("p{i}"), "{answer}");
+    }
+    assert_eq!(stand_in.sizes(), [1, 4]);
+    let arrivals = stand_in.arrivals.lock().unwrap().clone();
+    let gap = arrivals[1] - arrivals[0];
+    assert!(gap >= interval.mul_f64(0.9), "the second batch came {gap:?} after the first");
+
+    // After a pause longer than the interval, a lone send is not held.
+    tokio::time::sleep(interval + Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let reply = socket.request(&send(5)).await;
+    assert_eq!(reply["result"]["data"]["clientMessageId"], "p5", "{reply}");
+    let took = started.elapsed();
+    assert!(took < interval.mul_f64(0.9), "a send after a pause took {took:?}: it was held");
+    assert_eq!(stand_in.sizes(), [1, 4, 1]);
+    stand_in.stop().await;
     app.shutdown().await;
 }
