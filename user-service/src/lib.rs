@@ -25,6 +25,10 @@ pub fn migrator() -> Migrator {
     let mut migrator = sqlx::migrate!();
     migrator.create_schema(SCHEMA);
     migrator.dangerous_set_table_name(format!("{SCHEMA}._sqlx_migrations"));
+    // A replica of the previous release must still start against a schema a newer replica has migrated (a
+    // rolling upgrade, a rollback): our migrations only add what old code can live with (docs/OPERATIONS.md,
+    // "Upgrading"), and by default sqlx refuses to start when the database has a migration it does not know.
+    migrator.set_ignore_missing(true);
     migrator
 }
 

@@ -53,3 +53,18 @@ async fn the_migrations_table_lives_in_the_users_schema_not_public() {
 
     assert_eq!(tables, ["users._sqlx_migrations"]);
 }
+
+#[tokio::test]
+async fn a_replica_of_the_previous_release_starts_against_a_schema_a_newer_one_migrated() {
+    let db = TestDb::new().await;
+    // What a newer release leaves behind: a migration this build does not have.
+    sqlx::query(
+        "INSERT INTO users._sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99999999, 'from a newer release', true, '\\x00', 0)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    user_service::migrate(&db.pool).await.expect("an older replica still starts");
+}
