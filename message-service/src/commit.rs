@@ -19,20 +19,21 @@
 //! the second finds the first's row in step 3. For different conversations (a client reusing an id) the second
 //! insert hits the unique index; the batch is rolled back and retried, and step 3 then finds the winner.
 //!
-//! The committer runs on a connection of its own ([`CommitConnection`]) and sends these statements in two
-//! pipelined round trips ([`commit`]); measured on the benchmark machine this took the delivery p50 at 1,000 msg/s
-//! from 6.2 to 4.2 ms and PostgreSQL's CPU per message from 464 to 298 µs (docs/BENCHMARKS.md).
+//! All four steps run in PostgreSQL, as one call of the function `messages.commit_sends`
+//! (migrations/0002_commit_sends.sql) outside an explicit transaction: one round trip and one statement per batch.
+//! Each statement of a PL/pgSQL function takes a fresh snapshot, so the members and the stored sends are still read
+//! after the locks are held (tested: a member removed while the batch waits for the lock is refused). It runs on a
+//! connection of its own ([`CommitConnection`]). Measured on the benchmark machine against the two pipelined round
+//! trips of six statements it replaced: PostgreSQL's part of a lone message's delivery from 1.7–2.1 to 1.2–1.3 ms,
+//! the whole delivery from 3.4–4.2 to 2.8–3.0 ms (docs/BENCHMARKS.md).
 //!
 //! Only after the commit are the callers answered and the events published (one AMQP message per batch); the RPC
 //! server acks the requests after that, so a crash anywhere before leaves the request to be redelivered, and the
 //! redelivery finds the stored message and publishes its event again.
 
-use std::{
-    collections::HashMap,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
 };
 
 use anyhow::Context;
@@ -47,7 +48,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     domain::{ClientMessageId, MessageBody},
     events::EventSink,
-    store::{MESSAGE_COLUMNS, Store, is_retryable, message_from},
+    store::{Store, is_retryable},
 };
 
 /// How many times a batch is retried after a unique violation or a deadlock before its sends fail.
@@ -185,154 +186,57 @@ pub async fn commit_with_retries(connection: &CommitConnection, sends: &[Send]) 
     }
 }
 
-/// Commits one batch in one transaction. See the module documentation for the order of steps and why.
-///
-/// The statements go out in two pipelined round trips (tokio-postgres sends a statement without waiting for the
-/// answer to the one before when their futures are polled together): `BEGIN`, the lock, the members and the
-/// lookup of stored sends; then the write and `COMMIT`. PostgreSQL still runs them one after another, each with a
-/// snapshot taken when it starts, so the members and the stored sends are read after the lock is held, as before.
+/// The whole batch as one call of `messages.commit_sends` (migrations/0002_commit_sends.sql), outside an explicit
+/// transaction: PostgreSQL runs it as one implicit transaction and answers only after that transaction committed
+/// (tokio-postgres ends the rows at `ReadyForQuery`, which follows the commit), so an answer here means durable.
+const COMMIT_SENDS: &str = "
+    SELECT ord, fresh, conversation_id, seq, sender_id, client_message_id, body, sent_at, recipients
+      FROM messages.commit_sends($1, $2, $3, $4, $5)";
+
+/// Commits one batch in one transaction, in one round trip. See the module documentation for the order of steps
+/// and why. On error nothing of the batch is stored and the connection is left without a transaction.
 pub async fn commit(connection: &CommitConnection, sends: &[Send]) -> anyhow::Result<Committed> {
     let client = &connection.client;
-    let outcome = commit_on(client, sends).await;
-    if outcome.is_err() && !client.is_closed() {
-        // Whatever failed, leave no transaction open on the connection (harmless when there is none).
-        let _ = client.batch_execute("ROLLBACK").await;
-    }
-    outcome
-}
-
-async fn commit_on(client: &ClientWrapper, sends: &[Send]) -> anyhow::Result<Committed> {
-    let mut conversation_ids: Vec<i64> = sends.iter().map(|s| s.conversation_id).collect();
-    conversation_ids.sort_unstable();
-    conversation_ids.dedup();
+    let statement = client.prepare_cached(COMMIT_SENDS).await?;
+    let conversations: Vec<i64> = sends.iter().map(|s| s.conversation_id).collect();
     let senders: Vec<i64> = sends.iter().map(|s| s.sender_id).collect();
     let client_ids: Vec<&str> = sends.iter().map(|s| s.client_message_id.as_str()).collect();
-
-    // Prepared once per connection; after that these are lookups in the connection's statement cache.
-    // 1. Lock the conversations in id order.
-    let lock = client
-        .prepare_cached("SELECT id, last_seq FROM messages.conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-        .await?;
-    // 2. Their members.
-    let members_sql = client
-        .prepare_cached(
-            "SELECT conversation_id, user_id FROM messages.members WHERE conversation_id = ANY($1)
-              ORDER BY conversation_id, user_id",
-        )
-        .await?;
-    // 3. Sends already stored (a retry, a redelivery, a second device racing the first).
-    let dedup = client
-        .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages.messages
-              WHERE (sender_id, client_message_id) IN (SELECT * FROM unnest($1::bigint[], $2::text[]))"
-        ))
-        .await?;
-    let write = client.prepare_cached(WRITE).await?;
-
-    // Round trip 1.
-    let (_, locked, member_rows, stored_rows) = futures_util::try_join!(
-        async { client.batch_execute("BEGIN").await.context("beginning a batch") },
-        async { client.query(&lock, &[&conversation_ids]).await.context("locking the conversations") },
-        async { client.query(&members_sql, &[&conversation_ids]).await.context("reading the members") },
-        async { client.query(&dedup, &[&senders, &client_ids]).await.context("looking up stored sends") },
-    )?;
-    let mut last_seq: HashMap<i64, i64> = locked.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let mut members: HashMap<i64, Vec<i64>> = HashMap::new();
-    for row in &member_rows {
-        members.entry(row.get(0)).or_default().push(row.get(1));
-    }
-    let mut known: HashMap<(i64, String), Message> =
-        stored_rows.iter().map(message_from).map(|m| ((m.sender_id, m.client_message_id.clone()), m)).collect();
-
-    // 4. Allocate seqs in arrival order.
+    let bodies: Vec<&str> = sends.iter().map(|s| s.body.as_str()).collect();
     // PostgreSQL keeps microseconds; round here so the answer equals what a later read returns.
     let now: DateTime<Utc> = Utc::now().trunc_subsecs(6);
+    let rows = client
+        .query(&statement, &[&conversations, &senders, &client_ids, &bodies, &now])
+        .await
+        .context("committing a batch")?;
+    anyhow::ensure!(rows.len() == sends.len(), "{} sends came back as {} rows", sends.len(), rows.len());
+
     let mut results = Vec::with_capacity(sends.len());
     let mut events = Vec::new();
-    let mut rows = Rows::default();
-    for send in sends {
-        let recipients = members.get(&send.conversation_id);
-        if recipients.is_none_or(|m| m.binary_search(&send.sender_id).is_err()) {
+    let mut fresh = 0;
+    for row in &rows {
+        let Some(conversation_id) = row.get::<_, Option<i64>>("conversation_id") else {
             results.push(Err(ApiError::forbidden("you are not a member of that conversation")));
             continue;
-        }
-        let key = (send.sender_id, send.client_message_id.as_str().to_owned());
-        let message = match known.get(&key) {
-            Some(existing) => existing.clone(),
-            None => {
-                let Some(seq) = last_seq.get_mut(&send.conversation_id) else {
-                    results.push(Err(ApiError::forbidden("you are not a member of that conversation")));
-                    continue;
-                };
-                *seq += 1;
-                let message = Message {
-                    conversation_id: send.conversation_id,
-                    seq: *seq,
-                    sender_id: send.sender_id,
-                    client_message_id: send.client_message_id.as_str().to_owned(),
-                    body: send.body.as_str().to_owned(),
-                    sent_at: now.timestamp_millis(),
-                };
-                rows.push(&message, now);
-                known.insert(key, message.clone());
-                message
-            }
         };
-        // The original of a repeat may live in a conversation outside this batch; its recipients are then
-        // unknown here, and the client has it already (it is the sender's own message).
-        if let Some(recipients) = members.get(&message.conversation_id) {
-            events.push(Event::Message { message: message.clone(), recipients: recipients.clone() });
+        let sent_at: DateTime<Utc> = row.get("sent_at");
+        let message = Message {
+            conversation_id,
+            seq: row.get("seq"),
+            sender_id: row.get("sender_id"),
+            client_message_id: row.get("client_message_id"),
+            body: row.get("body"),
+            sent_at: sent_at.timestamp_millis(),
+        };
+        if row.get::<_, bool>("fresh") {
+            fresh += 1;
+        }
+        if let Some(recipients) = row.get::<_, Option<Vec<i64>>>("recipients") {
+            events.push(Event::Message { message: message.clone(), recipients });
         }
         results.push(Ok(message));
     }
-
-    // Round trip 2: write (rows, last_seq, the senders' read positions) and commit. When the write fails, the
-    // pipelined COMMIT finds the transaction aborted and rolls it back; the write's error is the one returned.
-    let stored = rows.len();
-    if stored > 0 {
-        let written: std::collections::HashSet<i64> = rows.conversation_ids.iter().copied().collect();
-        let (ids, seqs): (Vec<i64>, Vec<i64>) =
-            last_seq.iter().filter(|(id, _)| written.contains(id)).map(|(id, seq)| (*id, *seq)).unzip();
-        // What you sent, you have read (on every device).
-        let (readers, read_conversations, read_seqs) = rows.newest_per_sender();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
-            &rows.conversation_ids,
-            &rows.seqs,
-            &rows.senders,
-            &rows.client_ids,
-            &rows.bodies,
-            &rows.sent_at,
-            &ids,
-            &seqs,
-            &now,
-            &read_conversations,
-            &readers,
-            &read_seqs,
-        ];
-        futures_util::try_join!(async { client.execute(&write, &params).await.context("writing a batch") }, async {
-            client.batch_execute("COMMIT").await.context("committing a batch")
-        },)?;
-    } else {
-        client.batch_execute("COMMIT").await.context("committing a batch")?;
-    }
-    Ok(Committed { results, events, fresh: stored })
+    Ok(Committed { results, events, fresh })
 }
-
-/// The batch's writes as one statement: the new rows (one `unnest` insert), each conversation's `last_seq` and
-/// activity time, and each sender's read position. Data-modifying CTEs all run, whether or not the outer
-/// statement reads them. The redundant `c.id = ANY($7)` lets the (generic) plan find the conversations through
-/// their primary key; joined only to the `unnest`, a small table is read whole on every commit.
-const WRITE: &str = "
-    WITH inserted AS (
-        INSERT INTO messages.messages (conversation_id, seq, sender_id, client_message_id, body, sent_at)
-        SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[])
-    ), advanced AS (
-        UPDATE messages.conversations c SET last_seq = v.seq, last_activity_at = $9
-          FROM unnest($7::bigint[], $8::bigint[]) AS v(id, seq) WHERE c.id = v.id AND c.id = ANY($7)
-    )
-    UPDATE messages.members m SET read_seq = GREATEST(m.read_seq, v.seq)
-      FROM unnest($10::bigint[], $11::bigint[], $12::bigint[]) AS v(cid, uid, seq)
-     WHERE m.conversation_id = v.cid AND m.user_id = v.uid";
 
 /// The committer's own database connection.
 ///
@@ -361,47 +265,5 @@ impl CommitConnection {
 
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()
-    }
-}
-
-/// The batch's new rows as column arrays, for one `unnest` insert.
-#[derive(Default)]
-struct Rows {
-    conversation_ids: Vec<i64>,
-    seqs: Vec<i64>,
-    senders: Vec<i64>,
-    client_ids: Vec<String>,
-    bodies: Vec<String>,
-    sent_at: Vec<DateTime<Utc>>,
-}
-
-impl Rows {
-    fn push(&mut self, message: &Message, at: DateTime<Utc>) {
-        self.conversation_ids.push(message.conversation_id);
-        self.seqs.push(message.seq);
-        self.senders.push(message.sender_id);
-        self.client_ids.push(message.client_message_id.clone());
-        self.bodies.push(message.body.clone());
-        self.sent_at.push(at);
-    }
-
-    fn len(&self) -> usize {
-        self.seqs.len()
-    }
-
-    /// The newest new seq of each (sender, conversation): (senders, conversations, seqs).
-    fn newest_per_sender(&self) -> (Vec<i64>, Vec<i64>, Vec<i64>) {
-        let mut newest: HashMap<(i64, i64), i64> = HashMap::new();
-        for ((sender, conversation), seq) in self.senders.iter().zip(&self.conversation_ids).zip(&self.seqs) {
-            let entry = newest.entry((*sender, *conversation)).or_insert(*seq);
-            *entry = (*entry).max(*seq);
-        }
-        let mut columns = (Vec::new(), Vec::new(), Vec::new());
-        for ((sender, conversation), seq) in newest {
-            columns.0.push(sender);
-            columns.1.push(conversation);
-            columns.2.push(seq);
-        }
-        columns
     }
 }

@@ -47,10 +47,16 @@ fn send(sender: i64, conversation: i64, client_id: &str, body: &str) -> Send {
     }
 }
 
-async fn seqs(db: &Db, conversation: i64) -> Vec<i64> {
+/// A plain connection to the test database, for reading what was stored and for playing a concurrent writer.
+async fn raw(db: &Db) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(&db.db.url(), NoTls).await.unwrap();
     tokio::spawn(connection);
     client
+}
+
+async fn seqs(db: &Db, conversation: i64) -> Vec<i64> {
+    raw(db)
+        .await
         .query("SELECT seq FROM messages.messages WHERE conversation_id = $1 ORDER BY seq", &[&conversation])
         .await
         .unwrap()
@@ -61,9 +67,8 @@ async fn seqs(db: &Db, conversation: i64) -> Vec<i64> {
 
 /// Transaction ids of the stored messages: rows written by one transaction share an `xmin`.
 async fn transactions(db: &Db) -> Vec<String> {
-    let (client, connection) = tokio_postgres::connect(&db.db.url(), NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client
+    raw(db)
+        .await
         .query("SELECT xmin::text FROM messages.messages ORDER BY conversation_id, seq", &[])
         .await
         .unwrap()
@@ -151,6 +156,92 @@ async fn a_non_members_send_fails_alone_and_takes_no_seq() {
     assert_eq!(committed.results[2].as_ref().unwrap().seq, 2);
     let missing = commit_once(&db.store, &[send(1, 424_242, "d", "nowhere")]).await.unwrap();
     assert_eq!(missing.results[0].as_ref().unwrap_err().code, common::protocol::ErrorCode::Forbidden);
+}
+
+#[tokio::test]
+async fn each_send_is_answered_with_its_message_and_events_go_to_the_members_of_the_batchs_conversations() {
+    let db = database().await;
+    let chat = db.store.create_group(1, "chat", &[3, 2]).await.unwrap().id;
+    let elsewhere = db.store.create_group(1, "elsewhere", &[]).await.unwrap().id;
+    let closed = db.store.create_group(3, "closed", &[]).await.unwrap().id;
+    let original = commit_once(&db.store, &[send(1, elsewhere, "k", "original")]).await.unwrap().results[0].clone();
+
+    let batch = [
+        // A client id reused in another conversation: answered with the original, which lives outside the batch.
+        send(1, chat, "k", "reused id"),
+        // Not a member: refused, and its client id stays free for the next send.
+        send(2, closed, "d", "not a member"),
+        send(2, chat, "d", "member here"),
+        send(3, chat, "e", "fresh"),
+        // A repeat inside the batch: the same message again.
+        send(3, chat, "e", "fresh, resent"),
+    ];
+    let committed = commit_once(&db.store, &batch).await.unwrap();
+
+    assert_eq!(committed.results[0], original);
+    assert_eq!(committed.results[1].as_ref().unwrap_err().code, common::protocol::ErrorCode::Forbidden);
+    let stored: Vec<(i64, i64, i64, String)> = committed.results[2..]
+        .iter()
+        .map(|r| r.as_ref().unwrap())
+        .map(|m| (m.conversation_id, m.seq, m.sender_id, m.body.clone()))
+        .collect();
+    assert_eq!(
+        stored,
+        [(chat, 1, 2, "member here".to_owned()), (chat, 2, 3, "fresh".to_owned()), (chat, 2, 3, "fresh".to_owned())]
+    );
+    assert_eq!(committed.fresh, 2);
+    // Events for the messages of the batch's conversations, to their members in id order; none for the original
+    // elsewhere (its sender has it, and its conversation's members are not known here).
+    let events: Vec<(i64, i64, Vec<i64>)> = committed
+        .events
+        .iter()
+        .map(|event| match event {
+            common::protocol::messages::Event::Message { message, recipients } => {
+                (message.conversation_id, message.seq, recipients.clone())
+            }
+            other => panic!("unexpected event {other:?}"),
+        })
+        .collect();
+    assert_eq!(events, [(chat, 1, vec![1, 2, 3]), (chat, 2, vec![1, 2, 3]), (chat, 2, vec![1, 2, 3])]);
+    // The conversation moved on; what each sender sent, they have read.
+    let client = raw(&db).await;
+    let last_seq: i64 =
+        client.query_one("SELECT last_seq FROM messages.conversations WHERE id = $1", &[&chat]).await.unwrap().get(0);
+    assert_eq!(last_seq, 2);
+    let reads: Vec<(i64, i64)> = client
+        .query("SELECT user_id, read_seq FROM messages.members WHERE conversation_id = $1 ORDER BY user_id", &[&chat])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(reads, [(1, 0), (2, 1), (3, 2)]);
+}
+
+#[tokio::test]
+async fn a_member_removed_while_the_batch_waits_for_the_lock_is_refused() {
+    let db = database().await;
+    let group = db.store.create_group(1, "g", &[2]).await.unwrap().id;
+    // A membership change in progress: it holds the conversation's lock, as the real ones do.
+    let holder = raw(&db).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder.query("SELECT 1 FROM messages.conversations WHERE id = $1 FOR UPDATE", &[&group]).await.unwrap();
+    holder.execute("DELETE FROM messages.members WHERE conversation_id = $1 AND user_id = 2", &[&group]).await.unwrap();
+
+    let connection = CommitConnection::open(&db.store).await.unwrap();
+    let batch = [send(2, group, "late", "after removal"), send(1, group, "ok", "still a member")];
+    let waiting = tokio::spawn(async move { commit(&connection, &batch).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the batch waits for the conversation's lock");
+    holder.batch_execute("COMMIT").await.unwrap();
+
+    let committed = waiting.await.unwrap().unwrap();
+    assert_eq!(committed.results[0].as_ref().unwrap_err().code, common::protocol::ErrorCode::Forbidden);
+    assert_eq!(committed.results[1].as_ref().unwrap().seq, 1);
+    let common::protocol::messages::Event::Message { recipients, .. } = &committed.events[0] else {
+        panic!("a message event: {:?}", committed.events)
+    };
+    assert_eq!(recipients, &[1], "the removed member no longer receives");
 }
 
 #[tokio::test]
@@ -281,4 +372,20 @@ async fn concurrent_sends_share_transactions_and_a_lone_send_is_committed_alone(
     assert!(distinct.len() < 100, "201 messages in {} transactions: no batching", distinct.len());
     assert!(committer.stats().largest_batch.load(std::sync::atomic::Ordering::Relaxed) > 1);
     assert_ne!(xids[0], xids[1], "the lone send had a transaction of its own");
+}
+
+/// The commit function came in a migration; a rolling upgrade runs replicas of both releases against one schema.
+#[tokio::test]
+async fn a_replica_of_the_previous_release_starts_against_a_schema_a_newer_one_migrated() {
+    let db = database().await;
+    raw(&db)
+        .await
+        .batch_execute(
+            "INSERT INTO messages._sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES (99999999, 'from a newer release', true, '\\x00', 0)",
+        )
+        .await
+        .unwrap();
+
+    message_service::migrate(&db.db.url()).await.expect("an older replica still starts");
 }
