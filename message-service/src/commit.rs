@@ -48,7 +48,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     domain::{ClientMessageId, MessageBody},
     events::EventSink,
-    store::{Store, is_retryable},
+    store::{Store, is_retryable, message_from},
 };
 
 /// How many times a batch is retried after a unique violation or a deadlock before its sends fail.
@@ -189,9 +189,12 @@ pub async fn commit_with_retries(connection: &CommitConnection, sends: &[Send]) 
 /// The whole batch as one call of `messages.commit_sends` (migrations/0002_commit_sends.sql), outside an explicit
 /// transaction: PostgreSQL runs it as one implicit transaction and answers only after that transaction committed
 /// (tokio-postgres ends the rows at `ReadyForQuery`, which follows the commit), so an answer here means durable.
+/// One row per send, in send order; the message's columns come first, in `MESSAGE_COLUMNS` order, so
+/// [`message_from`] reads them.
 const COMMIT_SENDS: &str = "
-    SELECT ord, fresh, conversation_id, seq, sender_id, client_message_id, body, sent_at, recipients
-      FROM messages.commit_sends($1, $2, $3, $4, $5)";
+    SELECT conversation_id, seq, sender_id, client_message_id, body, sent_at, fresh, recipients
+      FROM messages.commit_sends($1, $2, $3, $4, $5)
+     ORDER BY ord";
 
 /// Commits one batch in one transaction, in one round trip. See the module documentation for the order of steps
 /// and why. On error nothing of the batch is stored and the connection is left without a transaction.
@@ -214,19 +217,12 @@ pub async fn commit(connection: &CommitConnection, sends: &[Send]) -> anyhow::Re
     let mut events = Vec::new();
     let mut fresh = 0;
     for row in &rows {
-        let Some(conversation_id) = row.get::<_, Option<i64>>("conversation_id") else {
+        // No message: the sender is not a member of the send's conversation.
+        if row.get::<_, Option<i64>>("conversation_id").is_none() {
             results.push(Err(ApiError::forbidden("you are not a member of that conversation")));
             continue;
-        };
-        let sent_at: DateTime<Utc> = row.get("sent_at");
-        let message = Message {
-            conversation_id,
-            seq: row.get("seq"),
-            sender_id: row.get("sender_id"),
-            client_message_id: row.get("client_message_id"),
-            body: row.get("body"),
-            sent_at: sent_at.timestamp_millis(),
-        };
+        }
+        let message = message_from(row);
         if row.get::<_, bool>("fresh") {
             fresh += 1;
         }
