@@ -5,10 +5,7 @@
 mod support;
 
 use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -27,28 +24,23 @@ use tokio_util::sync::CancellationToken;
 /// and records each batch's size and arrival time.
 struct StandIn {
     broker: Broker,
-    batches: Arc<AtomicUsize>,
-    sizes: Arc<Mutex<Vec<usize>>>,
-    arrivals: Arc<Mutex<Vec<Instant>>>,
+    /// Each batch's arrival time and size, in arrival order.
+    batches: Arc<Mutex<Vec<(Instant, usize)>>>,
     stop: CancellationToken,
     serving: tokio::task::JoinHandle<()>,
 }
 
 impl StandIn {
     async fn start(app: &support::TestApp) -> StandIn {
-        let batches = Arc::new(AtomicUsize::new(0));
-        let sizes = Arc::new(Mutex::new(Vec::new()));
-        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let batches = Arc::new(Mutex::new(Vec::new()));
         let broker = Broker::start(&app.amqp, "stand-in message-service".into());
         let stop = CancellationToken::new();
         let server = RpcServer::new(broker.clone(), "stand-in").handle::<SendMessages, _, _>({
-            let (batches, sizes, arrivals) = (batches.clone(), sizes.clone(), arrivals.clone());
+            let batches = batches.clone();
             move |batch, _| {
-                let (batches, sizes, arrivals) = (batches.clone(), sizes.clone(), arrivals.clone());
+                let batches = batches.clone();
                 async move {
-                    arrivals.lock().unwrap().push(Instant::now());
-                    batches.fetch_add(1, Ordering::SeqCst);
-                    sizes.lock().unwrap().push(batch.sends.len());
+                    batches.lock().unwrap().push((Instant::now(), batch.sends.len()));
                     answer(batch).await
                 }
             }
@@ -60,11 +52,15 @@ impl StandIn {
             assert!(Instant::now() < deadline, "the stand-in never consumed");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        StandIn { broker, batches, sizes, arrivals, stop, serving }
+        StandIn { broker, batches, stop, serving }
     }
 
     fn sizes(&self) -> Vec<usize> {
-        self.sizes.lock().unwrap().clone()
+        self.batches.lock().unwrap().iter().map(|(_, size)| *size).collect()
+    }
+
+    fn arrivals(&self) -> Vec<Instant> {
+        self.batches.lock().unwrap().iter().map(|(at, _)| *at).collect()
     }
 
     async fn stop(self) {
@@ -143,7 +139,7 @@ async fn a_burst_of_sends_travels_in_few_batches_and_each_gets_its_own_answer() 
     }
     let total: usize = stand_in.sizes().iter().sum();
     assert_eq!(total, 201);
-    let count = stand_in.batches.load(Ordering::SeqCst);
+    let count = stand_in.sizes().len();
     assert!(count <= 60, "201 sends took {count} batches: they were not batched");
     stand_in.stop().await;
     app.shutdown().await;
@@ -180,7 +176,7 @@ async fn with_an_interval_batches_are_paced_under_load_but_a_send_after_a_pause_
         assert_eq!(answer["result"]["data"]["clientMessageId"], format!("p{i}"), "{answer}");
     }
     assert_eq!(stand_in.sizes(), [1, 4]);
-    let arrivals = stand_in.arrivals.lock().unwrap().clone();
+    let arrivals = stand_in.arrivals();
     let gap = arrivals[1] - arrivals[0];
     assert!(gap >= interval.mul_f64(0.9), "the second batch came {gap:?} after the first");
 
