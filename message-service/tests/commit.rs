@@ -249,9 +249,8 @@ async fn a_batch_that_fails_takes_no_seq_and_leaves_its_connection_usable() {
     let db = database().await;
     let group = db.store.create_group(1, "g", &[]).await.unwrap().id;
     // A constraint the test owns makes one body fail inside the transaction, after the seqs were allocated.
-    let (client, connection) = tokio_postgres::connect(&db.db.url(), NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client
+    raw(&db)
+        .await
         .batch_execute("ALTER TABLE messages.messages ADD CONSTRAINT test_no_poison CHECK (body <> 'poison')")
         .await
         .unwrap();
@@ -270,8 +269,7 @@ async fn a_batch_that_fails_takes_no_seq_and_leaves_its_connection_usable() {
 async fn a_batch_that_cannot_lock_its_conversation_fails_and_leaves_its_connection_usable() {
     let db = database().await;
     let group = db.store.create_group(1, "g", &[]).await.unwrap().id;
-    let (holder, connection) = tokio_postgres::connect(&db.db.url(), NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let holder = raw(&db).await;
     let name: String = holder.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
     holder.batch_execute(&format!("ALTER DATABASE \"{name}\" SET lock_timeout = '200ms'")).await.unwrap();
     // A new pool: its first connection starts after the setting (the old pool's would not have it).
