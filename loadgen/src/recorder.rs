@@ -7,8 +7,9 @@
 //!
 //! Per (recipient, conversation) a [`SeqSet`] records which seqs arrived live and which the client holds at all
 //! (live or repaired by `sync`): a live seq seen twice is a duplicate, a live seq below the highest one already
-//! seen is out of order. At the end, every acknowledged message must be held by every other member: delivered
-//! live, else `repaired` (found by `sync`), else `lost`.
+//! seen is out of order. A sender holds its own message from the acknowledgement (the gateway answers the sending
+//! socket in place of the live frame), and its other sockets get it live. At the end, every acknowledged message
+//! must be held by every other member: delivered live, else `repaired` (found by `sync`), else `lost`.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -274,6 +275,9 @@ impl Recorder {
             return;
         }
         sent.seq = Some(message.seq);
+        if let Some(stream) = self.streams.get_mut(&(sent.sender, sent.conversation)) {
+            stream.held.insert(message.seq);
+        }
         if sent.failed {
             sent.failed = false; // refused once, then stored by a resend
         }
@@ -301,8 +305,10 @@ impl Recorder {
     /// A live `message` frame reached user `recipient`'s socket at `now_ns`.
     pub fn live(&mut self, recipient: usize, message: &Message, now_ns: u64) -> Option<Arrival> {
         let (k, scheduled_ns) = self.parse_body(&message.body)?;
+        let own = self.messages.get(k as usize).is_some_and(|sent| sent.sender == recipient);
         let stream = self.streams.get_mut(&(recipient, message.conversation_id))?;
-        let held_already = stream.held.contains(message.seq) && !stream.live.contains(message.seq);
+        // The sender's own copy (when the ack came first) is held from the ack, not repaired by `sync`.
+        let held_already = !own && stream.held.contains(message.seq) && !stream.live.contains(message.seq);
         let arrival = stream.arrive_live(message.seq, now_ns);
         let gap_open_ns = now_ns.saturating_sub(stream.newest_at);
         let resent = self.messages.get(k as usize).is_some_and(|sent| sent.resent);
@@ -454,6 +460,24 @@ mod tests {
         let mut recorder = Recorder::new("run", 10);
         recorder.add_conversation(7, vec![1, 0], 2);
         recorder
+    }
+
+    #[test]
+    fn the_sender_holds_its_message_from_the_ack_and_a_late_own_copy_is_neither_repaired_nor_a_duplicate() {
+        let mut r = direct();
+        for k in 0..2 {
+            r.schedule(k, 7, 0, 1_000_000);
+            r.written(k);
+        }
+        let first = message(&r, 0, 7, 3, 100, 1_000_000);
+        let second = message(&r, 1, 7, 4, 100, 1_000_000);
+        r.acked(0, &first, 2_000_000);
+        r.acked(1, &second, 2_000_000);
+        assert_eq!(r.heads(0), [Head { conversation_id: 7, seq: 4 }], "the sender's head moves with its acks");
+        assert_eq!(r.heads(1), [Head { conversation_id: 7, seq: 2 }]);
+        assert_eq!(r.live(0, &second, 3_000_000), Some(Arrival::InOrder), "the frame after the reply won the race");
+        let (counts, _) = r.finish();
+        assert_eq!((counts.live_after_sync, counts.duplicated, counts.delivered), (0, 0, 0));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use common::{
 };
 use futures_util::{SinkExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
 use tokio::{
-    sync::{OwnedSemaphorePermit, mpsc},
+    sync::OwnedSemaphorePermit,
     time::{Instant, MissedTickBehavior, sleep, timeout},
 };
 use tokio_util::task::task_tracker::TaskTrackerToken;
@@ -30,7 +30,7 @@ use tracing::Instrument;
 
 use super::{
     dispatch, frames,
-    hub::{CloseReason, Closer, encode},
+    hub::{CloseReason, Closer, Registration, encode},
 };
 use crate::state::AppState;
 
@@ -100,7 +100,7 @@ pub async fn run(mut socket: WebSocket, connection: Connection) {
                     socket: &mut socket,
                     state: &state,
                     closer: &closer,
-                    outbound: &mut registration.outbound,
+                    registration: &mut registration,
                     in_flight: FuturesUnordered::new(),
                 };
                 match session.write_frame(&ready).await {
@@ -175,8 +175,9 @@ struct Session<'a> {
     socket: &'a mut WebSocket,
     state: &'a AppState,
     closer: &'a Closer,
-    outbound: &'a mut mpsc::Receiver<Utf8Bytes>,
-    in_flight: FuturesUnordered<BoxFuture<'static, ServerFrame>>,
+    registration: &'a mut Registration,
+    /// Requests running; each ends with the frame to write, or `None` when the hub already answered it.
+    in_flight: FuturesUnordered<BoxFuture<'static, Option<ServerFrame>>>,
 }
 
 impl Session<'_> {
@@ -198,8 +199,7 @@ impl Session<'_> {
                                 Ok(Admitted::Request(frame)) => {
                                     requests += 1;
                                     let request_id = format!("{connection}-{requests}");
-                                    let state = self.state.clone();
-                                    self.in_flight.push(Box::pin(dispatch::handle(state, user.clone(), request_id, frame)));
+                                    self.start(user, request_id, frame);
                                     Ok(())
                                 }
                                 Ok(Admitted::Refused(error)) => self.write_frame(&error).await,
@@ -210,8 +210,11 @@ impl Session<'_> {
                     }
                     Err(end) => Err(end),
                 },
-                Some(reply) = self.in_flight.next(), if !self.in_flight.is_empty() => self.write_reply(reply).await,
-                Some(first) = self.outbound.recv() => self.write_queued(first).await,
+                Some(reply) = self.in_flight.next(), if !self.in_flight.is_empty() => match reply {
+                    Some(reply) => self.write_reply(reply).await,
+                    None => Ok(()),
+                },
+                Some(first) = self.registration.outbound.recv() => self.write_queued(first).await,
                 _ = ping.tick() => self.send(Message::Ping(Default::default())).await,
                 () = &mut idle => Err(End::Close(1001, "idle timeout".into())),
             };
@@ -219,6 +222,25 @@ impl Session<'_> {
                 return end;
             }
         }
+    }
+
+    /// Runs a request alongside the others in flight. A `sendMessage` is registered with the hub first, so the
+    /// stored message's event can answer it (see [`super::hub`]); it stops counting as in flight as soon as either
+    /// answer was written, and the service's answer is written only if the hub has not written one.
+    fn start(&mut self, user: &VerifiedUser, request_id: String, frame: ClientFrame) {
+        let awaited = match &frame {
+            ClientFrame::SendMessage { id, request } => {
+                Some(self.registration.await_send(&request.client_message_id, id))
+            }
+            _ => None,
+        };
+        let handled = dispatch::handle(self.state.clone(), user.clone(), request_id, frame);
+        self.in_flight.push(Box::pin(async move {
+            match awaited {
+                Some(awaited) => awaited.race(handled).await,
+                None => Some(handled.await),
+            }
+        }));
     }
 
     /// Decides what to do with a text frame: run it, refuse it with an error frame, or end a flooding client.
@@ -269,7 +291,8 @@ impl Session<'_> {
 
     /// Writes `first` and whatever else is queued (up to a batch), then flushes once.
     async fn write_queued(&mut self, first: Utf8Bytes) -> Result<(), End> {
-        let Session { socket, outbound, closer, state, .. } = self;
+        let Session { socket, registration, closer, state, .. } = self;
+        let outbound = &mut registration.outbound;
         let write = async {
             socket.feed(Message::Text(first)).await?;
             for _ in 1..MAX_BATCH {
