@@ -296,13 +296,14 @@ impl Hub {
     fn route_message(&self, message: Message, mut recipients: Vec<i64>) {
         recipients.sort_unstable();
         recipients.dedup();
-        let Some(text) = encode(&ServerFrame::Message { message: message.clone() }) else { return };
         let mut sockets = self.sockets();
         let reply = if recipients.binary_search(&message.sender_id).is_ok() {
-            sockets.get_mut(&message.sender_id).and_then(|entries| answer_awaited(entries, message))
+            sockets.get_mut(&message.sender_id).and_then(|entries| answer_awaited(entries, &message))
         } else {
             None
         };
+        // (Encoding a message cannot fail: it is plain numbers and strings.)
+        let Some(text) = encode(&ServerFrame::Message { message }) else { return };
         Self::offer(&mut sockets, Some(&recipients), &text, reply.as_ref().map(|(socket, text)| (*socket, text)));
     }
 
@@ -388,14 +389,14 @@ fn remove_from(sockets: &mut HashMap<i64, Vec<Entry>>, user_id: i64, id: u64) {
 
 /// If one of the sender's sockets awaits the send that stored `message`, takes that send off its list and returns
 /// the socket's id with the reply to write in place of the message frame.
-fn answer_awaited(entries: &mut [Entry], message: Message) -> Option<(u64, Utf8Bytes)> {
+fn answer_awaited(entries: &mut [Entry], message: &Message) -> Option<(u64, Utf8Bytes)> {
     for entry in entries {
         let Some(index) = entry.awaited.iter().position(|send| send.client_message_id == message.client_message_id)
         else {
             continue;
         };
         let id = entry.awaited[index].frame_id.clone();
-        let reply = encode(&ServerFrame::Reply { id, result: ReplyData::SendMessage(message) })?;
+        let reply = encode(&ServerFrame::Reply { id, result: ReplyData::SendMessage(message.clone()) })?;
         let _ = entry.awaited.swap_remove(index).answered.send(());
         return Some((entry.id, reply));
     }
