@@ -145,6 +145,8 @@ impl ClientStats {
 #[derive(Debug, Default)]
 pub struct HistoryStats {
     pub latency: Latency,
+    /// Scheduled time → the request handed to its socket: the load generator's own lateness, inside `latency`.
+    pub send_lag: Latency,
     pub pages: u64,
     pub messages: u64,
     /// Pages whose messages were not the dense, ascending run of seqs asked for.
@@ -487,8 +489,9 @@ impl Task {
                 let id = self.fresh_id('j');
                 let frame = match &job {
                     Job::Send { k, conversation_id, scheduled_ns } => {
+                        let now_ns = self.shared.now_ns();
                         let mut recorder = self.shared.recorder();
-                        recorder.written(*k);
+                        recorder.written(*k, now_ns);
                         ClientFrame::SendMessage {
                             id: id.clone(),
                             request: SendMessageRequest {
@@ -499,7 +502,11 @@ impl Task {
                             },
                         }
                     }
-                    Job::Page { request, .. } => ClientFrame::GetMessages { id: id.clone(), request: request.clone() },
+                    Job::Page { request, scheduled_ns, .. } => {
+                        let lag = self.shared.now_ns().saturating_sub(*scheduled_ns);
+                        self.shared.history().send_lag.record_micros(lag / 1000);
+                        ClientFrame::GetMessages { id: id.clone(), request: request.clone() }
+                    }
                 };
                 (id, frame, InFlight::Job(job))
             }

@@ -21,7 +21,7 @@ use crate::{
     client::{Client, Job, Shared},
     recorder::Recorder,
     report::{Report, round1},
-    schedule::{Schedule, sender_of},
+    schedule::{self, Schedule, sender_of},
 };
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -97,27 +97,35 @@ pub async fn run(env: &Env, history: History) -> anyhow::Result<Report> {
     let before = env.watch.snapshot();
     let start = Instant::now();
     let start_ns = shared.now_ns();
-    let mut next = 0u64;
-    while next < schedule.total() {
-        let due = schedule.due(start.elapsed());
-        while next < due {
-            let reader = sender_of(next, clients.len());
-            let cursor = random_before(last_seq);
-            let request = GetMessagesRequest {
-                conversation_id,
-                before: Some(cursor),
-                limit: Some(history.page),
-                ..GetMessagesRequest::default()
-            };
-            let expect = expected_range(cursor, i64::from(history.page));
-            clients[reader].job(Job::Page { request, scheduled_ns: start_ns + schedule.offset_nanos(next), expect });
-            next += 1;
+    let readers = clients.clone();
+    let page = history.page;
+    // Paced on a thread of its own, as the message modes are (see `schedule::sleep_until`).
+    tokio::task::spawn_blocking(move || {
+        let mut next = 0u64;
+        while next < schedule.total() {
+            let due = schedule.due(start.elapsed());
+            while next < due {
+                let reader = sender_of(next, readers.len());
+                let cursor = random_before(last_seq);
+                let request = GetMessagesRequest {
+                    conversation_id,
+                    before: Some(cursor),
+                    limit: Some(page),
+                    ..GetMessagesRequest::default()
+                };
+                let expect = expected_range(cursor, i64::from(page));
+                let scheduled_ns = start_ns + schedule.offset_nanos(next);
+                readers[reader].job(Job::Page { request, scheduled_ns, expect });
+                next += 1;
+            }
+            match schedule.next_after(next) {
+                Some(at) => schedule::sleep_until(start + at),
+                None => break,
+            }
         }
-        match schedule.next_after(next) {
-            Some(at) => tokio::time::sleep_until((start + at).into()).await,
-            None => break,
-        }
-    }
+    })
+    .await
+    .context("the pacing thread failed")?;
     let sending = start.elapsed();
     let drain_until = Instant::now() + history.drain;
     while Instant::now() < drain_until {
@@ -159,6 +167,7 @@ pub async fn run(env: &Env, history: History) -> anyhow::Result<Report> {
         "bad_pages": stats.bad_pages,
         "errors": stats.errors,
         "latency": stats.latency.summary(),
+        "send_lag": stats.send_lag.summary(),
     });
     report.set_server(crate::procstat::usage(&before, &after, env.watch.ticks_per_second), &[("page", stats.pages)]);
     report.set_machine(&before, &after, env.watch.ticks_per_second);
@@ -250,7 +259,7 @@ pub fn summary_line(report: &Report) -> String {
     let latency = |q: &str| r["latency"][q].as_f64().map_or("-".to_owned(), crate::stats::millis);
     format!(
         "history: {} messages, {} readers, page {} | {} pages ({:.0}/s of {}/s offered), bad={} errors={} | p50 {} \
-         p99 {} p99.9 {} max {}{}",
+         p99 {} p99.9 {} max {} | send lag p50 {} p99 {}{}",
         report.params["messages"],
         report.params["readers"],
         report.params["page"],
@@ -263,6 +272,8 @@ pub fn summary_line(report: &Report) -> String {
         latency("p99_ms"),
         latency("p999_ms"),
         latency("max_ms"),
+        r["send_lag"]["p50_ms"].as_f64().map_or("-".to_owned(), crate::stats::millis),
+        r["send_lag"]["p99_ms"].as_f64().map_or("-".to_owned(), crate::stats::millis),
         report.cpu_us_per.get("page").map_or(String::new(), |per| format!(
             " | server {per:.0} µs CPU/page ({})",
             report.cpu_breakdown(r["pages"].as_u64().unwrap_or(0))

@@ -173,6 +173,9 @@ pub struct Latencies {
     /// For each out-of-order delivery: how long the recipient had seen a gap (since the higher seq arrived). A
     /// client that waits this long before repairing a gap with `sync` would not have needed to.
     pub reorder_gap: Summary,
+    /// Scheduled send time → the frame handed to the socket (first write only): the load generator's own lateness,
+    /// which every other latency here includes.
+    pub send_lag: Summary,
 }
 
 /// The run's book of every message.
@@ -189,6 +192,7 @@ pub struct Recorder {
     deliver: Latency,
     last_member: Latency,
     reorder_gap: Latency,
+    send_lag: Latency,
 }
 
 impl Recorder {
@@ -205,6 +209,7 @@ impl Recorder {
             deliver: Latency::new(),
             last_member: Latency::new(),
             reorder_gap: Latency::new(),
+            send_lag: Latency::new(),
         }
     }
 
@@ -251,11 +256,13 @@ impl Recorder {
     }
 
     /// Message `k` was written to its sender's socket.
-    pub fn written(&mut self, k: u64) {
+    /// Message `k` was handed to its socket at `now_ns` (again, after a reconnect: a resend).
+    pub fn written(&mut self, k: u64, now_ns: u64) {
         if let Some(sent) = self.messages.get_mut(k as usize) {
             if !sent.written {
                 sent.written = true;
                 self.counts.sent += 1;
+                self.send_lag.record_micros(now_ns.saturating_sub(sent.scheduled_ns) / 1000);
             } else if !sent.resent {
                 sent.resent = true;
                 self.counts.resent += 1;
@@ -406,6 +413,7 @@ impl Recorder {
             deliver: self.deliver.summary(),
             last_member: self.last_member.summary(),
             reorder_gap: self.reorder_gap.summary(),
+            send_lag: self.send_lag.summary(),
         };
         (counts, latencies)
     }
@@ -467,7 +475,7 @@ mod tests {
         let mut r = direct();
         for k in 0..2 {
             r.schedule(k, 7, 0, 1_000_000);
-            r.written(k);
+            r.written(k, 1_000_000);
         }
         let first = message(&r, 0, 7, 3, 100, 1_000_000);
         let second = message(&r, 1, 7, 4, 100, 1_000_000);
@@ -484,7 +492,7 @@ mod tests {
     fn acks_and_deliveries_are_timed_from_the_scheduled_send() {
         let mut r = direct();
         r.schedule(0, 7, 0, 1_000_000);
-        r.written(0);
+        r.written(0, 1_400_000); // 0.4 ms late
         let m = message(&r, 0, 7, 3, 100, 1_000_000);
         assert_eq!(r.live(1, &m, 4_000_000), Some(Arrival::InOrder)); // the push may beat the ack
         assert_eq!(r.live(0, &m, 4_000_000), Some(Arrival::InOrder)); // the sender's own copy
@@ -496,6 +504,7 @@ mod tests {
         assert!((latencies.ack.max_ms - 5.0).abs() < 0.01, "{:?}", latencies.ack);
         assert!((latencies.deliver.max_ms - 3.0).abs() < 0.01, "{:?}", latencies.deliver);
         assert_eq!(latencies.last_member.count, 1);
+        assert!((latencies.send_lag.max_ms - 0.4).abs() < 0.01, "{:?}", latencies.send_lag);
     }
 
     #[test]
@@ -521,7 +530,7 @@ mod tests {
         let mut r = direct();
         for k in 0..3 {
             r.schedule(k, 7, 0, 0);
-            r.written(k);
+            r.written(k, 1_000_000);
         }
         let sent: Vec<Message> = (0..3).map(|k| message(&r, k, 7, 3 + k as i64, 100, 0)).collect();
         for (k, m) in sent.iter().enumerate() {
@@ -573,10 +582,10 @@ mod tests {
         let mut r = direct();
         for k in 0..2 {
             r.schedule(k, 7, 0, 0);
-            r.written(k);
+            r.written(k, 1_000_000);
         }
-        r.written(0); // resent after a reconnect
-        r.written(0);
+        r.written(0, 1_000_000); // resent after a reconnect
+        r.written(0, 1_000_000);
         let m3 = message(&r, 0, 7, 3, 100, 0);
         let m4 = message(&r, 1, 7, 4, 100, 0);
         assert_eq!(r.live(1, &m4, 1), Some(Arrival::InOrder));
