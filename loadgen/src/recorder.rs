@@ -255,8 +255,7 @@ impl Recorder {
         self.counts.scheduled += 1;
     }
 
-    /// Message `k` was written to its sender's socket.
-    /// Message `k` was handed to its socket at `now_ns` (again, after a reconnect: a resend).
+    /// Message `k` was handed to its sender's socket at `now_ns` (again, after a reconnect: a resend).
     pub fn written(&mut self, k: u64, now_ns: u64) {
         if let Some(sent) = self.messages.get_mut(k as usize) {
             if !sent.written {
