@@ -18,8 +18,8 @@
 //! If the reply wins the race, the request is answered from it and the socket later gets the frame as well (a
 //! duplicate by seq, which clients ignore). The sender's other sockets always get the frame (§2.5).
 //!
-//! The map sits behind a plain mutex held only for non-blocking work (lookups, `try_send`, encoding one frame),
-//! never across an `.await`.
+//! The map sits behind a plain mutex held only for non-blocking work (lookups, `try_send`, encoding a new
+//! message's frame and its sender's reply), never across an `.await`.
 
 use std::{
     collections::HashMap,
