@@ -150,7 +150,14 @@ impl Registration {
                 answered,
             });
         }
-        AwaitedSendGuard { hub: self.hub.clone(), user_id: self.user_id, socket: self.id, token, answered_by_hub }
+        AwaitedSendGuard {
+            hub: self.hub.clone(),
+            user_id: self.user_id,
+            socket: self.id,
+            token,
+            answered_by_hub,
+            settled: false,
+        }
     }
 }
 
@@ -168,6 +175,8 @@ pub struct AwaitedSendGuard {
     socket: u64,
     token: u64,
     answered_by_hub: oneshot::Receiver<()>,
+    /// The send is off the hub's list already (taken back, answered by the hub, or its socket gone).
+    settled: bool,
 }
 
 impl AwaitedSendGuard {
@@ -175,21 +184,26 @@ impl AwaitedSendGuard {
     /// with the service's answer for the caller to write, or `None` once the hub has answered the socket itself
     /// (the request then no longer counts as in flight, and the service's later answer is dropped).
     pub async fn race(mut self, reply: impl Future<Output = ServerFrame>) -> Option<ServerFrame> {
-        tokio::select! {
+        let answer = tokio::select! {
             biased;
             // Also resolves (as an error) if the socket left the hub: it is closing, nothing to write.
             _ = &mut self.answered_by_hub => None,
-            reply = reply => self.settle().then_some(reply),
-        }
+            reply = reply => self.take().then_some(reply),
+        };
+        self.settled = true;
+        answer
     }
 
-    /// Takes the send back from the hub once the service answered it: `true` if the caller must write that
-    /// answer, `false` if the hub already answered the socket from the stored message's event (or the socket has
-    /// left the hub, so there is no one to answer).
-    fn settle(self) -> bool {
+    /// [`Self::take`] for the unit tests, which answer by hand.
+    #[cfg(test)]
+    fn settle(mut self) -> bool {
+        self.settled = true;
         self.take()
     }
 
+    /// Takes the send off the hub's list once the service answered it: `true` if the caller must write that
+    /// answer, `false` if the hub already answered the socket from the stored message's event (or the socket has
+    /// left the hub, so there is no one to answer).
     fn take(&self) -> bool {
         let mut sockets = self.hub.sockets();
         let Some(entry) = sockets.get_mut(&self.user_id).and_then(|e| e.iter_mut().find(|e| e.id == self.socket))
@@ -204,7 +218,9 @@ impl AwaitedSendGuard {
 
 impl Drop for AwaitedSendGuard {
     fn drop(&mut self) {
-        self.take();
+        if !self.settled {
+            self.take();
+        }
     }
 }
 
