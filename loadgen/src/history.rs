@@ -99,13 +99,11 @@ pub async fn run(env: &Env, history: History) -> anyhow::Result<Report> {
     let start_ns = shared.now_ns();
     let readers = clients.clone();
     let page = history.page;
-    // Paced on a thread of its own, as the message modes are (see `schedule::sleep_until`).
+    // Paced on a thread of its own, as the message modes are (see `schedule::pace`).
     tokio::task::spawn_blocking(move || {
-        let mut next = 0u64;
-        while next < schedule.total() {
-            let due = schedule.due(start.elapsed());
-            while next < due {
-                let reader = sender_of(next, readers.len());
+        schedule::pace(&schedule, start, |due| {
+            for k in due {
+                let reader = sender_of(k, readers.len());
                 let cursor = random_before(last_seq);
                 let request = GetMessagesRequest {
                     conversation_id,
@@ -114,15 +112,11 @@ pub async fn run(env: &Env, history: History) -> anyhow::Result<Report> {
                     ..GetMessagesRequest::default()
                 };
                 let expect = expected_range(cursor, i64::from(page));
-                let scheduled_ns = start_ns + schedule.offset_nanos(next);
+                let scheduled_ns = start_ns + schedule.offset_nanos(k);
                 readers[reader].job(Job::Page { request, scheduled_ns, expect });
-                next += 1;
             }
-            match schedule.next_after(next) {
-                Some(at) => schedule::sleep_until(start + at),
-                None => break,
-            }
-        }
+            None
+        });
     })
     .await
     .context("the pacing thread failed")?;

@@ -7,6 +7,7 @@
 
 use std::{
     collections::VecDeque,
+    ops::Range,
     time::{Duration, Instant},
 };
 
@@ -22,6 +23,20 @@ pub const MIN_PACING_SLEEP: Duration = Duration::from_micros(200);
 /// on the cores the servers share); above 5,000/s sends are then handed over a few at a time, up to 200 µs late.
 pub fn sleep_until(wake: Instant) {
     std::thread::sleep(wake.saturating_duration_since(Instant::now()).max(MIN_PACING_SLEEP));
+}
+
+/// Runs `schedule` from `start` to its end on the calling thread (meant for `spawn_blocking`): after each wake-up
+/// `hand_over` gets the sends that fell due meanwhile, and may name an earlier time to wake up next than the next
+/// send's (the storm's moment, say).
+pub fn pace(schedule: &Schedule, start: Instant, mut hand_over: impl FnMut(Range<u64>) -> Option<Instant>) {
+    let mut next = 0u64;
+    while next < schedule.total() {
+        let due = schedule.due(start.elapsed());
+        let sooner = hand_over(next..due);
+        next = due;
+        let Some(at) = schedule.next_after(next) else { break };
+        sleep_until(sooner.map_or(start + at, |sooner| sooner.min(start + at)));
+    }
 }
 
 /// The fixed timetable of a run: `total` sends at `rate` per second.
@@ -150,6 +165,20 @@ impl<T> Gate<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pacing_hands_over_every_send_once_in_order_and_ends_with_the_schedule() {
+        let schedule = Schedule::new(20_000.0, Duration::from_millis(3));
+        let mut handed = Vec::new();
+        let mut wake_ups = 0;
+        pace(&schedule, Instant::now(), |due| {
+            wake_ups += 1;
+            handed.extend(due);
+            None
+        });
+        assert_eq!(handed, (0..schedule.total()).collect::<Vec<_>>());
+        assert!(wake_ups >= 1 && wake_ups <= schedule.total(), "{wake_ups} wake-ups for {} sends", schedule.total());
+    }
 
     #[test]
     fn sends_are_spaced_evenly_from_the_start() {

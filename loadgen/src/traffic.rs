@@ -134,12 +134,41 @@ pub async fn run(env: &Env, traffic: Traffic) -> anyhow::Result<Report> {
     let before = env.watch.snapshot();
     let start = Instant::now();
     let start_ns = shared.now_ns();
-    let pacer = Pacer { schedule, start, start_ns, conversation_of, clients: clients.clone(), shared: shared.clone() };
-    let traffic_for_pacer = traffic.clone();
-    let runtime = tokio::runtime::Handle::current();
-    let storm = tokio::task::spawn_blocking(move || pacer.run(&traffic_for_pacer, &runtime))
-        .await
-        .context("the pacing thread failed")?;
+    let pacer = (clients.clone(), shared.clone(), traffic.clone(), tokio::runtime::Handle::current());
+    let storm = tokio::task::spawn_blocking(move || {
+        let (clients, shared, traffic, runtime) = pacer;
+        let mut storm: Option<tokio::task::JoinHandle<Vec<Reconnected>>> = None;
+        schedule::pace(&schedule, start, |due| {
+            let mut jobs = Vec::new();
+            {
+                let mut recorder = shared.recorder();
+                for k in due {
+                    let sender = sender_of(k, traffic.users);
+                    let conversation_id = conversation_of[sender];
+                    let scheduled_ns = start_ns + schedule.offset_nanos(k);
+                    recorder.schedule(k, conversation_id, sender, scheduled_ns);
+                    jobs.push((sender, Job::Send { k, conversation_id, scheduled_ns }));
+                }
+            }
+            for (sender, job) in jobs {
+                clients[sender].job(job);
+            }
+            let storm_at = traffic.storm_at.filter(|_| storm.is_none())?;
+            if start.elapsed() < storm_at {
+                return Some(start + storm_at);
+            }
+            eprintln!("loadgen: storm: all {} clients drop their connections now", clients.len());
+            let waits: Vec<_> = clients.iter().map(|c| c.drop_connection(traffic.offline)).collect();
+            storm = Some(
+                runtime
+                    .spawn(async move { join_all(waits).await.into_iter().map(|r| r.unwrap_or_default()).collect() }),
+            );
+            None
+        });
+        storm
+    })
+    .await
+    .context("the pacing thread failed")?;
     let sending = start.elapsed();
 
     // Answers, then deliveries, each bounded.
@@ -236,65 +265,6 @@ fn storm_summary(results: &[Reconnected]) -> serde_json::Value {
         "ready": ready.summary(),
         "synced": synced.summary(),
     })
-}
-
-/// Hands every send to its client at its scheduled time, on a thread of its own (see [`schedule::sleep_until`]).
-struct Pacer {
-    schedule: Schedule,
-    start: Instant,
-    start_ns: u64,
-    conversation_of: Vec<i64>,
-    clients: Vec<Client>,
-    shared: std::sync::Arc<Shared>,
-}
-
-impl Pacer {
-    /// Runs the schedule to its end; returns the storm's reconnections when the run has one.
-    fn run(
-        self,
-        traffic: &Traffic,
-        runtime: &tokio::runtime::Handle,
-    ) -> Option<tokio::task::JoinHandle<Vec<Reconnected>>> {
-        let Pacer { schedule, start, start_ns, conversation_of, clients, shared } = self;
-        let mut storm = None;
-        let mut next = 0u64;
-        while next < schedule.total() {
-            let due = schedule.due(start.elapsed());
-            let mut jobs = Vec::new();
-            {
-                let mut recorder = shared.recorder();
-                while next < due {
-                    let sender = sender_of(next, traffic.users);
-                    let conversation_id = conversation_of[sender];
-                    let scheduled_ns = start_ns + schedule.offset_nanos(next);
-                    recorder.schedule(next, conversation_id, sender, scheduled_ns);
-                    jobs.push((sender, Job::Send { k: next, conversation_id, scheduled_ns }));
-                    next += 1;
-                }
-            }
-            for (sender, job) in jobs {
-                clients[sender].job(job);
-            }
-            if let Some(at) = traffic.storm_at
-                && storm.is_none()
-                && start.elapsed() >= at
-            {
-                eprintln!("loadgen: storm: all {} clients drop their connections now", clients.len());
-                let waits: Vec<_> = clients.iter().map(|c| c.drop_connection(traffic.offline)).collect();
-                storm =
-                    Some(runtime.spawn(async move {
-                        join_all(waits).await.into_iter().map(|r| r.unwrap_or_default()).collect()
-                    }));
-            }
-            let Some(at) = schedule.next_after(next) else { break };
-            let mut wake = start + at;
-            if let Some(storm_at) = traffic.storm_at.filter(|_| storm.is_none()) {
-                wake = wake.min(start + storm_at);
-            }
-            schedule::sleep_until(wake);
-        }
-        storm
-    }
 }
 
 /// The summary line of a traffic run.
