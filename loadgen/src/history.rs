@@ -250,7 +250,7 @@ async fn seed(url: &str, conversation_id: i64, senders: &[i64], target: i64) -> 
 
 pub fn summary_line(report: &Report) -> String {
     let r = &report.results;
-    let latency = |q: &str| r["latency"][q].as_f64().map_or("-".to_owned(), crate::stats::millis);
+    let ms = |histogram: &str, q: &str| r[histogram][q].as_f64().map_or("-".to_owned(), crate::stats::millis);
     format!(
         "history: {} messages, {} readers, page {} | {} pages ({:.0}/s of {}/s offered), bad={} errors={} | p50 {} \
          p99 {} p99.9 {} max {} | send lag p50 {} p99 {}{}",
@@ -262,12 +262,12 @@ pub fn summary_line(report: &Report) -> String {
         report.params["rate"],
         r["bad_pages"],
         r["errors"],
-        latency("p50_ms"),
-        latency("p99_ms"),
-        latency("p999_ms"),
-        latency("max_ms"),
-        r["send_lag"]["p50_ms"].as_f64().map_or("-".to_owned(), crate::stats::millis),
-        r["send_lag"]["p99_ms"].as_f64().map_or("-".to_owned(), crate::stats::millis),
+        ms("latency", "p50_ms"),
+        ms("latency", "p99_ms"),
+        ms("latency", "p999_ms"),
+        ms("latency", "max_ms"),
+        ms("send_lag", "p50_ms"),
+        ms("send_lag", "p99_ms"),
         report.cpu_us_per.get("page").map_or(String::new(), |per| format!(
             " | server {per:.0} µs CPU/page ({})",
             report.cpu_breakdown(r["pages"].as_u64().unwrap_or(0))

@@ -12,7 +12,7 @@ use std::{
 };
 
 /// The pacing thread's shortest sleep (see [`sleep_until`]).
-pub const MIN_PACING_SLEEP: Duration = Duration::from_micros(200);
+const MIN_PACING_SLEEP: Duration = Duration::from_micros(200);
 
 /// Blocks the calling thread until `wake`, but for at least [`MIN_PACING_SLEEP`]. For the pacing loops, which run
 /// on a thread of their own (`spawn_blocking`) rather than on a tokio timer: tokio rounds every deadline up to its
@@ -21,7 +21,7 @@ pub const MIN_PACING_SLEEP: Duration = Duration::from_micros(200);
 /// latencies count from the scheduled time. A blocking sleep wakes within tens of microseconds of the time. The
 /// floor keeps the thread from waking once per send at high rates (a quarter more load-generator CPU at 6,000 msg/s,
 /// on the cores the servers share); above 5,000/s sends are then handed over a few at a time, up to 200 µs late.
-pub fn sleep_until(wake: Instant) {
+fn sleep_until(wake: Instant) {
     std::thread::sleep(wake.saturating_duration_since(Instant::now()).max(MIN_PACING_SLEEP));
 }
 
