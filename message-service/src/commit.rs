@@ -99,9 +99,28 @@ impl Committer {
 
     /// Commits one send (with whatever else is queued) and returns the stored message.
     pub async fn send(&self, send: Send) -> Result<Message, ApiError> {
+        self.enqueue(send).await?.answer().await
+    }
+
+    /// Queues one send and returns at once with its ticket. Sends are committed in the order they were queued, so
+    /// a caller that queues several one after another (not concurrently) fixes their order.
+    pub async fn enqueue(&self, send: Send) -> Result<Ticket, ApiError> {
         let (reply, answer) = oneshot::channel();
         self.queue.send(Pending { send, reply }).await.map_err(|_| ApiError::unavailable("shutting down"))?;
-        answer.await.map_err(|_| ApiError::internal())?
+        Ok(Ticket { answer })
+    }
+}
+
+/// A queued send's claim on its answer.
+#[derive(Debug)]
+pub struct Ticket {
+    answer: oneshot::Receiver<Result<Message, ApiError>>,
+}
+
+impl Ticket {
+    /// Waits for the commit of the send's batch and returns the stored message.
+    pub async fn answer(self) -> Result<Message, ApiError> {
+        self.answer.await.map_err(|_| ApiError::internal())?
     }
 }
 

@@ -6,7 +6,7 @@ use common::{
     amqp::{Broker, CallContext, RpcClient},
     config::AmqpSettings,
     protocol::{
-        ApiError, ErrorCode, Operation,
+        ApiError, ErrorCode, Operation, RpcReply,
         messages::*,
         users::{Register, RegisterRequest},
     },
@@ -358,5 +358,70 @@ async fn bad_sends_are_refused_and_store_nothing() {
     let entry =
         s.call::<GetConversation>(as_user(ann, GetConversationRequest { conversation_id: group.id })).await.unwrap();
     assert_eq!(entry.conversation.last_seq, 0);
+    s.stop().await;
+}
+
+/// A gateway batches one socket's sends in the order they arrived; they must be stored in that order even when
+/// some name the other user (`toUserId`, which costs the service a lookup first) and some the conversation.
+#[tokio::test]
+async fn a_batch_is_stored_in_its_order_whatever_its_sends_name() {
+    let s = Stack::start().await;
+    let (ann, ben, cat) = (s.user("ann").await, s.user("ben").await, s.user("cat").await);
+    let to_user = |client_id: &str, to: i64| {
+        as_user(
+            ann,
+            SendMessageRequest {
+                conversation_id: None,
+                to_user_id: Some(to),
+                client_message_id: client_id.into(),
+                body: client_id.into(),
+            },
+        )
+    };
+    let to_conversation = |client_id: &str, conversation_id: i64| {
+        as_user(
+            ann,
+            SendMessageRequest {
+                conversation_id: Some(conversation_id),
+                to_user_id: None,
+                client_message_id: client_id.into(),
+                body: client_id.into(),
+            },
+        )
+    };
+    let dm = s.call::<SendMessage>(to_user("first", ben)).await.unwrap().conversation_id;
+
+    let sends = vec![
+        to_user("a1", ben),
+        to_conversation("a2", dm),
+        to_user("b1", cat), // a direct conversation created inside the batch
+        to_user("a3", ben),
+        to_conversation("a4", dm),
+        to_user("b2", cat),
+        to_conversation("not-mine", 987_654),
+        to_conversation("a5", dm),
+    ];
+    let answers = s.call::<SendMessages>(SendBatch { sends }).await.unwrap().results;
+    let stored: Vec<(String, i64)> = answers
+        .into_iter()
+        .filter_map(|answer| match answer {
+            RpcReply::Ok(message) => Some((message.client_message_id, message.seq)),
+            RpcReply::Err(error) => {
+                assert_eq!(error.code, ErrorCode::Forbidden, "{error:?}");
+                None
+            }
+        })
+        .collect();
+    let expected: Vec<(String, i64)> = [("a1", 2), ("a2", 3), ("b1", 1), ("a3", 4), ("a4", 5), ("b2", 2), ("a5", 6)]
+        .into_iter()
+        .map(|(id, seq)| (id.to_owned(), seq))
+        .collect();
+    assert_eq!(stored, expected);
+    let page = s
+        .call::<GetMessages>(as_user(ben, GetMessagesRequest { conversation_id: dm, ..Default::default() }))
+        .await
+        .unwrap();
+    let bodies: Vec<&str> = page.messages.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies, ["first", "a1", "a2", "a3", "a4", "a5"]);
     s.stop().await;
 }

@@ -6,6 +6,8 @@ use common::{
     },
 };
 
+use futures_util::future::join_all;
+
 use super::{Shared, internal};
 use crate::{
     commit::Send,
@@ -23,9 +25,13 @@ pub async fn send_message(
     send_one(&service, request, &ctx).await
 }
 
-/// A gateway's batch of sends: each goes the way a lone `sendMessage` goes, all at once, so they land in the
-/// same group commit. Each gets its own answer; only when every one failed unexpectedly (the database is down,
-/// say) is the batch itself failed, so the RPC server retries it — safe, because every send is idempotent.
+/// A gateway's batch of sends, all in the same group commit where they fit, **in the batch's order**: the gateway
+/// puts one socket's sends in a batch in the order they arrived, and that is the order they must be stored in.
+/// So every send is first resolved to its conversation (concurrently: a `toUserId` send may need a database round
+/// trip, or even to create the direct conversation, while a `conversationId` send needs none) and only then are
+/// they queued for the commit, one after another. Each gets its own answer; only when every one failed
+/// unexpectedly (the database is down, say) is the batch itself failed, so the RPC server retries it — safe,
+/// because every send is idempotent.
 #[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, sends = batch.sends.len()), err(Debug))]
 pub async fn send_messages(
     service: Shared,
@@ -35,8 +41,15 @@ pub async fn send_messages(
     if batch.sends.len() > MAX_SEND_BATCH {
         return Err(ApiError::validation(format!("at most {MAX_SEND_BATCH} sends in one batch")));
     }
-    let sends = batch.sends.into_iter().map(|request| send_one(&service, request, &ctx));
-    let results = futures_util::future::join_all(sends).await;
+    let resolved = join_all(batch.sends.into_iter().map(|request| resolve(&service, request, &ctx))).await;
+    let mut tickets = Vec::with_capacity(resolved.len());
+    for send in resolved {
+        tickets.push(match send {
+            Ok(send) => service.committer.enqueue(send).await,
+            Err(error) => Err(error),
+        });
+    }
+    let results = join_all(tickets.into_iter().map(|ticket| async move { ticket?.answer().await })).await;
     if !results.is_empty() && results.iter().all(|r| matches!(r, Err(e) if e.code == ErrorCode::Internal)) {
         return Err(ApiError::internal());
     }
@@ -48,6 +61,16 @@ async fn send_one(
     request: AsUser<SendMessageRequest>,
     ctx: &RequestContext,
 ) -> Result<Message, ApiError> {
+    let send = resolve(service, request, ctx).await?;
+    service.committer.send(send).await
+}
+
+/// A send checked and resolved to its conversation (finding or creating the direct conversation of a `toUserId`).
+async fn resolve(
+    service: &Shared,
+    request: AsUser<SendMessageRequest>,
+    ctx: &RequestContext,
+) -> Result<Send, ApiError> {
     let AsUser { user_id, request } = request;
     let body = MessageBody::parse(request.body)?;
     let client_message_id = ClientMessageId::parse(request.client_message_id)?;
@@ -56,7 +79,7 @@ async fn send_one(
         (None, Some(to)) => direct_conversation(service, user_id, positive_id(to, "toUserId")?, ctx).await?,
         _ => return Err(ApiError::validation("give exactly one of conversationId and toUserId")),
     };
-    service.committer.send(Send { sender_id: user_id, conversation_id, client_message_id, body }).await
+    Ok(Send { sender_id: user_id, conversation_id, client_message_id, body })
 }
 
 async fn direct_conversation(service: &Shared, from: i64, to: i64, ctx: &RequestContext) -> Result<i64, ApiError> {
