@@ -68,21 +68,35 @@ fn entry_from(row: &Row) -> ConversationEntry {
     }
 }
 
-/// A position in a user's conversation list, most recent first: `<last activity ms>:<id>`.
+/// A position in a user's conversation list, most recent first: `<last activity µs>:<id>`.
+///
+/// Microseconds, as PostgreSQL stores them: one group commit gives every conversation it touches the same
+/// `last_activity_at`, and a cursor rounded to milliseconds would skip the rows between the rounded instant and
+/// the true one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListCursor {
-    pub last_activity_ms: i64,
+    pub last_activity_us: i64,
     pub id: i64,
 }
 
 impl ListCursor {
+    /// The instants a cursor may name: 1970 to the end of year 9999. Every stored activity lies between, and
+    /// PostgreSQL refuses timestamps far outside, so a cursor beyond either end means "before everything" or
+    /// "before nothing" and is clamped rather than sent as it is.
+    const RANGE_US: std::ops::RangeInclusive<i64> = 0..=253_402_300_799_999_999;
+
     pub fn parse(text: &str) -> Option<Self> {
-        let (ms, id) = text.split_once(':')?;
-        Some(Self { last_activity_ms: ms.parse().ok()?, id: id.parse().ok()? })
+        let (us, id) = text.split_once(':')?;
+        Some(Self { last_activity_us: us.parse().ok()?, id: id.parse().ok()? })
     }
 
-    pub fn of(entry: &ConversationEntry) -> String {
-        format!("{}:{}", entry.conversation.last_activity_at, entry.conversation.id)
+    pub fn encode(&self) -> String {
+        format!("{}:{}", self.last_activity_us, self.id)
+    }
+
+    fn at(&self) -> DateTime<Utc> {
+        let us = self.last_activity_us.clamp(*Self::RANGE_US.start(), *Self::RANGE_US.end());
+        DateTime::from_timestamp_micros(us).unwrap_or_default()
     }
 }
 
@@ -205,13 +219,13 @@ impl Store {
         Ok(rows.iter().map(message_from).collect())
     }
 
-    /// A user's conversations, most recently active first.
+    /// A user's conversations, most recently active first, and the cursor of the last one.
     pub async fn list(
         &self,
         user_id: i64,
         before: Option<ListCursor>,
         limit: i64,
-    ) -> anyhow::Result<Vec<ConversationEntry>> {
+    ) -> anyhow::Result<(Vec<ConversationEntry>, Option<ListCursor>)> {
         let client = self.client().await?;
         let sql = format!(
             "{ENTRY_SELECT}
@@ -222,11 +236,15 @@ impl Store {
         );
         let statement = client.prepare_cached(&sql).await?;
         let (at, id) = match before {
-            Some(cursor) => (DateTime::<Utc>::from_timestamp_millis(cursor.last_activity_ms), cursor.id),
+            Some(cursor) => (Some(cursor.at()), cursor.id),
             None => (None, 0),
         };
         let rows = client.query(&statement, &[&user_id, &at, &id, &limit]).await.context("listing conversations")?;
-        Ok(rows.iter().map(entry_from).collect())
+        let last = rows.last().map(|row| ListCursor {
+            last_activity_us: row.get::<_, DateTime<Utc>>(5).timestamp_micros(),
+            id: row.get(0),
+        });
+        Ok((rows.iter().map(entry_from).collect(), last))
     }
 
     /// One conversation as `user_id` sees it, if they are a member.
@@ -498,11 +516,21 @@ mod tests {
     }
 
     #[test]
-    fn cursors_round_trip() {
-        assert_eq!(
-            ListCursor::parse("1700000000000:42"),
-            Some(ListCursor { last_activity_ms: 1_700_000_000_000, id: 42 })
-        );
-        assert_eq!(ListCursor::parse("nope"), None);
+    fn cursors_round_trip_in_microseconds() {
+        let cursor = ListCursor { last_activity_us: 1_700_000_000_123_456, id: 42 };
+        assert_eq!(cursor.encode(), "1700000000123456:42");
+        assert_eq!(ListCursor::parse(&cursor.encode()), Some(cursor));
+        assert_eq!(cursor.at().timestamp_micros(), 1_700_000_000_123_456);
+        for bad in ["nope", "12:", ":3", "1.5:3", "99999999999999999999:1"] {
+            assert_eq!(ListCursor::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn cursors_beyond_any_stored_instant_are_clamped_not_refused_by_the_database() {
+        let far_past = ListCursor { last_activity_us: i64::MIN, id: 1 };
+        assert_eq!(far_past.at(), DateTime::<Utc>::UNIX_EPOCH);
+        let far_future = ListCursor { last_activity_us: i64::MAX, id: 1 };
+        assert_eq!(far_future.at().to_rfc3339(), "9999-12-31T23:59:59.999999+00:00");
     }
 }

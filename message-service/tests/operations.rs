@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 struct Stack {
     amqp: AmqpSettings,
-    _db: testing::TestDb,
+    db: testing::TestDb,
     broker: Broker,
     client: RpcClient,
     stop: CancellationToken,
@@ -55,7 +55,7 @@ impl Stack {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        Stack { amqp, _db: db, broker, client, stop, tasks }
+        Stack { amqp, db, broker, client, stop, tasks }
     }
 
     async fn call<O: Operation>(&self, request: O::Request) -> Result<O::Response, ApiError> {
@@ -326,6 +326,45 @@ async fn conversations_list_newest_first_in_pages() {
         ))
         .await;
     assert_eq!(bad.unwrap_err().code, ErrorCode::Validation);
+    s.stop().await;
+}
+
+/// One group commit gives every conversation it touches the same `last_activity_at`, to the microsecond: paging
+/// one at a time through such ties must still visit every conversation once.
+#[tokio::test]
+async fn conversations_list_pages_through_ties_to_the_microsecond() {
+    let s = Stack::start().await;
+    let ann = s.user("ann").await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(s.group(ann, &format!("g{i}"), vec![]).await.id);
+    }
+    let (db, connection) = tokio_postgres::connect(&s.db.url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    db.execute(
+        "UPDATE messages.conversations SET last_activity_at = CASE WHEN id = $1
+                THEN '2026-01-01 00:00:00.123000+00'::timestamptz ELSE '2026-01-01 00:00:00.123456+00' END
+          WHERE id = ANY($2)",
+        &[&ids[0], &ids],
+    )
+    .await
+    .unwrap();
+
+    let mut seen = Vec::new();
+    let mut before = None;
+    for _ in 0..10 {
+        let page = s
+            .call::<ListConversations>(as_user(ann, ListConversationsRequest { before, limit: Some(1) }))
+            .await
+            .unwrap();
+        seen.extend(page.conversations.iter().map(|e| e.conversation.id));
+        before = page.next;
+        if before.is_none() {
+            break;
+        }
+    }
+    // Newest first; among equal instants, the higher id first.
+    assert_eq!(seen, [ids[3], ids[2], ids[1], ids[0]]);
     s.stop().await;
 }
 

@@ -156,8 +156,8 @@ pub async fn list_conversations(
         ),
         None => None,
     };
-    let conversations = service.store.list(user_id, before, i64::from(limit)).await.map_err(internal)?;
-    let next = (conversations.len() == limit as usize).then(|| conversations.last().map(ListCursor::of)).flatten();
+    let (conversations, last) = service.store.list(user_id, before, i64::from(limit)).await.map_err(internal)?;
+    let next = if conversations.len() == limit as usize { last.as_ref().map(ListCursor::encode) } else { None };
     Ok(ConversationsPage { conversations, next })
 }
 

@@ -33,7 +33,8 @@ pub async fn sync(
         return Err(ApiError::validation("a seq cannot be negative"));
     }
     let heads: HashMap<i64, i64> = request.heads.iter().map(|h| (h.conversation_id, h.seq)).collect();
-    let conversations = service.store.list(user_id, None, i64::from(MAX_CONVERSATIONS_PAGE)).await.map_err(internal)?;
+    let (conversations, _) =
+        service.store.list(user_id, None, i64::from(MAX_CONVERSATIONS_PAGE)).await.map_err(internal)?;
     let per = i64::from(SYNC_MESSAGES_PER_CONVERSATION);
     let mut budget = i64::from(SYNC_MESSAGES_TOTAL);
     let mut ranges = Vec::new();
