@@ -29,6 +29,12 @@
 //! Each send keeps its own answer (its message, or the error `sendMessage` would have given), and its own retry
 //! semantics: a failed batch answers every send with the batch's (retryable) error, and a client retrying with the
 //! same client message id gets the original message back.
+//!
+//! **One deadline per send, from the moment it reaches the batcher**: a send waits at most the RPC timeout in
+//! all, queue included, and is then answered `timeout`. A batch's request carries the earliest deadline of its
+//! sends (so the broker and the message-service drop it once that has passed rather than run it for nobody), and
+//! a send whose caller stopped waiting (timed out, or its socket closed) before its batch left is not sent at all.
+//! Without this a send queued behind a slow batch waited for that batch and then a full timeout of its own.
 
 use std::time::Duration;
 
@@ -51,6 +57,8 @@ const QUEUE: usize = 4 * MAX_SEND_BATCH;
 struct Pending {
     request: AsUser<SendMessageRequest>,
     request_id: String,
+    /// When the caller stops waiting.
+    deadline: Instant,
     reply: oneshot::Sender<Result<Message, ApiError>>,
 }
 
@@ -58,26 +66,34 @@ struct Pending {
 #[derive(Debug, Clone)]
 pub struct SendBatcher {
     queue: mpsc::Sender<Pending>,
+    timeout: Duration,
 }
 
 impl SendBatcher {
     /// `interval`: least time between the starts of two batches (zero: none; see the module documentation).
     pub fn start(rpc: RpcClient, timeout: Duration, interval: Duration) -> SendBatcher {
         let (queue, pending) = mpsc::channel(QUEUE);
-        tokio::spawn(run(rpc, timeout, interval, pending));
-        SendBatcher { queue }
+        tokio::spawn(run(rpc, interval, pending));
+        SendBatcher { queue, timeout }
     }
 
-    /// Sends one message (in whatever batch it joins) and returns the stored message.
+    /// Sends one message (in whatever batch it joins) and returns the stored message, or `timeout` once the RPC
+    /// timeout has passed since the call, however long the send queued.
     pub async fn send(&self, request_id: &str, request: AsUser<SendMessageRequest>) -> Result<Message, ApiError> {
+        let deadline = Instant::now() + self.timeout;
         let (reply, answer) = oneshot::channel();
-        let pending = Pending { request, request_id: request_id.to_owned(), reply };
-        self.queue.send(pending).await.map_err(|_| ApiError::unavailable("the gateway is shutting down"))?;
-        answer.await.map_err(|_| ApiError::internal())?
+        let pending = Pending { request, request_id: request_id.to_owned(), deadline, reply };
+        let sent = async {
+            self.queue.send(pending).await.map_err(|_| ApiError::unavailable("the gateway is shutting down"))?;
+            answer.await.map_err(|_| ApiError::internal())?
+        };
+        tokio::time::timeout_at(deadline, sent)
+            .await
+            .unwrap_or_else(|_| Err(ApiError::timeout("sendMessage did not answer in time")))
     }
 }
 
-async fn run(rpc: RpcClient, timeout: Duration, interval: Duration, mut queue: mpsc::Receiver<Pending>) {
+async fn run(rpc: RpcClient, interval: Duration, mut queue: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_SEND_BATCH);
     let mut last_start: Option<Instant> = None;
     // Whatever queued while the last batch was out goes next, in arrival order.
@@ -95,12 +111,21 @@ async fn run(rpc: RpcClient, timeout: Duration, interval: Duration, mut queue: m
         if !interval.is_zero() {
             last_start = Some(Instant::now());
         }
-        forward(&rpc, timeout, std::mem::take(&mut batch)).await;
+        // A caller that stopped waiting no longer needs its send: unanswered, it is not acknowledged, and a
+        // client retries it with the same client message id.
+        batch.retain(|pending| !pending.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        forward(&rpc, std::mem::take(&mut batch)).await;
     }
 }
 
 /// Forwards one batch and hands each send its own answer.
-async fn forward(rpc: &RpcClient, timeout: Duration, batch: Vec<Pending>) {
+async fn forward(rpc: &RpcClient, batch: Vec<Pending>) {
+    // The batch may run only while its least patient send still waits.
+    let deadline = batch.iter().map(|p| p.deadline).min().unwrap_or_else(Instant::now);
+    let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
     // The batch is logged under its first send's request id; each send's id is in the gateway's own log line.
     let request_id = batch.first().map(|p| p.request_id.clone()).unwrap_or_default();
     tracing::debug!(%request_id, sends = batch.len(), "forwarding a batch of sends");

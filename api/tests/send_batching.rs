@@ -20,8 +20,8 @@ use serde_json::json;
 use support::{Options, spawn_app_with, ws::WsClient};
 use tokio_util::sync::CancellationToken;
 
-/// The stand-in message-service: answers every `sendMessages` batch after 20 ms (refusing bodies "refuse me")
-/// and records each batch's size and arrival time.
+/// The stand-in message-service: answers every `sendMessages` batch after a delay (20 ms unless told; refusing
+/// bodies "refuse me") and records each batch's size and arrival time.
 struct StandIn {
     broker: Broker,
     /// Each batch's arrival time and size, in arrival order.
@@ -32,6 +32,10 @@ struct StandIn {
 
 impl StandIn {
     async fn start(app: &support::TestApp) -> StandIn {
+        StandIn::answering_after(app, Duration::from_millis(20)).await
+    }
+
+    async fn answering_after(app: &support::TestApp, delay: Duration) -> StandIn {
         let batches = Arc::new(Mutex::new(Vec::new()));
         let broker = Broker::start(&app.amqp, "stand-in message-service".into());
         let stop = CancellationToken::new();
@@ -41,7 +45,7 @@ impl StandIn {
                 let batches = batches.clone();
                 async move {
                     batches.lock().unwrap().push((Instant::now(), batch.sends.len()));
-                    answer(batch).await
+                    answer(batch, delay).await
                 }
             }
         });
@@ -70,9 +74,9 @@ impl StandIn {
     }
 }
 
-async fn answer(batch: common::protocol::messages::SendBatch) -> Result<SendBatchResult, ApiError> {
+async fn answer(batch: common::protocol::messages::SendBatch, delay: Duration) -> Result<SendBatchResult, ApiError> {
     // A commit takes a moment; sends arriving meanwhile must queue for the next batch.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    tokio::time::sleep(delay).await;
     let results = batch
         .sends
         .into_iter()
@@ -188,6 +192,81 @@ async fn with_an_interval_batches_are_paced_under_load_but_a_send_after_a_pause_
     let took = started.elapsed();
     assert!(took < interval.mul_f64(0.9), "a send after a pause took {took:?}: it was held");
     assert_eq!(stand_in.sizes(), [1, 4, 1]);
+    stand_in.stop().await;
+    app.shutdown().await;
+}
+
+/// A send queued behind a slow batch is answered `timeout` once the RPC timeout has passed since it was sent —
+/// not after the batch ahead of it plus a full timeout of its own — and its own batch carries what is left of
+/// its deadline, so the service would drop it rather than run it for nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_queued_behind_a_slow_batch_times_out_on_its_own_deadline() {
+    let timeout = Duration::from_secs(1);
+    let mut options = Options::default();
+    options.gateway.rpc_timeout = timeout;
+    let app = spawn_app_with(options).await;
+    // Far slower than the timeout: every batch times out.
+    let stand_in = StandIn::answering_after(&app, Duration::from_secs(5)).await;
+    let (token, _) = app.register("patient").await;
+    let (mut socket, _) = WsClient::authenticated(&app, &token).await;
+    let send =
+        |id: &str| json!({ "type": "sendMessage", "id": id, "conversationId": 1, "clientMessageId": id, "body": id });
+
+    let first_sent = Instant::now();
+    socket.send_json(&send("first")).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second_sent = Instant::now();
+    socket.send_json(&send("second")).await;
+
+    let first = socket.next_frame().await;
+    assert_eq!((first["id"].as_str(), first["error"]["code"].as_str()), (Some("first"), Some("timeout")), "{first}");
+    let second = socket.next_frame().await;
+    let second_took = second_sent.elapsed();
+    assert_eq!(
+        (second["id"].as_str(), second["error"]["code"].as_str()),
+        (Some("second"), Some("timeout")),
+        "{second}"
+    );
+    assert!(first_sent.elapsed() >= timeout, "the first send was answered before its timeout");
+    // Before: the second send's own timeout started only when the first batch gave up (~1.9 s here).
+    assert!(second_took < timeout.mul_f64(1.5), "the second send was answered {second_took:?} after it was sent");
+    stand_in.stop().await;
+    app.shutdown().await;
+}
+
+/// A send whose socket closed while it queued is not forwarded: nobody would receive its answer, and the
+/// client, never having had an acknowledgement, sends it again with the same client message id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_whose_socket_closed_before_its_batch_left_is_not_sent() {
+    let app = spawn_app_with(Options::default()).await;
+    let stand_in = StandIn::answering_after(&app, Duration::from_millis(500)).await;
+    let (token, _) = app.register("leaver").await;
+    let (mut stays, _) = WsClient::authenticated(&app, &token).await;
+    let (mut leaves, _) = WsClient::authenticated(&app, &token).await;
+    let send =
+        |id: &str| json!({ "type": "sendMessage", "id": id, "conversationId": 1, "clientMessageId": id, "body": id });
+
+    stays.send_json(&send("in-flight")).await;
+    // The first batch has left (the stand-in has it) before the second send arrives and queues behind it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stand_in.sizes().is_empty() {
+        assert!(Instant::now() < deadline, "the first batch never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    leaves.send_json(&send("abandoned")).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    leaves.close().await;
+
+    let answer = stays.next_frame().await;
+    assert_eq!(answer["result"]["data"]["clientMessageId"], "in-flight", "{answer}");
+    // Long enough for a second batch to have reached the stand-in, had there been one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stand_in.sizes(), [1]);
+    // The batcher goes on: a later send is forwarded and answered.
+    let later =
+        stays.call("sendMessage", json!({ "conversationId": 1, "clientMessageId": "later", "body": "x" })).await;
+    assert_eq!(later["result"]["data"]["clientMessageId"], "later", "{later}");
+    assert_eq!(stand_in.sizes(), [1, 1]);
     stand_in.stop().await;
     app.shutdown().await;
 }
