@@ -9,8 +9,8 @@ use lapin::{
 
 /// The gateway's request id, carried into every service's logs.
 pub const REQUEST_ID: &str = "x-request-id";
-/// When the caller stops waiting, in ms since the Unix epoch. A server drops a request it picks up after this:
-/// queue TTL (`expiration`) cannot cover a message already prefetched into a consumer's buffer.
+/// When the caller stops waiting, in ms since the Unix epoch. A server drops a request it picks up after this
+/// (whether it waited in the queue or in the consumer's prefetch buffer), unexecuted.
 pub const DEADLINE: &str = "x-deadline-ms";
 /// Which attempt this copy of a request is (absent on the first). The RPC server republishes a request with the
 /// next number when an attempt fails or a replica died holding it (see `rpc_server`).

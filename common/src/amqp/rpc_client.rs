@@ -1,9 +1,11 @@
 //! The typed RPC client: `client.call::<Register>(&request, &ctx).await`.
 //!
 //! Each call gets a correlation id unique within this instance; replies come back on the instance's own named,
-//! exclusive reply queue. The per-call timeout travels as the message's `expiration`, so a request nobody picked up
-//! in time is dropped by the broker rather than executed late, and as a deadline header for requests already
-//! prefetched by a server. Requests are published `mandatory` with publisher confirms: no queue bound for the
+//! exclusive reply queue. The per-call timeout travels as a deadline header, and the server that takes a request
+//! after it drops the request unexecuted. Not also as the message's `expiration`: the request queues dead-letter
+//! what they reject, and RabbitMQ dead-letters expired messages too, so every request that timed out in a queue
+//! (a slow or stuck service) would have piled up in the dead-letter queue, which is kept for requests that
+//! failed. A timed-out request waits in its (length-limited) queue instead and is dropped when taken. Requests are published `mandatory` with publisher confirms: no queue bound for the
 //! operation comes back as "unavailable" at once. A queue that exists but has no consumer (every replica stopped)
 //! is caught by a consumer-count probe cached for a second, so that case is also answered at once, not after the
 //! timeout. Replies for calls that already gave up are discarded.
@@ -124,7 +126,6 @@ impl RpcClient {
         let properties = BasicProperties::default()
             .with_correlation_id(id.to_string().into())
             .with_reply_to(self.inner.reply_queue.as_str().into())
-            .with_expiration(ctx.timeout.as_millis().max(1).to_string().into())
             .with_content_type("application/json".into())
             .with_headers(headers::request_headers(&ctx.request_id, headers::deadline_after(ctx.timeout)));
         let confirm = publish
