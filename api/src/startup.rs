@@ -16,7 +16,7 @@ use axum::{
 };
 use common::{
     amqp::{Broker, EventSubscriber, RpcClient, SubscriberOptions},
-    protocol::ApiError,
+    protocol::{ApiError, ErrorCode},
 };
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
@@ -139,16 +139,20 @@ pub fn router(state: AppState) -> Router {
         .route("/conversations/{id}/read", post(conversations::mark_read))
         .route("/sync", post(conversations::sync))
         .route("/messages", post(conversations::send_direct))
-        .fallback(|| async { HttpError::from(ApiError::not_found("no such endpoint")) });
+        .fallback(no_such_endpoint)
+        .method_not_allowed_fallback(wrong_method);
     let mut router = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/ws", get(ws::upgrade))
+        .method_not_allowed_fallback(wrong_method)
         .nest("/api", api);
     if let Some(dir) = state.settings().web_dir.clone() {
         // A single-page app: unknown paths get index.html so client-side routes survive a reload.
         let index = ServeFile::new(dir.join("index.html"));
         router = router.fallback_service(ServeDir::new(dir).fallback(index));
+    } else {
+        router = router.fallback(no_such_endpoint);
     }
     router
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -160,6 +164,15 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(axum::middleware::map_request(request_id::assign))
         .with_state(state)
+}
+
+// Every answer, even to a path or method that does not exist, is an error body in the one shape.
+async fn no_such_endpoint() -> HttpError {
+    HttpError::from(ApiError::not_found("no such endpoint"))
+}
+
+async fn wrong_method() -> HttpError {
+    HttpError::from(ApiError::new(ErrorCode::MethodNotAllowed, "this endpoint does not take that method"))
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

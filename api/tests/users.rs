@@ -134,6 +134,10 @@ async fn bad_bodies_get_typed_errors() {
         ),
         (app.http.get(app.url("/api/users?limit=abc")), 401, "unauthorized"),
         (app.http.get(app.url("/api/nowhere")), 404, "not_found"),
+        (app.http.get(app.url("/nowhere")), 404, "not_found"),
+        (app.http.put(app.url("/api/conversations")), 405, "method_not_allowed"),
+        (app.http.delete(app.url("/api/register")), 405, "method_not_allowed"),
+        (app.http.post(app.url("/healthz")), 405, "method_not_allowed"),
     ];
     for (request, status, code) in cases {
         let response = request.send().await.unwrap();
@@ -151,6 +155,13 @@ async fn bad_bodies_get_typed_errors() {
     assert_eq!(bad_query.status(), 400);
     let too_many = app.get_with_token("/api/users?limit=1000", &token).await;
     assert_eq!(too_many.status(), 422);
+    // A misspelt parameter is refused, not ignored (which would answer a different question).
+    for path in ["/api/users?limt=5", "/api/conversations?befor=1:2", "/api/conversations/1/messages?befor=3"] {
+        let misspelt = app.get_with_token(path, &token).await;
+        assert_eq!(misspelt.status(), 400, "{path}");
+        let body: Value = misspelt.json().await.unwrap();
+        assert!(body["error"]["message"].as_str().unwrap().contains("unknown field"), "{path}: {body}");
+    }
     app.shutdown().await;
 }
 

@@ -114,6 +114,9 @@ async fn malformed_frames_get_typed_errors_naming_their_request_and_the_socket_k
         (json!({ "type": "getSelf", "id": 42 }).to_string(), None, "id"),
         (json!({ "type": "getSelf" }).to_string(), None, "id"),
         (json!({ "type": "auth", "token": token }).to_string(), None, "already authenticated"),
+        (json!({ "type": "auth", "id": "e", "token": token }).to_string(), Some("e"), "already authenticated"),
+        (json!({ "type": "getMessages", "id": "f", "conversationId": 1, "befor": 3 }).to_string(), Some("f"), "befor"),
+        (json!({ "type": "getSelf", "id": "g", "verbose": true }).to_string(), Some("g"), "verbose"),
     ];
 
     for (text, id, mentions) in cases {

@@ -62,7 +62,7 @@ pub struct ReadUpTo {
 
 /// `GET /api/conversations/{id}/messages?before=&after=&around=&limit=`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MessagesQuery {
     pub before: Option<i64>,
     pub after: Option<i64>,

@@ -248,7 +248,7 @@ impl Session<'_> {
         let frame = match frames::parse(text) {
             Ok(ClientFrame::Auth { .. }) => {
                 return Ok(Admitted::Refused(ServerFrame::Error {
-                    id: None,
+                    id: frames::request_id(text),
                     error: ApiError::bad_request("already authenticated"),
                 }));
             }

@@ -1,12 +1,26 @@
 //! Reading client frames, so that every mistake gets an answer the client can match to its request.
 //!
 //! A frame is parsed as a plain JSON value first: that recovers the `id` (when it is a sane string) and the
-//! `type` even when the rest is wrong, so the error frame names the request it answers. Only then is it read as
-//! a [`ClientFrame`]. None of the client's text is logged.
+//! `type` even when the rest is wrong, so the error frame names the request it answers. Then its fields are
+//! checked against the ones its type reads — serde cannot refuse unknown fields of a request flattened into a
+//! tagged frame, and a misspelt `befor` would otherwise be ignored and the newest page returned — and only then is
+//! it read as a [`ClientFrame`]. None of the client's text is logged.
+
+use std::{collections::HashMap, sync::LazyLock};
 
 use common::protocol::{
     ApiError,
+    messages::{
+        AddMembersRequest, CreateGroupRequest, GetConversationRequest, GetMessagesRequest, LeaveConversationRequest,
+        ListConversationsRequest, MarkReadRequest, RemoveMemberRequest, SendMessageRequest, SyncRequest,
+    },
+    users::GetUsersRequest,
     ws::{ClientFrame, MAX_REQUEST_ID_CHARS, ServerFrame},
+};
+use serde::{
+    Deserializer,
+    de::{DeserializeOwned, Error as _, Visitor},
+    forward_to_deserialize_any,
 };
 use serde_json::Value;
 
@@ -27,6 +41,61 @@ pub const CLIENT_FRAME_TYPES: &[&str] = &[
     "markRead",
     "sync",
 ];
+
+/// The fields each frame type may carry: `type`, `id` and its request's own fields, read from the request type's
+/// `Deserialize` (so they cannot drift from it). `auth` carries a token and, if the client likes, an id.
+static FIELDS: LazyLock<HashMap<&'static str, Vec<&'static str>>> = LazyLock::new(|| {
+    let with = |request: &[&'static str]| [&["type", "id"][..], request].concat();
+    HashMap::from([
+        ("auth", with(&["token"])),
+        ("ping", with(&[])),
+        ("sendMessage", with(fields_of::<SendMessageRequest>())),
+        ("getMessages", with(fields_of::<GetMessagesRequest>())),
+        ("getUsers", with(fields_of::<GetUsersRequest>())),
+        ("getSelf", with(&[])),
+        ("createGroup", with(fields_of::<CreateGroupRequest>())),
+        ("addMembers", with(fields_of::<AddMembersRequest>())),
+        ("removeMember", with(fields_of::<RemoveMemberRequest>())),
+        ("leaveConversation", with(fields_of::<LeaveConversationRequest>())),
+        ("getConversation", with(fields_of::<GetConversationRequest>())),
+        ("listConversations", with(fields_of::<ListConversationsRequest>())),
+        ("markRead", with(fields_of::<MarkReadRequest>())),
+        ("sync", with(fields_of::<SyncRequest>())),
+    ])
+});
+
+/// The field names a struct's derived `Deserialize` reads (as they appear in JSON), asked of the impl itself.
+fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(FieldNames(&mut fields));
+    fields
+}
+
+/// A deserializer that only records the field list a struct asks for, then stops.
+struct FieldNames<'a>(&'a mut &'static [&'static str]);
+
+impl<'de> Deserializer<'de> for FieldNames<'_> {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(Self::Error::custom("not a struct"))
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        fields: &'static [&'static str],
+        _: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = fields;
+        Err(Self::Error::custom("fields recorded"))
+    }
+
+    forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+        unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+    }
+}
 
 /// Longest part of a serde message echoed back (it may quote the client's own values).
 const MAX_DETAIL_CHARS: usize = 200;
@@ -51,17 +120,7 @@ pub fn parse(text: &str) -> Result<ClientFrame, Rejected> {
     let Value::Object(fields) = &value else {
         return Err(error(None, ApiError::bad_request("the frame must be a JSON object")));
     };
-    let id = match fields.get("id") {
-        None => None,
-        Some(Value::String(id)) if id.is_empty() || id.chars().count() > MAX_REQUEST_ID_CHARS => {
-            return Err(error(
-                None,
-                ApiError::bad_request(format!("id must be 1 to {MAX_REQUEST_ID_CHARS} characters")),
-            ));
-        }
-        Some(Value::String(id)) => Some(id.clone()),
-        Some(_) => return Err(error(None, ApiError::bad_request("id must be a string"))),
-    };
+    let id = sane_id(fields)?;
     let kind = match fields.get("type") {
         Some(Value::String(kind)) => kind.as_str(),
         Some(_) => return Err(error(id, ApiError::bad_request("type must be a string"))),
@@ -71,11 +130,37 @@ pub fn parse(text: &str) -> Result<ClientFrame, Rejected> {
         let shown: String = kind.chars().take(MAX_REQUEST_ID_CHARS).collect();
         return Err(error(id, ApiError::bad_request(format!("unknown frame type {shown:?}"))));
     }
+    if let Some(allowed) = FIELDS.get(kind)
+        && let Some(unknown) = fields.keys().find(|field| !allowed.contains(&field.as_str()))
+    {
+        let shown: String = unknown.chars().take(MAX_REQUEST_ID_CHARS).collect();
+        return Err(error(id, ApiError::bad_request(format!("unknown field {shown:?} in a {kind} frame"))));
+    }
     let kind = kind.to_owned();
     serde_json::from_value(value).map_err(|e| {
         let detail: String = e.to_string().chars().take(MAX_DETAIL_CHARS).collect();
         error(id, ApiError::bad_request(format!("invalid {kind} frame: {detail}")))
     })
+}
+
+/// The frame's `id`, if it has one that can name the request in an answer.
+fn sane_id(fields: &serde_json::Map<String, Value>) -> Result<Option<String>, Rejected> {
+    match fields.get("id") {
+        None => Ok(None),
+        Some(Value::String(id)) if id.is_empty() || id.chars().count() > MAX_REQUEST_ID_CHARS => {
+            Err(error(None, ApiError::bad_request(format!("id must be 1 to {MAX_REQUEST_ID_CHARS} characters"))))
+        }
+        Some(Value::String(id)) => Ok(Some(id.clone())),
+        Some(_) => Err(error(None, ApiError::bad_request("id must be a string"))),
+    }
+}
+
+/// The `id` of a frame that parsed (for answering one the connection refuses, such as a second `auth`).
+pub fn request_id(text: &str) -> Option<String> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(fields)) => sane_id(&fields).ok().flatten(),
+        _ => None,
+    }
 }
 
 fn error(id: Option<String>, error: ApiError) -> Rejected {
@@ -103,6 +188,30 @@ mod tests {
         let message = serde_json::from_str::<ClientFrame>(r#"{"type":"?"}"#).unwrap_err().to_string();
         let expected: BTreeSet<&str> = message.split('`').skip(3).step_by(2).collect();
         assert_eq!(expected, CLIENT_FRAME_TYPES.iter().copied().collect(), "{message}");
+    }
+
+    #[test]
+    fn every_frame_type_has_its_field_list_read_from_its_request() {
+        for kind in CLIENT_FRAME_TYPES {
+            assert!(FIELDS.contains_key(kind), "{kind} has no field list");
+        }
+        assert_eq!(FIELDS.len(), CLIENT_FRAME_TYPES.len());
+        assert_eq!(FIELDS["markRead"], ["type", "id", "conversationId", "seq"]);
+        assert_eq!(FIELDS["getMessages"], ["type", "id", "conversationId", "before", "after", "around", "limit"]);
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused_naming_the_request_and_the_field() {
+        let (id, error) = rejected(r#"{"type":"getMessages","id":"r5","conversationId":1,"befor":10}"#);
+        assert_eq!((id.as_deref(), error.code), (Some("r5"), ErrorCode::BadRequest));
+        assert!(error.message.contains("befor"), "{}", error.message);
+        let (id, _) = rejected(r#"{"type":"getSelf","id":"r6","extra":null}"#);
+        assert_eq!(id.as_deref(), Some("r6"));
+        // Every field the request knows is accepted, optional ones as null too.
+        let all =
+            r#"{"type":"getMessages","id":"r7","conversationId":1,"before":null,"after":null,"around":9,"limit":5}"#;
+        assert!(parse(all).is_ok());
+        assert!(parse(r#"{"type":"auth","id":"a1","token":"t"}"#).is_ok());
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub enum ErrorCode {
     /// Authenticated but not allowed (not a member of that conversation).
     Forbidden,
     NotFound,
+    /// The endpoint exists but not with this HTTP method (REST only).
+    MethodNotAllowed,
     /// The request conflicts with stored state (a taken username).
     Conflict,
     /// Too many requests from this client; retry later.
@@ -28,7 +30,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// No replica of the service that handles this request is running. Retryable.
     Unavailable,
-    /// The service did not answer in time; the request was not executed late. Retryable.
+    /// The service did not answer in time. A read was not executed late; a send may have been stored, and its retry
+    /// with the same client message id returns it. Retryable.
     Timeout,
     /// A bug or an unexpected failure; details are in the server logs under the request id.
     Internal,

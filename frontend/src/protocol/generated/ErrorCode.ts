@@ -3,4 +3,4 @@
 /**
  * What went wrong, as a stable machine-readable code. Clients branch on this, never on `message`.
  */
-export type ErrorCode = "bad_request" | "validation" | "unauthorized" | "forbidden" | "not_found" | "conflict" | "rate_limited" | "payload_too_large" | "unavailable" | "timeout" | "internal";
+export type ErrorCode = "bad_request" | "validation" | "unauthorized" | "forbidden" | "not_found" | "method_not_allowed" | "conflict" | "rate_limited" | "payload_too_large" | "unavailable" | "timeout" | "internal";
