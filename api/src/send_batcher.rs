@@ -31,9 +31,11 @@
 //! same client message id gets the original message back.
 //!
 //! **One deadline per send, from the moment it reaches the batcher**: a send waits at most the RPC timeout in
-//! all, queue included, and is then answered `timeout`. A batch's request carries the earliest deadline of its
-//! sends (so the broker and the message-service drop it once that has passed rather than run it for nobody), and
-//! a send whose caller stopped waiting (timed out, or its socket closed) before its batch left is not sent at all.
+//! all, queue included, and is then answered `timeout`. A send whose caller stopped waiting (its socket closed) or
+//! whose deadline has passed before its batch leaves is not sent at all. A batch's request carries the latest
+//! deadline of its sends, so the message-service drops it unexecuted once nobody in it waits any more, while a
+//! fresh send is not failed for sharing a batch with one about to expire (that one's caller is answered `timeout`
+//! on time by its own timer; it may still be stored, and its retry with the same client message id returns it).
 //! Without this a send queued behind a slow batch waited for that batch and then a full timeout of its own.
 
 use std::time::Duration;
@@ -111,9 +113,12 @@ async fn run(rpc: RpcClient, interval: Duration, mut queue: mpsc::Receiver<Pendi
         if !interval.is_zero() {
             last_start = Some(Instant::now());
         }
-        // A caller that stopped waiting no longer needs its send: unanswered, it is not acknowledged, and a
-        // client retries it with the same client message id.
-        batch.retain(|pending| !pending.reply.is_closed());
+        // A caller that stopped waiting, or is about to, no longer needs its send: unacknowledged, it is retried
+        // by the client with the same client message id.
+        let now = Instant::now();
+        for late in batch.extract_if(.., |pending| pending.reply.is_closed() || pending.deadline <= now) {
+            let _ = late.reply.send(Err(ApiError::timeout("sendMessage did not answer in time")));
+        }
         if batch.is_empty() {
             continue;
         }
@@ -123,8 +128,8 @@ async fn run(rpc: RpcClient, interval: Duration, mut queue: mpsc::Receiver<Pendi
 
 /// Forwards one batch and hands each send its own answer.
 async fn forward(rpc: &RpcClient, batch: Vec<Pending>) {
-    // The batch may run only while its least patient send still waits.
-    let deadline = batch.iter().map(|p| p.deadline).min().unwrap_or_else(Instant::now);
+    // The batch is worth running while any of its sends still waits.
+    let deadline = batch.iter().map(|p| p.deadline).max().unwrap_or_else(Instant::now);
     let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
     // The batch is logged under its first send's request id; each send's id is in the gateway's own log line.
     let request_id = batch.first().map(|p| p.request_id.clone()).unwrap_or_default();

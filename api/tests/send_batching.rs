@@ -234,6 +234,45 @@ async fn a_send_queued_behind_a_slow_batch_times_out_on_its_own_deadline() {
     app.shutdown().await;
 }
 
+/// A fresh send that shares a batch with one about to expire is not failed with it: the nearly expired one is
+/// answered `timeout` by its own deadline, the fresh one gets its message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_send_batched_with_a_nearly_expired_one_still_gets_its_message() {
+    // Each batch takes 1 s of a 1.5 s timeout: the send that queued behind the first batch from its start has
+    // 0.55 s left when the second batch leaves, the one that queued at its end 1.4 s.
+    let mut options = Options::default();
+    options.gateway.rpc_timeout = Duration::from_millis(1_500);
+    let app = spawn_app_with(options).await;
+    let stand_in = StandIn::answering_after(&app, Duration::from_secs(1)).await;
+    let (token, _) = app.register("mixed").await;
+    let (mut first, _) = WsClient::authenticated(&app, &token).await;
+    let (mut early, _) = WsClient::authenticated(&app, &token).await;
+    let (mut fresh, _) = WsClient::authenticated(&app, &token).await;
+    let send =
+        |id: &str| json!({ "type": "sendMessage", "id": id, "conversationId": 1, "clientMessageId": id, "body": id });
+
+    first.send_json(&send("first")).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stand_in.sizes().is_empty() {
+        assert!(Instant::now() < deadline, "the first batch never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    early.send_json(&send("early")).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    fresh.send_json(&send("fresh")).await;
+
+    let answer = first.next_frame().await;
+    assert_eq!(answer["result"]["data"]["clientMessageId"], "first", "{answer}");
+    let answer = early.next_frame().await;
+    assert_eq!((answer["id"].as_str(), answer["error"]["code"].as_str()), (Some("early"), Some("timeout")), "{answer}");
+    let answer = fresh.next_frame().await;
+    assert_eq!(answer["result"]["data"]["clientMessageId"], "fresh", "{answer}");
+    assert_eq!(stand_in.sizes(), [1, 2]);
+    stand_in.stop().await;
+    app.shutdown().await;
+}
+
 /// A send whose socket closed while it queued is not forwarded: nobody would receive its answer, and the
 /// client, never having had an acknowledgement, sends it again with the same client message id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
