@@ -6,7 +6,7 @@ use common::{
     },
 };
 
-use futures_util::future::join_all;
+use futures_util::{StreamExt, future::join_all, stream::FuturesOrdered};
 
 use super::{Shared, internal};
 use crate::{
@@ -27,9 +27,9 @@ pub async fn send_message(
 
 /// A gateway's batch of sends, all in the same group commit where they fit, **in the batch's order**: the gateway
 /// puts one socket's sends in a batch in the order they arrived, and that is the order they must be stored in.
-/// So every send is first resolved to its conversation (concurrently: a `toUserId` send may need a database round
-/// trip, or even to create the direct conversation, while a `conversationId` send needs none) and only then are
-/// they queued for the commit, one after another. Each gets its own answer; only when every one failed
+/// So the sends are resolved to their conversations concurrently (a `toUserId` send may need a database round
+/// trip, or even to create the direct conversation, while a `conversationId` send needs none), and each is queued
+/// for the commit as soon as it and every send before it are resolved. Each gets its own answer; only when every one failed
 /// unexpectedly (the database is down, say) is the batch itself failed, so the RPC server retries it — safe,
 /// because every send is idempotent.
 #[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, sends = batch.sends.len()), err(Debug))]
@@ -41,9 +41,10 @@ pub async fn send_messages(
     if batch.sends.len() > MAX_SEND_BATCH {
         return Err(ApiError::validation(format!("at most {MAX_SEND_BATCH} sends in one batch")));
     }
-    let resolved = join_all(batch.sends.into_iter().map(|request| resolve(&service, request, &ctx))).await;
+    let mut resolved: FuturesOrdered<_> =
+        batch.sends.into_iter().map(|request| resolve(&service, request, &ctx)).collect();
     let mut tickets = Vec::with_capacity(resolved.len());
-    for send in resolved {
+    while let Some(send) = resolved.next().await {
         tickets.push(match send {
             Ok(send) => service.committer.enqueue(send).await,
             Err(error) => Err(error),
