@@ -4,12 +4,13 @@
 //!
 //! A tour: [`startup`] builds the router and runs it; [`routes`] holds one file per area of the REST API;
 //! [`ws`] is the WebSocket endpoint and the hub that routes live events to sockets; [`auth`] is the
-//! bearer-token extractor; [`error`] is the one place errors become HTTP statuses; [`validate`] bounds request
-//! sizes at the edge; [`state`] is what handlers share; [`config`] reads the environment.
+//! bearer-token extractor; [`error`] is the one place errors become HTTP statuses; [`fields`] refuses unknown
+//! fields at the edge; [`validate`] bounds request sizes at the edge; [`state`] is what handlers share; [`config`] reads the environment.
 
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod fields;
 pub mod request_id;
 pub mod routes;
 pub mod send_batcher;

@@ -162,6 +162,15 @@ async fn bad_bodies_get_typed_errors() {
         let body: Value = misspelt.json().await.unwrap();
         assert!(body["error"]["message"].as_str().unwrap().contains("unknown field"), "{path}: {body}");
     }
+    for (path, body) in [
+        ("/api/sync", json!({ "heads": [], "since": 3 })),
+        ("/api/conversations", json!({ "title": "team", "memberIds": [], "colour": "red" })),
+    ] {
+        let refused = app.http.post(app.url(path)).bearer_auth(&token).json(&body).send().await.unwrap();
+        assert_eq!(refused.status(), 400, "{path}");
+        let answer: Value = refused.json().await.unwrap();
+        assert!(answer["error"]["message"].as_str().unwrap().contains("unknown field"), "{path}: {answer}");
+    }
     app.shutdown().await;
 }
 

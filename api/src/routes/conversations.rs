@@ -21,6 +21,7 @@ use serde::Deserialize;
 use crate::{
     auth::AuthUser,
     error::{ApiJson, ApiPath, ApiQuery, HttpError},
+    fields::{StrictJson, StrictQuery},
     request_id::ReqId,
     state::AppState,
     validate::Bounded,
@@ -83,7 +84,7 @@ pub async fn list_conversations(
     State(state): State<AppState>,
     user: AuthUser,
     id: ReqId,
-    ApiQuery(request): ApiQuery<ListConversationsRequest>,
+    StrictQuery(request): StrictQuery<ListConversationsRequest>,
 ) -> Reply<ConversationsPage> {
     request.check_bounds()?;
     Ok(ApiJson(call_as::<ListConversations, _>(&state, &id, &user, request).await?))
@@ -94,7 +95,7 @@ pub async fn create_group(
     State(state): State<AppState>,
     user: AuthUser,
     id: ReqId,
-    ApiJson(request): ApiJson<CreateGroupRequest>,
+    StrictJson(request): StrictJson<CreateGroupRequest>,
 ) -> Created<Conversation> {
     request.check_bounds()?;
     Ok((StatusCode::CREATED, ApiJson(call_as::<CreateGroup, _>(&state, &id, &user, request).await?)))
@@ -218,7 +219,7 @@ pub async fn sync(
     State(state): State<AppState>,
     user: AuthUser,
     id: ReqId,
-    ApiJson(request): ApiJson<SyncRequest>,
+    StrictJson(request): StrictJson<SyncRequest>,
 ) -> Reply<SyncResponse> {
     request.check_bounds()?;
     Ok(ApiJson(call_as::<Sync, _>(&state, &id, &user, request).await?))

@@ -14,7 +14,8 @@ use common::protocol::users::{
 
 use crate::{
     auth::AuthUser,
-    error::{ApiJson, ApiQuery, HttpError},
+    error::{ApiJson, HttpError},
+    fields::StrictQuery,
     request_id::ReqId,
     state::AppState,
 };
@@ -50,7 +51,7 @@ pub async fn list_users(
     State(state): State<AppState>,
     user: AuthUser,
     id: ReqId,
-    ApiQuery(request): ApiQuery<GetUsersRequest>,
+    StrictQuery(request): StrictQuery<GetUsersRequest>,
 ) -> Reply<UsersPage> {
     Ok(ApiJson(state.call::<GetUsers>(&id.0, &request).await?))
 }

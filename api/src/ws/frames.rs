@@ -17,11 +17,6 @@ use common::protocol::{
     users::GetUsersRequest,
     ws::{ClientFrame, MAX_REQUEST_ID_CHARS, ServerFrame},
 };
-use serde::{
-    Deserializer,
-    de::{DeserializeOwned, Error as _, Visitor},
-    forward_to_deserialize_any,
-};
 use serde_json::Value;
 
 /// Every `type` a client may send, as [`ClientFrame`] spells it (a test keeps the two in step).
@@ -46,56 +41,24 @@ pub const CLIENT_FRAME_TYPES: &[&str] = &[
 /// `Deserialize` (so they cannot drift from it). `auth` carries a token and, if the client likes, an id.
 static FIELDS: LazyLock<HashMap<&'static str, Vec<&'static str>>> = LazyLock::new(|| {
     let with = |request: &[&'static str]| [&["type", "id"][..], request].concat();
+    let fields_of = |fields: Option<&'static [&'static str]>| fields.unwrap_or_default();
     HashMap::from([
         ("auth", with(&["token"])),
         ("ping", with(&[])),
-        ("sendMessage", with(fields_of::<SendMessageRequest>())),
-        ("getMessages", with(fields_of::<GetMessagesRequest>())),
-        ("getUsers", with(fields_of::<GetUsersRequest>())),
+        ("sendMessage", with(fields_of(crate::fields::fields_of::<SendMessageRequest>()))),
+        ("getMessages", with(fields_of(crate::fields::fields_of::<GetMessagesRequest>()))),
+        ("getUsers", with(fields_of(crate::fields::fields_of::<GetUsersRequest>()))),
         ("getSelf", with(&[])),
-        ("createGroup", with(fields_of::<CreateGroupRequest>())),
-        ("addMembers", with(fields_of::<AddMembersRequest>())),
-        ("removeMember", with(fields_of::<RemoveMemberRequest>())),
-        ("leaveConversation", with(fields_of::<LeaveConversationRequest>())),
-        ("getConversation", with(fields_of::<GetConversationRequest>())),
-        ("listConversations", with(fields_of::<ListConversationsRequest>())),
-        ("markRead", with(fields_of::<MarkReadRequest>())),
-        ("sync", with(fields_of::<SyncRequest>())),
+        ("createGroup", with(fields_of(crate::fields::fields_of::<CreateGroupRequest>()))),
+        ("addMembers", with(fields_of(crate::fields::fields_of::<AddMembersRequest>()))),
+        ("removeMember", with(fields_of(crate::fields::fields_of::<RemoveMemberRequest>()))),
+        ("leaveConversation", with(fields_of(crate::fields::fields_of::<LeaveConversationRequest>()))),
+        ("getConversation", with(fields_of(crate::fields::fields_of::<GetConversationRequest>()))),
+        ("listConversations", with(fields_of(crate::fields::fields_of::<ListConversationsRequest>()))),
+        ("markRead", with(fields_of(crate::fields::fields_of::<MarkReadRequest>()))),
+        ("sync", with(fields_of(crate::fields::fields_of::<SyncRequest>()))),
     ])
 });
-
-/// The field names a struct's derived `Deserialize` reads (as they appear in JSON), asked of the impl itself.
-fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
-    let mut fields: &'static [&'static str] = &[];
-    let _ = T::deserialize(FieldNames(&mut fields));
-    fields
-}
-
-/// A deserializer that only records the field list a struct asks for, then stops.
-struct FieldNames<'a>(&'a mut &'static [&'static str]);
-
-impl<'de> Deserializer<'de> for FieldNames<'_> {
-    type Error = serde::de::value::Error;
-
-    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
-        Err(Self::Error::custom("not a struct"))
-    }
-
-    fn deserialize_struct<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        fields: &'static [&'static str],
-        _: V,
-    ) -> Result<V::Value, Self::Error> {
-        *self.0 = fields;
-        Err(Self::Error::custom("fields recorded"))
-    }
-
-    forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
-        unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
-    }
-}
 
 /// Longest part of a serde message echoed back (it may quote the client's own values).
 const MAX_DETAIL_CHARS: usize = 200;
@@ -133,8 +96,7 @@ pub fn parse(text: &str) -> Result<ClientFrame, Rejected> {
     if let Some(allowed) = FIELDS.get(kind)
         && let Some(unknown) = fields.keys().find(|field| !allowed.contains(&field.as_str()))
     {
-        let shown: String = unknown.chars().take(MAX_REQUEST_ID_CHARS).collect();
-        return Err(error(id, ApiError::bad_request(format!("unknown field {shown:?} in a {kind} frame"))));
+        return Err(error(id, crate::fields::unknown_field(unknown, &format!("a {kind} frame"))));
     }
     let kind = kind.to_owned();
     serde_json::from_value(value).map_err(|e| {

@@ -142,7 +142,7 @@ pub struct MessagesPage {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[ts(export)]
 pub struct CreateGroupRequest {
     pub title: String,
@@ -182,7 +182,7 @@ pub struct GetConversationRequest {
 
 /// The user's conversations, most recently active first. `before` is the `next` of the previous page.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, TS)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[ts(export)]
 pub struct ListConversationsRequest {
     #[serde(default)]
@@ -231,7 +231,7 @@ pub struct Head {
 /// What the client has; the answer is what it lacks. For a conversation missing from `heads` (new to the client)
 /// the answer holds its newest messages; older ones are paged with `getMessages before`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, TS)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[ts(export)]
 pub struct SyncRequest {
     pub heads: Vec<Head>,

@@ -48,7 +48,7 @@ pub struct AuthResponse {
 
 /// One page of users, ordered by id. `after` is the last id of the previous page.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, TS)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[ts(export)]
 pub struct GetUsersRequest {
     #[serde(default)]
