@@ -74,9 +74,16 @@ async fn a_bad_token_or_a_request_before_auth_is_closed_with_4001() {
     ] {
         let mut client = WsClient::connect(&app).await;
         client.send_json(&first).await;
-        let (code, _) = client.expect_close().await;
+        let (code, reason) = client.expect_close().await;
         assert_eq!(code, 4001, "first frame {first}");
+        assert!(!reason.is_empty() && reason.len() <= 123, "first frame {first}: {reason:?}");
     }
+    // An auth frame that cannot be read says why, not that it is not one.
+    let mut client = WsClient::connect(&app).await;
+    client.send_json(&json!({ "type": "auth", "token": token, "device": "x".repeat(300) })).await;
+    let (code, reason) = client.expect_close().await;
+    assert_eq!(code, 4001);
+    assert!(reason.starts_with("unreadable auth frame: unknown field \"device\""), "{reason}");
     app.shutdown().await;
 }
 

@@ -135,7 +135,8 @@ async fn authenticate(
         match inbound(message, settings.max_message_bytes)? {
             Inbound::Text(text) => match frames::parse(&text) {
                 Ok(ClientFrame::Auth { token }) => break token,
-                _ => return Err(End::Close(close::UNAUTHORIZED, "the first frame must be auth".into())),
+                Ok(_) => return Err(End::Close(close::UNAUTHORIZED, "the first frame must be auth".into())),
+                Err(rejected) => return Err(End::Close(close::UNAUTHORIZED, unreadable_auth(&rejected.error.message))),
             },
             Inbound::Control => {}
         }
@@ -338,6 +339,18 @@ async fn bounded(
         },
         reason = closer.closed() => Err(reason.into()),
     }
+}
+
+/// The close reason for a first frame that could not be read as `auth`, within the 123 bytes a close reason may
+/// take.
+fn unreadable_auth(why: &str) -> std::borrow::Cow<'static, str> {
+    let mut reason = format!("unreadable auth frame: {why}");
+    let mut end = reason.len().min(120);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason.truncate(end);
+    reason.into()
 }
 
 enum Inbound {
