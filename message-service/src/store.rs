@@ -68,11 +68,13 @@ fn entry_from(row: &Row) -> ConversationEntry {
     }
 }
 
-/// A position in a user's conversation list, most recent first: `<last activity µs>:<id>`.
+/// A position in a user's conversation list, most recent first: `u<last activity µs>:<id>`.
 ///
 /// Microseconds, as PostgreSQL stores them: one group commit gives every conversation it touches the same
 /// `last_activity_at`, and a cursor rounded to milliseconds would skip the rows between the rounded instant and
-/// the true one.
+/// the true one. The `u` tells them from the earlier `<ms>:<id>` cursors, which are still read (as the
+/// millisecond they name) so a list paged across an upgrade goes on, while a replica from before refuses a new
+/// cursor rather than misread it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListCursor {
     pub last_activity_us: i64,
@@ -86,12 +88,16 @@ impl ListCursor {
     const RANGE_US: std::ops::RangeInclusive<i64> = 0..=253_402_300_799_999_999;
 
     pub fn parse(text: &str) -> Option<Self> {
-        let (us, id) = text.split_once(':')?;
-        Some(Self { last_activity_us: us.parse().ok()?, id: id.parse().ok()? })
+        let (at, id) = text.split_once(':')?;
+        let last_activity_us = match at.strip_prefix('u') {
+            Some(us) => us.parse().ok()?,
+            None => at.parse::<i64>().ok()?.saturating_mul(1_000),
+        };
+        Some(Self { last_activity_us, id: id.parse().ok()? })
     }
 
     pub fn encode(&self) -> String {
-        format!("{}:{}", self.last_activity_us, self.id)
+        format!("u{}:{}", self.last_activity_us, self.id)
     }
 
     fn at(&self) -> DateTime<Utc> {
@@ -365,11 +371,17 @@ impl Store {
         }
         match change {
             MemberChange::Add(users) => {
-                let count: i64 = tx
-                    .query_one("SELECT count(*) FROM messages.members WHERE conversation_id = $1", &[&conversation_id])
+                // The group's size after the change: users already in count once, so repeating an add that
+                // filled the group is not refused.
+                let after: i64 = tx
+                    .query_one(
+                        "SELECT count(*) FROM (SELECT user_id FROM messages.members WHERE conversation_id = $1
+                                               UNION SELECT unnest($2::bigint[])) AS members",
+                        &[&conversation_id, &users],
+                    )
                     .await?
                     .get(0);
-                if count as usize + users.len() > common::protocol::messages::MAX_GROUP_MEMBERS {
+                if after as usize > common::protocol::messages::MAX_GROUP_MEMBERS {
                     return Ok(Err(MembershipError::TooMany));
                 }
                 // New members start with the history read: it was written before they came.
@@ -518,10 +530,15 @@ mod tests {
     #[test]
     fn cursors_round_trip_in_microseconds() {
         let cursor = ListCursor { last_activity_us: 1_700_000_000_123_456, id: 42 };
-        assert_eq!(cursor.encode(), "1700000000123456:42");
+        assert_eq!(cursor.encode(), "u1700000000123456:42");
         assert_eq!(ListCursor::parse(&cursor.encode()), Some(cursor));
         assert_eq!(cursor.at().timestamp_micros(), 1_700_000_000_123_456);
-        for bad in ["nope", "12:", ":3", "1.5:3", "99999999999999999999:1"] {
+        // A cursor from before microseconds names its millisecond.
+        assert_eq!(
+            ListCursor::parse("1700000000123:42"),
+            Some(ListCursor { last_activity_us: 1_700_000_000_123_000, id: 42 })
+        );
+        for bad in ["nope", "12:", ":3", "1.5:3", "u:3", "uu1:3", "99999999999999999999:1"] {
             assert_eq!(ListCursor::parse(bad), None, "{bad}");
         }
     }

@@ -368,6 +368,35 @@ async fn conversations_list_pages_through_ties_to_the_microsecond() {
     s.stop().await;
 }
 
+/// A group fills up to its limit and no further; repeating the add that filled it is not refused (members
+/// already in count once), so a client may repeat an `addMembers` whose answer it lost.
+#[tokio::test]
+async fn a_full_group_refuses_new_members_but_not_a_repeated_add() {
+    let s = Stack::start().await;
+    let (ann, ben, cat) = (s.user("ann").await, s.user("ben").await, s.user("cat").await);
+    let group = s.group(ann, "big", vec![]).await;
+    // Fill it to one short of the limit with members written directly (the user-service need not know them).
+    let (db, connection) = tokio_postgres::connect(&s.db.url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let fillers = (MAX_GROUP_MEMBERS - 2) as i64;
+    db.execute(
+        "INSERT INTO messages.members (conversation_id, user_id)
+         SELECT $1, 10000000 + n FROM generate_series(1, $2::bigint) AS n",
+        &[&group.id, &fillers],
+    )
+    .await
+    .unwrap();
+    let add = |users: Vec<i64>| as_user(ann, AddMembersRequest { conversation_id: group.id, user_ids: users });
+
+    let full = s.call::<AddMembers>(add(vec![ben])).await.unwrap();
+    assert_eq!(full.members.len(), MAX_GROUP_MEMBERS);
+    let repeated = s.call::<AddMembers>(add(vec![ben])).await.unwrap();
+    assert_eq!(repeated.members.len(), MAX_GROUP_MEMBERS);
+    let over = s.call::<AddMembers>(add(vec![ben, cat])).await.unwrap_err();
+    assert_eq!(over.code, ErrorCode::Validation, "{over:?}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn bad_sends_are_refused_and_store_nothing() {
     let s = Stack::start().await;
