@@ -162,10 +162,42 @@ describe('App', () => {
     expect(sent[3]!.getAttribute('data-seq')).toBe('4');
   });
 
-  it('a failed send offers Retry, which resends the same client message id', async () => {
+  it('keeps a draft per conversation: it stays with its conversation and is not sent to the next one opened', async () => {
+    storedLogin();
+    const { server, user } = renderApp(entries());
+    await connected(server);
+    await user.click(screen.getByRole('button', { name: /bob/ }));
+    await act(() => flush());
+    await user.type(screen.getByRole('textbox', { name: 'Message' }), 'half a thought');
+    await user.click(screen.getByRole('button', { name: /Weekend plans/ }));
+    await act(() => flush());
+    const box = screen.getByRole('textbox', { name: 'Message' }) as HTMLTextAreaElement;
+    expect(box.value).toBe('');
+    await user.type(box, '{Enter}');
+    expect(server.current.requests('sendMessage')).toHaveLength(0);
+    await user.click(screen.getByRole('button', { name: /bob/ }));
+    await act(() => flush());
+    expect((screen.getByRole('textbox', { name: 'Message' }) as HTMLTextAreaElement).value).toBe('half a thought');
+  });
+
+  it('a send refused for a passing reason shows as waiting, not failed', async () => {
     storedLogin();
     const { server, user } = renderApp(entries());
     server.handlers.sendMessage = () => ({ error: { code: 'unavailable', message: 'try later' } });
+    await connected(server);
+    await user.click(screen.getByRole('button', { name: /bob/ }));
+    await act(() => flush());
+    await user.type(screen.getByRole('textbox', { name: 'Message' }), 'are you there?{Enter}');
+    await act(() => flush());
+    const waiting = screen.getByTestId('pending-message');
+    expect(waiting.classList.contains('msg--failed')).toBe(false);
+    expect(within(waiting).getByText('Trying again shortly…')).toBeTruthy();
+  });
+
+  it('a failed send offers Retry, which resends the same client message id', async () => {
+    storedLogin();
+    const { server, user } = renderApp(entries());
+    server.handlers.sendMessage = () => ({ error: { code: 'forbidden', message: 'not a member' } });
     await connected(server);
     await user.click(screen.getByRole('button', { name: /bob/ }));
     await act(() => flush());

@@ -16,7 +16,15 @@ export function Composer({
   /** Focus moves here whenever this changes (another conversation was opened). */
   focusKey: string;
 }) {
-  const [text, setText] = useState('');
+  // One draft per conversation: what was typed to one is never sent to the next one opened, and is still there
+  // on coming back.
+  const [drafts, setDrafts] = useState<Readonly<Record<string, string>>>({});
+  const text = drafts[focusKey] ?? '';
+  const setText = (value: string) =>
+    setDrafts((current) => {
+      const { [focusKey]: _, ...others } = current;
+      return value ? { ...others, [focusKey]: value } : others;
+    });
   const ref = useRef<HTMLTextAreaElement>(null);
   const hintId = useId();
   const countId = useId();

@@ -270,9 +270,11 @@ function PendingItem({
   onRetry: (id: string) => void;
   onDiscard: (id: string) => void;
 }) {
-  // Cut off by a disconnect (or written while offline): it goes out by itself after the reconnect, so it shows
-  // as waiting rather than failed.
+  // Cut off by a disconnect (or written while offline): it goes out by itself after the reconnect; refused for a
+  // passing reason (the service was busy or down): it goes out by itself after a pause. Either way it shows as
+  // waiting rather than failed.
   const queued = send.status === 'failed' && send.autoResend;
+  const offline = send.error?.code === 'disconnected' || send.error?.code === 'network';
   const failed = send.status === 'failed' && !send.autoResend;
   const state = failed ? 'msg--failed' : queued ? 'msg--pending msg--queued' : 'msg--pending';
   return (
@@ -299,7 +301,7 @@ function PendingItem({
                 <circle cx="12" cy="12" r="9" fill="none" stroke="currentColor" strokeWidth="2" />
                 <path d="M12 7v5l3 2" fill="none" stroke="currentColor" strokeWidth="2" strokeLinecap="round" />
               </svg>
-              <span>{queued ? 'Waiting for connection…' : 'Sending…'}</span>
+              <span>{queued ? (offline ? 'Waiting for connection…' : 'Trying again shortly…') : 'Sending…'}</span>
             </Fragment>
           )}
         </span>

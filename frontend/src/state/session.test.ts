@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import type { ConversationEntry } from '../protocol/generated/ConversationEntry';
+import type { ErrorCode } from '../protocol/generated/ErrorCode';
 import type { Message } from '../protocol/generated/Message';
 import { FakeServer, flush } from '../test/fakeSocket';
 import { alice, bob, carol, conv, entry, msg } from '../test/fixtures';
@@ -359,10 +360,10 @@ describe('session: sending', () => {
   it('an error fails the send; Retry sends it again with the same client message id', async () => {
     const t = setup([dm(12, 12)]);
     await connectAndOpen(t);
-    t.server.handlers.sendMessage = () => ({ error: { code: 'unavailable', message: 'message-service is down' } });
+    t.server.handlers.sendMessage = () => ({ error: { code: 'forbidden', message: 'not a member' } });
     t.session.send('hello');
     await flush();
-    expect(t.state().pending['cm-1']).toMatchObject({ status: 'failed', error: { code: 'unavailable' }, autoResend: false });
+    expect(t.state().pending['cm-1']).toMatchObject({ status: 'failed', error: { code: 'forbidden' }, autoResend: false });
     t.server.handlers.sendMessage = (f) => own(13, f.clientMessageId);
     t.session.retry('cm-1');
     expect(t.state().pending['cm-1']?.status).toBe('sending');
@@ -373,6 +374,39 @@ describe('session: sending', () => {
     expect(sends[0]!.id).not.toBe(sends[1]!.id);
     expect(t.state().pending).toEqual({});
     expect(t.seqs(7).slice(-1)).toEqual([13]);
+  });
+
+  it('a send that failed for a passing reason is sent again by itself, with the same id, after growing pauses', async () => {
+    const t = setup([dm(12, 12)], { resendDelayMs: 20 });
+    await connectAndOpen(t);
+    const ws = t.server.current;
+    const refusals: ErrorCode[] = ['unavailable', 'timeout', 'internal'];
+    t.server.handlers.sendMessage = (f) => {
+      const code = refusals.shift();
+      return code ? { error: { code, message: 'not now' } } : own(13, f.clientMessageId);
+    };
+    t.session.send('hello');
+    await flush();
+    expect(t.state().pending['cm-1']).toMatchObject({ status: 'failed', error: { code: 'unavailable' }, autoResend: true });
+    const started = Date.now();
+    for (let i = 0; i < 100 && Object.keys(t.state().pending).length > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(t.state().pending).toEqual({});
+    expect(ws.requests('sendMessage').map((s) => s.clientMessageId)).toEqual(['cm-1', 'cm-1', 'cm-1', 'cm-1']);
+    // Pauses of 20, 40 and 80 ms before the three resends.
+    expect(Date.now() - started).toBeGreaterThanOrEqual(130);
+    expect(t.seqs(7).slice(-1)).toEqual([13]);
+  });
+
+  it('a discarded send is not sent again', async () => {
+    const t = setup([dm(12, 12)], { resendDelayMs: 20 });
+    await connectAndOpen(t);
+    t.server.handlers.sendMessage = () => ({ error: { code: 'unavailable', message: 'down' } });
+    t.session.send('hello');
+    await flush();
+    t.session.discard('cm-1');
+    await new Promise((r) => setTimeout(r, 60));
+    expect(t.server.current.requests('sendMessage')).toHaveLength(1);
+    expect(t.state().pending).toEqual({});
   });
 
   it('a send with no reply in time fails with timeout', async () => {

@@ -58,6 +58,8 @@ export interface SessionOptions {
   requestTimeoutMs?: number;
   /** How long a send waits for its reply before it is shown as failed. */
   sendTimeoutMs?: number;
+  /** First wait before a send that failed for a passing reason is sent again by itself (doubling, to 30 s). */
+  resendDelayMs?: number;
   backoff?: BackoffOptions;
   random?: () => number;
   now?: () => number;
@@ -91,6 +93,15 @@ function groupByConversation(messages: readonly Message[]): Map<number, Message[
   return groups;
 }
 
+/**
+ * Failures that say nothing about the message itself — the server may even have stored it (`timeout`,
+ * `unavailable`, `internal`) or asked for a pause (`rate_limited`) — so the app sends it again by itself, with
+ * the same client message id (stored at most once). Other failures (`forbidden`, `validation`, …) wait for the
+ * user.
+ */
+const PASSING_FAILURES: ReadonlySet<string> = new Set(['disconnected', 'timeout', 'unavailable', 'internal', 'rate_limited']);
+const MAX_RESEND_DELAY_MS = 30_000;
+
 function pendingKey(userId: number): string {
   return `warren.pending.${userId}`;
 }
@@ -104,6 +115,9 @@ export class ChatSession {
   readonly store: ChatStore;
   private readonly socket: WarrenSocket;
   private readonly opts: SessionOptions;
+  /** Automatic resends waiting for their pause, and how many each send has had. */
+  private readonly resendTimers = new Map<string, ReturnType<typeof setTimeout>>();
+  private readonly resendAttempts = new Map<string, number>();
   private readonly now: () => number;
   private readonly newId: () => string;
   private readonly pageSize: number;
@@ -188,6 +202,8 @@ export class ChatSession {
     const doc = this.opts.documentTarget ?? (typeof document !== 'undefined' ? document : undefined);
     doc?.removeEventListener('visibilitychange', this.onVisibility);
     this.stopSyncTimer();
+    for (const timer of this.resendTimers.values()) clearTimeout(timer);
+    this.resendTimers.clear();
     this.socket.stop();
   }
 
@@ -610,6 +626,9 @@ export class ChatSession {
   }
 
   discard(clientMessageId: string): void {
+    clearTimeout(this.resendTimers.get(clientMessageId));
+    this.resendTimers.delete(clientMessageId);
+    this.resendAttempts.delete(clientMessageId);
     this.store.setState((s) => ({ pending: removePending(s.pending, clientMessageId) }));
   }
 
@@ -651,10 +670,32 @@ export class ChatSession {
     } catch (error) {
       const e = asApiRequestError(error);
       if (!(clientMessageId in this.store.getState().pending)) return; // confirmed by a live frame meanwhile
+      const passing = PASSING_FAILURES.has(e.code);
       this.store.setState((s) => ({
-        pending: markFailed(s.pending, clientMessageId, { code: e.code, message: e.message }, e.code === 'disconnected'),
+        pending: markFailed(s.pending, clientMessageId, { code: e.code, message: e.message }, passing),
       }));
+      // A drop is resent after the reconnect's sync; any other passing failure on a live socket after a pause.
+      if (passing && e.code !== 'disconnected') this.scheduleResend(clientMessageId);
+      return;
     }
+    this.resendAttempts.delete(clientMessageId);
+  }
+
+  /** Sends a failed message again by itself after a pause that doubles with each attempt (to 30 s). */
+  private scheduleResend(clientMessageId: string): void {
+    if (!this.started || this.resendTimers.has(clientMessageId)) return;
+    const attempt = this.resendAttempts.get(clientMessageId) ?? 0;
+    this.resendAttempts.set(clientMessageId, attempt + 1);
+    const delay = Math.min((this.opts.resendDelayMs ?? 1_000) * 2 ** attempt, MAX_RESEND_DELAY_MS);
+    const timer = setTimeout(() => {
+      this.resendTimers.delete(clientMessageId);
+      const send = this.store.getState().pending[clientMessageId];
+      if (!send) this.resendAttempts.delete(clientMessageId);
+      // Resent meanwhile (a reconnect), confirmed, discarded, or offline (the reconnect will resend it).
+      if (send?.status !== 'failed' || !send.autoResend || !this.socket.isOpen) return;
+      void this.transmit(clientMessageId);
+    }, delay);
+    this.resendTimers.set(clientMessageId, timer);
   }
 
   /** After a reconnect's sync (which confirmed whatever had been stored), resend what is still unconfirmed. */
