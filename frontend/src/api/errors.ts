@@ -14,17 +14,23 @@ export class ApiRequestError extends Error {
   readonly status: number | undefined;
   /** Seconds to wait before retrying (from `Retry-After`), when the server said so. */
   readonly retryAfterSeconds: number | undefined;
+  /**
+   * The client gave up waiting with no answer at all (its own timer), as opposed to the server answering
+   * `timeout`: only the first says anything about the connection.
+   */
+  readonly unanswered: boolean;
 
   constructor(
     code: ClientErrorCode,
     message: string,
-    options: { status?: number; retryAfterSeconds?: number } = {},
+    options: { status?: number; retryAfterSeconds?: number; unanswered?: boolean } = {},
   ) {
     super(message);
     this.name = 'ApiRequestError';
     this.code = code;
     this.status = options.status;
     this.retryAfterSeconds = options.retryAfterSeconds;
+    this.unanswered = options.unanswered ?? false;
   }
 
   static fromApiError(error: ApiError, options: { status?: number; retryAfterSeconds?: number } = {}) {

@@ -209,7 +209,7 @@ export class WarrenSocket {
         if (queued >= 0) this.queue.splice(queued, 1);
         this.highPriority.delete(id);
         if (queued >= 0 || this.inFlight.delete(id)) {
-          reject(new ApiRequestError('timeout', `no answer to ${op} in time`));
+          reject(new ApiRequestError('timeout', `no answer to ${op} in time`, { unanswered: true }));
           this.pump();
         }
       }, options.timeoutMs ?? this.options.requestTimeoutMs);

@@ -446,6 +446,25 @@ describe('session: sending', () => {
     expect(t.seqs(7).slice(-2)).toEqual([13, 14]);
   });
 
+  it('a sync the gateway answers with timeout keeps the socket, and the interrupted sends still go out', async () => {
+    const t = setup([dm(12, 12)]);
+    await connectAndOpen(t);
+    t.session.send('hello');
+    t.server.current.serverClose(1006);
+    await flush(1);
+    await reconnected(t);
+    t.server.handlers.sync = () => ({ error: { code: 'timeout', message: 'sync did not answer in time' } });
+    t.server.handlers.sendMessage = (f) => own(13, f.clientMessageId, f.body);
+    const ws2 = t.server.accept(alice);
+    await flush();
+    expect(ws2.requests('sync')).toHaveLength(1);
+    expect(ws2.requests('sendMessage').map((s) => s.clientMessageId)).toEqual(['cm-1']);
+    expect(t.state().pending).toEqual({});
+    // No reconnect: the socket answered.
+    await new Promise((r) => setTimeout(r, 50));
+    expect(t.server.sockets).toHaveLength(2);
+  });
+
   it('a send the server stored before the drop is confirmed by sync and not sent again', async () => {
     const t = setup([dm(12, 12)]);
     await connectAndOpen(t);

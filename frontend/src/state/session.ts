@@ -243,6 +243,8 @@ export class ChatSession {
   private async afterConnect(): Promise<void> {
     await this.syncNow();
     if (!this.socket.isOpen) return;
+    // Even when the sync failed: a resend carries its client message id, so one already stored comes back as it
+    // is, and the outbox does not wait on a slow service.
     this.resendInterrupted();
     const selected = this.store.getState().selected;
     if (selected?.kind === 'conversation') void this.ensureLoaded(selected.id);
@@ -440,9 +442,10 @@ export class ChatSession {
       this.store.setState({ synced: true });
     } catch (error) {
       const e = asApiRequestError(error);
-      // No answer in time on an open socket: the connection is presumed dead, so start over rather than wait for
-      // the keep-alive to notice.
-      if (e.code === 'timeout') this.socket.reconnectNow();
+      // No answer at all in time on an open socket: the connection is presumed dead, so start over rather than
+      // wait for the keep-alive to notice. (The gateway answering `timeout` proves the socket alive: a service was
+      // slow; the next sync, on the timer or the next event, tries again.)
+      if (e.code === 'timeout' && e.unanswered) this.socket.reconnectNow();
     }
   }
 
