@@ -133,6 +133,24 @@ describe('App', () => {
     await waitFor(() => expect(screen.queryAllByTestId('unread-badge')).toHaveLength(0));
   });
 
+  it("a conversation whose messages could not be loaded says so and offers Retry, instead of loading forever", async () => {
+    storedLogin();
+    const { server, user } = renderApp(entries());
+    const answer = server.handlers.getMessages;
+    server.handlers.getMessages = () => ({ error: { code: 'unavailable', message: 'message-service is down' } });
+    await connected(server);
+    await user.click(screen.getByRole('button', { name: /bob/ }));
+    await act(() => flush());
+    const log = screen.getByRole('region', { name: 'Messages' });
+    expect(within(log).getByRole('alert').textContent).toContain("Couldn't load the messages.");
+    expect(within(log).queryByText('Loading messages…')).toBeNull();
+    server.handlers.getMessages = answer;
+    await user.click(within(log).getByRole('button', { name: 'Retry' }));
+    await act(() => flush());
+    expect(within(log).getAllByTestId('message')).toHaveLength(3);
+    expect(within(log).queryByRole('alert')).toBeNull();
+  });
+
   it('Enter sends, Shift+Enter adds a line; the message shows as sending, then sent', async () => {
     storedLogin();
     const { server, user } = renderApp(entries());

@@ -25,6 +25,7 @@ export function ConversationView({ onBack }: { onBack: () => void }) {
   const timeline = useChat((s) => (conversationId !== undefined ? s.timelines[conversationId] : undefined));
   const loadingOlder = useChat((s) => (conversationId !== undefined ? !!s.loadingOlder[conversationId] : false));
   const loadingNewest = useChat((s) => (conversationId !== undefined ? !!s.loadingNewest[conversationId] : false));
+  const loadFailed = useChat((s) => (conversationId !== undefined ? !!s.loadFailed[conversationId] : false));
   const [atBottom, setAtBottom] = useState(true);
   const [showMembers, setShowMembers] = useState(false);
 
@@ -105,7 +106,10 @@ export function ConversationView({ onBack }: { onBack: () => void }) {
         users={users}
         hasMoreBefore={timeline?.hasMoreBefore ?? false}
         loadingOlder={loadingOlder}
-        loadingNewest={loadingNewest || (conversation !== undefined && timeline?.lo === null)}
+        loadingNewest={loadingNewest || (!loadFailed && conversation !== undefined && timeline?.lo === null)}
+        {...(loadFailed && conversationId !== undefined
+          ? { onRetryLoad: () => void session.ensureLoaded(conversationId) }
+          : {})}
         onLoadOlder={onLoadOlder}
         onRetry={onRetry}
         onDiscard={onDiscard}

@@ -60,6 +60,8 @@ export interface MessageListProps {
   hasMoreBefore: boolean;
   loadingOlder: boolean;
   loadingNewest: boolean;
+  /** Set when the newest messages could not be loaded: offers to try again. */
+  onRetryLoad?: () => void;
   onLoadOlder: () => void;
   onRetry: (clientMessageId: string) => void;
   onDiscard: (clientMessageId: string) => void;
@@ -196,7 +198,14 @@ export function MessageList(props: MessageListProps) {
         aria-busy={loadingOlder || loadingNewest}
       >
         <div className="messages__top">
-          {loadingOlder || loadingNewest ? (
+          {props.onRetryLoad && !loadingNewest ? (
+            <p className="messages__loading" role="alert">
+              Couldn't load the messages.{' '}
+              <button type="button" className="link-button" onClick={props.onRetryLoad}>
+                Retry
+              </button>
+            </p>
+          ) : loadingOlder || loadingNewest ? (
             <p className="messages__loading" role="status">
               Loading messages…
             </p>
@@ -208,7 +217,7 @@ export function MessageList(props: MessageListProps) {
             <p className="messages__start">This is the beginning of the conversation.</p>
           ) : null}
         </div>
-        {empty && !loadingNewest ? (
+        {empty && !loadingNewest && !props.onRetryLoad ? (
           <p className="messages__empty">No messages yet. Say hello!</p>
         ) : (
           <ol className="messages__list">

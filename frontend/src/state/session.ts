@@ -560,13 +560,15 @@ export class ChatSession {
     const timeline = s.timelines[conversationId];
     if ((timeline && timeline.lo !== null) || s.loadingNewest[conversationId] || !this.socket.isOpen) return;
     this.setFlag('loadingNewest', conversationId, true);
+    this.setFlag('loadFailed', conversationId, false);
     try {
       const page = await this.request('getMessages', { conversationId, limit: this.pageSize }, { priority: 'high' });
       this.applyPageToStore(conversationId, page, 'newest');
       const now = this.store.getState().timelines[conversationId];
       if (now && newestSeq(now) > now.head) void this.catchUp(conversationId);
     } catch {
-      // Shown as "couldn't load"; opening again retries.
+      // Shown as "couldn't load" with a Retry; opening again, or a reconnect, retries too.
+      this.setFlag('loadFailed', conversationId, true);
     } finally {
       this.setFlag('loadingNewest', conversationId, false);
     }
@@ -593,7 +595,7 @@ export class ChatSession {
     }
   }
 
-  private setFlag(key: 'loadingOlder' | 'loadingNewest', conversationId: number, value: boolean): void {
+  private setFlag(key: 'loadingOlder' | 'loadingNewest' | 'loadFailed', conversationId: number, value: boolean): void {
     this.store.setState((s) => {
       const next = { ...s[key] };
       if (value) next[conversationId] = true;

@@ -31,6 +31,8 @@ export interface ChatState {
   selected: Selection | null;
   loadingOlder: Readonly<Record<number, boolean>>;
   loadingNewest: Readonly<Record<number, boolean>>;
+  /** Conversations whose newest page could not be loaded (shown with a Retry). */
+  loadFailed: Readonly<Record<number, boolean>>;
   /** The latest text for the screen reader live region; `n` changes so a repeated text is announced again. */
   announcement: { text: string; n: number };
   /** A short, dismissable notice (e.g. "You were removed from …"). */
@@ -51,6 +53,7 @@ export function createChatStore(me: User, initial: Partial<ChatState> = {}): Cha
     selected: null,
     loadingOlder: {},
     loadingNewest: {},
+    loadFailed: {},
     announcement: { text: '', n: 0 },
     notice: null,
     ...initial,
