@@ -20,7 +20,7 @@ use common::{
         ws::{ClientFrame, ServerFrame, close},
     },
 };
-use futures_util::{SinkExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
+use futures_util::{FutureExt, SinkExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
 use tokio::{
     sync::OwnedSemaphorePermit,
     time::{Instant, MissedTickBehavior, sleep, timeout},
@@ -196,15 +196,18 @@ impl Session<'_> {
                     Ok(message) => {
                         idle.as_mut().reset(Instant::now() + settings.idle_timeout);
                         match message {
-                            Inbound::Text(text) => match self.admit(&text, &mut strikes) {
-                                Ok(Admitted::Request(frame)) => {
-                                    requests += 1;
-                                    let request_id = format!("{connection}-{requests}");
-                                    self.start(user, request_id, frame);
-                                    Ok(())
-                                }
-                                Ok(Admitted::Refused(error)) => self.write_frame(&error).await,
+                            Inbound::Text(text) => match self.reap_answered().await {
                                 Err(end) => Err(end),
+                                Ok(()) => match self.admit(&text, &mut strikes) {
+                                    Ok(Admitted::Request(frame)) => {
+                                        requests += 1;
+                                        let request_id = format!("{connection}-{requests}");
+                                        self.start(user, request_id, frame);
+                                        Ok(())
+                                    }
+                                    Ok(Admitted::Refused(error)) => self.write_frame(&error).await,
+                                    Err(end) => Err(end),
+                                },
                             },
                             Inbound::Control => Ok(()),
                         }
@@ -242,6 +245,22 @@ impl Session<'_> {
                 None => Some(handled.await),
             }
         }));
+    }
+
+    /// At the in-flight limit, takes out the requests that are already answered before a new frame is counted. A
+    /// send answered from its event (see [`Self::start`]) was written through the hub's queue, so its client can
+    /// send the next frame before this loop has polled the finished request out of `in_flight`; counting it then
+    /// refused clients that kept exactly the documented maximum in flight.
+    async fn reap_answered(&mut self) -> Result<(), End> {
+        if self.in_flight.len() < self.state.settings().ws.max_in_flight {
+            return Ok(());
+        }
+        while let Some(Some(answer)) = tokio::task::unconstrained(self.in_flight.next()).now_or_never() {
+            if let Some(reply) = answer {
+                self.write_reply(reply).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Decides what to do with a text frame: run it, refuse it with an error frame, or end a flooding client.
