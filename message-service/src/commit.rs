@@ -235,7 +235,7 @@ pub async fn commit(connection: &CommitConnection, sends: &[Send]) -> anyhow::Re
     let mut results = Vec::with_capacity(sends.len());
     let mut events = Vec::new();
     let mut fresh = 0;
-    for row in &rows {
+    for (row, send) in rows.iter().zip(sends) {
         // No message: the sender is not a member of the send's conversation.
         if row.get::<_, Option<i64>>("conversation_id").is_none() {
             results.push(Err(ApiError::forbidden("you are not a member of that conversation")));
@@ -244,6 +244,13 @@ pub async fn commit(connection: &CommitConnection, sends: &[Send]) -> anyhow::Re
         let message = message_from(row);
         if row.get::<_, bool>("fresh") {
             fresh += 1;
+        } else if message.conversation_id != send.conversation_id || message.body != send.body.as_str() {
+            // The id is the sender's, across all their conversations: a retry repeats the message it names, while
+            // another message under a used id would otherwise be answered with the first and never stored.
+            results.push(Err(ApiError::conflict(
+                "this clientMessageId already names another of your messages; use a new one for a new message",
+            )));
+            continue;
         }
         if let Some(recipients) = row.get::<_, Option<Vec<i64>>>("recipients") {
             events.push(Event::Message { message: message.clone(), recipients });

@@ -104,7 +104,7 @@ async fn sending_twice_with_the_same_client_id_stores_one_message() {
     let group = db.store.create_group(1, "g", &[]).await.unwrap().id;
 
     let first = commit_once(&db.store, &[send(1, group, "same", "hello")]).await.unwrap();
-    let again = commit_once(&db.store, &[send(1, group, "same", "hello (edited retry)")]).await.unwrap();
+    let again = commit_once(&db.store, &[send(1, group, "same", "hello")]).await.unwrap();
 
     assert_eq!(first.results[0], again.results[0]);
     assert_eq!(again.fresh, 0);
@@ -141,6 +141,35 @@ async fn a_repeat_of_an_already_stored_send_leaves_no_hole() {
     assert_eq!(seqs(&db, group).await, [1, 2]);
 }
 
+/// A client message id is the sender's across all their conversations. Reused for another message (another
+/// conversation, or another body), it is refused with `conflict` rather than answered with the first message
+/// while the new one is silently not stored; a true retry still gets the original.
+#[tokio::test]
+async fn a_client_id_reused_for_another_message_is_refused_and_a_retry_still_answered() {
+    use common::protocol::ErrorCode;
+    let db = database().await;
+    let first = db.store.create_group(1, "first", &[]).await.unwrap().id;
+    let second = db.store.create_group(1, "second", &[]).await.unwrap().id;
+    let stored = commit_once(&db.store, &[send(1, first, "m1", "hello")]).await.unwrap();
+    let original = stored.results[0].as_ref().unwrap().clone();
+
+    let again = commit_once(
+        &db.store,
+        &[send(1, second, "m1", "hello"), send(1, first, "m1", "hello, edited"), send(1, first, "m1", "hello")],
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(again.results[0].as_ref().unwrap_err().code, ErrorCode::Conflict);
+    assert_eq!(again.results[1].as_ref().unwrap_err().code, ErrorCode::Conflict);
+    assert_eq!(again.results[2].as_ref().unwrap(), &original);
+    assert_eq!(again.fresh, 0);
+    // Only the retry's event goes out again (for a redelivered request); the refused ones announce nothing.
+    assert_eq!(again.events.len(), 1);
+    assert_eq!(seqs(&db, first).await, [1]);
+    assert!(seqs(&db, second).await.is_empty());
+}
+
 #[tokio::test]
 async fn a_non_members_send_fails_alone_and_takes_no_seq() {
     let db = database().await;
@@ -167,18 +196,19 @@ async fn each_send_is_answered_with_its_message_and_events_go_to_the_members_of_
     let original = commit_once(&db.store, &[send(1, elsewhere, "k", "original")]).await.unwrap().results[0].clone();
 
     let batch = [
-        // A client id reused in another conversation: answered with the original, which lives outside the batch.
+        // A client id reused in another conversation, for another message: refused (conflict).
         send(1, chat, "k", "reused id"),
         // Not a member: refused, and its client id stays free for the next send.
         send(2, closed, "d", "not a member"),
         send(2, chat, "d", "member here"),
         send(3, chat, "e", "fresh"),
         // A repeat inside the batch: the same message again.
-        send(3, chat, "e", "fresh, resent"),
+        send(3, chat, "e", "fresh"),
     ];
     let committed = commit_once(&db.store, &batch).await.unwrap();
 
-    assert_eq!(committed.results[0], original);
+    assert_eq!(committed.results[0].as_ref().unwrap_err().code, common::protocol::ErrorCode::Conflict);
+    assert_eq!(seqs(&db, elsewhere).await, [original.unwrap().seq]);
     assert_eq!(committed.results[1].as_ref().unwrap_err().code, common::protocol::ErrorCode::Forbidden);
     let stored: Vec<(i64, i64, i64, String)> = committed.results[2..]
         .iter()
@@ -307,7 +337,7 @@ async fn two_replicas_racing_on_the_same_client_id_store_one_message() {
 }
 
 #[tokio::test]
-async fn a_client_id_reused_across_conversations_by_racing_replicas_resolves_to_the_first_message() {
+async fn a_client_id_reused_across_conversations_by_racing_replicas_stores_one_and_refuses_the_other() {
     let db = database().await;
     let one = db.store.create_group(1, "one", &[]).await.unwrap().id;
     let two = db.store.create_group(1, "two", &[]).await.unwrap().id;
@@ -317,7 +347,16 @@ async fn a_client_id_reused_across_conversations_by_racing_replicas_resolves_to_
         let id = format!("reuse-{round}");
         let (to_one, to_two) = ([send(1, one, &id, "to one")], [send(1, two, &id, "to two")]);
         let (a, b) = tokio::join!(commit_with_retries(&replica_a, &to_one), commit_with_retries(&replica_b, &to_two));
-        assert_eq!(a.unwrap().results, b.unwrap().results, "round {round}: both answer with the one stored message");
+        let (a, b) = (a.unwrap().results.remove(0), b.unwrap().results.remove(0));
+        let codes = [&a, &b].map(|r| r.as_ref().err().map(|e| e.code));
+        assert!(
+            matches!(
+                codes,
+                [None, Some(common::protocol::ErrorCode::Conflict)]
+                    | [Some(common::protocol::ErrorCode::Conflict), None]
+            ),
+            "round {round}: one stored, the other refused: {a:?} / {b:?}"
+        );
     }
 
     let total = seqs(&db, one).await.len() + seqs(&db, two).await.len();
