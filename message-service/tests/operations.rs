@@ -397,6 +397,33 @@ async fn a_full_group_refuses_new_members_but_not_a_repeated_add() {
     s.stop().await;
 }
 
+/// A token can outlive its account. Such a caller must not create conversations with a user id that exists
+/// nowhere: refused `unauthorized`, and nothing is created.
+#[tokio::test]
+async fn a_caller_whose_account_does_not_exist_creates_no_conversation() {
+    let s = Stack::start().await;
+    let ann = s.user("ann").await;
+    let ghost = 987_654;
+
+    let group = s
+        .call::<CreateGroup>(as_user(ghost, CreateGroupRequest { title: "ghosts".into(), member_ids: vec![ann] }))
+        .await
+        .unwrap_err();
+    assert_eq!(group.code, ErrorCode::Unauthorized, "{group:?}");
+    let direct = SendMessageRequest {
+        conversation_id: None,
+        to_user_id: Some(ann),
+        client_message_id: "boo".into(),
+        body: "boo".into(),
+    };
+    let direct = s.call::<SendMessage>(as_user(ghost, direct)).await.unwrap_err();
+    assert_eq!(direct.code, ErrorCode::Unauthorized, "{direct:?}");
+
+    let list = s.call::<ListConversations>(as_user(ann, ListConversationsRequest::default())).await.unwrap();
+    assert!(list.conversations.is_empty(), "{:?}", list.conversations);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn bad_sends_are_refused_and_store_nothing() {
     let s = Stack::start().await;

@@ -59,7 +59,7 @@ pub async fn create_group(
     if members.len() + 1 > MAX_GROUP_MEMBERS {
         return Err(ApiError::validation(format!("a group can have at most {MAX_GROUP_MEMBERS} members")));
     }
-    service.ensure_users_exist(&members, &ctx.request_id).await?;
+    service.ensure_users_exist(user_id, &members, &ctx.request_id).await?;
     let conversation = service.store.create_group(user_id, title.as_str(), &members).await.map_err(internal)?;
     announce(&service, &conversation, None).await;
     Ok(conversation)
@@ -79,7 +79,7 @@ pub async fn add_members(
     }
     // Check membership before asking about users, so a non-member learns nothing about user ids.
     service.store.membership(user_id, conversation_id).await.map_err(internal)?.ok_or_else(not_a_member)?;
-    service.ensure_users_exist(&users, &ctx.request_id).await?;
+    service.ensure_users_exist(user_id, &users, &ctx.request_id).await?;
     let conversation = service
         .store
         .change_members(user_id, conversation_id, MemberChange::Add(&users))

@@ -50,13 +50,23 @@ pub(crate) fn not_a_member() -> ApiError {
 }
 
 impl Service {
-    /// Checks that every id names an existing user, asking the user-service in pages of 100.
-    pub(crate) async fn ensure_users_exist(&self, ids: &[i64], request_id: &str) -> Result<(), ApiError> {
-        for chunk in ids.chunks(common::protocol::users::MAX_USERS_PAGE as usize) {
+    /// Checks that the acting user and every id in `ids` name existing users, asking the user-service in pages
+    /// of 100, before a conversation is created or joined with them. The actor is asked too: a token outlives its
+    /// account (deleted, or a database restored from before it), and such a token must not put a user id that
+    /// exists nowhere into a conversation (`unauthorized`, as the WebSocket refuses it at `auth`).
+    pub(crate) async fn ensure_users_exist(&self, actor: i64, ids: &[i64], request_id: &str) -> Result<(), ApiError> {
+        let mut all = Vec::with_capacity(ids.len() + 1);
+        all.push(actor);
+        all.extend(ids.iter().copied().filter(|id| *id != actor));
+        for chunk in all.chunks(common::protocol::users::MAX_USERS_PAGE as usize) {
             let ctx = CallContext::new(request_id, self.rpc_timeout);
             let found = self.users.call::<ResolveUsers>(&ResolveUsersRequest { ids: chunk.to_vec() }, &ctx).await?;
             if let Some(missing) = chunk.iter().find(|id| !found.iter().any(|u| u.id == **id)) {
-                return Err(ApiError::not_found(format!("no user with id {missing}")));
+                return Err(if *missing == actor {
+                    ApiError::unauthorized("your account no longer exists")
+                } else {
+                    ApiError::not_found(format!("no user with id {missing}"))
+                });
             }
         }
         Ok(())

@@ -90,7 +90,7 @@ async fn direct_conversation(service: &Shared, from: i64, to: i64, ctx: &Request
     if let Some(id) = service.store.find_direct(from, to).await.map_err(internal)? {
         return Ok(id);
     }
-    service.ensure_users_exist(&[to], &ctx.request_id).await?;
+    service.ensure_users_exist(from, &[to], &ctx.request_id).await?;
     let (conversation, created) = service.store.direct(from, to).await.map_err(internal)?;
     if created {
         let recipients = conversation.members.clone();
