@@ -147,7 +147,12 @@ async fn forward(rpc: &RpcClient, batch: Vec<Pending>) {
             tracing::error!(sent = count, answered = result.results.len(), "a batch came back with the wrong count");
             replies.into_iter().for_each(|reply| drop(reply.send(Err(ApiError::internal()))));
         }
-        Err(error) => replies.into_iter().for_each(|reply| drop(reply.send(Err(error.clone())))),
+        Err(mut error) => {
+            // Each caller sent a `sendMessage`; the batch operation is the gateway's own business.
+            error.message =
+                error.message.replace(<SendMessages as common::protocol::Operation>::ROUTING_KEY, "sendMessage");
+            replies.into_iter().for_each(|reply| drop(reply.send(Err(error.clone()))));
+        }
     }
 }
 

@@ -220,6 +220,7 @@ async fn a_send_queued_behind_a_slow_batch_times_out_on_its_own_deadline() {
 
     let first = socket.next_frame().await;
     assert_eq!((first["id"].as_str(), first["error"]["code"].as_str()), (Some("first"), Some("timeout")), "{first}");
+    assert!(!first["error"]["message"].as_str().unwrap().contains("sendMessages"), "{first}");
     let second = socket.next_frame().await;
     let second_took = second_sent.elapsed();
     assert_eq!(
@@ -266,6 +267,8 @@ async fn a_fresh_send_batched_with_a_nearly_expired_one_still_gets_its_message()
     assert_eq!(answer["result"]["data"]["clientMessageId"], "first", "{answer}");
     let answer = early.next_frame().await;
     assert_eq!((answer["id"].as_str(), answer["error"]["code"].as_str()), (Some("early"), Some("timeout")), "{answer}");
+    // The client sent a sendMessage; the batch operation behind it is not named.
+    assert!(!answer["error"]["message"].as_str().unwrap().contains("sendMessages"), "{answer}");
     let answer = fresh.next_frame().await;
     assert_eq!(answer["result"]["data"]["clientMessageId"], "fresh", "{answer}");
     assert_eq!(stand_in.sizes(), [1, 2]);

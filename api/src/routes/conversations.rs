@@ -79,7 +79,7 @@ where
     Ok(state.call::<O>(&id.0, &AsUser { user_id: user.0.user_id, request }).await?)
 }
 
-#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id), err(Debug, level = "info"))]
 pub async fn list_conversations(
     State(state): State<AppState>,
     user: AuthUser,
@@ -90,7 +90,7 @@ pub async fn list_conversations(
     Ok(ApiJson(call_as::<ListConversations, _>(&state, &id, &user, request).await?))
 }
 
-#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id), err(Debug, level = "info"))]
 pub async fn create_group(
     State(state): State<AppState>,
     user: AuthUser,
@@ -101,7 +101,7 @@ pub async fn create_group(
     Ok((StatusCode::CREATED, ApiJson(call_as::<CreateGroup, _>(&state, &id, &user, request).await?)))
 }
 
-#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id, conversation_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id, conversation_id), err(Debug, level = "info"))]
 pub async fn get_conversation(
     State(state): State<AppState>,
     user: AuthUser,
@@ -113,7 +113,7 @@ pub async fn get_conversation(
     Ok(ApiJson(call_as::<GetConversation, _>(&state, &id, &user, request).await?))
 }
 
-#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id, conversation_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id, conversation_id), err(Debug, level = "info"))]
 pub async fn get_messages(
     State(state): State<AppState>,
     user: AuthUser,
@@ -127,7 +127,7 @@ pub async fn get_messages(
     Ok(ApiJson(call_as::<GetMessages, _>(&state, &id, &user, request).await?))
 }
 
-#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id, conversation_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id, conversation_id), err(Debug, level = "info"))]
 pub async fn send_to_conversation(
     State(state): State<AppState>,
     user: AuthUser,
@@ -146,7 +146,7 @@ pub async fn send_to_conversation(
     Ok((StatusCode::CREATED, ApiJson(state.send_message(&id.0, user.0.user_id, request).await?)))
 }
 
-#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id), err(Debug, level = "info"))]
 pub async fn send_direct(
     State(state): State<AppState>,
     user: AuthUser,
@@ -163,7 +163,7 @@ pub async fn send_direct(
     Ok((StatusCode::CREATED, ApiJson(state.send_message(&id.0, user.0.user_id, request).await?)))
 }
 
-#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id, conversation_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id, conversation_id), err(Debug, level = "info"))]
 pub async fn add_members(
     State(state): State<AppState>,
     user: AuthUser,
@@ -177,7 +177,7 @@ pub async fn add_members(
     Ok(ApiJson(call_as::<AddMembers, _>(&state, &id, &user, request).await?))
 }
 
-#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id, conversation_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id, conversation_id), err(Debug, level = "info"))]
 pub async fn remove_member(
     State(state): State<AppState>,
     user: AuthUser,
@@ -189,7 +189,7 @@ pub async fn remove_member(
     Ok(ApiJson(call_as::<RemoveMember, _>(&state, &id, &user, request).await?))
 }
 
-#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id, conversation_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id, conversation_id), err(Debug, level = "info"))]
 pub async fn leave_conversation(
     State(state): State<AppState>,
     user: AuthUser,
@@ -201,7 +201,7 @@ pub async fn leave_conversation(
     Ok(ApiJson(call_as::<LeaveConversation, _>(&state, &id, &user, request).await?))
 }
 
-#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id, conversation_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id, conversation_id), err(Debug, level = "info"))]
 pub async fn mark_read(
     State(state): State<AppState>,
     user: AuthUser,
@@ -214,7 +214,7 @@ pub async fn mark_read(
     Ok(ApiJson(call_as::<MarkRead, _>(&state, &id, &user, request).await?))
 }
 
-#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id), err(Debug, level = "info"))]
 pub async fn sync(
     State(state): State<AppState>,
     user: AuthUser,

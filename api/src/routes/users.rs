@@ -22,7 +22,7 @@ use crate::{
 
 type Reply<T> = Result<ApiJson<T>, HttpError>;
 
-#[tracing::instrument(skip_all, fields(request_id = %id.0), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %id.0), err(Debug, level = "info"))]
 pub async fn register_user(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -34,7 +34,7 @@ pub async fn register_user(
     Ok((StatusCode::CREATED, ApiJson(state.call::<Register>(&id.0, &request).await?)))
 }
 
-#[tracing::instrument(skip_all, fields(request_id = %id.0), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %id.0), err(Debug, level = "info"))]
 pub async fn log_in(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -46,7 +46,7 @@ pub async fn log_in(
     Ok(ApiJson(state.call::<Login>(&id.0, &request).await?))
 }
 
-#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id), err(Debug, level = "info"))]
 pub async fn list_users(
     State(state): State<AppState>,
     user: AuthUser,
@@ -56,7 +56,7 @@ pub async fn list_users(
     Ok(ApiJson(state.call::<GetUsers>(&id.0, &request).await?))
 }
 
-#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id), err(Debug, level = "info"))]
 pub async fn get_me(State(state): State<AppState>, user: AuthUser, id: ReqId) -> Reply<User> {
     Ok(ApiJson(state.call::<GetSelf>(&id.0, &GetSelfRequest { user_id: user.0.user_id }).await?))
 }

@@ -46,7 +46,7 @@ async fn announce(service: &Shared, conversation: &Conversation, also: Option<i6
     service.events.publish(vec![Event::Conversation { conversation: conversation.clone(), recipients }]).await;
 }
 
-#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug, level = "info"))]
 pub async fn create_group(
     service: Shared,
     request: AsUser<CreateGroupRequest>,
@@ -65,7 +65,7 @@ pub async fn create_group(
     Ok(conversation)
 }
 
-#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug, level = "info"))]
 pub async fn add_members(
     service: Shared,
     request: AsUser<AddMembersRequest>,
@@ -90,7 +90,7 @@ pub async fn add_members(
     Ok(conversation)
 }
 
-#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug, level = "info"))]
 pub async fn remove_member(
     service: Shared,
     request: AsUser<RemoveMemberRequest>,
@@ -109,7 +109,7 @@ pub async fn remove_member(
     Ok(conversation)
 }
 
-#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug, level = "info"))]
 pub async fn leave_conversation(
     service: Shared,
     request: AsUser<LeaveConversationRequest>,
@@ -127,7 +127,7 @@ pub async fn leave_conversation(
     Ok(conversation)
 }
 
-#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug, level = "info"))]
 pub async fn get_conversation(
     service: Shared,
     request: AsUser<GetConversationRequest>,
@@ -138,7 +138,7 @@ pub async fn get_conversation(
     service.store.entry(user_id, conversation_id).await.map_err(internal)?.ok_or_else(not_a_member)
 }
 
-#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug, level = "info"))]
 pub async fn list_conversations(
     service: Shared,
     request: AsUser<ListConversationsRequest>,
@@ -161,7 +161,7 @@ pub async fn list_conversations(
     Ok(ConversationsPage { conversations, next })
 }
 
-#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug, level = "info"))]
 pub async fn mark_read(
     service: Shared,
     request: AsUser<MarkReadRequest>,

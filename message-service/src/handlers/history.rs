@@ -16,7 +16,7 @@ use crate::{
 const DEFAULT_PAGE: u32 = 50;
 
 /// A page of history before / after / around a seq (or the newest page), for members only.
-#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug, level = "info"))]
 pub async fn get_messages(
     service: Shared,
     request: AsUser<GetMessagesRequest>,

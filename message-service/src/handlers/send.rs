@@ -16,7 +16,7 @@ use crate::{
 
 /// Stores a message (through the group commit) and returns it with its seq. Sending to a user rather than a
 /// conversation finds or creates the direct conversation first.
-#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug, level = "info"))]
 pub async fn send_message(
     service: Shared,
     request: AsUser<SendMessageRequest>,
@@ -32,7 +32,7 @@ pub async fn send_message(
 /// for the commit as soon as it and every send before it are resolved. Each gets its own answer; only when every one failed
 /// unexpectedly (the database is down, say) is the batch itself failed, so the RPC server retries it — safe,
 /// because every send is idempotent.
-#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, sends = batch.sends.len()), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, sends = batch.sends.len()), err(Debug, level = "info"))]
 pub async fn send_messages(
     service: Shared,
     batch: SendBatch,

@@ -19,7 +19,7 @@ use super::{Shared, internal};
 /// `getMessages after`: what was returned of a conversation is always a prefix of what it lacks, so the client's
 /// new head is exact). Whatever replica or gateway a client reconnects to, the answer comes from the database,
 /// so nothing acknowledged can be missed.
-#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug, level = "info"))]
 pub async fn sync(
     service: Shared,
     request: AsUser<SyncRequest>,

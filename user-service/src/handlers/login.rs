@@ -16,7 +16,7 @@ fn invalid_credentials() -> ApiError {
 
 /// Checks a password and issues a token. An unknown user costs the same argon2 verification as a wrong password
 /// (against a dummy hash), so response times do not reveal which names exist.
-#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id), err(Debug, level = "info"))]
 pub async fn log_in(service: Shared, request: LoginRequest, ctx: RequestContext) -> Result<AuthResponse, ApiError> {
     let username = Username::parse(request.username).ok();
     let password = Password::parse(request.password).ok();

@@ -14,7 +14,7 @@ use crate::{
 
 /// Creates an account and logs it in. Names are unique ignoring case; the database enforces it, so two replicas
 /// registering the same name at once cannot both succeed.
-#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id), err(Debug, level = "info"))]
 pub async fn register_user(
     service: Shared,
     request: RegisterRequest,

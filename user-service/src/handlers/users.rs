@@ -13,7 +13,7 @@ use crate::domain::Username;
 const DEFAULT_PAGE: u32 = 50;
 
 /// A page of users in id order, optionally filtered by a case-insensitive name prefix.
-#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id), err(Debug, level = "info"))]
 pub async fn list_users(service: Shared, request: GetUsersRequest, ctx: RequestContext) -> Result<UsersPage, ApiError> {
     if let Some(ids) = request.ids {
         let users = resolve_users(service, ResolveUsersRequest { ids: ids.0 }, ctx).await?;
@@ -34,7 +34,7 @@ pub async fn list_users(service: Shared, request: GetUsersRequest, ctx: RequestC
 }
 
 /// The caller's own profile (the gateway passes the id it verified in the token).
-#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug, level = "info"))]
 pub async fn get_self(service: Shared, request: GetSelfRequest, ctx: RequestContext) -> Result<User, ApiError> {
     service
         .store
@@ -46,7 +46,7 @@ pub async fn get_self(service: Shared, request: GetSelfRequest, ctx: RequestCont
 }
 
 /// Several users by id, for services that store only ids. Unknown ids are left out.
-#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, count = request.ids.len()), err(Debug))]
+#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, count = request.ids.len()), err(Debug, level = "info"))]
 pub async fn resolve_users(
     service: Shared,
     request: ResolveUsersRequest,
