@@ -20,7 +20,7 @@ use common::{
         ws::{ClientFrame, ServerFrame, close},
     },
 };
-use futures_util::{FutureExt, SinkExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
+use futures_util::{SinkExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
 use tokio::{
     sync::OwnedSemaphorePermit,
     time::{Instant, MissedTickBehavior, sleep, timeout},
@@ -255,12 +255,20 @@ impl Session<'_> {
         if self.in_flight.len() < self.state.settings().ws.max_in_flight {
             return Ok(());
         }
-        while let Some(Some(answer)) = tokio::task::unconstrained(self.in_flight.next()).now_or_never() {
-            if let Some(reply) = answer {
-                self.write_reply(reply).await?;
+        loop {
+            // Polled once with this task's own waker (not `now_or_never`'s no-op one, which `FuturesUnordered`
+            // would keep and so never wake this task for the requests still running), outside tokio's cooperative
+            // budget, which could otherwise report a finished request as pending.
+            let polled = tokio::task::unconstrained(std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(self.in_flight.poll_next_unpin(cx))
+            }))
+            .await;
+            match polled {
+                std::task::Poll::Ready(Some(Some(reply))) => self.write_reply(reply).await?,
+                std::task::Poll::Ready(Some(None)) => {}
+                std::task::Poll::Ready(None) | std::task::Poll::Pending => return Ok(()),
             }
         }
-        Ok(())
     }
 
     /// Decides what to do with a text frame: run it, refuse it with an error frame, or end a flooding client.
