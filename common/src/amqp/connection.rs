@@ -137,6 +137,9 @@ pub async fn session_lost(session: &Session) -> Option<lapin::Error> {
     }
 }
 
+/// How long closing waits for the broker's acknowledgement.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 async fn supervise(
     url: String,
     name: String,
@@ -162,7 +165,12 @@ async fn supervise(
                     }
                     () = closing.cancelled() => {
                         link.send_replace(Link::Down);
-                        let _ = session.connection.close(200, "shutting down".into()).await;
+                        // Bounded: a broker that never acknowledges the close (seen on a loaded machine) must not
+                        // hold a stopping process forever; the connection is dropped either way.
+                        let close = session.connection.close(200, "shutting down".into());
+                        if tokio::time::timeout(CLOSE_WAIT, close).await.is_err() {
+                            tracing::warn!("RabbitMQ did not acknowledge the close in time; dropping the connection");
+                        }
                         return;
                     }
                 }
