@@ -59,6 +59,15 @@ impl StandIn {
         StandIn { broker, batches, stop, serving }
     }
 
+    /// Waits (at most 5 s) until the first batch has reached the stand-in.
+    async fn first_batch_arrived(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.sizes().is_empty() {
+            assert!(Instant::now() < deadline, "the first batch never arrived");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     fn sizes(&self) -> Vec<usize> {
         self.batches.lock().unwrap().iter().map(|(_, size)| *size).collect()
     }
@@ -72,6 +81,11 @@ impl StandIn {
         self.serving.await.unwrap();
         self.broker.close().await;
     }
+}
+
+/// A `sendMessage` frame to conversation 1 whose request id, client message id and body are all `id`.
+fn send_to_one(id: &str) -> serde_json::Value {
+    json!({ "type": "sendMessage", "id": id, "conversationId": 1, "clientMessageId": id, "body": id })
 }
 
 async fn answer(batch: common::protocol::messages::SendBatch, delay: Duration) -> Result<SendBatchResult, ApiError> {
@@ -209,14 +223,12 @@ async fn a_send_queued_behind_a_slow_batch_times_out_on_its_own_deadline() {
     let stand_in = StandIn::answering_after(&app, Duration::from_secs(5)).await;
     let (token, _) = app.register("patient").await;
     let (mut socket, _) = WsClient::authenticated(&app, &token).await;
-    let send =
-        |id: &str| json!({ "type": "sendMessage", "id": id, "conversationId": 1, "clientMessageId": id, "body": id });
 
     let first_sent = Instant::now();
-    socket.send_json(&send("first")).await;
+    socket.send_json(&send_to_one("first")).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let second_sent = Instant::now();
-    socket.send_json(&send("second")).await;
+    socket.send_json(&send_to_one("second")).await;
 
     let first = socket.next_frame().await;
     assert_eq!((first["id"].as_str(), first["error"]["code"].as_str()), (Some("first"), Some("timeout")), "{first}");
@@ -249,19 +261,13 @@ async fn a_fresh_send_batched_with_a_nearly_expired_one_still_gets_its_message()
     let (mut first, _) = WsClient::authenticated(&app, &token).await;
     let (mut early, _) = WsClient::authenticated(&app, &token).await;
     let (mut fresh, _) = WsClient::authenticated(&app, &token).await;
-    let send =
-        |id: &str| json!({ "type": "sendMessage", "id": id, "conversationId": 1, "clientMessageId": id, "body": id });
 
-    first.send_json(&send("first")).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while stand_in.sizes().is_empty() {
-        assert!(Instant::now() < deadline, "the first batch never arrived");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    first.send_json(&send_to_one("first")).await;
+    stand_in.first_batch_arrived().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    early.send_json(&send("early")).await;
+    early.send_json(&send_to_one("early")).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    fresh.send_json(&send("fresh")).await;
+    fresh.send_json(&send_to_one("fresh")).await;
 
     let answer = first.next_frame().await;
     assert_eq!(answer["result"]["data"]["clientMessageId"], "first", "{answer}");
@@ -285,17 +291,11 @@ async fn a_send_whose_socket_closed_before_its_batch_left_is_not_sent() {
     let (token, _) = app.register("leaver").await;
     let (mut stays, _) = WsClient::authenticated(&app, &token).await;
     let (mut leaves, _) = WsClient::authenticated(&app, &token).await;
-    let send =
-        |id: &str| json!({ "type": "sendMessage", "id": id, "conversationId": 1, "clientMessageId": id, "body": id });
 
-    stays.send_json(&send("in-flight")).await;
+    stays.send_json(&send_to_one("in-flight")).await;
     // The first batch has left (the stand-in has it) before the second send arrives and queues behind it.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while stand_in.sizes().is_empty() {
-        assert!(Instant::now() < deadline, "the first batch never arrived");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    leaves.send_json(&send("abandoned")).await;
+    stand_in.first_batch_arrived().await;
+    leaves.send_json(&send_to_one("abandoned")).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     leaves.close().await;
 
