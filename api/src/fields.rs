@@ -34,9 +34,12 @@ pub fn first_unknown<'k, T: DeserializeOwned>(keys: impl IntoIterator<Item = &'k
     keys.into_iter().find(|key| !known.contains(key))
 }
 
-/// The error for an unknown field, quoting at most 64 of its characters.
+/// The most characters of an unknown field's name quoted back.
+const MAX_SHOWN_CHARS: usize = 64;
+
+/// The error for an unknown field, quoting at most [`MAX_SHOWN_CHARS`] of its name.
 pub fn unknown_field(field: &str, what: &str) -> ApiError {
-    let shown: String = field.chars().take(64).collect();
+    let shown: String = field.chars().take(MAX_SHOWN_CHARS).collect();
     ApiError::bad_request(format!("unknown field {shown:?} in {what}"))
 }
 

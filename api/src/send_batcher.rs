@@ -89,9 +89,7 @@ impl SendBatcher {
             self.queue.send(pending).await.map_err(|_| ApiError::unavailable("the gateway is shutting down"))?;
             answer.await.map_err(|_| ApiError::internal())?
         };
-        tokio::time::timeout_at(deadline, sent)
-            .await
-            .unwrap_or_else(|_| Err(ApiError::timeout("sendMessage did not answer in time")))
+        tokio::time::timeout_at(deadline, sent).await.unwrap_or_else(|_| Err(timed_out()))
     }
 }
 
@@ -117,13 +115,17 @@ async fn run(rpc: RpcClient, interval: Duration, mut queue: mpsc::Receiver<Pendi
         // by the client with the same client message id.
         let now = Instant::now();
         for late in batch.extract_if(.., |pending| pending.reply.is_closed() || pending.deadline <= now) {
-            let _ = late.reply.send(Err(ApiError::timeout("sendMessage did not answer in time")));
+            let _ = late.reply.send(Err(timed_out()));
         }
         if batch.is_empty() {
             continue;
         }
         forward(&rpc, std::mem::take(&mut batch)).await;
     }
+}
+
+fn timed_out() -> ApiError {
+    ApiError::timeout("sendMessage did not answer in time")
 }
 
 /// Forwards one batch and hands each send its own answer.

@@ -41,24 +41,28 @@ pub const CLIENT_FRAME_TYPES: &[&str] = &[
 /// `Deserialize` (so they cannot drift from it). `auth` carries a token and, if the client likes, an id.
 static FIELDS: LazyLock<HashMap<&'static str, Vec<&'static str>>> = LazyLock::new(|| {
     let with = |request: &[&'static str]| [&["type", "id"][..], request].concat();
-    let fields_of = |fields: Option<&'static [&'static str]>| fields.unwrap_or_default();
     HashMap::from([
         ("auth", with(&["token"])),
         ("ping", with(&[])),
-        ("sendMessage", with(fields_of(crate::fields::fields_of::<SendMessageRequest>()))),
-        ("getMessages", with(fields_of(crate::fields::fields_of::<GetMessagesRequest>()))),
-        ("getUsers", with(fields_of(crate::fields::fields_of::<GetUsersRequest>()))),
+        ("sendMessage", with(request_fields::<SendMessageRequest>())),
+        ("getMessages", with(request_fields::<GetMessagesRequest>())),
+        ("getUsers", with(request_fields::<GetUsersRequest>())),
         ("getSelf", with(&[])),
-        ("createGroup", with(fields_of(crate::fields::fields_of::<CreateGroupRequest>()))),
-        ("addMembers", with(fields_of(crate::fields::fields_of::<AddMembersRequest>()))),
-        ("removeMember", with(fields_of(crate::fields::fields_of::<RemoveMemberRequest>()))),
-        ("leaveConversation", with(fields_of(crate::fields::fields_of::<LeaveConversationRequest>()))),
-        ("getConversation", with(fields_of(crate::fields::fields_of::<GetConversationRequest>()))),
-        ("listConversations", with(fields_of(crate::fields::fields_of::<ListConversationsRequest>()))),
-        ("markRead", with(fields_of(crate::fields::fields_of::<MarkReadRequest>()))),
-        ("sync", with(fields_of(crate::fields::fields_of::<SyncRequest>()))),
+        ("createGroup", with(request_fields::<CreateGroupRequest>())),
+        ("addMembers", with(request_fields::<AddMembersRequest>())),
+        ("removeMember", with(request_fields::<RemoveMemberRequest>())),
+        ("leaveConversation", with(request_fields::<LeaveConversationRequest>())),
+        ("getConversation", with(request_fields::<GetConversationRequest>())),
+        ("listConversations", with(request_fields::<ListConversationsRequest>())),
+        ("markRead", with(request_fields::<MarkReadRequest>())),
+        ("sync", with(request_fields::<SyncRequest>())),
     ])
 });
+
+/// The fields of a request type flattened into its frame.
+fn request_fields<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    crate::fields::fields_of::<T>().unwrap_or_default()
+}
 
 /// Longest part of a serde message echoed back (it may quote the client's own values).
 const MAX_DETAIL_CHARS: usize = 200;
