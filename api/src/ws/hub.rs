@@ -450,9 +450,12 @@ mod tests {
         }
     }
 
+    fn frame(text: &Utf8Bytes) -> serde_json::Value {
+        serde_json::from_str(text.as_str()).unwrap()
+    }
+
     fn frame_type(text: &Utf8Bytes) -> String {
-        let value: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
-        value["type"].as_str().unwrap().to_owned()
+        frame(text)["type"].as_str().unwrap().to_owned()
     }
 
     #[tokio::test]
@@ -518,10 +521,6 @@ mod tests {
 
         assert_eq!(frame_type(&alice.outbound.try_recv().unwrap()), "resync");
         assert_eq!(frame_type(&bob.outbound.try_recv().unwrap()), "resync");
-    }
-
-    fn frame(text: &Utf8Bytes) -> serde_json::Value {
-        serde_json::from_str(text.as_str()).unwrap()
     }
 
     #[tokio::test]
