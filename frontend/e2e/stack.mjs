@@ -128,16 +128,20 @@ export class Stack {
       env: { WARREN_INSTANCE_ID: `e2e-${name}-${process.pid}`, RUST_LOG: 'info', ...process.env, ...extraEnv },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
-    child.stdout?.pipe(out);
-    child.stderr?.pipe(out);
+    // Two streams share one log, so neither may end it (a pipe's default): it is ended once the process has
+    // exited *and* both streams are drained, which is what 'close' means. Before, stdout's end ended the log and
+    // the exit line written at 'exit' could come after it ("write after end", which failed a run whose tests had
+    // all passed).
+    child.stdout?.pipe(out, { end: false });
+    child.stderr?.pipe(out, { end: false });
     /** @type {Promise<number | null>} */
     const exited = new Promise((resolve) => {
-      child.once('exit', (code, signal) => {
-        out.write(`\n[e2e] ${name} exited (${signal ?? `status ${code}`})\n`);
+      child.once('close', (code, signal) => {
+        if (!out.writableEnded) out.end(`\n[e2e] ${name} exited (${signal ?? `status ${code}`})\n`);
         resolve(code);
       });
       child.once('error', (error) => {
-        out.write(`\n[e2e] ${name} could not start: ${error.message}\n`);
+        if (!out.writableEnded) out.end(`\n[e2e] ${name} could not start: ${error.message}\n`);
         resolve(-1);
       });
     });
