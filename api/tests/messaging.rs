@@ -296,6 +296,57 @@ async fn killing_a_message_service_mid_stream_loses_no_acknowledged_message() {
     cluster.stop().await;
 }
 
+/// A PostgreSQL restart or failover, as the services see it: every connection to the database is terminated and
+/// none is let in for most of a second. The users should notice only a delay: no send refused, none lost, no
+/// read refused, one order for everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_mid_stream_delays_sends_and_reads_but_refuses_and_loses_none() {
+    let cluster = Cluster::start(1, 1, 1).await;
+    let (ann_token, ann) = cluster.register(0, "ann").await;
+    let (ben_token, ben) = cluster.register(0, "ben").await;
+    let mut sender = Chat::connect(cluster.gateway(0), &ann_token, ann).await;
+    let mut ben_chat = Chat::connect(cluster.gateway(0), &ben_token, ben).await;
+    let conversation = group(&mut sender, "outage", &[ben]).await;
+    let all = items("db", 200);
+
+    let stream = tokio::spawn(async move {
+        let mut outcomes = Vec::new();
+        for chunk in all.chunks(10) {
+            outcomes.extend(sender.send_many(conversation, chunk, 10).await);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (sender, outcomes)
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let terminated = cluster.db.begin_outage().await;
+    let read = tokio::spawn(async move {
+        let page = ben_chat.request(json!({ "type": "getMessages", "conversationId": conversation })).await;
+        (ben_chat, page)
+    });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let stream_waited = !stream.is_finished();
+    cluster.db.end_outage().await;
+    assert!(terminated >= 2, "only {terminated} connections were open: the outage tested nothing");
+    assert!(stream_waited, "the stream was over before the database came back: the outage tested nothing");
+
+    let (mut sender, outcomes) = stream.await.unwrap();
+    let refused: Vec<&Sent> = outcomes.iter().filter(|o| !matches!(o, Sent::Acked(_))).collect();
+    assert!(refused.is_empty(), "{} sends refused across the outage, the first: {:?}", refused.len(), refused[0]);
+    let (mut ben_chat, page) = read.await.unwrap();
+    assert_eq!(page["type"], "reply", "a read during the outage was refused: {page}");
+    for chat in [&mut sender, &mut ben_chat] {
+        chat.drain(QUIET).await;
+        chat.sync().await;
+    }
+    let stored = cluster.stored(conversation).await;
+    assert_eq!(stored.len(), 200, "every message stored exactly once");
+    assert_eq!(ben_chat.seqs(conversation), (1..=200).collect::<Vec<_>>());
+    assert_eq!(ben_chat.order(conversation), sender.order(conversation));
+    // Signing in needs the user-service's own connections, which the outage ended too.
+    cluster.log_in(0, "ben").await;
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_login_and_a_direct_message_work_across_the_compose_topology() {
     // The docker-compose topology as plain processes: two of every service.

@@ -102,6 +102,40 @@ impl TestDb {
         Self { name }
     }
 
+    /// Starts an outage of this database alone, as a PostgreSQL restart or failover looks to its clients: new
+    /// connections are refused (`ALLOW_CONNECTIONS false`) and every open one is terminated. Returns how many were
+    /// terminated; [`TestDb::end_outage`] lets connections in again. Other tests' databases are not touched.
+    pub async fn begin_outage(&self) -> i64 {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&admin_url()).await.expect("connect to the maintenance database");
+        let name = &self.name;
+        sqlx::query(sqlx::AssertSqlSafe(format!(r#"ALTER DATABASE "{name}" ALLOW_CONNECTIONS false"#)))
+            .execute(&mut admin)
+            .await
+            .expect("refuse connections");
+        let terminated: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1) t",
+        )
+        .bind(name)
+        .fetch_one(&mut admin)
+        .await
+        .expect("terminate the database's connections");
+        let _ = admin.close().await;
+        terminated
+    }
+
+    /// Ends [`TestDb::begin_outage`]: the database accepts connections again.
+    pub async fn end_outage(&self) {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&admin_url()).await.expect("connect to the maintenance database");
+        let name = &self.name;
+        sqlx::query(sqlx::AssertSqlSafe(format!(r#"ALTER DATABASE "{name}" ALLOW_CONNECTIONS true"#)))
+            .execute(&mut admin)
+            .await
+            .expect("accept connections again");
+        let _ = admin.close().await;
+    }
+
     /// The URL of this test's database.
     pub fn url(&self) -> String {
         let admin = admin_url();

@@ -31,9 +31,12 @@
 //! server acks the requests after that, so a crash anywhere before leaves the request to be redelivered, and the
 //! redelivery finds the stored message and publishes its event again.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
 use anyhow::Context;
@@ -43,7 +46,10 @@ use common::protocol::{
     messages::{Event, Message},
 };
 use deadpool_postgres::{ClientWrapper, Object};
-use tokio::sync::{mpsc, oneshot};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
 
 use crate::{
     domain::{ClientMessageId, MessageBody},
@@ -85,11 +91,12 @@ pub struct Committer {
 
 impl Committer {
     /// Starts the committer task. `max_batch` caps a transaction's size; `queue` bounds the sends waiting (the
-    /// RPC server's prefetch already bounds them; this is the backstop).
-    pub fn start(store: Store, events: EventSink, max_batch: usize, queue: usize) -> Committer {
+    /// RPC server's prefetch already bounds them; this is the backstop); `patience` is how long a batch waits for
+    /// a lost database to come back (see [`commit_through_outages`]).
+    pub fn start(store: Store, events: EventSink, max_batch: usize, queue: usize, patience: Duration) -> Committer {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let stats = Arc::new(CommitStats::default());
-        tokio::spawn(run(store, events, rx, max_batch.max(1), stats.clone()));
+        tokio::spawn(run(store, events, rx, max_batch.max(1), patience, stats.clone()));
         Committer { queue: tx, stats }
     }
 
@@ -129,6 +136,7 @@ async fn run(
     events: EventSink,
     mut queue: mpsc::Receiver<Pending>,
     max_batch: usize,
+    patience: Duration,
     stats: Arc<CommitStats>,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
@@ -136,14 +144,7 @@ async fn run(
     // `recv_many` returns as soon as at least one send is queued, with everything else already there.
     while queue.recv_many(&mut batch, max_batch).await > 0 {
         let sends: Vec<Send> = batch.iter().map(|p| p.send.clone()).collect();
-        let outcome = match take_connection(&mut connection, &store).await {
-            Ok(open) => commit_with_retries(open, &sends).await,
-            Err(error) => Err(error),
-        };
-        if connection.as_ref().is_some_and(CommitConnection::is_closed) {
-            connection = None;
-        }
-        match outcome {
+        match commit_through_outages(&mut connection, &store, &sends, patience).await {
             Ok(committed) => {
                 stats.batches.fetch_add(1, Ordering::Relaxed);
                 stats.messages.fetch_add(committed.fresh as u64, Ordering::Relaxed);
@@ -157,14 +158,99 @@ async fn run(
                     let _ = pending.reply.send(result);
                 }
             }
-            Err(error) => {
-                tracing::error!(error = format!("{error:#}"), batch = batch.len(), "a batch failed to commit");
+            Err(failure) => {
+                let answer = match &failure {
+                    Failure::Unreachable(error) => {
+                        tracing::error!(
+                            error = format!("{error:#}"),
+                            batch = batch.len(),
+                            ?patience,
+                            "the database stayed unreachable; a batch is refused"
+                        );
+                        ApiError::unavailable("the database is unreachable; try again shortly")
+                    }
+                    Failure::Failed(error) => {
+                        tracing::error!(error = format!("{error:#}"), batch = batch.len(), "a batch failed to commit");
+                        ApiError::internal()
+                    }
+                };
                 for pending in batch.drain(..) {
-                    let _ = pending.reply.send(Err(ApiError::internal()));
+                    let _ = pending.reply.send(Err(answer.clone()));
                 }
             }
         }
     }
+}
+
+/// Why a batch was not committed.
+#[derive(Debug)]
+pub enum Failure {
+    /// No connection to the database could be had (or kept) for the whole patience.
+    Unreachable(anyhow::Error),
+    /// The database refused the batch (answered `internal`; the RPC server retries the request).
+    Failed(anyhow::Error),
+}
+
+/// First pause after a lost connection; it doubles up to [`MAX_OUTAGE_PAUSE`].
+const FIRST_OUTAGE_PAUSE: Duration = Duration::from_millis(50);
+const MAX_OUTAGE_PAUSE: Duration = Duration::from_secs(1);
+
+/// Commits a batch, riding out a lost database: when the connection breaks (PostgreSQL restarted, failed over, or
+/// an operator or a proxy ended the session) or none can be opened, the batch is tried again on a new connection,
+/// pausing 50 ms, then twice as long each time up to 1 s, for at most `patience` (the service's RPC timeout, as
+/// long as a caller waits). Sends queue behind it meanwhile. Trying again is safe even when the lost call had
+/// committed before the connection broke: the retry finds the batch's sends stored and answers with them (step 3
+/// of the module documentation), and their events go out again, which clients ignore as duplicates by `seq`.
+///
+/// Without this, a restart of PostgreSQL failed every batch in flight with `internal`, and the RPC server's few
+/// quick retries were spent before the database was back.
+pub async fn commit_through_outages(
+    connection: &mut Option<CommitConnection>,
+    store: &Store,
+    sends: &[Send],
+    patience: Duration,
+) -> Result<Committed, Failure> {
+    let give_up = Instant::now() + patience;
+    let mut pause = FIRST_OUTAGE_PAUSE;
+    loop {
+        let outcome = match take_connection(connection, store).await {
+            Ok(open) => commit_with_retries(open, sends).await.map_err(|error| {
+                if connection_lost(&error) || open.is_closed() {
+                    Failure::Unreachable(error)
+                } else {
+                    Failure::Failed(error)
+                }
+            }),
+            Err(error) => Err(Failure::Unreachable(error)),
+        };
+        match outcome {
+            Err(Failure::Unreachable(error)) => {
+                *connection = None;
+                if Instant::now() + pause >= give_up {
+                    return Err(Failure::Unreachable(error));
+                }
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    ?pause,
+                    "the database connection is lost; retrying the batch"
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_OUTAGE_PAUSE);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether an error means the connection itself is gone (closed, an I/O error, or a SQLSTATE of class 08,
+/// connection exception, or 57P, the server shutting down or terminating the session), rather than the server
+/// refusing the statement.
+fn connection_lost(error: &anyhow::Error) -> bool {
+    error.chain().filter_map(|cause| cause.downcast_ref::<tokio_postgres::Error>()).any(|error| {
+        error.is_closed()
+            || error.code().is_some_and(|state| state.code().starts_with("08") || state.code().starts_with("57P"))
+            || std::error::Error::source(error).is_some_and(|source| source.is::<std::io::Error>())
+    })
 }
 
 /// The committer's connection, opened first if there is none (at start, or after the last one was lost).

@@ -39,8 +39,13 @@ impl Application {
         let broker = Broker::start(&settings.amqp, format!("message-service {}", settings.instance_id));
         let users = RpcClient::start(broker.clone(), "message-service", &settings.instance_id);
         let events = EventSink::new(broker.clone());
-        let committer =
-            Committer::start(store.clone(), events.clone(), settings.batch_max, usize::from(settings.prefetch) * 2);
+        let committer = Committer::start(
+            store.clone(),
+            events.clone(),
+            settings.batch_max,
+            usize::from(settings.prefetch) * 2,
+            settings.rpc_timeout,
+        );
         let service = Arc::new(Service { store, committer, events, users, rpc_timeout: settings.rpc_timeout });
         let prefetch = settings.prefetch.max(u16::try_from(settings.batch_max).unwrap_or(u16::MAX));
         Ok(Self { service, broker, prefetch, instance_id: settings.instance_id })

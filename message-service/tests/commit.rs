@@ -78,10 +78,15 @@ async fn transactions(db: &Db) -> Vec<String> {
 }
 
 fn committer(store: &Store) -> Committer {
+    patient_committer(store, Duration::from_secs(5))
+}
+
+/// A committer that waits `patience` for a lost database.
+fn patient_committer(store: &Store, patience: Duration) -> Committer {
     // A broker nobody consumes from: events are published and dropped, which live push is allowed to do.
     let broker =
         common::amqp::Broker::start(&AmqpSettings::new(&testing::amqp_url(), "test-unused-events"), "test".into());
-    Committer::start(store.clone(), EventSink::new(broker), 512, 1024)
+    Committer::start(store.clone(), EventSink::new(broker), 512, 1024, patience)
 }
 
 #[tokio::test]
@@ -425,4 +430,53 @@ async fn a_replica_of_the_previous_release_starts_against_a_schema_a_newer_one_m
         .unwrap();
 
     message_service::migrate(&db.db.url()).await.expect("an older replica still starts");
+}
+
+/// A PostgreSQL restart as its clients see it: the committer's connection is terminated and no new one is let in
+/// for a while. Sends made meanwhile wait and are committed once the database is back, with no hole in the seqs.
+#[tokio::test]
+async fn sends_wait_out_a_database_outage_and_are_committed_when_it_ends() {
+    let db = database().await;
+    let group = db.store.create_group(1, "g", &[]).await.unwrap().id;
+    let committer = committer(&db.store);
+    assert_eq!(committer.send(send(1, group, "before", "before")).await.unwrap().seq, 1);
+
+    assert!(db.db.begin_outage().await >= 1, "the committer's connection was not open: nothing was tested");
+    let during: Vec<_> = (0..3)
+        .map(|i| {
+            let committer = committer.clone();
+            tokio::spawn(async move { committer.send(send(1, group, &format!("during-{i}"), "during")).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(during.iter().all(|send| !send.is_finished()), "a send was answered while the database was away");
+    db.db.end_outage().await;
+
+    let mut stored: Vec<i64> = Vec::new();
+    for send in during {
+        stored.push(send.await.unwrap().expect("committed once the database was back").seq);
+    }
+    stored.sort_unstable();
+    assert_eq!(stored, [2, 3, 4]);
+    assert_eq!(committer.send(send(1, group, "after", "after")).await.unwrap().seq, 5);
+    assert_eq!(seqs(&db, group).await, [1, 2, 3, 4, 5]);
+}
+
+/// An outage longer than the committer's patience refuses the batch as `unavailable` (retryable, and not an
+/// unexpected failure for the RPC server to retry); the committer serves again once the database is back.
+#[tokio::test]
+async fn a_database_outage_longer_than_the_patience_is_answered_unavailable() {
+    let db = database().await;
+    let group = db.store.create_group(1, "g", &[]).await.unwrap().id;
+    let committer = patient_committer(&db.store, Duration::from_millis(300));
+    committer.send(send(1, group, "before", "before")).await.unwrap();
+
+    db.db.begin_outage().await;
+    let refused = committer.send(send(1, group, "during", "during")).await.unwrap_err();
+    db.db.end_outage().await;
+
+    assert_eq!(refused.code, common::protocol::ErrorCode::Unavailable, "{refused:?}");
+    let retried = committer.send(send(1, group, "during", "during")).await.expect("served again after the outage");
+    assert_eq!(retried.seq, 2, "the refused send was not stored, so its retry takes the next seq");
+    assert_eq!(seqs(&db, group).await, [1, 2]);
 }

@@ -245,10 +245,19 @@ async fn process(key: &'static str, queue: Arc<str>, handler: Handler, delivery:
         Outcome::Failed(reason) if attempt >= DELIVERY_LIMIT => give_up(&publish, &delivery, &reason).await,
         Outcome::Failed(reason) => {
             tracing::warn!(%reason, "request failed; it will be retried");
-            tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+            tokio::time::sleep(retry_pause(attempt)).await;
             retry(&publish, &queue, &delivery, attempt + 1).await;
         }
     }
+}
+
+/// How long a failed attempt waits before its request goes back on the queue: 100 ms after the first, doubling
+/// after each (200, 400, 800 ms), so the [`DELIVERY_LIMIT`] attempts of a request span 1.5 s. A database restart
+/// or failover makes every handler fail until it is back; the attempts must outlast that, or the requests of those
+/// seconds are set aside as poison. (Sends wait in the message-service's committer instead, as long as their
+/// callers do.)
+fn retry_pause(failed_attempt: u32) -> Duration {
+    Duration::from_millis(100 << failed_attempt.clamp(1, 5).saturating_sub(1))
 }
 
 /// Puts a copy of the request back on its queue as attempt `next`, then acks this one. If the copy cannot be
@@ -291,5 +300,18 @@ async fn reply(publish: &Channel, request: &BasicProperties, body: Vec<u8>) -> b
             tracing::warn!(%error, "cannot publish reply");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_attempts_back_off_to_outlast_a_database_restart() {
+        let pauses: Vec<u128> = (1..DELIVERY_LIMIT).map(|attempt| retry_pause(attempt).as_millis()).collect();
+        assert_eq!(pauses, [100, 200, 400, 800]);
+        assert_eq!(retry_pause(0), retry_pause(1));
+        assert_eq!(retry_pause(u32::MAX).as_millis(), 1_600, "the pause is bounded");
     }
 }
