@@ -6,7 +6,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use common::protocol::messages::{Event, EventBatch, Message, ReadPosition};
+use common::{
+    auth::{DEV_PRIVATE_KEY_PEM, TokenSigner},
+    protocol::messages::{Event, EventBatch, Message, ReadPosition},
+};
 use serde_json::{Value, json};
 use support::{
     Options, spawn_app, spawn_app_with,
@@ -169,6 +172,46 @@ async fn a_binary_frame_closes_the_socket_with_4002() {
     client.send(tungstenite::Message::binary(vec![1, 2, 3])).await;
 
     assert_eq!(client.expect_close().await.0, 4002);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_text_frame_that_is_not_utf8_closes_the_socket_with_1007() {
+    use tungstenite::protocol::frame::{
+        Frame,
+        coding::{Data, OpCode},
+    };
+    let app = spawn_app().await;
+    let (token, _) = app.register("gina").await;
+    let (mut client, _) = WsClient::authenticated(&app, &token).await;
+
+    let not_utf8 = b"{\"type\":\"getSelf\",\"id\":\"\xff\xfe\"}".to_vec();
+    client.send(tungstenite::Message::Frame(Frame::message(not_utf8, OpCode::Data(Data::Text), true))).await;
+
+    let (code, reason) = client.expect_close().await;
+    assert_eq!(code, 1007, "{reason}");
+    assert!(reason.contains("UTF-8"), "{reason}");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_socket_is_closed_with_4001_when_its_token_expires() {
+    let app = spawn_app().await;
+    let (_, user_id) = app.register("hank").await;
+    // Accepted for about two more seconds: `exp` 58 s ago, within the verifier's 60 s of clock-skew leeway.
+    let signer = TokenSigner::from_private_pem(DEV_PRIVATE_KEY_PEM.as_bytes()).unwrap();
+    let issued = chrono::Utc::now().timestamp() - 100;
+    let token = signer.sign(user_id, "hank", Duration::from_secs(42), issued).unwrap();
+    let (mut client, ready) = WsClient::authenticated(&app, &token).await;
+    assert_eq!(ready["user"]["id"], user_id);
+    assert_eq!(client.call("getSelf", json!({})).await["type"], "reply", "the session works until then");
+
+    let started = Instant::now();
+    let (code, reason) = client.expect_close().await;
+
+    assert_eq!(code, 4001, "{reason}");
+    assert!(reason.contains("expired"), "{reason}");
+    assert!(started.elapsed() < Duration::from_secs(5), "closed after {:?}", started.elapsed());
     app.shutdown().await;
 }
 

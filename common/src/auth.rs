@@ -56,6 +56,17 @@ pub struct VerifiedUser {
     /// Always positive.
     pub user_id: i64,
     pub username: String,
+    /// The last moment (Unix seconds) the token is accepted: its `exp` plus the clock-skew leeway. A session
+    /// opened with it (a WebSocket) ends then.
+    pub valid_until: i64,
+}
+
+impl VerifiedUser {
+    /// How long the token is still accepted, from `now` (Unix seconds); zero once it is not.
+    pub fn lifetime_left(&self, now: u64) -> Duration {
+        let left = u64::try_from(self.valid_until).unwrap_or(0).saturating_sub(now);
+        Duration::from_secs(left)
+    }
 }
 
 /// Why a key could not be loaded, a token could not be signed, or a token was refused.
@@ -133,7 +144,8 @@ impl TokenVerifier {
         }
 
         let user_id = parse_user_id(&claims.sub)?;
-        Ok(VerifiedUser { user_id, username: claims.name })
+        let valid_until = claims.exp.saturating_add(CLOCK_SKEW_LEEWAY_SECS as i64);
+        Ok(VerifiedUser { user_id, username: claims.name, valid_until })
     }
 }
 
@@ -225,11 +237,15 @@ MC4CAQAwBQYDK2VwBCIEIPVRKt7z2KhSeu93Dhk+LDkHk8WgW//HVLXp7MHbAg3J
 
     #[test]
     fn a_signed_token_verifies_to_its_user() {
-        let token = signer().sign(42, "alice", HOUR, now()).unwrap();
+        let issued = now();
+        let token = signer().sign(42, "alice", HOUR, issued).unwrap();
 
         let user = verifier().verify(&token).unwrap();
 
-        assert_eq!(user, VerifiedUser { user_id: 42, username: "alice".into() });
+        let valid_until = issued + 3600 + CLOCK_SKEW_LEEWAY_SECS as i64;
+        assert_eq!(user, VerifiedUser { user_id: 42, username: "alice".into(), valid_until });
+        assert_eq!(user.lifetime_left(issued as u64), Duration::from_secs(3600 + CLOCK_SKEW_LEEWAY_SECS));
+        assert_eq!(user.lifetime_left(valid_until as u64 + 1), Duration::ZERO);
     }
 
     #[test]

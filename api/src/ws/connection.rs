@@ -189,9 +189,22 @@ impl Session<'_> {
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut requests = 0u64;
         let mut strikes = 0usize;
+        // The session lasts as long as its token would be accepted: past that the client must sign in again, as
+        // every REST call would already tell it. (`None`: too far ahead to represent, so never.)
+        let expiry = Instant::now().checked_add(user.lifetime_left(unix_now()));
+        let mut expired = pin!(async move {
+            match expiry {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        });
         loop {
             let step = tokio::select! {
                 reason = self.closer.closed() => Err(reason.into()),
+                () = &mut expired => {
+                    tracing::info!("closing a socket whose token expired");
+                    Err(End::Close(close::UNAUTHORIZED, "the session expired; sign in again".into()))
+                }
                 message = self.socket.recv() => match inbound(message, settings.max_message_bytes) {
                     Ok(message) => {
                         idle.as_mut().reset(Instant::now() + settings.idle_timeout);
@@ -396,6 +409,10 @@ fn inbound(message: Option<Result<Message, axum::Error>>, max_bytes: usize) -> R
             tracing::info!("closing a socket that sent an oversized frame");
             Err(End::Close(1009, format!("frame too large (at most {max_bytes} bytes)").into()))
         }
+        Some(Err(error)) if is_invalid_text(&error) => {
+            tracing::info!("closing a socket that sent a text frame that is not UTF-8");
+            Err(End::Close(1007, "text frames must be valid UTF-8".into()))
+        }
         Some(Err(error)) => {
             tracing::debug!(%error, "socket read failed");
             Err(End::Drop)
@@ -410,6 +427,14 @@ fn is_too_large(error: &axum::Error) -> bool {
         .source()
         .and_then(|source| source.downcast_ref::<tungstenite::Error>())
         .is_some_and(|error| matches!(error, tungstenite::Error::Capacity(_)))
+}
+
+/// Whether tungstenite refused a text frame whose payload is not UTF-8 (RFC 6455 §8.1: close with 1007).
+fn is_invalid_text(error: &axum::Error) -> bool {
+    error
+        .source()
+        .and_then(|source| source.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|error| matches!(error, tungstenite::Error::Utf8(_)))
 }
 
 /// Sends the close frame (if any) and reads until the client's close ends the stream.
@@ -432,6 +457,11 @@ async fn finish(mut socket: WebSocket, end: End, write_timeout: Duration) {
 
 fn text_of(frame: &ServerFrame) -> Utf8Bytes {
     encode(frame).unwrap_or_else(|| Utf8Bytes::from_static(INTERNAL_ERROR_FRAME))
+}
+
+/// Seconds since the Unix epoch, the clock tokens are written in.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs())
 }
 
 fn millis(duration: Duration) -> u64 {

@@ -195,7 +195,7 @@ pub enum ServerFrame {
 
 /// Close codes the gateway uses besides the standard ones (1000 normal, 1001 going away, 1009 too big).
 pub mod close {
-    /// No valid `auth` frame in time, or the token was refused.
+    /// No valid `auth` frame in time, the token was refused, or it expired during the session.
     pub const UNAUTHORIZED: u16 = 4001;
     /// The client did not read its frames fast enough; reconnect and `sync`.
     pub const SLOW_CONSUMER: u16 = 4008;
