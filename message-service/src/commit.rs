@@ -32,6 +32,7 @@
 //! redelivery finds the stored message and publishes its event again.
 
 use std::{
+    panic::AssertUnwindSafe,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -46,6 +47,7 @@ use common::protocol::{
     messages::{Event, Message},
 };
 use deadpool_postgres::{ClientWrapper, Object};
+use futures_util::FutureExt;
 use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
@@ -144,7 +146,15 @@ async fn run(
     // `recv_many` returns as soon as at least one send is queued, with everything else already there.
     while queue.recv_many(&mut batch, max_batch).await > 0 {
         let sends: Vec<Send> = batch.iter().map(|p| p.send.clone()).collect();
-        match commit_through_outages(&mut connection, &store, &sends, patience).await {
+        let attempt = AssertUnwindSafe(commit_through_outages(&mut connection, &store, &sends, patience));
+        let outcome = attempt.catch_unwind().await.unwrap_or_else(|panic| {
+            // A bug, or rows of a shape this release does not read (a newer release's migration, mid-upgrade),
+            // fails this batch like any unexpected error, never the committer: a dead committer task would leave
+            // a replica that keeps taking sends from the queue and fails every one. The connection may be mid-call.
+            connection = None;
+            Err(Failure::Failed(anyhow::anyhow!("committing a batch panicked: {}", panic_message(panic.as_ref()))))
+        });
+        match outcome {
             Ok(committed) => {
                 stats.batches.fetch_add(1, Ordering::Relaxed);
                 stats.messages.fetch_add(committed.fresh as u64, Ordering::Relaxed);
@@ -180,6 +190,14 @@ async fn run(
             }
         }
     }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + std::marker::Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&'static str>().copied())
+        .unwrap_or("(no message)")
 }
 
 /// Why a batch was not committed.

@@ -480,3 +480,37 @@ async fn a_database_outage_longer_than_the_patience_is_answered_unavailable() {
     assert_eq!(retried.seq, 2, "the refused send was not stored, so its retry takes the next seq");
     assert_eq!(seqs(&db, group).await, [1, 2]);
 }
+
+/// The committer reads rows of `messages.commit_sends`; a replica meeting rows it cannot read (a bug, or a newer
+/// release's migration during a rolling upgrade) panics reading them. That fails the batch, not the committer:
+/// the next batch, once the rows are readable again, is committed.
+#[tokio::test]
+async fn a_batch_whose_rows_cannot_be_read_fails_alone_and_the_committer_goes_on() {
+    const ARGS: &str = "BIGINT[], BIGINT[], TEXT[], TEXT[], TIMESTAMPTZ";
+    let db = database().await;
+    let group = db.store.create_group(1, "g", &[]).await.unwrap().id;
+    let sql = raw(&db).await;
+    sql.batch_execute(&format!(
+        "ALTER FUNCTION messages.commit_sends({ARGS}) RENAME TO commit_sends_real;
+         CREATE FUNCTION messages.commit_sends(c BIGINT[], s BIGINT[], i TEXT[], b TEXT[], at TIMESTAMPTZ)
+         RETURNS TABLE (ord BIGINT, fresh BOOLEAN, conversation_id BIGINT, seq TEXT, sender_id BIGINT,
+                        client_message_id TEXT, body TEXT, sent_at TIMESTAMPTZ, recipients BIGINT[])
+         LANGUAGE sql AS $$ SELECT 1::BIGINT, true, c[1], 'one', s[1], i[1], b[1], at, NULL::BIGINT[] $$;"
+    ))
+    .await
+    .unwrap();
+    let committer = committer(&db.store);
+
+    let failed = committer.send(send(1, group, "unreadable", "x")).await.unwrap_err();
+    assert_eq!(failed.code, common::protocol::ErrorCode::Internal, "{failed:?}");
+
+    sql.batch_execute(&format!(
+        "DROP FUNCTION messages.commit_sends({ARGS});
+         ALTER FUNCTION messages.commit_sends_real({ARGS}) RENAME TO commit_sends;"
+    ))
+    .await
+    .unwrap();
+    let stored = committer.send(send(1, group, "readable", "y")).await.expect("the committer still commits");
+    assert_eq!(stored.seq, 1);
+    assert_eq!(seqs(&db, group).await, [1]);
+}
