@@ -296,6 +296,38 @@ async fn killing_a_message_service_mid_stream_loses_no_acknowledged_message() {
     cluster.stop().await;
 }
 
+/// A client message id names one message of its sender. Two sockets of one user sending different messages
+/// under one id at the same moment: one is stored and answered with itself, the other refused with `conflict` —
+/// never answered with its namesake's message while its own goes unstored (each gateway answers a send from the
+/// stored message's event, which must be that send's own message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_message_id_sent_with_two_bodies_at_once_stores_one_and_refuses_the_other_with_conflict() {
+    let cluster = Cluster::start(2, 1, 1).await;
+    let (token, ann) = cluster.register(0, "ann").await;
+    let (_, ben) = cluster.register(0, "ben").await;
+    let mut laptop = Chat::connect(cluster.gateway(0), &token, ann).await;
+    let mut phone = Chat::connect(cluster.gateway(1), &token, ann).await;
+    let conversation = group(&mut laptop, "twice", &[ben]).await;
+
+    for trial in 0..10 {
+        let client_id = format!("same-{trial}");
+        let frame = |body: &str| {
+            json!({ "type": "sendMessage", "conversationId": conversation, "clientMessageId": client_id, "body": body })
+        };
+        let (from_laptop, from_phone) =
+            tokio::join!(laptop.request(frame("from the laptop")), phone.request(frame("from the phone")));
+
+        let answers = [(&from_laptop, "from the laptop"), (&from_phone, "from the phone")];
+        let stored: Vec<_> = answers.iter().filter(|(answer, _)| answer["type"] == "reply").collect();
+        let refused = answers.iter().filter(|(answer, _)| answer["error"]["code"] == "conflict").count();
+        assert_eq!((stored.len(), refused), (1, 1), "trial {trial}: {from_laptop} / {from_phone}");
+        let (reply, body) = stored[0];
+        assert_eq!(reply["result"]["data"]["body"], *body, "trial {trial}: answered with another message: {reply}");
+    }
+    assert_eq!(cluster.stored(conversation).await.len(), 10);
+    cluster.stop().await;
+}
+
 /// A PostgreSQL restart or failover, as the services see it: every connection to the database is terminated and
 /// none is let in for most of a second. The users should notice only a delay: no send refused, none lost, no
 /// read refused, one order for everyone.

@@ -246,9 +246,7 @@ impl Session<'_> {
     /// answer was written, and the service's answer is written only if the hub has not written one.
     fn start(&mut self, user: &VerifiedUser, request_id: String, frame: ClientFrame) {
         let awaited = match &frame {
-            ClientFrame::SendMessage { id, request } => {
-                Some(self.registration.await_send(&request.client_message_id, id))
-            }
+            ClientFrame::SendMessage { id, request } => self.registration.await_send(request, id),
             _ => None,
         };
         let handled = dispatch::handle(self.state.clone(), user.clone(), request_id, frame);

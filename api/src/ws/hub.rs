@@ -8,8 +8,9 @@
 //! it is closed with 4008 ("too slow, reconnect and sync") instead of being allowed to grow the gateway's memory
 //! or hold up everyone else's events; the client repairs what it missed with `sync` when it reconnects.
 //!
-//! **A sender's own socket gets its answer in place of its echo.** A socket's `sendMessage` is registered with the
-//! hub ([`Registration::await_send`]) while it is in flight. When the stored message's event reaches this gateway,
+//! **A sender's own socket gets its answer in place of its echo.** A socket's `sendMessage` to a conversation is
+//! registered with the hub ([`Registration::await_send`]) while it is in flight. When the event of exactly the
+//! message it asks to store (same conversation, client message id and body) reaches this gateway,
 //! that socket is sent the `sendMessage` reply (which carries the same message) instead of the `message` frame, in
 //! the frame's place in the socket's ordered stream, and the in-flight request is marked answered. The event is
 //! published only after the commit, so the answer still means durable (DESIGN §2.1); it comes before the
@@ -34,7 +35,7 @@ use axum::extract::ws::Utf8Bytes;
 use common::{
     amqp::Received,
     protocol::{
-        messages::{Event, Message},
+        messages::{Event, Message, SendMessageRequest},
         ws::{ReplyData, ServerFrame, close},
     },
 };
@@ -100,7 +101,12 @@ struct Entry {
 #[derive(Debug)]
 struct AwaitedSend {
     token: u64,
+    /// What the send asks to store. An event answers it only if its message is exactly that: the same client
+    /// message id in another conversation or with another body is another message, which the service refuses
+    /// with `conflict` (a send racing its namesake from another socket would otherwise be answered with it).
+    conversation_id: i64,
     client_message_id: String,
+    body: String,
     /// The request frame's `id`, which the reply names.
     frame_id: String,
     /// Told when the hub has answered the send, so the request stops counting as in flight.
@@ -135,9 +141,12 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// Registers a `sendMessage` of this socket (client message id, request frame id) as in flight, until the
-    /// returned guard is settled or dropped. Register before the send leaves, so its event cannot come first.
-    pub fn await_send(&self, client_message_id: &str, frame_id: &str) -> AwaitedSendGuard {
+    /// Registers a `sendMessage` of this socket (to a conversation, with its client message id and body, and the
+    /// request frame's id) as in flight, until the returned guard is settled or dropped. Register before the send
+    /// leaves, so its event cannot come first. A send to a person (`toUserId`) is not registered: which
+    /// conversation it lands in is the service's to say, so only the service's answer can answer it.
+    pub fn await_send(&self, send: &SendMessageRequest, frame_id: &str) -> Option<AwaitedSendGuard> {
+        let conversation_id = send.conversation_id?;
         let token = self.hub.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (answered, answered_by_hub) = oneshot::channel();
         if let Some(entry) =
@@ -145,19 +154,21 @@ impl Registration {
         {
             entry.awaited.push(AwaitedSend {
                 token,
-                client_message_id: client_message_id.to_owned(),
+                conversation_id,
+                client_message_id: send.client_message_id.clone(),
+                body: send.body.clone(),
                 frame_id: frame_id.to_owned(),
                 answered,
             });
         }
-        AwaitedSendGuard {
+        Some(AwaitedSendGuard {
             hub: self.hub.clone(),
             user_id: self.user_id,
             socket: self.id,
             token,
             answered_by_hub,
             settled: false,
-        }
+        })
     }
 }
 
@@ -407,8 +418,11 @@ fn remove_from(sockets: &mut HashMap<i64, Vec<Entry>>, user_id: i64, id: u64) {
 /// the socket's id with the reply to write in place of the message frame.
 fn answer_awaited(entries: &mut [Entry], message: &Message) -> Option<(u64, Utf8Bytes)> {
     for entry in entries {
-        let Some(index) = entry.awaited.iter().position(|send| send.client_message_id == message.client_message_id)
-        else {
+        let Some(index) = entry.awaited.iter().position(|send| {
+            send.client_message_id == message.client_message_id
+                && send.conversation_id == message.conversation_id
+                && send.body == message.body
+        }) else {
             continue;
         };
         let id = entry.awaited[index].frame_id.clone();
@@ -447,6 +461,16 @@ mod tests {
                 sent_at: 0,
             },
             recipients,
+        }
+    }
+
+    /// The send that stores [`message`]'s message.
+    fn send(client_message_id: &str) -> SendMessageRequest {
+        SendMessageRequest {
+            conversation_id: Some(7),
+            to_user_id: None,
+            client_message_id: client_message_id.into(),
+            body: "hello".into(),
         }
     }
 
@@ -529,7 +553,7 @@ mod tests {
         let mut alice_laptop = hub.register(1, hub.closer());
         let mut alice_phone = hub.register(1, hub.closer());
         let mut bob = hub.register(2, hub.closer());
-        let awaited = alice_laptop.await_send("c1", "r7");
+        let awaited = alice_laptop.await_send(&send("c1"), "r7").unwrap();
 
         hub.route(message(vec![1, 2]));
 
@@ -550,13 +574,13 @@ mod tests {
         let hub = Hub::new(8, 100);
         let alice = hub.register(1, hub.closer());
 
-        let awaited = alice.await_send("c1", "r7");
+        let awaited = alice.await_send(&send("c1"), "r7").unwrap();
         let racing = tokio::spawn(awaited.race(std::future::pending()));
         hub.route(message(vec![1, 2]));
         let raced = tokio::time::timeout(Duration::from_secs(5), racing).await;
         assert!(matches!(raced, Ok(Ok(None))), "no longer in flight once the hub answered");
 
-        let service_first = alice.await_send("c2", "r8");
+        let service_first = alice.await_send(&send("c2"), "r8").unwrap();
         let answer = ServerFrame::Error { id: Some("r8".into()), error: common::protocol::ApiError::internal() };
         let raced = service_first.race(std::future::ready(answer)).await;
         assert!(matches!(raced, Some(ServerFrame::Error { .. })), "the service's answer, for the socket to write");
@@ -566,7 +590,7 @@ mod tests {
     async fn a_send_settled_before_its_event_leaves_the_message_frame_to_its_socket() {
         let hub = Hub::new(8, 100);
         let mut alice = hub.register(1, hub.closer());
-        let awaited = alice.await_send("c1", "r7");
+        let awaited = alice.await_send(&send("c1"), "r7").unwrap();
 
         assert!(awaited.settle(), "the service answered first: the socket writes that answer");
         hub.route(message(vec![1, 2]));
@@ -578,8 +602,8 @@ mod tests {
     async fn only_the_awaited_client_message_id_is_answered_and_a_dropped_guard_unregisters() {
         let hub = Hub::new(8, 100);
         let mut alice = hub.register(1, hub.closer());
-        let other = alice.await_send("c2", "r8");
-        let dropped = alice.await_send("c1", "r7");
+        let other = alice.await_send(&send("c2"), "r8").unwrap();
+        let dropped = alice.await_send(&send("c1"), "r7").unwrap();
         drop(dropped);
 
         hub.route(message(vec![1, 2]));
@@ -589,10 +613,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_send_is_answered_only_by_its_own_message_not_by_another_with_its_client_message_id() {
+        let hub = Hub::new(8, 100);
+        let mut alice = hub.register(1, hub.closer());
+        let elsewhere = SendMessageRequest { conversation_id: Some(8), ..send("c1") };
+        let other_body = SendMessageRequest { body: "bye".into(), ..send("c1") };
+        let to_a_person = SendMessageRequest { conversation_id: None, to_user_id: Some(2), ..send("c1") };
+        let awaited = [alice.await_send(&elsewhere, "r1").unwrap(), alice.await_send(&other_body, "r2").unwrap()];
+        assert!(alice.await_send(&to_a_person, "r3").is_none(), "only the service knows where a toUserId send lands");
+
+        // Another socket stored "hello" in conversation 7 under c1: these sends are other messages (`conflict`).
+        hub.route(message(vec![1, 2]));
+
+        assert_eq!(frame_type(&alice.outbound.try_recv().unwrap()), "message");
+        assert!(alice.outbound.try_recv().is_err());
+        for send in awaited {
+            assert!(send.settle(), "still the service's to answer");
+        }
+    }
+
+    #[tokio::test]
     async fn a_sender_missing_from_the_recipients_is_not_answered_from_the_event() {
         let hub = Hub::new(8, 100);
         let mut alice = hub.register(1, hub.closer());
-        let awaited = alice.await_send("c1", "r7");
+        let awaited = alice.await_send(&send("c1"), "r7").unwrap();
 
         // Recipients come from the membership at commit; the send stays the service's to answer.
         hub.route(message(vec![2]));
