@@ -16,7 +16,7 @@ use serde::{
     de::{DeserializeOwned, Error as _, Visitor},
     forward_to_deserialize_any,
 };
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::error::{ApiJson, HttpError};
 
@@ -69,7 +69,10 @@ impl<'de> Deserializer<'de> for FieldNames<'_> {
     }
 }
 
-/// A JSON body of `T` with unknown top-level fields refused (`bad_request`).
+/// A JSON body of `T` with unknown top-level fields refused (`bad_request`), and, when `T` is a struct, any body
+/// that is not a JSON object: serde reads a struct from an array too, by position, and a client's
+/// `["alice", "secret"]` is a mistake, not a register request. The body is read as `T` from its text (not through
+/// a `Value`), so a duplicate field is refused too.
 #[derive(Debug)]
 pub struct StrictJson<T>(pub T);
 
@@ -77,15 +80,43 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
     type Rejection = HttpError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let ApiJson(value) = ApiJson::<Value>::from_request(request, state).await?;
-        if let Value::Object(fields) = &value
-            && let Some(field) = first_unknown::<T>(fields.keys().map(String::as_str))
-        {
-            return Err(unknown_field(field, "the body").into());
+        let ApiJson(raw) = ApiJson::<Box<RawValue>>::from_request(request, state).await?;
+        if let Some(known) = fields_of::<T>() {
+            let TopLevel(keys) = serde_json::from_str(raw.get())
+                .map_err(|_| HttpError::from(ApiError::bad_request("the body must be a JSON object")))?;
+            if let Some(field) = keys.iter().find(|key| !known.contains(&key.as_str())) {
+                return Err(unknown_field(field, "the body").into());
+            }
         }
-        serde_json::from_value(value)
+        serde_json::from_str(raw.get())
             .map(StrictJson)
             .map_err(|error| ApiError::bad_request(format!("invalid body: {error}")).into())
+    }
+}
+
+/// The keys of a JSON object (its values skipped unread); anything else is an error.
+struct TopLevel(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for TopLevel {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> Visitor<'de> for Keys {
+            type Value = TopLevel;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<TopLevel, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    keys.push(key);
+                }
+                Ok(TopLevel(keys))
+            }
+        }
+        deserializer.deserialize_map(Keys)
     }
 }
 

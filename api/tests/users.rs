@@ -94,6 +94,17 @@ async fn bad_bodies_get_typed_errors() {
             "bad_request",
         ),
         (app.http.post(app.url("/api/register")).json(&json!({ "username": "erin" })), 400, "bad_request"),
+        // A struct read by position from an array: refused, not registered.
+        (app.http.post(app.url("/api/register")).json(&json!(["erin", "long enough"])), 400, "bad_request"),
+        (app.http.post(app.url("/api/login")).json(&json!(["erin", "long enough"])), 400, "bad_request"),
+        (
+            app.http
+                .post(app.url("/api/register"))
+                .header("content-type", "application/json")
+                .body(r#"{"username":"erin","username":"mallory","password":"long enough"}"#),
+            400,
+            "bad_request",
+        ),
         (
             app.http.post(app.url("/api/register")).json(&json!({ "username": 7, "password": "long enough" })),
             400,

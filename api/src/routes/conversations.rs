@@ -133,7 +133,7 @@ pub async fn send_to_conversation(
     user: AuthUser,
     id: ReqId,
     ApiPath(conversation_id): ApiPath<i64>,
-    ApiJson(message): ApiJson<NewMessage>,
+    StrictJson(message): StrictJson<NewMessage>,
 ) -> Created<Message> {
     tracing::Span::current().record("conversation_id", conversation_id);
     let request = SendMessageRequest {
@@ -151,7 +151,7 @@ pub async fn send_direct(
     State(state): State<AppState>,
     user: AuthUser,
     id: ReqId,
-    ApiJson(message): ApiJson<DirectMessage>,
+    StrictJson(message): StrictJson<DirectMessage>,
 ) -> Created<Message> {
     let request = SendMessageRequest {
         conversation_id: None,
@@ -169,7 +169,7 @@ pub async fn add_members(
     user: AuthUser,
     id: ReqId,
     ApiPath(conversation_id): ApiPath<i64>,
-    ApiJson(members): ApiJson<NewMembers>,
+    StrictJson(members): StrictJson<NewMembers>,
 ) -> Reply<Conversation> {
     tracing::Span::current().record("conversation_id", conversation_id);
     let request = AddMembersRequest { conversation_id, user_ids: members.user_ids };
@@ -207,7 +207,7 @@ pub async fn mark_read(
     user: AuthUser,
     id: ReqId,
     ApiPath(conversation_id): ApiPath<i64>,
-    ApiJson(read): ApiJson<ReadUpTo>,
+    StrictJson(read): StrictJson<ReadUpTo>,
 ) -> Reply<ReadPosition> {
     tracing::Span::current().record("conversation_id", conversation_id);
     let request = MarkReadRequest { conversation_id, seq: read.seq };

@@ -15,7 +15,7 @@ use common::protocol::users::{
 use crate::{
     auth::AuthUser,
     error::{ApiJson, HttpError},
-    fields::StrictQuery,
+    fields::{StrictJson, StrictQuery},
     request_id::ReqId,
     state::AppState,
 };
@@ -28,7 +28,7 @@ pub async fn register_user(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     id: ReqId,
-    ApiJson(request): ApiJson<RegisterRequest>,
+    StrictJson(request): StrictJson<RegisterRequest>,
 ) -> Result<(StatusCode, ApiJson<AuthResponse>), HttpError> {
     state.check_auth_rate(client_ip(&state, peer, &headers))?;
     Ok((StatusCode::CREATED, ApiJson(state.call::<Register>(&id.0, &request).await?)))
@@ -40,7 +40,7 @@ pub async fn log_in(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     id: ReqId,
-    ApiJson(request): ApiJson<LoginRequest>,
+    StrictJson(request): StrictJson<LoginRequest>,
 ) -> Reply<AuthResponse> {
     state.check_auth_rate(client_ip(&state, peer, &headers))?;
     Ok(ApiJson(state.call::<Login>(&id.0, &request).await?))

@@ -82,8 +82,10 @@ impl From<Rejected> for ServerFrame {
 
 /// Reads one text frame. `Err` is answered with an error frame; the connection stays open.
 pub fn parse(text: &str) -> Result<ClientFrame, Rejected> {
-    let value: Value =
-        serde_json::from_str(text).map_err(|_| error(None, ApiError::bad_request("the frame is not valid JSON")))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        let detail: String = e.to_string().chars().take(MAX_DETAIL_CHARS).collect();
+        error(id_of_unreadable(text), ApiError::bad_request(format!("the frame is not valid JSON: {detail}")))
+    })?;
     let Value::Object(fields) = &value else {
         return Err(error(None, ApiError::bad_request("the frame must be a JSON object")));
     };
@@ -121,6 +123,19 @@ fn sane_id(fields: &serde_json::Map<String, Value>) -> Result<Option<String>, Re
     }
 }
 
+/// The `id` of a frame that is not valid JSON as a whole, when the id itself can still be read. The common case:
+/// a string cut inside a character outside the BMP leaves a lone surrogate escape (`"\ud83d"`, which is what
+/// JavaScript's `JSON.stringify` writes for half an emoji); serde_json refuses it in a string it reads, but not in
+/// one it skips, so reading only the id names the request, and its client is not left waiting for an answer.
+fn id_of_unreadable(text: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Option<String>,
+    }
+    let id = serde_json::from_str::<IdOnly>(text).ok()?.id?;
+    (!id.is_empty() && id.chars().count() <= MAX_REQUEST_ID_CHARS).then_some(id)
+}
+
 /// The `id` of a frame that parsed (for answering one the connection refuses, such as a second `auth`).
 pub fn request_id(text: &str) -> Option<String> {
     match serde_json::from_str::<Value>(text) {
@@ -146,6 +161,19 @@ mod tests {
             Err(Rejected { id, error }) => (id, error),
             Ok(frame) => panic!("expected a rejection, got {frame:?}"),
         }
+    }
+
+    #[test]
+    fn a_frame_with_a_lone_surrogate_is_refused_naming_its_request() {
+        let (id, error) = rejected(
+            r#"{"type":"sendMessage","id":"s1","conversationId":1,"clientMessageId":"c","body":"hello \ud83d"}"#,
+        );
+        assert_eq!(id.as_deref(), Some("s1"));
+        assert_eq!(error.code, ErrorCode::BadRequest);
+        assert!(error.message.starts_with("the frame is not valid JSON: "), "{}", error.message);
+
+        assert_eq!(rejected(r#"{"type":"ping","id":"\ud83d"}"#).0, None, "an unreadable id names nothing");
+        assert_eq!(rejected(r#"{"type":"ping","id":"p1""#).0, None, "nor does a frame cut short");
     }
 
     #[test]
