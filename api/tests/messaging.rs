@@ -311,9 +311,7 @@ async fn one_client_message_id_sent_with_two_bodies_at_once_stores_one_and_refus
 
     for trial in 0..10 {
         let client_id = format!("same-{trial}");
-        let frame = |body: &str| {
-            json!({ "type": "sendMessage", "conversationId": conversation, "clientMessageId": client_id, "body": body })
-        };
+        let frame = |body: &str| json!({ "type": "sendMessage", "conversationId": conversation, "clientMessageId": client_id, "body": body });
         let (from_laptop, from_phone) =
             tokio::join!(laptop.request(frame("from the laptop")), phone.request(frame("from the phone")));
 
