@@ -4,6 +4,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { App } from '../App';
 import { dayLabel } from './format';
 import type { RestClient } from '../api/rest';
+import type { SessionOptions } from '../state/session';
 import type { ConversationEntry } from '../protocol/generated/ConversationEntry';
 import { FakeServer, flush } from '../test/fakeSocket';
 import { alice, bob, carol, conv, entry, msg } from '../test/fixtures';
@@ -21,7 +22,7 @@ const rest: RestClient = {
   getUsers: vi.fn(async () => ({ users: [] })),
 };
 
-function renderApp(entries: ConversationEntry[]) {
+function renderApp(entries: ConversationEntry[], options: Partial<SessionOptions> = {}) {
   const server = new FakeServer();
   server.handlers = {
     listConversations: () => ({ conversations: entries }),
@@ -43,7 +44,7 @@ function renderApp(entries: ConversationEntry[]) {
       rest={rest}
       createSocket={server.factory}
       socketUrl="ws://test/ws"
-      sessionOptions={{ backoff: { baseMs: 20, maxMs: 20 }, random: () => 1, sendTimeoutMs: 5_000 }}
+      sessionOptions={{ backoff: { baseMs: 20, maxMs: 20 }, random: () => 1, sendTimeoutMs: 5_000, ...options }}
     />,
   );
   return { server, user, view };
@@ -151,6 +152,44 @@ describe('App', () => {
     expect(within(log).queryByRole('alert')).toBeNull();
   });
 
+  it('an older page that fails is not asked for again by itself: it offers Retry, and a success clears that', async () => {
+    // jsdom lays nothing out: a short history that does not fill the view, so older pages load by themselves.
+    const clientHeight = vi.spyOn(HTMLElement.prototype, 'clientHeight', 'get').mockReturnValue(600);
+    const scrollHeight = vi.spyOn(HTMLElement.prototype, 'scrollHeight', 'get').mockReturnValue(300);
+    try {
+      storedLogin();
+      const newest = [11, 12, 13].map((seq) => msg(7, seq, bob.id));
+      const { server, user } = renderApp([entry(conv(7, [alice.id, bob.id], 13), 13, newest[2])]);
+      server.handlers.getMessages = (f) =>
+        f.before === undefined ? { messages: newest, hasMoreBefore: true, hasMoreAfter: false } : undefined;
+      await connected(server);
+      await user.click(screen.getByRole('button', { name: /bob/ }));
+      await act(() => flush());
+      const olderRequests = () => server.current.requests('getMessages').filter((f) => f.before !== undefined);
+      expect(olderRequests()).toHaveLength(1);
+      await act(async () => {
+        server.current.fail(olderRequests()[0]!, { code: 'unavailable', message: 'message-service is down' });
+        await flush();
+      });
+      expect(olderRequests()).toHaveLength(1);
+      const log = screen.getByRole('region', { name: 'Messages' });
+      expect(within(log).getByRole('alert').textContent).toContain("Couldn't load earlier messages.");
+      server.handlers.getMessages = () => ({
+        messages: Array.from({ length: 10 }, (_, i) => msg(7, i + 1, bob.id)),
+        hasMoreBefore: false,
+        hasMoreAfter: false,
+      });
+      await user.click(within(log).getByRole('button', { name: 'Retry' }));
+      await act(() => flush());
+      expect(olderRequests()).toHaveLength(2);
+      expect(within(log).getAllByTestId('message')).toHaveLength(13);
+      expect(within(log).queryByRole('alert')).toBeNull();
+    } finally {
+      clientHeight.mockRestore();
+      scrollHeight.mockRestore();
+    }
+  });
+
   it('Enter sends, Shift+Enter adds a line; the message shows as sending, then sent', async () => {
     storedLogin();
     const { server, user } = renderApp(entries());
@@ -212,6 +251,22 @@ describe('App', () => {
     expect(within(waiting).getByText('Trying again shortly…')).toBeTruthy();
   });
 
+  it('a send that is being tried again can be deleted, so one the server keeps refusing does not stay for ever', async () => {
+    storedLogin();
+    const { server, user } = renderApp(entries());
+    server.handlers.sendMessage = () => ({ error: { code: 'internal', message: 'something broke' } });
+    await connected(server);
+    await user.click(screen.getByRole('button', { name: /bob/ }));
+    await act(() => flush());
+    await user.type(screen.getByRole('textbox', { name: 'Message' }), 'are you there?{Enter}');
+    await act(() => flush());
+    const waiting = screen.getByTestId('pending-message');
+    expect(within(waiting).getByText('Trying again shortly…')).toBeTruthy();
+    expect(within(waiting).queryByRole('button', { name: 'Retry' })).toBeNull();
+    await user.click(within(waiting).getByRole('button', { name: 'Delete' }));
+    expect(screen.queryByTestId('pending-message')).toBeNull();
+  });
+
   it('a failed send offers Retry, which resends the same client message id', async () => {
     storedLogin();
     const { server, user } = renderApp(entries());
@@ -248,6 +303,17 @@ describe('App', () => {
       { conversationId: 7, seq: 3 },
       { conversationId: 8, seq: 0 },
     ]);
+  });
+
+  it('the countdown to the next reconnect shows, but only the state is announced, not every second', async () => {
+    storedLogin();
+    const { server } = renderApp(entries(), { backoff: { baseMs: 10_000, maxMs: 10_000 } });
+    await connected(server);
+    act(() => server.current.serverClose(1001, 'restart'));
+    expect(screen.getByText('Reconnecting…').closest('[aria-live="polite"]')).not.toBeNull();
+    const countdown = screen.getByText(/Next try in \d+ s\./);
+    const announced = countdown.closest('[aria-live]') !== null && countdown.closest('[aria-hidden="true"]') === null;
+    expect(announced).toBe(false);
   });
 
   it('a message written while the connection is down waits, then goes out once after the reconnect', async () => {
@@ -330,6 +396,27 @@ describe('App', () => {
     expect(server.current.lastRequest('createGroup')).toMatchObject({ title: 'Book club', memberIds: [bob.id] });
     expect(screen.queryByRole('dialog')).toBeNull();
     expect(screen.getByRole('heading', { name: 'Book club' })).toBeTruthy();
+  });
+
+  it('a group change with no answer says so in words, not with the client\'s own error text', async () => {
+    storedLogin();
+    const { server, user } = renderApp(entries(), { requestTimeoutMs: 50 });
+    await connected(server);
+    await user.click(screen.getByRole('button', { name: /Weekend plans/ }));
+    await user.click(screen.getByRole('button', { name: 'Members' }));
+    const members = screen.getByRole('dialog', { name: 'Members of Weekend plans' });
+    await user.click(within(members).getByRole('button', { name: /^Remove\s*bob$/ }));
+    await waitFor(() =>
+      expect(within(members).getByRole('alert').textContent).toBe('The server did not answer in time. Try again.'),
+    );
+    await user.click(within(members).getByRole('button', { name: 'Close' }));
+    await user.click(screen.getByRole('button', { name: 'New group' }));
+    const newGroup = screen.getByRole('dialog', { name: 'New group' });
+    await user.type(within(newGroup).getByLabelText('Group name'), 'Book club');
+    await user.click(within(newGroup).getByRole('button', { name: 'Create group' }));
+    await waitFor(() =>
+      expect(within(newGroup).getByRole('alert').textContent).toBe('The server did not answer in time. Try again.'),
+    );
   });
 });
 

@@ -25,7 +25,8 @@ export function ConnectionBanner() {
           <span className="spinner" aria-hidden="true" />
           <span>
             Reconnecting…
-            {seconds > 1 && <span className="banner__detail"> Next try in {seconds} s.</span>}
+            {/* Visible only: inside the live region a countdown would be read out every second. */}
+            {seconds > 1 && <span className="banner__detail" aria-hidden="true"> Next try in {seconds} s.</span>}
           </span>
           <button type="button" className="link-button" onClick={() => session.reconnectNow()}>
             Retry now

@@ -3,7 +3,7 @@ import { asApiRequestError } from '../api/errors';
 import type { Conversation } from '../protocol/generated/Conversation';
 import { displayName } from '../state/users';
 import { Avatar } from './Avatar';
-import { sentence } from './format';
+import { requestErrorText } from './format';
 import { Modal } from './Modal';
 import { PeopleSearch } from './PeopleSearch';
 import { useChat, useSession } from './SessionContext';
@@ -31,13 +31,7 @@ export function MembersDialog({ conversation, onClose }: { conversation: Convers
       done?.();
     } catch (e) {
       const err = asApiRequestError(e);
-      setError(
-        err.code === 'forbidden'
-          ? "You're not allowed to do that."
-          : err.code === 'disconnected'
-            ? 'Not connected. Try again when the connection is back.'
-            : sentence(err.message),
-      );
+      setError(err.code === 'forbidden' ? "You're not allowed to do that." : requestErrorText(err));
     } finally {
       setBusy(false);
     }

@@ -79,6 +79,16 @@ export function MessageList(props: MessageListProps) {
   const [atBottom, setAtBottom] = useState(true);
   const [newBelow, setNewBelow] = useState(0);
   const { onAtBottomChange, conversationKey } = props;
+  // The session swallows a failed older page; here it shows as `loadingOlder` dropping with nothing added above.
+  // Worked out while rendering (not in an effect) so the preload below never sees the flag drop before the
+  // failure, which would ask again at once — a tight loop when the server refuses straight away.
+  const oldest = messages[0]?.seq;
+  const [older, setOlder] = useState({ loading: loadingOlder, key: conversationKey, oldest, failed: false });
+  if (older.loading !== loadingOlder || older.key !== conversationKey) {
+    const failed = !loadingOlder && older.loading && older.key === conversationKey && older.oldest === oldest && hasMoreBefore;
+    setOlder({ loading: loadingOlder, key: conversationKey, oldest, failed });
+  }
+  const olderFailed = older.failed;
 
   const updateBottom = useCallback(
     (value: boolean) => {
@@ -127,21 +137,28 @@ export function MessageList(props: MessageListProps) {
     lastHeight.current = el.scrollHeight;
   }, [messages, pending, meId, updateBottom]);
 
-  // A short history that does not fill the view cannot be scrolled up: fetch more right away.
+  // A short history that does not fill the view cannot be scrolled up: fetch more right away. After a failure
+  // only the Retry button asks again.
   useEffect(() => {
     const el = scroller.current;
     if (!el || el.clientHeight === 0) return;
-    if (hasMoreBefore && !loadingOlder && !loadingNewest && el.scrollHeight <= el.clientHeight + TOP_PRELOAD_PX / 4) {
+    if (
+      hasMoreBefore &&
+      !loadingOlder &&
+      !loadingNewest &&
+      !olderFailed &&
+      el.scrollHeight <= el.clientHeight + TOP_PRELOAD_PX / 4
+    ) {
       onLoadOlder();
     }
-  }, [messages, hasMoreBefore, loadingOlder, loadingNewest, onLoadOlder]);
+  }, [messages, hasMoreBefore, loadingOlder, loadingNewest, olderFailed, onLoadOlder]);
 
   function onScroll() {
     const el = scroller.current;
     if (!el) return;
     const bottom = el.scrollHeight - el.scrollTop - el.clientHeight <= BOTTOM_SLACK_PX;
     if (bottom !== stick.current) updateBottom(bottom);
-    if (el.scrollTop < TOP_PRELOAD_PX && hasMoreBefore && !loadingOlder) onLoadOlder();
+    if (el.scrollTop < TOP_PRELOAD_PX && hasMoreBefore && !loadingOlder && !olderFailed) onLoadOlder();
   }
 
   function jumpToLatest() {
@@ -208,6 +225,13 @@ export function MessageList(props: MessageListProps) {
           ) : loadingOlder || loadingNewest ? (
             <p className="messages__loading" role="status">
               Loading messages…
+            </p>
+          ) : olderFailed ? (
+            <p className="messages__loading" role="alert">
+              Couldn't load earlier messages.{' '}
+              <button type="button" className="link-button" onClick={onLoadOlder}>
+                Retry
+              </button>
             </p>
           ) : hasMoreBefore ? (
             <button type="button" className="button button--ghost button--small" onClick={onLoadOlder}>
@@ -321,6 +345,14 @@ function PendingItem({
           <button type="button" className="link-button" onClick={() => onRetry(send.clientMessageId)}>
             Retry
           </button>
+          <button type="button" className="link-button link-button--muted" onClick={() => onDiscard(send.clientMessageId)}>
+            Delete
+          </button>
+        </div>
+      )}
+      {/* Resent by itself for as long as the server refuses it: the user must be able to give up on it. */}
+      {queued && !offline && (
+        <div className="msg__failure">
           <button type="button" className="link-button link-button--muted" onClick={() => onDiscard(send.clientMessageId)}>
             Delete
           </button>

@@ -2,7 +2,7 @@ import { type FormEvent, useId, useState } from 'react';
 import { asApiRequestError } from '../api/errors';
 import type { User } from '../protocol/generated/User';
 import { MAX_TITLE_CHARS } from '../state/session';
-import { sentence } from './format';
+import { requestErrorText } from './format';
 import { Modal } from './Modal';
 import { PeopleSearch } from './PeopleSearch';
 import { useChat, useSession } from './SessionContext';
@@ -29,7 +29,7 @@ export function NewGroupDialog({ onClose }: { onClose: () => void }) {
       onClose();
     } catch (e) {
       const err = asApiRequestError(e);
-      setError(err.code === 'disconnected' ? 'Not connected. Try again when the connection is back.' : sentence(err.message));
+      setError(requestErrorText(err));
       setBusy(false);
     }
   }

@@ -1,3 +1,5 @@
+import type { ApiRequestError } from '../api/errors';
+
 const DAY_MS = 24 * 60 * 60 * 1000;
 
 const timeFormat = new Intl.DateTimeFormat(undefined, { hour: 'numeric', minute: '2-digit' });
@@ -49,6 +51,28 @@ export function sentence(text: string): string {
   if (!t) return t;
   const capital = t[0]!.toUpperCase() + t.slice(1);
   return /[.!?]$/.test(capital) ? capital : `${capital}.`;
+}
+
+/**
+ * The text for a failed request, by error code: the client's own errors ("no answer to removeMember in time")
+ * and the passing ones are not for people; the server's other messages (validation, …) already are.
+ */
+export function requestErrorText(error: ApiRequestError): string {
+  switch (error.code) {
+    case 'timeout':
+      return 'The server did not answer in time. Try again.';
+    case 'disconnected':
+      return 'Not connected. Try again when the connection is back.';
+    case 'network':
+      return "Can't reach Warren. Check your connection and try again.";
+    case 'unavailable':
+    case 'internal':
+      return "Warren can't do that right now. Try again in a moment.";
+    case 'rate_limited':
+      return 'Too many requests. Wait a moment and try again.';
+    default:
+      return sentence(error.message);
+  }
 }
 
 export function plural(n: number, one: string, many: string = `${one}s`): string {

@@ -589,7 +589,7 @@ export class ChatSession {
       );
       this.applyPageToStore(conversationId, page, 'before');
     } catch {
-      // Scrolling up again retries.
+      // The message list sees the page missing and offers Retry (it does not ask again by itself).
     } finally {
       this.setFlag('loadingOlder', conversationId, false);
     }
