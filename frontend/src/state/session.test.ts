@@ -293,6 +293,23 @@ describe('session: sync', () => {
     expect(t.state().notice).toMatch(/Team/);
   });
 
+  it('leaving a group removes it without telling the user they are no longer a member', async () => {
+    const t = setup([dm(1, 1), group]);
+    const ws = t.server.accept(alice);
+    await flush();
+    t.session.select({ kind: 'conversation', id: 8 });
+    const left = t.session.leave(8);
+    const request = ws.lastRequest('leaveConversation');
+    // The service tells the leaver's sockets before it answers.
+    const after = conv(8, [bob.id, carol.id], 0, { kind: 'group', title: 'Team' });
+    ws.receive({ type: 'conversation', conversation: after });
+    ws.reply(request, 'leaveConversation', after);
+    await left;
+    expect(t.state().conversations[8]).toBeUndefined();
+    expect(t.state().selected).toBeNull();
+    expect(t.state().notice).toBeNull();
+  });
+
   it('loads older pages before the oldest seq shown', async () => {
     const t = setup([dm(12, 12)]);
     await connectAndOpen(t);
@@ -312,7 +329,7 @@ describe('session: sending', () => {
     const t = setup([dm(12, 12)]);
     await connectAndOpen(t);
     const ws = t.server.current;
-    const id = t.session.send('  hello  ');
+    const id = t.session.send('hello');
     expect(id).toBe('cm-1');
     expect(t.state().pending['cm-1']).toMatchObject({ status: 'sending', body: 'hello' });
     const req = ws.lastRequest('sendMessage');
@@ -480,6 +497,64 @@ describe('session: sending', () => {
     expect(t.seqs(7).slice(-1)).toEqual([13]);
   });
 
+  it('a message typed while the reconnect syncs goes after the ones the drop interrupted', async () => {
+    const t = setup([dm(12, 12)]);
+    await connectAndOpen(t);
+    t.session.send('first, cut off');
+    t.server.current.serverClose(1006);
+    await flush(1);
+    await reconnected(t);
+    let answerSync: (() => void) | undefined;
+    t.server.handlers.sync = () => undefined; // answered by hand below
+    let seq = 12;
+    t.server.handlers.sendMessage = (f) => own(++seq, f.clientMessageId, f.body);
+    const ws2 = t.server.accept(alice);
+    await flush();
+    answerSync = () => ws2.reply(ws2.lastRequest('sync'), 'sync', { conversations: [dm(12, 12)], messages: [], truncated: [] });
+    t.session.send('second, typed during the sync');
+    await flush();
+    expect(ws2.requests('sendMessage')).toHaveLength(0);
+    answerSync();
+    await flush();
+    expect(ws2.requests('sendMessage').map((f) => f.body)).toEqual(['first, cut off', 'second, typed during the sync']);
+    expect(t.state().pending).toEqual({});
+  });
+
+  it('a body is sent as typed, and its length counted in characters as the server counts', async () => {
+    const t = setup([dm(12, 12)]);
+    await connectAndOpen(t);
+    t.session.send('  indented();\n    more();\n');
+    expect(t.server.current.lastRequest('sendMessage').body).toBe('  indented();\n    more();\n');
+    // 4,000 emoji are 8,000 UTF-16 units but 4,000 characters: allowed; one more is not.
+    expect(t.session.send('😀'.repeat(4_000))).not.toBeNull();
+    expect(t.session.send('😀'.repeat(4_001))).toBeNull();
+  });
+
+  it("two tabs of one user share the stored unsent messages without erasing each other's", async () => {
+    const storage = memoryStorage();
+    const key = `warren.pending.${alice.id}`;
+    const tabA = setup([dm(12, 12)], { storage, newId: () => 'from-a' });
+    const tabB = setup([dm(12, 12)], { storage, newId: () => 'from-b' });
+    await connectAndOpen(tabB);
+    // Tab A is offline: its message waits, stored.
+    tabA.session.send('written in tab A', { conversationId: 7 });
+    expect(storage.map.get(key)).toContain('from-a');
+    // Tab B sends and is answered: its own record goes, tab A's stays.
+    tabB.session.send('written in tab B');
+    expect(storage.map.get(key)).toContain('from-a');
+    expect(storage.map.get(key)).toContain('from-b');
+    const request = tabB.server.current.lastRequest('sendMessage');
+    tabB.server.current.reply(request, 'sendMessage', own(13, 'from-b', 'written in tab B'));
+    await flush();
+    expect(tabB.state().pending).toEqual({});
+    expect(storage.map.get(key)).toContain('from-a');
+    expect(storage.map.get(key)).not.toContain('from-b');
+    // Tab A is closed before it reconnects; a new tab finds its message and sends it.
+    tabA.session.stop();
+    const reopened = setup([dm(13, 13)], { storage, newId: () => 'from-c' });
+    expect(Object.keys(reopened.state().pending)).toEqual(['from-a']);
+  });
+
   it('unsent messages survive a reload and are resent with the same id', async () => {
     const storage = memoryStorage();
     const first = setup([dm(12, 12)], { storage });
@@ -513,6 +588,23 @@ describe('session: sending', () => {
     expect(t.state().pending).toEqual({});
     expect(t.state().conversations[9]).toBeDefined();
     expect(visibleMessages(t.state().timelines[9]!).map((m) => m.body)).toEqual(['hi bob']);
+  });
+
+  it('a first message to a person whose conversation already has history loads that history', async () => {
+    const t = setup([]);
+    const ws = t.server.accept(alice);
+    await flush();
+    // The conversation exists (another device started it) but this tab has not listed it.
+    t.server.handlers.getConversation = () => entry(conv(9, [alice.id, bob.id], 6), 6, msg(9, 6, alice.id));
+    t.server.handlers.getMessages = (f) =>
+      f.conversationId === 9 ? { messages: [1, 2, 3, 4, 5, 6].map((seq) => msg(9, seq, bob.id)), hasMoreBefore: false, hasMoreAfter: false } : undefined;
+    t.session.openDirect(bob.id);
+    t.session.send('hi again');
+    ws.reply(ws.lastRequest('sendMessage'), 'sendMessage', msg(9, 6, alice.id, 'hi again', { clientMessageId: 'cm-1' }));
+    await flush();
+    expect(t.state().selected).toEqual({ kind: 'conversation', id: 9 });
+    expect(ws.requests('getMessages').map((f) => f.conversationId)).toContain(9);
+    expect(visibleMessages(t.state().timelines[9]!).map((m) => m.seq)).toEqual([1, 2, 3, 4, 5, 6]);
   });
 
   it('rejects empty and over-long messages', async () => {

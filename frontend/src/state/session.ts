@@ -46,6 +46,13 @@ import { displayName, idBatches, mergeUsers, missingIds } from './users';
 
 /** Protocol limits (common/src/protocol/messages.rs). */
 export const MAX_MESSAGE_CHARS = 4_000;
+
+/** A body's length as the server counts it: in characters (code points), not UTF-16 units (an emoji is one). */
+export function messageLength(text: string): number {
+  let n = 0;
+  for (const _ of text) n++;
+  return n;
+}
 export const MAX_TITLE_CHARS = 100;
 export const MAX_PAGE = 100;
 export const MAX_CONVERSATIONS_PAGE = 200;
@@ -117,6 +124,12 @@ export class ChatSession {
   private readonly opts: SessionOptions;
   /** Automatic resends waiting for their pause, and how many each send has had. */
   private readonly resendTimers = new Map<string, ReturnType<typeof setTimeout>>();
+  /** Client message ids of every unsent message this tab has held (see `persistPending`). */
+  private readonly heldPending = new Set<string>();
+  /** Conversations this tab is leaving: their removal is the user's own doing, not news. */
+  private readonly leaving = new Set<number>();
+  /** Between a reconnect and the resend of the interrupted sends (after its sync): new sends queue behind them. */
+  private resuming = false;
   private readonly resendAttempts = new Map<string, number>();
   private readonly now: () => number;
   private readonly newId: () => string;
@@ -241,7 +254,12 @@ export class ChatSession {
   }
 
   private async afterConnect(): Promise<void> {
-    await this.syncNow();
+    this.resuming = true;
+    try {
+      await this.syncNow();
+    } finally {
+      this.resuming = false;
+    }
     if (!this.socket.isOpen) return;
     // Even when the sync failed: a resend carries its client message id, so one already stored comes back as it
     // is, and the outbox does not wait on a slow service.
@@ -306,7 +324,9 @@ export class ChatSession {
       const selected =
         !stillMember && s.selected?.kind === 'conversation' && s.selected.id === conversation.id ? null : s.selected;
       const notice =
-        !stillMember && known ? `You are no longer a member of ${this.titleOf(conversation, s)}.` : s.notice;
+        !stillMember && known && !this.leaving.has(conversation.id)
+          ? `You are no longer a member of ${this.titleOf(conversation, s)}.`
+          : s.notice;
       return { conversations, timelines, selected, notice };
     });
     if (stillMember) {
@@ -608,18 +628,32 @@ export class ChatSession {
 
   /** Sends to the selected conversation (or, for a draft, to the person). Returns the client message id. */
   send(body: string, target?: SendTarget): string | null {
-    const text = body.trim();
-    if (!text || text.length > MAX_MESSAGE_CHARS) return null;
+    // Sent exactly as typed (indentation, blank lines: the server keeps bodies as they are); only a blank one is
+    // refused.
+    if (!body.trim() || messageLength(body) > MAX_MESSAGE_CHARS) return null;
     const resolved = target ?? this.selectedTarget();
     if (!resolved) return null;
     const send: PendingSend = {
       clientMessageId: this.newId(),
       target: resolved,
-      body: text,
+      body,
       createdAt: this.now(),
       status: 'sending',
       autoResend: false,
     };
+    if (this.resuming) {
+      // The sends a drop interrupted go out after the reconnect's sync; this one goes with them, after them, so
+      // the user's messages are stored in the order typed.
+      this.store.setState((s) => ({
+        pending: addPending(s.pending, {
+          ...send,
+          status: 'failed',
+          error: { code: 'disconnected', message: 'Not sent yet' },
+          autoResend: true,
+        }),
+      }));
+      return send.clientMessageId;
+    }
     this.store.setState((s) => ({ pending: addPending(s.pending, send) }));
     void this.transmit(send.clientMessageId);
     return send.clientMessageId;
@@ -666,11 +700,11 @@ export class ChatSession {
       this.ingest([message]);
       if ('toUserId' in send.target) {
         const userId = send.target.toUserId;
-        this.store.setState((s) =>
-          s.selected?.kind === 'draft' && s.selected.userId === userId
-            ? { selected: { kind: 'conversation', id: message.conversationId } }
-            : {},
-        );
+        const selected = this.store.getState().selected;
+        // Through select(), so a conversation not loaded here yet is loaded.
+        if (selected?.kind === 'draft' && selected.userId === userId) {
+          this.select({ kind: 'conversation', id: message.conversationId });
+        }
       }
     } catch (error) {
       const e = asApiRequestError(error);
@@ -717,6 +751,7 @@ export class ChatSession {
       let pending: PendingSends = {};
       for (const p of list) {
         if (typeof p?.clientMessageId !== 'string' || typeof p.body !== 'string' || typeof p.target !== 'object') continue;
+        this.heldPending.add(p.clientMessageId);
         pending = addPending(pending, {
           ...p,
           status: 'failed',
@@ -730,14 +765,38 @@ export class ChatSession {
     }
   }
 
+  /**
+   * Writes this tab's unsent messages to storage, keeping those another tab of the same user wrote there: every
+   * tab shares the key, and writing only this tab's own would erase a message queued in another tab while it
+   * was offline, lost if that tab were then closed or reloaded. A record this tab ever held and no longer holds
+   * was sent or discarded here, and is removed.
+   */
   private persistPending(pending: PendingSends): void {
     try {
-      const list = Object.values(pending);
+      const mine = Object.values(pending);
+      for (const send of mine) this.heldPending.add(send.clientMessageId);
       const key = pendingKey(this.me.id);
+      const others = this.readPersisted().filter((send) => !this.heldPending.has(send.clientMessageId));
+      const list = [...others, ...mine];
       if (list.length === 0) this.opts.storage?.removeItem(key);
       else this.opts.storage?.setItem(key, JSON.stringify(list));
     } catch {
       // Storage full or disabled.
+    }
+  }
+
+  /** The unsent messages in storage (every tab's), as written; unreadable records are skipped. */
+  private readPersisted(): PendingSend[] {
+    try {
+      const raw = this.opts.storage?.getItem(pendingKey(this.me.id));
+      const list: unknown = raw ? JSON.parse(raw) : [];
+      if (!Array.isArray(list)) return [];
+      return list.filter(
+        (p): p is PendingSend =>
+          typeof p?.clientMessageId === 'string' && typeof p.body === 'string' && typeof p.target === 'object',
+      );
+    } catch {
+      return [];
     }
   }
 
@@ -850,9 +909,16 @@ export class ChatSession {
   }
 
   async leave(conversationId: number): Promise<void> {
-    const conversation = await this.request('leaveConversation', { conversationId }, { priority: 'high' });
-    this.applyOwnConversation(conversation);
-    this.removeConversations([conversationId]);
+    // The service announces the change to the leaver's sockets before it answers: that frame is this very
+    // leave, not news to tell the user about.
+    this.leaving.add(conversationId);
+    try {
+      const conversation = await this.request('leaveConversation', { conversationId }, { priority: 'high' });
+      this.applyOwnConversation(conversation);
+      this.removeConversations([conversationId]);
+    } finally {
+      this.leaving.delete(conversationId);
+    }
   }
 
   /** A group operation's reply: the same as a `conversation` frame, without the "removed" notice. */
