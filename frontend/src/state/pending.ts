@@ -82,3 +82,17 @@ export function toResend(pending: PendingSends): PendingSend[] {
     .filter((p) => p.status === 'failed' && p.autoResend)
     .sort((a, b) => a.createdAt - b.createdAt);
 }
+
+/** The sends to any of these conversations, and the rest: for a conversation the user is no longer in. */
+export function splitBySendTarget(
+  pending: PendingSends,
+  conversationIds: readonly number[],
+): { to: PendingSend[]; rest: PendingSends } {
+  const to: PendingSend[] = [];
+  const rest: Record<string, PendingSend> = {};
+  for (const send of Object.values(pending)) {
+    if ('conversationId' in send.target && conversationIds.includes(send.target.conversationId)) to.push(send);
+    else rest[send.clientMessageId] = send;
+  }
+  return { to, rest };
+}

@@ -555,6 +555,46 @@ describe('session: sending', () => {
     expect(Object.keys(reopened.state().pending)).toEqual(['from-a']);
   });
 
+  it('removed from a group while offline: the sync says so, and the unsent message to it is discarded, not resent', async () => {
+    const storage = memoryStorage();
+    const t = setup([dm(12, 12), group], { storage });
+    t.server.accept(alice);
+    await flush();
+    t.session.select({ kind: 'conversation', id: 8 });
+    await flush();
+    t.server.current.serverClose(1006);
+    await flush(1);
+    t.session.send('written offline');
+    expect(t.state().pending['cm-1']).toMatchObject({ status: 'failed', autoResend: true });
+    await reconnected(t);
+    t.setEntries([dm(12, 12)]);
+    const ws2 = t.server.accept(alice);
+    await flush();
+    expect(t.state().conversations[8]).toBeUndefined();
+    expect(t.state().selected).toBeNull();
+    expect(t.state().notice).toBe('You are no longer a member of Team. Your unsent message to it was discarded.');
+    expect(t.state().pending).toEqual({});
+    expect(ws2.requests('sendMessage')).toHaveLength(0);
+    expect(storage.map.get(`warren.pending.${alice.id}`)).toBeUndefined();
+  });
+
+  it('a send refused for good still waits for Retry or Delete after a reload, and is not resent by itself', async () => {
+    const storage = memoryStorage();
+    const first = setup([dm(12, 12)], { storage });
+    await connectAndOpen(first);
+    first.session.send('too late');
+    const ws = first.server.current;
+    ws.fail(ws.lastRequest('sendMessage'), { code: 'validation', message: 'a message can be at most 4000 characters' });
+    await flush();
+    expect(first.state().pending['cm-1']).toMatchObject({ status: 'failed', autoResend: false });
+    first.session.stop();
+    const second = setup([dm(12, 12)], { storage, newId: () => 'other' });
+    expect(second.state().pending['cm-1']).toMatchObject({ status: 'failed', autoResend: false, error: { code: 'validation' } });
+    second.server.accept(alice);
+    await flush();
+    expect(second.server.current.requests('sendMessage')).toHaveLength(0);
+  });
+
   it('unsent messages survive a reload and are resent with the same id', async () => {
     const storage = memoryStorage();
     const first = setup([dm(12, 12)], { storage });

@@ -38,6 +38,7 @@ import {
   markFailed,
   markSending,
   removePending,
+  splitBySendTarget,
   toResend,
 } from './pending';
 import { type ChatState, type ChatStore, type Selection, createChatStore } from './store';
@@ -46,6 +47,18 @@ import { displayName, idBatches, mergeUsers, missingIds } from './users';
 
 /** Protocol limits (common/src/protocol/messages.rs). */
 export const MAX_MESSAGE_CHARS = 4_000;
+
+/** The notice for conversations the user was removed from, and how many of their unsent messages went with them. */
+function noLongerMember(titles: readonly string[], dropped: number): string {
+  const it = titles.length === 1 ? 'it' : 'them';
+  const unsent =
+    dropped === 0
+      ? ''
+      : dropped === 1
+        ? ` Your unsent message to ${it} was discarded.`
+        : ` Your ${dropped} unsent messages to ${it} were discarded.`;
+  return `You are no longer a member of ${titles.join(', ')}.${unsent}`;
+}
 
 /** A body's length as the server counts it: in characters (code points), not UTF-16 units (an emoji is one). */
 export function messageLength(text: string): number {
@@ -323,11 +336,11 @@ export class ChatSession {
       else timelines[conversation.id] ??= emptyTimeline(conversation.lastSeq);
       const selected =
         !stillMember && s.selected?.kind === 'conversation' && s.selected.id === conversation.id ? null : s.selected;
+      if (stillMember) return { conversations, timelines, selected };
+      const { to, rest } = splitBySendTarget(s.pending, [conversation.id]);
       const notice =
-        !stillMember && known && !this.leaving.has(conversation.id)
-          ? `You are no longer a member of ${this.titleOf(conversation, s)}.`
-          : s.notice;
-      return { conversations, timelines, selected, notice };
+        known && !this.leaving.has(conversation.id) ? noLongerMember([this.titleOf(conversation, s)], to.length) : s.notice;
+      return { conversations, timelines, selected, notice, pending: rest };
     });
     if (stillMember) {
       // A `conversation` frame has no read position or preview: fetch the entry for a conversation new to us.
@@ -506,16 +519,26 @@ export class ChatSession {
     this.reconcileDraftSelection();
   }
 
-  private removeConversations(ids: readonly number[]): void {
+  /**
+   * Drops conversations the user is no longer in, with their unsent messages (the server would refuse them). Unless
+   * the user left them here (`quietly`), says so: a sync is how a removal made while this tab was offline shows.
+   */
+  private removeConversations(ids: readonly number[], quietly = false): void {
     this.store.setState((s) => {
       let conversations = s.conversations;
       const timelines = { ...s.timelines };
+      const titles = ids.flatMap((id) => {
+        const known = s.conversations[id];
+        return known ? [this.titleOf(known.conversation, s)] : [];
+      });
       for (const id of ids) {
         conversations = removeConversation(conversations, id);
         delete timelines[id];
       }
       const selected = s.selected?.kind === 'conversation' && ids.includes(s.selected.id) ? null : s.selected;
-      return { conversations, timelines, selected };
+      const { to, rest } = splitBySendTarget(s.pending, ids);
+      const notice = quietly || titles.length === 0 ? s.notice : noLongerMember(titles, to.length);
+      return { conversations, timelines, selected, pending: rest, notice };
     });
   }
 
@@ -752,12 +775,15 @@ export class ChatSession {
       for (const p of list) {
         if (typeof p?.clientMessageId !== 'string' || typeof p.body !== 'string' || typeof p.target !== 'object') continue;
         this.heldPending.add(p.clientMessageId);
-        pending = addPending(pending, {
-          ...p,
-          status: 'failed',
-          error: { code: 'disconnected', message: 'Not sent yet' },
-          autoResend: true,
-        });
+        // One the server refused for good (not a member, too long) still waits for the user's Retry or Delete;
+        // everything else goes again after the first sync.
+        const waitsForUser = p.status === 'failed' && p.autoResend === false && p.error !== undefined;
+        pending = addPending(
+          pending,
+          waitsForUser
+            ? p
+            : { ...p, status: 'failed', error: { code: 'disconnected', message: 'Not sent yet' }, autoResend: true },
+        );
       }
       return pending;
     } catch {
@@ -915,7 +941,7 @@ export class ChatSession {
     try {
       const conversation = await this.request('leaveConversation', { conversationId }, { priority: 'high' });
       this.applyOwnConversation(conversation);
-      this.removeConversations([conversationId]);
+      this.removeConversations([conversationId], true);
     } finally {
       this.leaving.delete(conversationId);
     }
