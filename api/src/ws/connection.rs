@@ -189,22 +189,9 @@ impl Session<'_> {
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut requests = 0u64;
         let mut strikes = 0usize;
-        // The session lasts as long as its token would be accepted: past that the client must sign in again, as
-        // every REST call would already tell it. (`None`: too far ahead to represent, so never.)
-        let expiry = Instant::now().checked_add(user.lifetime_left(unix_now()));
-        let mut expired = pin!(async move {
-            match expiry {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        });
         loop {
             let step = tokio::select! {
                 reason = self.closer.closed() => Err(reason.into()),
-                () = &mut expired => {
-                    tracing::info!("closing a socket whose token expired");
-                    Err(End::Close(close::UNAUTHORIZED, "the session expired; sign in again".into()))
-                }
                 message = self.socket.recv() => match inbound(message, settings.max_message_bytes) {
                     Ok(message) => {
                         idle.as_mut().reset(Instant::now() + settings.idle_timeout);
@@ -232,7 +219,15 @@ impl Session<'_> {
                     None => Ok(()),
                 },
                 Some(first) = self.registration.outbound.recv() => self.write_queued(first).await,
-                _ = ping.tick() => self.send(Message::Ping(Default::default())).await,
+                // The session lasts as long as its token would be accepted, as every REST call would tell the
+                // client; checked at each keep-alive ping rather than by a timer of its own, which would be polled
+                // with every frame (so a socket ends within one ping interval of its token's expiry).
+                _ = ping.tick() => if user.lifetime_left(unix_now()).is_zero() {
+                    tracing::info!("closing a socket whose token expired");
+                    Err(End::Close(close::UNAUTHORIZED, "the session expired; sign in again".into()))
+                } else {
+                    self.send(Message::Ping(Default::default())).await
+                },
                 () = &mut idle => Err(End::Close(1001, "idle timeout".into())),
             };
             if let Err(end) = step {
