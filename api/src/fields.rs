@@ -81,10 +81,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
         let ApiJson(raw) = ApiJson::<Box<RawValue>>::from_request(request, state).await?;
-        if let Some(known) = fields_of::<T>() {
+        if fields_of::<T>().is_some() {
             let TopLevel(keys) = serde_json::from_str(raw.get())
                 .map_err(|_| HttpError::from(ApiError::bad_request("the body must be a JSON object")))?;
-            if let Some(field) = keys.iter().find(|key| !known.contains(&key.as_str())) {
+            if let Some(field) = first_unknown::<T>(keys.iter().map(String::as_str)) {
                 return Err(unknown_field(field, "the body").into());
             }
         }

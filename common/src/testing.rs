@@ -106,34 +106,33 @@ impl TestDb {
     /// connections are refused (`ALLOW_CONNECTIONS false`) and every open one is terminated. Returns how many were
     /// terminated; [`TestDb::end_outage`] lets connections in again. Other tests' databases are not touched.
     pub async fn begin_outage(&self) -> i64 {
-        use sqlx::Connection;
-        let mut admin = sqlx::PgConnection::connect(&admin_url()).await.expect("connect to the maintenance database");
-        let name = &self.name;
-        sqlx::query(sqlx::AssertSqlSafe(format!(r#"ALTER DATABASE "{name}" ALLOW_CONNECTIONS false"#)))
-            .execute(&mut admin)
-            .await
-            .expect("refuse connections");
+        let mut admin = self.allow_connections(false).await;
         let terminated: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1) t",
         )
-        .bind(name)
+        .bind(&self.name)
         .fetch_one(&mut admin)
         .await
         .expect("terminate the database's connections");
-        let _ = admin.close().await;
+        let _ = sqlx::Connection::close(admin).await;
         terminated
     }
 
     /// Ends [`TestDb::begin_outage`]: the database accepts connections again.
     pub async fn end_outage(&self) {
+        let _ = sqlx::Connection::close(self.allow_connections(true).await).await;
+    }
+
+    /// Sets whether this database accepts connections; returns the maintenance connection that did it.
+    async fn allow_connections(&self, allow: bool) -> sqlx::PgConnection {
         use sqlx::Connection;
         let mut admin = sqlx::PgConnection::connect(&admin_url()).await.expect("connect to the maintenance database");
         let name = &self.name;
-        sqlx::query(sqlx::AssertSqlSafe(format!(r#"ALTER DATABASE "{name}" ALLOW_CONNECTIONS true"#)))
+        sqlx::query(sqlx::AssertSqlSafe(format!(r#"ALTER DATABASE "{name}" ALLOW_CONNECTIONS {allow}"#)))
             .execute(&mut admin)
             .await
-            .expect("accept connections again");
-        let _ = admin.close().await;
+            .expect("set ALLOW_CONNECTIONS");
+        admin
     }
 
     /// The URL of this test's database.

@@ -231,16 +231,24 @@ pub async fn commit_through_outages(
     let give_up = Instant::now() + patience;
     let mut pause = FIRST_OUTAGE_PAUSE;
     loop {
-        let outcome = match take_connection(connection, store).await {
-            Ok(open) => commit_with_retries(open, sends).await.map_err(|error| {
-                if connection_lost(&error) || open.is_closed() {
-                    Failure::Unreachable(error)
-                } else {
-                    Failure::Failed(error)
-                }
-            }),
-            Err(error) => Err(Failure::Unreachable(error)),
+        // Each attempt ends by `give_up` too: a server that vanished without resetting its connections (a host
+        // lost in a failover) would otherwise hold the call until TCP gives up, many minutes later. Cut off, the
+        // call may or may not have committed; the retry finds out.
+        let attempt = async {
+            match take_connection(connection, store).await {
+                Ok(open) => commit_with_retries(open, sends).await.map_err(|error| {
+                    if connection_lost(&error) || open.is_closed() {
+                        Failure::Unreachable(error)
+                    } else {
+                        Failure::Failed(error)
+                    }
+                }),
+                Err(error) => Err(Failure::Unreachable(error)),
+            }
         };
+        let outcome = tokio::time::timeout_at(give_up, attempt).await.unwrap_or_else(|_| {
+            Err(Failure::Unreachable(anyhow::anyhow!("the database did not answer within {patience:?}")))
+        });
         match outcome {
             Err(Failure::Unreachable(error)) => {
                 *connection = None;
@@ -260,13 +268,17 @@ pub async fn commit_through_outages(
     }
 }
 
-/// Whether an error means the connection itself is gone (closed, an I/O error, or a SQLSTATE of class 08,
-/// connection exception, or 57P, the server shutting down or terminating the session), rather than the server
-/// refusing the statement.
+/// Whether an error means this connection is of no more use (closed, an I/O error, or a SQLSTATE of class 08,
+/// connection exception, or 57P, the server shutting down or terminating the session, or 25006: after a
+/// failover, a connection that reached a server now in recovery, read-only), rather than the server refusing the
+/// statement.
 fn connection_lost(error: &anyhow::Error) -> bool {
     error.chain().filter_map(|cause| cause.downcast_ref::<tokio_postgres::Error>()).any(|error| {
         error.is_closed()
-            || error.code().is_some_and(|state| state.code().starts_with("08") || state.code().starts_with("57P"))
+            || error.code().is_some_and(|state| {
+                let code = state.code();
+                code.starts_with("08") || code.starts_with("57P") || code == "25006"
+            })
             || std::error::Error::source(error).is_some_and(|source| source.is::<std::io::Error>())
     })
 }
@@ -276,7 +288,8 @@ async fn take_connection<'a>(
     connection: &'a mut Option<CommitConnection>,
     store: &Store,
 ) -> anyhow::Result<&'a CommitConnection> {
-    if connection.is_none() {
+    // One the server closed while the committer was idle (a restart between batches) is replaced before use.
+    if connection.as_ref().is_none_or(CommitConnection::is_closed) {
         *connection = Some(CommitConnection::open(store).await?);
     }
     connection.as_ref().context("no connection")

@@ -87,6 +87,11 @@ pub fn pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
     let mut config = tokio_postgres::Config::from_str(url).context("parsing WARREN_DATABASE_URL")?;
     config.options("-c synchronous_commit=on");
     config.application_name("message-service");
+    // A server that vanished without a reset (its host lost in a failover) is given up on in seconds, not when
+    // TCP's own timers run out.
+    config.connect_timeout(std::time::Duration::from_secs(5));
+    config.keepalives_idle(std::time::Duration::from_secs(30));
+    config.tcp_user_timeout(std::time::Duration::from_secs(30));
     let manager =
         Manager::from_config(config, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Pool::builder(manager)

@@ -514,3 +514,92 @@ async fn a_batch_whose_rows_cannot_be_read_fails_alone_and_the_committer_goes_on
     assert_eq!(stored.seq, 1);
     assert_eq!(seqs(&db, group).await, [1]);
 }
+
+/// Passes bytes between clients and PostgreSQL until told to go silent; then it keeps every connection open and
+/// passes nothing on, in either direction: what the committer sees when the server's host vanishes (a failover)
+/// without resetting its connections.
+struct Blackhole {
+    url: String,
+    silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Blackhole {
+    async fn before(db: &testing::TestDb) -> Blackhole {
+        use tokio::net::{TcpListener, TcpStream};
+        let url = db.url();
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        let host = match &config.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(host) => host.clone(),
+            other => panic!("the test database is not on TCP: {other:?}"),
+        };
+        let server = format!("{host}:{}", config.get_ports().first().copied().unwrap_or(5432));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxied = url.replacen(&server, &listener.local_addr().unwrap().to_string(), 1);
+        assert_ne!(proxied, url, "the database URL does not name {server}");
+        let silent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = silent.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(upstream) = TcpStream::connect(&server).await else { continue };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = upstream.into_split();
+                tokio::spawn(pass(client_read, server_write, flag.clone()));
+                tokio::spawn(pass(server_read, client_write, flag.clone()));
+            }
+        });
+        Blackhole { url: proxied, silent }
+    }
+
+    fn go_silent(&self, silent: bool) {
+        self.silent.store(silent, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+async fn pass(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0; 16 * 1024];
+    while let Ok(read) = from.read(&mut buffer).await {
+        // Silent for good: what arrives is swallowed, and the connection stays open.
+        if read == 0 || silent.load(std::sync::atomic::Ordering::SeqCst) {
+            if read == 0 {
+                return;
+            }
+            continue;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A database that stops answering without closing anything must not hold the committer: the batch in flight
+/// is given up on within the patience (`unavailable`), and once the database answers again the next batch is
+/// committed on a new connection.
+#[tokio::test]
+async fn a_database_that_stops_answering_is_given_up_on_within_the_patience() {
+    let db = database().await;
+    let group = db.store.create_group(1, "g", &[]).await.unwrap().id;
+    let blackhole = Blackhole::before(&db.db).await;
+    let store = Store::new(message_service::startup::pool(&blackhole.url, 2).unwrap());
+    let committer = patient_committer(&store, Duration::from_millis(800));
+    assert_eq!(committer.send(send(1, group, "before", "before")).await.unwrap().seq, 1);
+
+    blackhole.go_silent(true);
+    let refused = tokio::time::timeout(Duration::from_secs(10), committer.send(send(1, group, "during", "during")))
+        .await
+        .expect("the committer waited on a silent database for good")
+        .unwrap_err();
+    assert_eq!(refused.code, common::protocol::ErrorCode::Unavailable, "{refused:?}");
+
+    blackhole.go_silent(false);
+    let next = tokio::time::timeout(Duration::from_secs(10), committer.send(send(1, group, "after", "after")))
+        .await
+        .expect("the committer is stuck")
+        .expect("committed once the database answers");
+    assert_eq!(next.seq, 2, "the send cut off while the database was silent was not stored");
+    assert_eq!(seqs(&db, group).await, [1, 2]);
+}
