@@ -251,7 +251,7 @@ describe('App', () => {
     expect(within(waiting).getByText('Trying again shortly…')).toBeTruthy();
   });
 
-  it('a send that is being tried again can be deleted, so one the server keeps refusing does not stay for ever', async () => {
+  it('a send that is being tried again can be given up on, so one the server keeps refusing does not stay for ever', async () => {
     storedLogin();
     const { server, user } = renderApp(entries());
     server.handlers.sendMessage = () => ({ error: { code: 'internal', message: 'something broke' } });
@@ -263,7 +263,7 @@ describe('App', () => {
     const waiting = screen.getByTestId('pending-message');
     expect(within(waiting).getByText('Trying again shortly…')).toBeTruthy();
     expect(within(waiting).queryByRole('button', { name: 'Retry' })).toBeNull();
-    await user.click(within(waiting).getByRole('button', { name: 'Delete' }));
+    await user.click(within(waiting).getByRole('button', { name: 'Stop trying' }));
     expect(screen.queryByTestId('pending-message')).toBeNull();
   });
 

@@ -350,11 +350,18 @@ function PendingItem({
           </button>
         </div>
       )}
-      {/* Resent by itself for as long as the server refuses it: the user must be able to give up on it. */}
+      {/* Resent by itself for as long as the server refuses it: the user must be able to give up on it. Not
+          "Delete": these failures (a timeout, say) may come after the message was stored, and then it arrives
+          anyway. */}
       {queued && !offline && (
         <div className="msg__failure">
-          <button type="button" className="link-button link-button--muted" onClick={() => onDiscard(send.clientMessageId)}>
-            Delete
+          <button
+            type="button"
+            className="link-button link-button--muted"
+            title="It may have been delivered already; if so, it will still appear."
+            onClick={() => onDiscard(send.clientMessageId)}
+          >
+            Stop trying
           </button>
         </div>
       )}

@@ -595,6 +595,28 @@ describe('session: sending', () => {
     expect(second.server.current.requests('sendMessage')).toHaveLength(0);
   });
 
+  it('after a reload, an unsent message to a conversation no longer listed is discarded with a notice', async () => {
+    const storage = memoryStorage();
+    const refused = {
+      clientMessageId: 'old',
+      target: { conversationId: 8 },
+      body: 'to a group I was removed from',
+      createdAt: 1,
+      status: 'failed',
+      error: { code: 'forbidden', message: 'you are not a member of that conversation' },
+      autoResend: false,
+    };
+    storage.setItem(`warren.pending.${alice.id}`, JSON.stringify([refused, { clientMessageId: 'broken', body: 'x', target: null }]));
+    const t = setup([dm(12, 12)], { storage });
+    expect(Object.keys(t.state().pending)).toEqual(['old']);
+    t.server.accept(alice);
+    await flush();
+    expect(t.state().pending).toEqual({});
+    expect(t.state().notice).toBe('Your unsent message to a conversation you are no longer in was discarded.');
+    expect(t.server.current.requests('sendMessage')).toHaveLength(0);
+    expect(storage.map.get(`warren.pending.${alice.id}`)).toBeUndefined();
+  });
+
   it('unsent messages survive a reload and are resent with the same id', async () => {
     const storage = memoryStorage();
     const first = setup([dm(12, 12)], { storage });

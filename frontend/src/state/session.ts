@@ -48,6 +48,25 @@ import { displayName, idBatches, mergeUsers, missingIds } from './users';
 /** Protocol limits (common/src/protocol/messages.rs). */
 export const MAX_MESSAGE_CHARS = 4_000;
 
+/** The unsent messages stored under `key` (every tab's), as written; unreadable records are skipped. */
+function readPendingRecord(storage: SessionOptions['storage'], key: string): PendingSend[] {
+  try {
+    const raw = storage?.getItem(key);
+    const list: unknown = raw ? JSON.parse(raw) : [];
+    if (!Array.isArray(list)) return [];
+    return list.filter(
+      (p): p is PendingSend =>
+        typeof p?.clientMessageId === 'string' &&
+        typeof p.body === 'string' &&
+        typeof p.target === 'object' &&
+        p.target !== null &&
+        ('conversationId' in p.target || 'toUserId' in p.target),
+    );
+  } catch {
+    return [];
+  }
+}
+
 /** The notice for conversations the user was removed from, and how many of their unsent messages went with them. */
 function noLongerMember(titles: readonly string[], dropped: number): string {
   const it = titles.length === 1 ? 'it' : 'them';
@@ -438,6 +457,7 @@ export class ChatSession {
     try {
       const heads = this.heads();
       const inHeads = new Set(heads.map((h) => h.conversationId));
+      const asked = this.now();
       const response = await this.request('sync', { heads });
       const truncated = new Set(response.truncated);
       this.upsertEntries(response.conversations);
@@ -446,6 +466,7 @@ export class ChatSession {
         const present = new Set(response.conversations.map((e) => e.conversation.id));
         const gone = [...inHeads].filter((id) => !present.has(id));
         if (gone.length) this.removeConversations(gone);
+        this.dropOrphanedSends(present, asked);
       } else if (!this.listed) {
         // More conversations than one sync answers for: list the rest once (they follow their tails from then on).
         void this.listAllConversations();
@@ -540,6 +561,26 @@ export class ChatSession {
       const notice = quietly || titles.length === 0 ? s.notice : noLongerMember(titles, to.length);
       return { conversations, timelines, selected, pending: rest, notice };
     });
+  }
+
+  /**
+   * Unsent messages (written before the sync was asked) to a conversation the complete list does not hold: the
+   * user left it or was removed while this tab did not list it (a reload after the send was refused, say). They
+   * can never be sent, and no screen would show them.
+   */
+  private dropOrphanedSends(present: ReadonlySet<number>, asked: number): void {
+    const orphaned = Object.values(this.store.getState().pending).filter(
+      (send) => 'conversationId' in send.target && !present.has(send.target.conversationId) && send.createdAt <= asked,
+    );
+    if (orphaned.length === 0) return;
+    const ids = new Set(orphaned.map((send) => send.clientMessageId));
+    this.store.setState((s) => ({
+      pending: Object.fromEntries(Object.entries(s.pending).filter(([id]) => !ids.has(id))),
+      notice:
+        orphaned.length === 1
+          ? 'Your unsent message to a conversation you are no longer in was discarded.'
+          : `Your ${orphaned.length} unsent messages to conversations you are no longer in were discarded.`,
+    }));
   }
 
   /** Pages `getMessages` after the contiguous head until the conversation is whole again. */
@@ -753,8 +794,9 @@ export class ChatSession {
       this.resendTimers.delete(clientMessageId);
       const send = this.store.getState().pending[clientMessageId];
       if (!send) this.resendAttempts.delete(clientMessageId);
-      // Resent meanwhile (a reconnect), confirmed, discarded, or offline (the reconnect will resend it).
-      if (send?.status !== 'failed' || !send.autoResend || !this.socket.isOpen) return;
+      // Resent meanwhile (a reconnect), confirmed, discarded, or offline or mid-reconnect (the reconnect's resend
+      // takes it, in the order typed).
+      if (send?.status !== 'failed' || !send.autoResend || !this.socket.isOpen || this.resuming) return;
       void this.transmit(clientMessageId);
     }, delay);
     this.resendTimers.set(clientMessageId, timer);
@@ -766,29 +808,20 @@ export class ChatSession {
   }
 
   private loadPersistedPending(userId: number): PendingSends {
-    try {
-      const raw = this.opts.storage?.getItem(pendingKey(userId));
-      if (!raw) return {};
-      const list = JSON.parse(raw) as PendingSend[];
-      if (!Array.isArray(list)) return {};
-      let pending: PendingSends = {};
-      for (const p of list) {
-        if (typeof p?.clientMessageId !== 'string' || typeof p.body !== 'string' || typeof p.target !== 'object') continue;
-        this.heldPending.add(p.clientMessageId);
-        // One the server refused for good (not a member, too long) still waits for the user's Retry or Delete;
-        // everything else goes again after the first sync.
-        const waitsForUser = p.status === 'failed' && p.autoResend === false && p.error !== undefined;
-        pending = addPending(
-          pending,
-          waitsForUser
-            ? p
-            : { ...p, status: 'failed', error: { code: 'disconnected', message: 'Not sent yet' }, autoResend: true },
-        );
-      }
-      return pending;
-    } catch {
-      return {};
+    let pending: PendingSends = {};
+    for (const p of readPendingRecord(this.opts.storage, pendingKey(userId))) {
+      this.heldPending.add(p.clientMessageId);
+      // One the server refused for good (not a member, too long) still waits for the user's Retry or Delete;
+      // everything else goes again after the first sync.
+      const waitsForUser = p.status === 'failed' && p.autoResend === false && p.error !== undefined;
+      pending = addPending(
+        pending,
+        waitsForUser
+          ? p
+          : { ...p, status: 'failed', error: { code: 'disconnected', message: 'Not sent yet' }, autoResend: true },
+      );
     }
+    return pending;
   }
 
   /**
@@ -802,27 +835,12 @@ export class ChatSession {
       const mine = Object.values(pending);
       for (const send of mine) this.heldPending.add(send.clientMessageId);
       const key = pendingKey(this.me.id);
-      const others = this.readPersisted().filter((send) => !this.heldPending.has(send.clientMessageId));
+      const others = readPendingRecord(this.opts.storage, key).filter((send) => !this.heldPending.has(send.clientMessageId));
       const list = [...others, ...mine];
       if (list.length === 0) this.opts.storage?.removeItem(key);
       else this.opts.storage?.setItem(key, JSON.stringify(list));
     } catch {
       // Storage full or disabled.
-    }
-  }
-
-  /** The unsent messages in storage (every tab's), as written; unreadable records are skipped. */
-  private readPersisted(): PendingSend[] {
-    try {
-      const raw = this.opts.storage?.getItem(pendingKey(this.me.id));
-      const list: unknown = raw ? JSON.parse(raw) : [];
-      if (!Array.isArray(list)) return [];
-      return list.filter(
-        (p): p is PendingSend =>
-          typeof p?.clientMessageId === 'string' && typeof p.body === 'string' && typeof p.target === 'object',
-      );
-    } catch {
-      return [];
     }
   }
 
