@@ -209,12 +209,13 @@ async fn a_socket_is_closed_with_4001_when_its_token_expires() {
     assert_eq!(ready["user"]["id"], user_id);
     assert_eq!(client.call("getSelf", json!({})).await["type"], "reply", "the session works until then");
 
-    let started = Instant::now();
-    let (code, reason) = client.expect_close().await;
+    // At most the token's five seconds and a ping interval (less the time taken to get here), with room to spare.
+    let Ending::Closed { code, reason } = client.ending_within(Duration::from_secs(15)).await else {
+        panic!("the socket ended without a close frame")
+    };
 
     assert_eq!(code, 4001, "{reason}");
     assert!(reason.contains("expired"), "{reason}");
-    assert!(started.elapsed() < Duration::from_secs(10), "closed after {:?}", started.elapsed());
     app.shutdown().await;
 }
 
