@@ -293,6 +293,27 @@ describe('session: sync', () => {
     expect(t.state().notice).toMatch(/Team/);
   });
 
+  it('a sync answered after a removal, but asked before it, does not bring the conversation back', async () => {
+    const t = setup([dm(1, 1), group]);
+    const ws = t.server.accept(alice);
+    await flush();
+    t.server.handlers.sync = () => undefined; // answered by hand below
+    t.server.current.receive({ type: 'resync', reason: 'test' });
+    await flush();
+    const asked = ws.lastRequest('sync');
+    const after = conv(8, [bob.id, carol.id], 0, { kind: 'group', title: 'Team' });
+    ws.receive({ type: 'conversation', conversation: after });
+    expect(t.state().conversations[8]).toBeUndefined();
+    // The sync's answer was computed while the user was still a member.
+    ws.reply(asked, 'sync', { conversations: [dm(1, 1), group], messages: [], truncated: [] });
+    await flush();
+    expect(t.state().conversations[8]).toBeUndefined();
+    expect(t.state().conversations[7]).toBeDefined();
+    // Added back later: a sync asked after that brings it again.
+    ws.receive({ type: 'conversation', conversation: conv(8, [alice.id, bob.id, carol.id], 0, { kind: 'group', title: 'Team' }) });
+    expect(t.state().conversations[8]).toBeDefined();
+  });
+
   it('leaving a group removes it without telling the user they are no longer a member', async () => {
     const t = setup([dm(1, 1), group]);
     const ws = t.server.accept(alice);

@@ -158,6 +158,13 @@ export class ChatSession {
   private readonly resendTimers = new Map<string, ReturnType<typeof setTimeout>>();
   /** Client message ids of every unsent message this tab has held (see `persistPending`). */
   private readonly heldPending = new Set<string>();
+  /**
+   * When each conversation was last removed here, counted in removals: an answer to a request sent before that
+   * (a sync, a list page, a getConversation) was computed while the user was still a member, and must not bring
+   * the conversation back.
+   */
+  private readonly removedAt = new Map<number, number>();
+  private removals = 0;
   /** Conversations this tab is leaving: their removal is the user's own doing, not news. */
   private readonly leaving = new Set<number>();
   /** Between a reconnect and the resend of the interrupted sends (after its sync): new sends queue behind them. */
@@ -348,6 +355,8 @@ export class ChatSession {
     const before = this.store.getState();
     const known = conversation.id in before.conversations;
     const stillMember = conversation.members.includes(before.me.id);
+    if (stillMember) this.removedAt.delete(conversation.id);
+    else this.removedAt.set(conversation.id, ++this.removals);
     this.store.setState((s) => {
       const conversations = applyConversation(s.conversations, conversation, s.me.id);
       const timelines = { ...s.timelines };
@@ -458,9 +467,10 @@ export class ChatSession {
       const heads = this.heads();
       const inHeads = new Set(heads.map((h) => h.conversationId));
       const asked = this.now();
+      const removalsAsked = this.removals;
       const response = await this.request('sync', { heads });
       const truncated = new Set(response.truncated);
-      this.upsertEntries(response.conversations);
+      this.upsertEntries(response.conversations, removalsAsked);
       if (response.conversations.length < MAX_CONVERSATIONS_PAGE) {
         // The list is complete: a conversation we sent a head for and that is missing was left.
         const present = new Set(response.conversations.map((e) => e.conversation.id));
@@ -508,11 +518,12 @@ export class ChatSession {
     let before: string | undefined;
     try {
       for (let page = 0; page < 100; page++) {
+        const removalsAsked = this.removals;
         const result = await this.request('listConversations', {
           limit: MAX_CONVERSATIONS_PAGE,
           ...(before !== undefined ? { before } : {}),
         });
-        this.upsertEntries(result.conversations);
+        this.upsertEntries(result.conversations, removalsAsked);
         before = result.next;
         if (before === undefined || result.conversations.length === 0) break;
       }
@@ -522,7 +533,9 @@ export class ChatSession {
     }
   }
 
-  private upsertEntries(entries: readonly ConversationEntry[]): void {
+  /** Applies entries from an answer to a request sent when `asked` removals had happened (see `removedAt`). */
+  private upsertEntries(entries: readonly ConversationEntry[], asked = this.removals): void {
+    entries = entries.filter((entry) => (this.removedAt.get(entry.conversation.id) ?? 0) <= asked);
     if (entries.length === 0) return;
     this.store.setState((s) => {
       let conversations = s.conversations;
@@ -545,6 +558,7 @@ export class ChatSession {
    * the user left them here (`quietly`), says so: a sync is how a removal made while this tab was offline shows.
    */
   private removeConversations(ids: readonly number[], quietly = false): void {
+    for (const id of ids) this.removedAt.set(id, ++this.removals);
     this.store.setState((s) => {
       let conversations = s.conversations;
       const timelines = { ...s.timelines };
@@ -627,8 +641,9 @@ export class ChatSession {
     if (this.fetchingConversation.has(conversationId) || !this.socket.isOpen) return;
     this.fetchingConversation.add(conversationId);
     try {
+      const removalsAsked = this.removals;
       const entry = await this.request('getConversation', { conversationId });
-      this.upsertEntries([entry]);
+      this.upsertEntries([entry], removalsAsked);
     } catch {
       // Sync brings it later.
     } finally {
