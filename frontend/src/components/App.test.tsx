@@ -6,6 +6,7 @@ import { dayLabel } from './format';
 import type { RestClient } from '../api/rest';
 import type { SessionOptions } from '../state/session';
 import type { ConversationEntry } from '../protocol/generated/ConversationEntry';
+import type { ErrorCode } from '../protocol/generated/ErrorCode';
 import { FakeServer, flush } from '../test/fakeSocket';
 import { alice, bob, carol, conv, entry, msg } from '../test/fixtures';
 
@@ -55,6 +56,19 @@ async function connected(server: FakeServer) {
     server.accept(alice);
     await flush();
   });
+}
+
+/** Logged in and connected, Ann writes "are you there?" to Bob, and the server refuses it with `error`. */
+async function sendRefusedWith(error: { code: ErrorCode; message: string }) {
+  storedLogin();
+  const { server, user } = renderApp(entries());
+  server.handlers.sendMessage = () => ({ error });
+  await connected(server);
+  await user.click(screen.getByRole('button', { name: /bob/ }));
+  await act(() => flush());
+  await user.type(screen.getByRole('textbox', { name: 'Message' }), 'are you there?{Enter}');
+  await act(() => flush());
+  return { server, user, pending: screen.getByTestId('pending-message') };
 }
 
 const entries = () => [
@@ -238,29 +252,13 @@ describe('App', () => {
   });
 
   it('a send refused for a passing reason shows as waiting, not failed', async () => {
-    storedLogin();
-    const { server, user } = renderApp(entries());
-    server.handlers.sendMessage = () => ({ error: { code: 'unavailable', message: 'try later' } });
-    await connected(server);
-    await user.click(screen.getByRole('button', { name: /bob/ }));
-    await act(() => flush());
-    await user.type(screen.getByRole('textbox', { name: 'Message' }), 'are you there?{Enter}');
-    await act(() => flush());
-    const waiting = screen.getByTestId('pending-message');
+    const { pending: waiting } = await sendRefusedWith({ code: 'unavailable', message: 'try later' });
     expect(waiting.classList.contains('msg--failed')).toBe(false);
     expect(within(waiting).getByText('Trying again shortly…')).toBeTruthy();
   });
 
   it('a send that is being tried again can be given up on, so one the server keeps refusing does not stay for ever', async () => {
-    storedLogin();
-    const { server, user } = renderApp(entries());
-    server.handlers.sendMessage = () => ({ error: { code: 'internal', message: 'something broke' } });
-    await connected(server);
-    await user.click(screen.getByRole('button', { name: /bob/ }));
-    await act(() => flush());
-    await user.type(screen.getByRole('textbox', { name: 'Message' }), 'are you there?{Enter}');
-    await act(() => flush());
-    const waiting = screen.getByTestId('pending-message');
+    const { user, pending: waiting } = await sendRefusedWith({ code: 'internal', message: 'something broke' });
     expect(within(waiting).getByText('Trying again shortly…')).toBeTruthy();
     expect(within(waiting).queryByRole('button', { name: 'Retry' })).toBeNull();
     await user.click(within(waiting).getByRole('button', { name: 'Stop trying' }));
@@ -268,15 +266,7 @@ describe('App', () => {
   });
 
   it('a failed send offers Retry, which resends the same client message id', async () => {
-    storedLogin();
-    const { server, user } = renderApp(entries());
-    server.handlers.sendMessage = () => ({ error: { code: 'forbidden', message: 'not a member' } });
-    await connected(server);
-    await user.click(screen.getByRole('button', { name: /bob/ }));
-    await act(() => flush());
-    await user.type(screen.getByRole('textbox', { name: 'Message' }), 'are you there?{Enter}');
-    await act(() => flush());
-    const failed = screen.getByTestId('pending-message');
+    const { server, user, pending: failed } = await sendRefusedWith({ code: 'forbidden', message: 'not a member' });
     expect(failed.classList.contains('msg--failed')).toBe(true);
     const first = server.current.lastRequest('sendMessage');
     server.handlers.sendMessage = (f) => msg(7, 4, alice.id, f.body, { clientMessageId: f.clientMessageId });
