@@ -115,7 +115,7 @@ pub fn parse(text: &str) -> Result<ClientFrame, Rejected> {
 fn sane_id(fields: &serde_json::Map<String, Value>) -> Result<Option<String>, Rejected> {
     match fields.get("id") {
         None => Ok(None),
-        Some(Value::String(id)) if id.is_empty() || id.chars().count() > MAX_REQUEST_ID_CHARS => {
+        Some(Value::String(id)) if !usable_id(id) => {
             Err(error(None, ApiError::bad_request(format!("id must be 1 to {MAX_REQUEST_ID_CHARS} characters"))))
         }
         Some(Value::String(id)) => Ok(Some(id.clone())),
@@ -133,7 +133,12 @@ fn id_of_unreadable(text: &str) -> Option<String> {
         id: Option<String>,
     }
     let id = serde_json::from_str::<IdOnly>(text).ok()?.id?;
-    (!id.is_empty() && id.chars().count() <= MAX_REQUEST_ID_CHARS).then_some(id)
+    usable_id(&id).then_some(id)
+}
+
+/// Whether an id can name its request in an answer: 1 to [`MAX_REQUEST_ID_CHARS`] characters.
+fn usable_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().count() <= MAX_REQUEST_ID_CHARS
 }
 
 /// The `id` of a frame that parsed (for answering one the connection refuses, such as a second `auth`).
