@@ -127,6 +127,7 @@ async fn malformed_frames_get_typed_errors_naming_their_request_and_the_socket_k
         (json!({ "type": "auth", "id": "e", "token": token }).to_string(), Some("e"), "already authenticated"),
         (json!({ "type": "getMessages", "id": "f", "conversationId": 1, "befor": 3 }).to_string(), Some("f"), "befor"),
         (json!({ "type": "getSelf", "id": "g", "verbose": true }).to_string(), Some("g"), "verbose"),
+        (r#"{"type":"getUsers","id":"h","prefix":"a","prefix":"b"}"#.into(), Some("h"), "given twice"),
     ];
 
     for (text, id, mentions) in cases {

@@ -82,9 +82,11 @@ impl From<Rejected> for ServerFrame {
 
 /// Reads one text frame. `Err` is answered with an error frame; the connection stays open.
 pub fn parse(text: &str) -> Result<ClientFrame, Rejected> {
-    let value: Value = serde_json::from_str(text).map_err(|e| {
+    let UniqueKeys(value) = serde_json::from_str(text).map_err(|e| {
         let detail: String = e.to_string().chars().take(MAX_DETAIL_CHARS).collect();
-        error(id_of_unreadable(text), ApiError::bad_request(format!("the frame is not valid JSON: {detail}")))
+        // `Data` is the one error of ours: a key given twice (valid JSON, but which one did the client mean?).
+        let what = if e.is_data() { "the frame is not a valid request" } else { "the frame is not valid JSON" };
+        error(id_of_unreadable(text), ApiError::bad_request(format!("{what}: {detail}")))
     })?;
     let Value::Object(fields) = &value else {
         return Err(error(None, ApiError::bad_request("the frame must be a JSON object")));
@@ -109,6 +111,77 @@ pub fn parse(text: &str) -> Result<ClientFrame, Rejected> {
         let detail: String = e.to_string().chars().take(MAX_DETAIL_CHARS).collect();
         error(id, ApiError::bad_request(format!("invalid {kind} frame: {detail}")))
     })
+}
+
+/// A JSON value read as `serde_json::Value` reads it, except that an object with a key given twice, at any depth,
+/// is an error: `Value` keeps the last, so `{"body":"yes","body":"no"}` would be stored as "no" while a client (or
+/// a proxy that checks frames) reading it first-wins saw "yes". REST bodies are refused the same way
+/// (`crate::fields::StrictJson`).
+struct UniqueKeys(Value);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeysVisitor).map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
+        Ok(Value::Bool(value))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Value, E> {
+        Ok(Value::String(value.to_owned()))
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Value, E> {
+        Ok(Value::String(value))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(UniqueKeys(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut fields = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let UniqueKeys(value) = map.next_value()?;
+            if fields.contains_key(&key) {
+                let shown: String = key.chars().take(MAX_REQUEST_ID_CHARS).collect();
+                return Err(serde::de::Error::custom(format_args!("the field {shown:?} is given twice")));
+            }
+            fields.insert(key, value);
+        }
+        Ok(Value::Object(fields))
+    }
 }
 
 /// The frame's `id`, if it has one that can name the request in an answer.
@@ -211,6 +284,31 @@ mod tests {
             r#"{"type":"getMessages","id":"r7","conversationId":1,"before":null,"after":null,"around":9,"limit":5}"#;
         assert!(parse(all).is_ok());
         assert!(parse(r#"{"type":"auth","id":"a1","token":"t"}"#).is_ok());
+    }
+
+    #[test]
+    fn a_field_given_twice_is_refused_naming_the_request() {
+        let (id, error) = rejected(
+            r#"{"type":"sendMessage","id":"s2","conversationId":1,"clientMessageId":"c","body":"a","body":"b"}"#,
+        );
+        assert_eq!((id.as_deref(), error.code), (Some("s2"), ErrorCode::BadRequest));
+        assert!(error.message.contains(r#"the field "body" is given twice"#), "{}", error.message);
+        // At any depth: a head with two seqs is as ambiguous as a frame with two bodies.
+        let (id, error) = rejected(r#"{"type":"sync","id":"s3","heads":[{"conversationId":1,"seq":2,"seq":9}]}"#);
+        assert_eq!(id.as_deref(), Some("s3"));
+        assert!(error.message.contains(r#""seq""#), "{}", error.message);
+        // Two ids name no request.
+        assert_eq!(rejected(r#"{"type":"getSelf","id":"a","id":"b"}"#).0, None);
+        // The same key in two different objects is no duplicate.
+        let sync = r#"{"type":"sync","id":"s4","heads":[{"conversationId":1,"seq":2},{"conversationId":3,"seq":4}]}"#;
+        assert!(parse(sync).is_ok());
+    }
+
+    #[test]
+    fn values_read_as_serde_json_reads_them() {
+        let text = r#"{"a":[1,-2,3.5,18446744073709551615,true,null,"x\u00e9",{"b":{}}],"c":[]}"#;
+        let UniqueKeys(value) = serde_json::from_str(text).unwrap();
+        assert_eq!(value, serde_json::from_str::<Value>(text).unwrap());
     }
 
     #[test]
