@@ -40,7 +40,7 @@ async fn a_registered_user_can_log_in_and_see_itself_and_others() {
 async fn the_user_list_pages_by_cursor() {
     let app = spawn_app().await;
     let (token, _) = app.register("user0").await;
-    for i in 1..5 {
+    for i in 1..6 {
         app.register(&format!("user{i}")).await;
     }
 
@@ -48,13 +48,38 @@ async fn the_user_list_pages_by_cursor() {
     let next = first["next"].as_i64().expect("a next cursor");
     let second: Value =
         app.get_with_token(&format!("/api/users?limit=3&after={next}"), &token).await.json().await.unwrap();
+    let shorter: Value =
+        app.get_with_token(&format!("/api/users?limit=4&after={next}"), &token).await.json().await.unwrap();
 
     let names = |page: &Value| -> Vec<String> {
         page["users"].as_array().unwrap().iter().map(|u| u["username"].as_str().unwrap().to_owned()).collect()
     };
     assert_eq!(names(&first), ["user0", "user1", "user2"]);
-    assert_eq!(names(&second), ["user3", "user4"]);
-    assert!(second.get("next").is_none_or(Value::is_null));
+    assert_eq!(names(&second), ["user3", "user4", "user5"]);
+    assert!(second.get("next").is_none_or(Value::is_null), "an exactly full last page has no next: {second}");
+    assert_eq!(names(&shorter), ["user3", "user4", "user5"]);
+    assert!(shorter.get("next").is_none_or(Value::is_null));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_lookup_by_id_refuses_other_criteria_and_impossible_ids() {
+    let app = spawn_app().await;
+    let (token, alice_id) = app.register("alice").await;
+
+    for query in [
+        format!("ids={alice_id}&prefix=a"),
+        format!("ids={alice_id}&after=0"),
+        format!("ids={alice_id}&limit=5"),
+        format!("ids={alice_id},0"),
+        format!("ids=-3,{alice_id}"),
+    ] {
+        let response = app.get_with_token(&format!("/api/users?{query}"), &token).await;
+        assert_eq!(response.status(), 422, "{query}");
+        assert_eq!(error_code(response).await, "validation", "{query}");
+    }
+    let by_id: Value = app.get_with_token(&format!("/api/users?ids={alice_id}"), &token).await.json().await.unwrap();
+    assert_eq!(by_id["users"][0]["id"], alice_id);
     app.shutdown().await;
 }
 

@@ -33,6 +33,14 @@ pub struct UserRecord {
     pub created_at: DateTime<Utc>,
 }
 
+/// A page of [`UserStore::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub users: Vec<UserRecord>,
+    /// Whether more users follow the last of `users`.
+    pub more: bool,
+}
+
 /// What login needs to check a password. Keep it inside the login path; `Debug` redacts the hash.
 #[derive(Debug, Clone)]
 pub struct Credentials {
@@ -170,23 +178,24 @@ impl UserStore {
 
     /// One page of users in id order: those with `id > after_id` (all, when `None`), optionally only names starting
     /// with `prefix` ignoring case. `limit` is clamped to `1..=MAX_PAGE_SIZE`. The next page starts after the last
-    /// id returned; a page shorter than the limit is the last.
-    pub async fn list(
-        &self,
-        after_id: Option<i64>,
-        prefix: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<UserRecord>, StoreError> {
-        // Identity ids start at 1, so 0 means "from the beginning".
-        let after_id = after_id.unwrap_or(0);
-        let limit = i64::from(limit.clamp(1, MAX_PAGE_SIZE));
+    /// id returned; [`Listed::more`] says whether there is one (one row more is read to know, so an exactly full
+    /// last page is not followed by an empty one).
+    pub async fn list(&self, after_id: Option<i64>, prefix: Option<&str>, limit: u32) -> Result<Listed, StoreError> {
+        let limit = limit.clamp(1, MAX_PAGE_SIZE) as usize;
+        let mut users = self.list_rows(after_id.unwrap_or(0), prefix, limit as i64 + 1).await?;
+        let more = users.len() > limit;
+        users.truncate(limit);
+        Ok(Listed { users, more })
+    }
 
+    /// Up to `rows` users after `after_id` (identity ids start at 1, so 0 is "from the beginning").
+    async fn list_rows(&self, after_id: i64, prefix: Option<&str>, rows: i64) -> Result<Vec<UserRecord>, StoreError> {
         let Some(prefix) = prefix.filter(|p| !p.is_empty()) else {
             return sqlx::query_as::<_, UserRecord>(
                 "SELECT id, username, created_at FROM users.users WHERE id > $1 ORDER BY id LIMIT $2",
             )
             .bind(after_id)
-            .bind(limit)
+            .bind(rows)
             .fetch_all(&self.pool)
             .await
             .context("listing users");
@@ -214,7 +223,7 @@ impl UserStore {
         .bind(pattern)
         .bind(&lower)
         .bind(upper)
-        .bind(limit)
+        .bind(rows)
         .fetch_all(&self.pool)
         .await
         .context("searching users by name prefix")

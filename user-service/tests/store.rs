@@ -35,7 +35,7 @@ async fn a_registered_user_can_be_found_by_id_and_by_name_in_any_case() {
 async fn several_users_are_found_by_id_in_id_order_skipping_unknown_ones() {
     let db = TestDb::new().await;
     let store = store_with(&db, &["alice", "bob", "carol"]).await;
-    let all = store.list(None, None, 10).await.unwrap();
+    let all = store.list(None, None, 10).await.unwrap().users;
     let (alice, carol) = (all[0].id, all[2].id);
 
     let found = store.find_by_ids(&[carol, 999_999, alice, carol]).await.unwrap();
@@ -95,19 +95,19 @@ async fn credentials_carry_the_stored_hash_for_login() {
 #[tokio::test]
 async fn listing_pages_through_every_user_once_in_id_order() {
     let db = TestDb::new().await;
-    let names: Vec<String> = (0..25).map(|i| format!("user{i:02}")).collect();
+    // Three exactly full pages: the last says no more follow.
+    let names: Vec<String> = (0..30).map(|i| format!("user{i:02}")).collect();
     let store = store_with(&db, &names.iter().map(String::as_str).collect::<Vec<_>>()).await;
 
     let mut seen = Vec::new();
     let mut after = None;
     loop {
         let page = store.list(after, None, 10).await.unwrap();
-        assert!(page.len() <= 10);
-        let Some(last) = page.last() else { break };
-        after = Some(last.id);
-        let short = page.len() < 10;
-        seen.extend(page);
-        if short {
+        assert!(page.users.len() <= 10);
+        after = page.users.last().map(|u| u.id);
+        assert_eq!(page.more, seen.len() + page.users.len() < names.len(), "more after {} users", seen.len());
+        seen.extend(page.users);
+        if !page.more {
             break;
         }
     }
@@ -124,8 +124,8 @@ async fn a_page_is_never_larger_than_the_maximum_nor_empty_by_request() {
     let names: Vec<String> = (0..MAX_PAGE_SIZE + 5).map(|i| format!("u{i:03}")).collect();
     let store = store_with(&db, &names.iter().map(String::as_str).collect::<Vec<_>>()).await;
 
-    assert_eq!(store.list(None, None, u32::MAX).await.unwrap().len(), MAX_PAGE_SIZE as usize);
-    assert_eq!(store.list(None, None, 0).await.unwrap().len(), 1);
+    assert_eq!(store.list(None, None, u32::MAX).await.unwrap().users.len(), MAX_PAGE_SIZE as usize);
+    assert_eq!(store.list(None, None, 0).await.unwrap().users.len(), 1);
 }
 
 #[tokio::test]
@@ -133,8 +133,8 @@ async fn prefix_search_ignores_case_and_pages_by_id() {
     let db = TestDb::new().await;
     let store = store_with(&db, &["Anna", "bob", "ANDREW", "annabel", "carl", "andy", "anne"]).await;
 
-    let first = store.list(None, Some("aN"), 2).await.unwrap();
-    let rest = store.list(first.last().map(|u| u.id), Some("AN"), 10).await.unwrap();
+    let first = store.list(None, Some("aN"), 2).await.unwrap().users;
+    let rest = store.list(first.last().map(|u| u.id), Some("AN"), 10).await.unwrap().users;
 
     let names: Vec<&str> = first.iter().chain(&rest).map(|u| u.username.as_str()).collect();
     assert_eq!(names, ["Anna", "ANDREW", "annabel", "andy", "anne"]);
@@ -147,7 +147,7 @@ async fn underscore_in_a_prefix_matches_only_an_underscore() {
     let db = TestDb::new().await;
     let store = store_with(&db, &["a_b", "axb", "a_c", "a.b"]).await;
 
-    let found = store.list(None, Some("a_"), 10).await.unwrap();
+    let found = store.list(None, Some("a_"), 10).await.unwrap().users;
 
     let names: Vec<&str> = found.iter().map(|u| u.username.as_str()).collect();
     assert_eq!(names, ["a_b", "a_c"]);
@@ -159,7 +159,7 @@ async fn percent_and_backslash_in_a_prefix_match_nothing_rather_than_everything(
     let store = store_with(&db, &["alice", "bob"]).await;
 
     for prefix in ["%", "a%", "\\", "a\\", "%_", "é", " a"] {
-        assert!(store.list(None, Some(prefix), 10).await.unwrap().is_empty(), "prefix {prefix:?}");
+        assert!(store.list(None, Some(prefix), 10).await.unwrap().users.is_empty(), "prefix {prefix:?}");
     }
 }
 
@@ -168,7 +168,7 @@ async fn an_empty_prefix_lists_everyone() {
     let db = TestDb::new().await;
     let store = store_with(&db, &["alice", "bob"]).await;
 
-    assert_eq!(store.list(None, Some(""), 10).await.unwrap().len(), 2);
+    assert_eq!(store.list(None, Some(""), 10).await.unwrap().users.len(), 2);
 }
 
 #[tokio::test]
@@ -189,7 +189,7 @@ async fn user_records_never_carry_the_password_hash() {
     let hash = some_hash().await;
 
     let created = store.find_by_username(&username("alice")).await.unwrap().unwrap();
-    let listed = store.list(None, None, 10).await.unwrap();
+    let listed = store.list(None, None, 10).await.unwrap().users;
 
     // `UserRecord` has no hash field (a compile-time fact); make sure nothing smuggles it in through a string.
     for record in std::iter::once(&created).chain(&listed) {

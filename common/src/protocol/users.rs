@@ -61,8 +61,8 @@ pub struct GetUsersRequest {
     #[serde(default)]
     #[ts(optional)]
     pub limit: Option<u32>,
-    /// Look these users up instead (at most `MAX_USERS_PAGE`; unknown ids are left out; the other fields are
-    /// ignored). In a query string: `ids=1,2,3`.
+    /// Look these users up instead (at most `MAX_USERS_PAGE`, each positive; unknown ids are left out; not with
+    /// `after`, `prefix` or `limit`). In a query string: `ids=1,2,3`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[ts(optional, as = "Option<Vec<i64>>")]
     pub ids: Option<UserIds>,

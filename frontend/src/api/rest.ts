@@ -93,7 +93,7 @@ export function createRestClient(options: { baseUrl?: string; fetch?: FetchLike 
     me: (token) => call<User>('/api/me', { headers: { Authorization: `Bearer ${token}` } }),
     getUsers: (token, request) => {
       const query = new URLSearchParams();
-      // By id (comma-separated); the gateway ignores the other fields then.
+      // By id (comma-separated), alone: the user-service refuses ids together with prefix, after or limit.
       if (request.ids !== undefined) query.set('ids', request.ids.join(','));
       if (request.prefix !== undefined) query.set('prefix', request.prefix);
       if (request.after !== undefined) query.set('after', String(request.after));

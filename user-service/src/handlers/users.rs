@@ -16,6 +16,13 @@ const DEFAULT_PAGE: u32 = 50;
 #[tracing::instrument(skip_all, fields(request_id = %ctx.request_id), err(Debug, level = "info"))]
 pub async fn list_users(service: Shared, request: GetUsersRequest, ctx: RequestContext) -> Result<UsersPage, ApiError> {
     if let Some(ids) = request.ids {
+        // Two questions in one request have no one answer: say so rather than answer one of them.
+        if request.after.is_some() || request.prefix.is_some() || request.limit.is_some() {
+            return Err(ApiError::validation("ids cannot be combined with after, prefix or limit"));
+        }
+        if let Some(id) = ids.0.iter().find(|id| **id <= 0) {
+            return Err(ApiError::validation(format!("{id} is not a user id (ids are positive)")));
+        }
         let users = resolve_users(service, ResolveUsersRequest { ids: ids.0 }, ctx).await?;
         return Ok(UsersPage { users, next: None });
     }
@@ -28,9 +35,9 @@ pub async fn list_users(service: Shared, request: GetUsersRequest, ctx: RequestC
     {
         return Err(ApiError::validation(format!("prefix must be at most {} characters", Username::MAX_CHARS)));
     }
-    let records = service.store.list(request.after, request.prefix.as_deref(), limit).await.map_err(internal)?;
-    let next = (records.len() == limit as usize).then(|| records.last().map(|r| r.id)).flatten();
-    Ok(UsersPage { users: records.into_iter().map(to_user).collect(), next })
+    let listed = service.store.list(request.after, request.prefix.as_deref(), limit).await.map_err(internal)?;
+    let next = listed.more.then(|| listed.users.last().map(|r| r.id)).flatten();
+    Ok(UsersPage { users: listed.users.into_iter().map(to_user).collect(), next })
 }
 
 /// The caller's own profile (the gateway passes the id it verified in the token).

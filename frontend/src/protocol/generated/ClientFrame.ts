@@ -10,8 +10,8 @@ export type ClientFrame = { "type": "auth", token: string, } | { "type": "ping",
  */
 prefix?: string, limit?: number, 
 /**
- * Look these users up instead (at most `MAX_USERS_PAGE`; unknown ids are left out; the other fields are
- * ignored). In a query string: `ids=1,2,3`.
+ * Look these users up instead (at most `MAX_USERS_PAGE`, each positive; unknown ids are left out; not with
+ * `after`, `prefix` or `limit`). In a query string: `ids=1,2,3`.
  */
 ids?: Array<number>, } | { "type": "getSelf", id: string, } | { "type": "createGroup", id: string, title: string, 
 /**

@@ -9,7 +9,7 @@ export type GetUsersRequest = { after?: number,
  */
 prefix?: string, limit?: number, 
 /**
- * Look these users up instead (at most `MAX_USERS_PAGE`; unknown ids are left out; the other fields are
- * ignored). In a query string: `ids=1,2,3`.
+ * Look these users up instead (at most `MAX_USERS_PAGE`, each positive; unknown ids are left out; not with
+ * `after`, `prefix` or `limit`). In a query string: `ids=1,2,3`.
  */
 ids?: Array<number>, };
