@@ -6,14 +6,14 @@ use common::protocol::{
     messages::{MAX_CLIENT_MESSAGE_ID_CHARS, MAX_MESSAGE_CHARS, MAX_TITLE_CHARS},
 };
 
-/// A message body: not blank, at most [`MAX_MESSAGE_CHARS`] characters. Kept exactly as typed (no trimming:
-/// leading spaces and newlines can be meaningful, in code snippets say).
+/// A message body: not blank (see [`shows_nothing`]), at most [`MAX_MESSAGE_CHARS`] characters. Kept exactly as
+/// typed (no trimming: leading spaces and newlines can be meaningful, in code snippets say).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageBody(String);
 
 impl MessageBody {
     pub fn parse(body: String) -> Result<Self, ApiError> {
-        if body.trim().is_empty() {
+        if shows_nothing(&body) {
             return Err(ApiError::validation("a message cannot be empty"));
         }
         if body.chars().count() > MAX_MESSAGE_CHARS {
@@ -32,6 +32,38 @@ impl MessageBody {
     pub fn into_inner(self) -> String {
         self.0
     }
+}
+
+/// Whether a text would show as nothing at all: every character white space, a control character or a
+/// default-ignorable code point (zero-width spaces and joiners, the byte order mark, soft hyphens, variation
+/// selectors, Hangul fillers, tags…). Such a message is an empty bubble to its readers, and `str::trim` keeps
+/// it. The web app's composer applies the same rule (`isBlankMessage`, with `\p{Default_Ignorable_Code_Point}`).
+pub fn shows_nothing(text: &str) -> bool {
+    text.chars().all(|c| c.is_whitespace() || c.is_control() || is_default_ignorable(c))
+}
+
+/// Unicode's `Default_Ignorable_Code_Point` (DerivedCoreProperties.txt; stable since Unicode 6.3).
+fn is_default_ignorable(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFF8}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 /// The id a client picks for a send so that retrying it is safe: 1 to 64 of `A-Z a-z 0-9 - _` (a UUID fits).
@@ -64,7 +96,7 @@ pub struct GroupTitle(String);
 impl GroupTitle {
     pub fn parse(title: String) -> Result<Self, ApiError> {
         let title = title.trim();
-        if title.is_empty() || title.chars().count() > MAX_TITLE_CHARS {
+        if shows_nothing(title) || title.chars().count() > MAX_TITLE_CHARS {
             return Err(ApiError::validation(format!("a group title must be 1 to {MAX_TITLE_CHARS} characters")));
         }
         if title.chars().any(char::is_control) {
@@ -94,6 +126,19 @@ mod tests {
         assert!(MessageBody::parse("é".repeat(MAX_MESSAGE_CHARS)).is_ok());
         assert!(MessageBody::parse("nul\0".into()).is_err());
         assert_eq!(MessageBody::parse("  keep spaces ".into()).unwrap().as_str(), "  keep spaces ");
+    }
+
+    #[test]
+    fn a_body_that_would_show_nothing_is_blank() {
+        for blank in
+            ["", " ", "\u{200B}", " \u{200B}\n\u{2060}\t", "\u{FEFF}", "\u{AD}", "\u{3164}", "\u{E0041}", "\u{7}"]
+        {
+            assert!(MessageBody::parse(blank.into()).is_err(), "{blank:?}");
+        }
+        for shown in ["a\u{200B}", "\u{2764}\u{FE0F}", "\u{1F44D}", ".", "\u{2800}x"] {
+            assert!(MessageBody::parse(shown.into()).is_ok(), "{shown:?}");
+        }
+        assert!(GroupTitle::parse("\u{200B}\u{200D}".into()).is_err());
     }
 
     #[test]

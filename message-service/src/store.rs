@@ -225,7 +225,8 @@ impl Store {
         Ok(rows.iter().map(message_from).collect())
     }
 
-    /// A user's conversations, most recently active first, and the cursor of the last one.
+    /// A user's conversations, most recently active first (at most `limit`), and the cursor of the next page when
+    /// more follow.
     pub async fn list(
         &self,
         user_id: i64,
@@ -245,12 +246,16 @@ impl Store {
             Some(cursor) => (Some(cursor.at()), cursor.id),
             None => (None, 0),
         };
-        let rows = client.query(&statement, &[&user_id, &at, &id, &limit]).await.context("listing conversations")?;
-        let last = rows.last().map(|row| ListCursor {
+        // One row more than asked says whether another page follows.
+        let mut rows =
+            client.query(&statement, &[&user_id, &at, &id, &(limit + 1)]).await.context("listing conversations")?;
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit.max(0) as usize);
+        let next = more.then(|| rows.last()).flatten().map(|row| ListCursor {
             last_activity_us: row.get::<_, DateTime<Utc>>(5).timestamp_micros(),
             id: row.get(0),
         });
-        Ok((rows.iter().map(entry_from).collect(), last))
+        Ok((rows.iter().map(entry_from).collect(), next))
     }
 
     /// One conversation as `user_id` sees it, if they are a member.

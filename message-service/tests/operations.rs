@@ -204,6 +204,14 @@ async fn sync_returns_exactly_what_the_client_lacks() {
     let negative =
         s.call::<Sync>(as_user(ben, SyncRequest { heads: vec![Head { conversation_id: group.id, seq: -1 }] })).await;
     assert_eq!(negative.unwrap_err().code, ErrorCode::Validation);
+    // Heads that cannot be the client's own: no conversation has id 0, and one conversation has one head.
+    for heads in [
+        vec![Head { conversation_id: 0, seq: 1 }],
+        vec![Head { conversation_id: group.id, seq: 2 }, Head { conversation_id: group.id, seq: 4 }],
+    ] {
+        let refused = s.call::<Sync>(as_user(ben, SyncRequest { heads: heads.clone() })).await;
+        assert_eq!(refused.unwrap_err().code, ErrorCode::Validation, "{heads:?}");
+    }
 
     // A conversation new to the client: its newest messages, not its oldest; older ones are paged back.
     let long = s.group(ann, "long", vec![ben]).await;
@@ -297,7 +305,8 @@ async fn conversations_list_newest_first_in_pages() {
     let s = Stack::start().await;
     let ann = s.user("ann").await;
     let mut ids = Vec::new();
-    for i in 0..5 {
+    // Two exactly full pages: the second must not promise a third.
+    for i in 0..6 {
         let group = s.group(ann, &format!("g{i}"), vec![]).await;
         s.send(ann, group.id, &format!("c{i}"), "x").await.unwrap();
         ids.push(group.id);
@@ -318,7 +327,8 @@ async fn conversations_list_newest_first_in_pages() {
     let order: Vec<i64> = first.conversations.iter().chain(&second.conversations).map(|e| e.conversation.id).collect();
     ids.reverse();
     assert_eq!(order, ids);
-    assert!(second.next.is_none());
+    assert!(first.next.is_some());
+    assert!(second.next.is_none(), "an exactly full last page has no next");
     let bad = s
         .call::<ListConversations>(as_user(
             ann,

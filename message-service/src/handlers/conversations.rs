@@ -156,9 +156,8 @@ pub async fn list_conversations(
         ),
         None => None,
     };
-    let (conversations, last) = service.store.list(user_id, before, i64::from(limit)).await.map_err(internal)?;
-    let next = if conversations.len() == limit as usize { last.as_ref().map(ListCursor::encode) } else { None };
-    Ok(ConversationsPage { conversations, next })
+    let (conversations, next) = service.store.list(user_id, before, i64::from(limit)).await.map_err(internal)?;
+    Ok(ConversationsPage { conversations, next: next.as_ref().map(ListCursor::encode) })
 }
 
 #[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug, level = "info"))]

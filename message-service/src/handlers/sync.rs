@@ -12,6 +12,7 @@ use common::{
 };
 
 use super::{Shared, internal};
+use crate::domain::positive_id;
 
 /// The resume contract: given the newest seq the client holds per conversation, return every conversation of the
 /// user and the messages it lacks, in order, at most `SYNC_MESSAGES_PER_CONVERSATION` per conversation and
@@ -32,7 +33,14 @@ pub async fn sync(
     if request.heads.iter().any(|h| h.seq < 0) {
         return Err(ApiError::validation("a seq cannot be negative"));
     }
-    let heads: HashMap<i64, i64> = request.heads.iter().map(|h| (h.conversation_id, h.seq)).collect();
+    let mut heads = HashMap::with_capacity(request.heads.len());
+    for head in &request.heads {
+        let conversation_id = positive_id(head.conversation_id, "a head's conversationId")?;
+        // Two heads for one conversation: which does the client hold? Neither answer would be right for sure.
+        if heads.insert(conversation_id, head.seq).is_some() {
+            return Err(ApiError::validation(format!("conversation {conversation_id} has two heads")));
+        }
+    }
     let (conversations, _) =
         service.store.list(user_id, None, i64::from(MAX_CONVERSATIONS_PAGE)).await.map_err(internal)?;
     let per = i64::from(SYNC_MESSAGES_PER_CONVERSATION);
