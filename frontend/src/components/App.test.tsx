@@ -166,6 +166,24 @@ describe('App', () => {
     expect(within(log).queryByRole('alert')).toBeNull();
   });
 
+  it('a conversation the user was removed from while away closes when opened, with the removal notice, not a spinner or Retry', async () => {
+    storedLogin();
+    const plans = entry(conv(8, [alice.id, bob.id, carol.id], 4, { kind: 'group', title: 'Weekend plans' }), 4, msg(8, 4, carol.id));
+    const { server, user } = renderApp([entries()[0]!, plans]);
+    server.handlers.getMessages = () => ({ error: { code: 'forbidden', message: 'you are not a member of that conversation' } });
+    await connected(server);
+    await user.click(screen.getByRole('button', { name: /Weekend plans/ }));
+    await act(() => flush());
+    expect(screen.queryByRole('region', { name: 'Messages' })).toBeNull();
+    expect(screen.queryByRole('button', { name: 'Retry' })).toBeNull();
+    expect(screen.getByRole('heading', { name: 'Pick a conversation' })).toBeTruthy();
+    expect(screen.getByText('You are no longer a member of Weekend plans.')).toBeTruthy();
+    const nav = screen.getByRole('navigation', { name: 'Conversations' });
+    expect(within(nav).queryByRole('button', { name: /Weekend plans/ })).toBeNull();
+    await act(() => flush());
+    expect(server.current.requests('getMessages')).toHaveLength(1);
+  });
+
   it('an older page that fails is not asked for again by itself: it offers Retry, and a success clears that', async () => {
     // jsdom lays nothing out: a short history that does not fill the view, so older pages load by themselves.
     const clientHeight = vi.spyOn(HTMLElement.prototype, 'clientHeight', 'get').mockReturnValue(600);
@@ -231,6 +249,23 @@ describe('App', () => {
     expect(sent).toHaveLength(4);
     expect(sent[3]!.classList.contains('msg--own')).toBe(true);
     expect(sent[3]!.getAttribute('data-seq')).toBe('4');
+  });
+
+  it('a message of invisible characters only cannot be sent: Send stays disabled and Enter does nothing', async () => {
+    storedLogin();
+    const { server, user } = renderApp(entries());
+    await connected(server);
+    await user.click(screen.getByRole('button', { name: /bob/ }));
+    await act(() => flush());
+    const box = screen.getByRole('textbox', { name: 'Message' }) as HTMLTextAreaElement;
+    const send = screen.getByRole('button', { name: 'Send' }) as HTMLButtonElement;
+    await user.type(box, '\u200b \u2060\u00ad');
+    expect(box.value).toBe('\u200b \u2060\u00ad');
+    expect(send.disabled).toBe(true);
+    await user.type(box, '{Enter}');
+    expect(server.current.requests('sendMessage')).toHaveLength(0);
+    await user.type(box, 'x');
+    expect(send.disabled).toBe(false);
   });
 
   it('keeps a draft per conversation: it stays with its conversation and is not sent to the next one opened', async () => {
@@ -386,6 +421,18 @@ describe('App', () => {
     expect(server.current.lastRequest('createGroup')).toMatchObject({ title: 'Book club', memberIds: [bob.id] });
     expect(screen.queryByRole('dialog')).toBeNull();
     expect(screen.getByRole('heading', { name: 'Book club' })).toBeTruthy();
+  });
+
+  it('a group name of invisible characters only is asked for again, not sent', async () => {
+    storedLogin();
+    const { server, user } = renderApp([]);
+    await connected(server);
+    await user.click(screen.getByRole('button', { name: 'New group' }));
+    const dialog = screen.getByRole('dialog', { name: 'New group' });
+    await user.type(within(dialog).getByLabelText('Group name'), '\u200b\u200d');
+    await user.click(within(dialog).getByRole('button', { name: 'Create group' }));
+    expect(within(dialog).getByRole('alert').textContent).toBe('Give the group a name.');
+    expect(server.current.requests('createGroup')).toEqual([]);
   });
 
   it('a group change with no answer says so in words, not with the client\'s own error text', async () => {

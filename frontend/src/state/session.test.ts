@@ -5,7 +5,7 @@ import type { Message } from '../protocol/generated/Message';
 import { FakeServer, flush } from '../test/fakeSocket';
 import { alice, bob, carol, conv, entry, msg } from '../test/fixtures';
 import { unreadCount } from './conversations';
-import { ChatSession, type SessionOptions } from './session';
+import { ChatSession, type SessionOptions, isBlankMessage } from './session';
 import { visibleMessages } from './timeline';
 
 const users = [alice, bob, carol];
@@ -339,6 +339,116 @@ describe('session: sync', () => {
     expect(t.server.current.lastRequest('getMessages')).toMatchObject({ before: 3 });
     expect(t.seqs(7)).toEqual(Array.from({ length: 12 }, (_, i) => i + 1));
     expect(t.state().timelines[7]!.hasMoreBefore).toBe(false);
+  });
+});
+
+describe('session: a page refused as forbidden', () => {
+  const forbidden = { error: { code: 'forbidden' as const, message: 'you are not a member of that conversation' } };
+  // With messages: an empty conversation has no page to ask for.
+  const team = entry(conv(8, [alice.id, bob.id, carol.id], 5, { kind: 'group', title: 'Team' }), 5, msg(8, 5, bob.id));
+
+  it('removed from an older conversation than sync answers for: opening it removes it, says so, and discards its unsent message', async () => {
+    const recent = Array.from({ length: 200 }, (_, i) => entry(conv(100 + i, [alice.id, bob.id], 1, { kind: 'group' }), 1));
+    const t = setup(recent);
+    t.server.handlers.listConversations = () => ({ conversations: [...recent, team] });
+    t.server.accept(alice);
+    await flush();
+    expect(t.state().conversations[8]).toBeDefined();
+    // Offline, the user writes to Team, and is removed from it: the reconnect's sync, incomplete, cannot tell.
+    t.server.current.serverClose(1006);
+    await flush(1);
+    t.session.send('written offline', { conversationId: 8 });
+    await reconnected(t);
+    t.server.handlers.sendMessage = () => forbidden;
+    t.server.handlers.getMessages = () => forbidden;
+    t.server.accept(alice);
+    await flush();
+    expect(t.state().conversations[8]).toBeDefined();
+    expect(t.state().pending['cm-1']).toMatchObject({ status: 'failed', error: { code: 'forbidden' } });
+    t.session.select({ kind: 'conversation', id: 8 });
+    await flush();
+    expect(t.state().conversations[8]).toBeUndefined();
+    expect(t.state().timelines[8]).toBeUndefined();
+    expect(t.state().selected).toBeNull();
+    expect(t.state().notice).toBe('You are no longer a member of Team. Your unsent message to it was discarded.');
+    expect(t.state().pending).toEqual({});
+    expect(t.state().loadFailed).toEqual({});
+    expect(t.state().loadingNewest).toEqual({});
+  });
+
+  it('an older page refused as forbidden removes the conversation the same way', async () => {
+    const t = setup([dm(12, 12), team]);
+    await connectAndOpen(t);
+    t.server.handlers.getMessages = () => forbidden;
+    await t.session.loadOlder(7);
+    expect(t.server.current.lastRequest('getMessages')).toMatchObject({ before: 3 });
+    expect(t.state().conversations[7]).toBeUndefined();
+    expect(t.state().selected).toBeNull();
+    expect(t.state().notice).toBe('You are no longer a member of bob.');
+    expect(t.state().loadingOlder).toEqual({});
+  });
+
+  it('a gap repair (getMessages after) refused as forbidden removes the conversation the same way', async () => {
+    const t = setup([dm(12, 12), team]);
+    const ws = t.server.accept(alice);
+    await flush();
+    t.server.handlers.getMessages = () => ({ messages: [1, 2, 3, 4, 5].map((seq) => msg(8, seq, bob.id)), hasMoreBefore: false, hasMoreAfter: false });
+    t.session.select({ kind: 'conversation', id: 8 });
+    await flush();
+    // Removed after message 8 was sent: the repair of the gap before it is refused.
+    t.server.handlers.getMessages = () => forbidden;
+    ws.receive({ type: 'message', message: msg(8, 8, bob.id) });
+    await flush();
+    expect(ws.lastRequest('getMessages')).toMatchObject({ conversationId: 8, after: 5 });
+    expect(t.state().conversations[8]).toBeUndefined();
+    expect(t.state().conversations[7]).toBeDefined();
+    expect(t.state().selected).toBeNull();
+    expect(t.state().notice).toBe('You are no longer a member of Team.');
+  });
+
+  it('a sync asked before the refusal, answered after it, does not bring the conversation back', async () => {
+    const t = setup([dm(12, 12), team]);
+    const ws = t.server.accept(alice);
+    await flush();
+    t.server.handlers.sync = () => undefined; // answered by hand below
+    ws.receive({ type: 'resync', reason: 'test' });
+    await flush();
+    const asked = ws.lastRequest('sync');
+    t.server.handlers.getMessages = () => forbidden;
+    t.session.select({ kind: 'conversation', id: 8 });
+    await flush();
+    expect(t.state().conversations[8]).toBeUndefined();
+    // The sync's answer was computed while the user was still a member.
+    ws.reply(asked, 'sync', { conversations: [dm(12, 12), team], messages: [], truncated: [] });
+    await flush();
+    expect(t.state().conversations[8]).toBeUndefined();
+    expect(t.state().conversations[7]).toBeDefined();
+  });
+
+  it('a page that fails for any other reason keeps the conversation', async () => {
+    const t = setup([dm(12, 12), team]);
+    await connectAndOpen(t);
+    const ws = t.server.current;
+    for (const code of ['timeout', 'unavailable', 'internal', 'rate_limited'] satisfies ErrorCode[]) {
+      t.server.handlers.getMessages = () => ({ error: { code, message: 'not now' } });
+      t.session.select({ kind: 'conversation', id: 8 });
+      await flush();
+      expect(t.state().loadFailed[8], code).toBe(true);
+      await t.session.loadOlder(7);
+      await t.session.catchUp(7);
+    }
+    expect(ws.requests('getMessages').filter((f) => f.before === 3)).toHaveLength(4);
+    expect(ws.requests('getMessages').filter((f) => f.after === 12)).toHaveLength(4);
+    // Cut off by a drop.
+    delete t.server.handlers.getMessages;
+    t.session.select({ kind: 'conversation', id: 8 });
+    ws.serverClose(1006);
+    await flush();
+    expect(t.state().loadFailed[8]).toBe(true);
+    expect(t.state().conversations[7]).toBeDefined();
+    expect(t.state().conversations[8]).toBeDefined();
+    expect(t.state().selected).toEqual({ kind: 'conversation', id: 8 });
+    expect(t.state().notice).toBeNull();
   });
 });
 
@@ -690,11 +800,39 @@ describe('session: sending', () => {
     expect(visibleMessages(t.state().timelines[9]!).map((m) => m.seq)).toEqual([1, 2, 3, 4, 5, 6]);
   });
 
+  it('refuses a body that would show as nothing, as the server does', async () => {
+    const t = setup([dm(12, 12)]);
+    await connectAndOpen(t);
+    for (const body of ['\u200b', '\u200b \u200b', '\u00ad', '\ufeff\n', '\u2060']) expect(t.session.send(body)).toBeNull();
+    expect(t.server.current.requests('sendMessage')).toHaveLength(0);
+    expect(t.state().pending).toEqual({});
+    expect(t.session.send('a\u200b')).not.toBeNull();
+  });
+
   it('rejects empty and over-long messages', async () => {
     const t = setup([dm(12, 12)]);
     await connectAndOpen(t);
     expect(t.session.send('   \n ')).toBeNull();
     expect(t.session.send('x'.repeat(4_001))).toBeNull();
     expect(t.server.current.requests('sendMessage')).toHaveLength(0);
+  });
+});
+
+describe('isBlankMessage', () => {
+  it('is true of white space, control and invisible characters only, as the server counts them', () => {
+    const blank = [
+      '',
+      '\n\t ',
+      '\u200b', // zero-width space
+      '\u200b  \u200b',
+      '\u00ad', // soft hyphen
+      '\ufeff', // byte order mark
+      '\udb40\udc41', // tag latin capital letter A (U+E0041)
+      '\u2060\u034f\u180e\u3164', // word joiner, combining grapheme joiner, Mongolian vowel separator, Hangul filler
+      '\ufe0f', // a variation selector alone
+      '\u0007\u0085', // controls
+    ];
+    for (const text of blank) expect(isBlankMessage(text), JSON.stringify(text)).toBe(true);
+    for (const text of ['a\u200b', '\u2764\ufe0f', '👍', '.', ' x ']) expect(isBlankMessage(text), JSON.stringify(text)).toBe(false);
   });
 });

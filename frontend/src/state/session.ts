@@ -85,6 +85,18 @@ export function messageLength(text: string): number {
   for (const _ of text) n++;
   return n;
 }
+
+const BLANK = /^[\p{White_Space}\p{Cc}\p{Default_Ignorable_Code_Point}]*$/u;
+
+/**
+ * Whether the server refuses a body as empty (message-service `shows_nothing`): nothing but white space, control
+ * characters and default-ignorable ones (zero-width space, word joiner, soft hyphen, variation selectors, tags…),
+ * which show as nothing and which `trim` keeps.
+ */
+export function isBlankMessage(text: string): boolean {
+  return BLANK.test(text);
+}
+
 export const MAX_TITLE_CHARS = 100;
 export const MAX_PAGE = 100;
 export const MAX_CONVERSATIONS_PAGE = 200;
@@ -555,7 +567,8 @@ export class ChatSession {
 
   /**
    * Drops conversations the user is no longer in, with their unsent messages (the server would refuse them). Unless
-   * the user left them here (`quietly`), says so: a sync is how a removal made while this tab was offline shows.
+   * the user left them here (`quietly`), says so: a sync (or a refused `getMessages`) is how a removal made while
+   * this tab was offline shows.
    */
   private removeConversations(ids: readonly number[], quietly = false): void {
     for (const id of ids) this.removedAt.set(id, ++this.removals);
@@ -597,6 +610,21 @@ export class ChatSession {
     }));
   }
 
+  /**
+   * A `getMessages` answered `forbidden`: the user is no longer a member, removed while this tab was not told
+   * (offline, say). `sync` notices that only for the `MAX_CONVERSATIONS_PAGE` most recent conversations (for the
+   * others its list is incomplete), so this is the removal, said and applied the same way. Returns whether the
+   * answer was `forbidden`.
+   */
+  private removeIfForbidden(conversationId: number, error: unknown): boolean {
+    if (asApiRequestError(error).code !== 'forbidden') return false;
+    // Said once: its other pages in flight are refused too, and find it gone.
+    if (conversationId in this.store.getState().conversations) {
+      this.removeConversations([conversationId], this.leaving.has(conversationId));
+    }
+    return true;
+  }
+
   /** Pages `getMessages` after the contiguous head until the conversation is whole again. */
   async catchUp(conversationId: number): Promise<void> {
     if (this.catchingUp.has(conversationId)) {
@@ -617,8 +645,9 @@ export class ChatSession {
         if (!progressed) break;
         if (!page.hasMoreAfter && !this.catchUpAgain.has(conversationId) && newestSeq(now) <= now.head) break;
       }
-    } catch {
-      // The next sync repairs what this could not.
+    } catch (error) {
+      // The next sync repairs what this could not, unless the user is no longer a member.
+      this.removeIfForbidden(conversationId, error);
     } finally {
       this.catchingUp.delete(conversationId);
       this.catchUpAgain.delete(conversationId);
@@ -665,9 +694,9 @@ export class ChatSession {
       this.applyPageToStore(conversationId, page, 'newest');
       const now = this.store.getState().timelines[conversationId];
       if (now && newestSeq(now) > now.head) void this.catchUp(conversationId);
-    } catch {
+    } catch (error) {
       // Shown as "couldn't load" with a Retry; opening again, or a reconnect, retries too.
-      this.setFlag('loadFailed', conversationId, true);
+      if (!this.removeIfForbidden(conversationId, error)) this.setFlag('loadFailed', conversationId, true);
     } finally {
       this.setFlag('loadingNewest', conversationId, false);
     }
@@ -687,8 +716,9 @@ export class ChatSession {
         { priority: 'high' },
       );
       this.applyPageToStore(conversationId, page, 'before');
-    } catch {
+    } catch (error) {
       // The message list sees the page missing and offers Retry (it does not ask again by itself).
+      this.removeIfForbidden(conversationId, error);
     } finally {
       this.setFlag('loadingOlder', conversationId, false);
     }
@@ -709,7 +739,7 @@ export class ChatSession {
   send(body: string, target?: SendTarget): string | null {
     // Sent exactly as typed (indentation, blank lines: the server keeps bodies as they are); only a blank one is
     // refused.
-    if (!body.trim() || messageLength(body) > MAX_MESSAGE_CHARS) return null;
+    if (isBlankMessage(body) || messageLength(body) > MAX_MESSAGE_CHARS) return null;
     const resolved = target ?? this.selectedTarget();
     if (!resolved) return null;
     const send: PendingSend = {
