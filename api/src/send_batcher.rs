@@ -38,7 +38,7 @@
 //! on time by its own timer; it may still be stored, and its retry with the same client message id returns it).
 //! Without this a send queued behind a slow batch waited for that batch and then a full timeout of its own.
 
-use std::time::Duration;
+use std::{panic::AssertUnwindSafe, time::Duration};
 
 use common::{
     amqp::{CallContext, RpcClient},
@@ -47,6 +47,7 @@ use common::{
         messages::{AsUser, MAX_SEND_BATCH, Message, SendBatch, SendMessageRequest, SendMessages},
     },
 };
+use futures_util::FutureExt;
 use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
@@ -120,7 +121,13 @@ async fn run(rpc: RpcClient, interval: Duration, mut queue: mpsc::Receiver<Pendi
         if batch.is_empty() {
             continue;
         }
-        forward(&rpc, std::mem::take(&mut batch)).await;
+        // A panic in one batch fails that batch (its callers' answers are dropped, which they read as `internal`),
+        // not the batcher: a dead batcher would leave a gateway that refuses every send until it is restarted.
+        // No panic path is known; this is the same guard the message-service's committer has.
+        if let Err(panic) = AssertUnwindSafe(forward(&rpc, std::mem::take(&mut batch))).catch_unwind().await {
+            let panic = common::telemetry::panic_message(panic.as_ref());
+            tracing::error!(panic, "forwarding a batch of sends panicked");
+        }
     }
 }
 

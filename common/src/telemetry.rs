@@ -29,3 +29,12 @@ pub fn init_for_tests() {
         init("test");
     }
 }
+
+/// The message of a caught panic (what `panic!` was given), for the log line that reports it.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&'static str>().copied())
+        .unwrap_or("(no message)")
+}

@@ -152,7 +152,10 @@ async fn run(
             // fails this batch like any unexpected error, never the committer: a dead committer task would leave
             // a replica that keeps taking sends from the queue and fails every one. The connection may be mid-call.
             connection = None;
-            Err(Failure::Failed(anyhow::anyhow!("committing a batch panicked: {}", panic_message(panic.as_ref()))))
+            Err(Failure::Failed(anyhow::anyhow!(
+                "committing a batch panicked: {}",
+                common::telemetry::panic_message(panic.as_ref())
+            )))
         });
         match outcome {
             Ok(committed) => {
@@ -190,14 +193,6 @@ async fn run(
             }
         }
     }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + std::marker::Send)) -> &str {
-    panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&'static str>().copied())
-        .unwrap_or("(no message)")
 }
 
 /// Why a batch was not committed.
