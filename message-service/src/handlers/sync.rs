@@ -36,10 +36,10 @@ pub async fn sync(
     let mut heads = HashMap::with_capacity(request.heads.len());
     for head in &request.heads {
         let conversation_id = positive_id(head.conversation_id, "a head's conversationId")?;
-        // Two heads for one conversation: which does the client hold? Neither answer would be right for sure.
-        if heads.insert(conversation_id, head.seq).is_some() {
-            return Err(ApiError::validation(format!("conversation {conversation_id} has two heads")));
-        }
+        // Two heads for one conversation (a client merging what it holds from two places): the lower is the one
+        // that misses nothing, since a message sent twice is harmless to a client that places by seq and a
+        // message skipped is lost to it. (The last one won before, which could skip.)
+        heads.entry(conversation_id).and_modify(|seq: &mut i64| *seq = (*seq).min(head.seq)).or_insert(head.seq);
     }
     let (conversations, _) =
         service.store.list(user_id, None, i64::from(MAX_CONVERSATIONS_PAGE)).await.map_err(internal)?;
