@@ -1,5 +1,5 @@
 import { type FormEvent, type KeyboardEvent, useEffect, useId, useLayoutEffect, useRef, useState } from 'react';
-import { MAX_MESSAGE_CHARS, isBlankMessage, messageLength } from '../state/session';
+import { MAX_MESSAGE_CHARS, isBlankText, messageLength } from '../state/session';
 
 const WARN_AT = MAX_MESSAGE_CHARS - 300;
 
@@ -29,7 +29,7 @@ export function Composer({
   const hintId = useId();
   const countId = useId();
   // Counted as the server counts, and what is sent: the text as typed (a blank one is not sent).
-  const blank = isBlankMessage(text);
+  const blank = isBlankText(text);
   const length = blank ? 0 : messageLength(text);
   const tooLong = length > MAX_MESSAGE_CHARS;
 

@@ -1,7 +1,7 @@
 import { type FormEvent, useId, useState } from 'react';
 import { asApiRequestError } from '../api/errors';
 import type { User } from '../protocol/generated/User';
-import { MAX_TITLE_CHARS, isBlankMessage } from '../state/session';
+import { MAX_TITLE_CHARS, isBlankText } from '../state/session';
 import { requestErrorText } from './format';
 import { Modal } from './Modal';
 import { PeopleSearch } from './PeopleSearch';
@@ -19,7 +19,7 @@ export function NewGroupDialog({ onClose }: { onClose: () => void }) {
   async function onSubmit(event: FormEvent) {
     event.preventDefault();
     // Invisible characters only (a zero-width space, say) count as no name, as the server counts them.
-    if (isBlankMessage(title)) {
+    if (isBlankText(title)) {
       setError('Give the group a name.');
       return;
     }

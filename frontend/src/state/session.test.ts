@@ -5,7 +5,7 @@ import type { Message } from '../protocol/generated/Message';
 import { FakeServer, flush } from '../test/fakeSocket';
 import { alice, bob, carol, conv, entry, msg } from '../test/fixtures';
 import { unreadCount } from './conversations';
-import { ChatSession, type SessionOptions, isBlankMessage } from './session';
+import { ChatSession, type SessionOptions, conversationTitle, isBlankText } from './session';
 import { visibleMessages } from './timeline';
 
 const users = [alice, bob, carol];
@@ -425,6 +425,41 @@ describe('session: a page refused as forbidden', () => {
     expect(t.state().conversations[7]).toBeDefined();
   });
 
+  it('a refusal asked before the user was added back does not remove the conversation', async () => {
+    const t = setup([dm(12, 12), team]);
+    const ws = t.server.accept(alice);
+    await flush();
+    t.server.handlers.getMessages = () => undefined; // answered by hand below
+    t.session.select({ kind: 'conversation', id: 8 });
+    await flush();
+    const asked = ws.lastRequest('getMessages');
+    // Removed and added back while the page was out: the frame re-adding comes before the page's refusal.
+    ws.receive({ type: 'conversation', conversation: team.conversation });
+    await flush();
+    ws.fail(asked, forbidden.error);
+    await flush();
+    expect(t.state().conversations[8]).toBeDefined();
+    expect(t.state().notice).toBeNull();
+    expect(t.state().loadFailed[8]).toBe(true);
+  });
+
+  it('a complete sync asked before the user was added back does not remove the conversation', async () => {
+    const t = setup([dm(12, 12), team]);
+    const ws = t.server.accept(alice);
+    await flush();
+    t.server.handlers.sync = () => undefined; // answered by hand below
+    ws.receive({ type: 'resync', reason: 'test' });
+    await flush();
+    const asked = ws.lastRequest('sync');
+    ws.receive({ type: 'conversation', conversation: team.conversation });
+    await flush();
+    // Computed while the user was briefly out of Team.
+    ws.reply(asked, 'sync', { conversations: [dm(12, 12)], messages: [], truncated: [] });
+    await flush();
+    expect(t.state().conversations[8]).toBeDefined();
+    expect(t.state().notice).toBeNull();
+  });
+
   it('a page that fails for any other reason keeps the conversation', async () => {
     const t = setup([dm(12, 12), team]);
     await connectAndOpen(t);
@@ -818,7 +853,7 @@ describe('session: sending', () => {
   });
 });
 
-describe('isBlankMessage', () => {
+describe('isBlankText', () => {
   it('is true of white space, control and invisible characters only, as the server counts them', () => {
     const blank = [
       '',
@@ -832,7 +867,13 @@ describe('isBlankMessage', () => {
       '\ufe0f', // a variation selector alone
       '\u0007\u0085', // controls
     ];
-    for (const text of blank) expect(isBlankMessage(text), JSON.stringify(text)).toBe(true);
-    for (const text of ['a\u200b', '\u2764\ufe0f', '👍', '.', ' x ']) expect(isBlankMessage(text), JSON.stringify(text)).toBe(false);
+    for (const text of blank) expect(isBlankText(text), JSON.stringify(text)).toBe(true);
+    for (const text of ['a\u200b', '\u2764\ufe0f', '👍', '.', ' x ']) expect(isBlankText(text), JSON.stringify(text)).toBe(false);
+  });
+
+  it('names a group whose stored title shows nothing "Untitled group"', () => {
+    const title = (t: string) => conversationTitle(conv(8, [alice.id, bob.id], 0, { kind: 'group', title: t }), alice.id, {});
+    expect(title('\u200b\u200d')).toBe('Untitled group');
+    expect(title('  Team ')).toBe('Team');
   });
 });

@@ -89,11 +89,11 @@ export function messageLength(text: string): number {
 const BLANK = /^[\p{White_Space}\p{Cc}\p{Default_Ignorable_Code_Point}]*$/u;
 
 /**
- * Whether the server refuses a body as empty (message-service `shows_nothing`): nothing but white space, control
- * characters and default-ignorable ones (zero-width space, word joiner, soft hyphen, variation selectors, tags…),
- * which show as nothing and which `trim` keeps.
+ * Whether the server refuses a body or a group title as blank (message-service `shows_nothing`): nothing but white
+ * space, control characters and default-ignorable ones (zero-width space, word joiner, soft hyphen, variation
+ * selectors, tags…), which show as nothing and which `trim` keeps.
  */
-export function isBlankMessage(text: string): boolean {
+export function isBlankText(text: string): boolean {
   return BLANK.test(text);
 }
 
@@ -176,6 +176,12 @@ export class ChatSession {
    * the conversation back.
    */
   private readonly removedAt = new Map<number, number>();
+  /**
+   * When a `conversation` frame last showed the user a member of each conversation, on the same count: a sync or
+   * a refused page asked before that was computed before the user was added back, and must not remove it.
+   */
+  private readonly confirmedAt = new Map<number, number>();
+  /** Membership changes seen here (removals and confirmations): the clock of `removedAt` and `confirmedAt`. */
   private removals = 0;
   /** Conversations this tab is leaving: their removal is the user's own doing, not news. */
   private readonly leaving = new Set<number>();
@@ -367,8 +373,12 @@ export class ChatSession {
     const before = this.store.getState();
     const known = conversation.id in before.conversations;
     const stillMember = conversation.members.includes(before.me.id);
-    if (stillMember) this.removedAt.delete(conversation.id);
-    else this.removedAt.set(conversation.id, ++this.removals);
+    if (stillMember) {
+      this.removedAt.delete(conversation.id);
+      this.confirmedAt.set(conversation.id, ++this.removals);
+    } else {
+      this.removedAt.set(conversation.id, ++this.removals);
+    }
     this.store.setState((s) => {
       const conversations = applyConversation(s.conversations, conversation, s.me.id);
       const timelines = { ...s.timelines };
@@ -486,7 +496,7 @@ export class ChatSession {
       if (response.conversations.length < MAX_CONVERSATIONS_PAGE) {
         // The list is complete: a conversation we sent a head for and that is missing was left.
         const present = new Set(response.conversations.map((e) => e.conversation.id));
-        const gone = [...inHeads].filter((id) => !present.has(id));
+        const gone = [...inHeads].filter((id) => !present.has(id) && !this.confirmedSince(id, removalsAsked));
         if (gone.length) this.removeConversations(gone);
         this.dropOrphanedSends(present, asked);
       } else if (!this.listed) {
@@ -616,13 +626,20 @@ export class ChatSession {
    * others its list is incomplete), so this is the removal, said and applied the same way. Returns whether the
    * answer was `forbidden`.
    */
-  private removeIfForbidden(conversationId: number, error: unknown): boolean {
+  private removeIfForbidden(conversationId: number, error: unknown, asked: number): boolean {
     if (asApiRequestError(error).code !== 'forbidden') return false;
+    // Added back since the page was asked for: the refusal is old news, and the page just failed.
+    if (this.confirmedSince(conversationId, asked)) return false;
     // Said once: its other pages in flight are refused too, and find it gone.
     if (conversationId in this.store.getState().conversations) {
       this.removeConversations([conversationId], this.leaving.has(conversationId));
     }
     return true;
+  }
+
+  /** Whether a `conversation` frame showed the user a member after `asked` membership changes. */
+  private confirmedSince(conversationId: number, asked: number): boolean {
+    return (this.confirmedAt.get(conversationId) ?? 0) > asked;
   }
 
   /** Pages `getMessages` after the contiguous head until the conversation is whole again. */
@@ -633,11 +650,13 @@ export class ChatSession {
     }
     if (!this.socket.isOpen) return;
     this.catchingUp.add(conversationId);
+    let asked = this.removals;
     try {
       for (let round = 0; round < 10_000; round++) {
         this.catchUpAgain.delete(conversationId);
         const timeline = this.store.getState().timelines[conversationId];
         if (!timeline) break;
+        asked = this.removals;
         const page = await this.request('getMessages', { conversationId, after: timeline.head, limit: MAX_PAGE });
         this.applyPageToStore(conversationId, page, 'after');
         const now = this.store.getState().timelines[conversationId];
@@ -647,7 +666,7 @@ export class ChatSession {
       }
     } catch (error) {
       // The next sync repairs what this could not, unless the user is no longer a member.
-      this.removeIfForbidden(conversationId, error);
+      this.removeIfForbidden(conversationId, error, asked);
     } finally {
       this.catchingUp.delete(conversationId);
       this.catchUpAgain.delete(conversationId);
@@ -689,6 +708,7 @@ export class ChatSession {
     if ((timeline && timeline.lo !== null) || s.loadingNewest[conversationId] || !this.socket.isOpen) return;
     this.setFlag('loadingNewest', conversationId, true);
     this.setFlag('loadFailed', conversationId, false);
+    const asked = this.removals;
     try {
       const page = await this.request('getMessages', { conversationId, limit: this.pageSize }, { priority: 'high' });
       this.applyPageToStore(conversationId, page, 'newest');
@@ -696,7 +716,7 @@ export class ChatSession {
       if (now && newestSeq(now) > now.head) void this.catchUp(conversationId);
     } catch (error) {
       // Shown as "couldn't load" with a Retry; opening again, or a reconnect, retries too.
-      if (!this.removeIfForbidden(conversationId, error)) this.setFlag('loadFailed', conversationId, true);
+      if (!this.removeIfForbidden(conversationId, error, asked)) this.setFlag('loadFailed', conversationId, true);
     } finally {
       this.setFlag('loadingNewest', conversationId, false);
     }
@@ -709,6 +729,7 @@ export class ChatSession {
     if (!timeline || timeline.lo === null || !timeline.hasMoreBefore || s.loadingOlder[conversationId]) return;
     if (!this.socket.isOpen) return;
     this.setFlag('loadingOlder', conversationId, true);
+    const asked = this.removals;
     try {
       const page = await this.request(
         'getMessages',
@@ -718,7 +739,7 @@ export class ChatSession {
       this.applyPageToStore(conversationId, page, 'before');
     } catch (error) {
       // The message list sees the page missing and offers Retry (it does not ask again by itself).
-      this.removeIfForbidden(conversationId, error);
+      this.removeIfForbidden(conversationId, error, asked);
     } finally {
       this.setFlag('loadingOlder', conversationId, false);
     }
@@ -739,7 +760,7 @@ export class ChatSession {
   send(body: string, target?: SendTarget): string | null {
     // Sent exactly as typed (indentation, blank lines: the server keeps bodies as they are); only a blank one is
     // refused.
-    if (isBlankMessage(body) || messageLength(body) > MAX_MESSAGE_CHARS) return null;
+    if (isBlankText(body) || messageLength(body) > MAX_MESSAGE_CHARS) return null;
     const resolved = target ?? this.selectedTarget();
     if (!resolved) return null;
     const send: PendingSend = {
@@ -1032,7 +1053,11 @@ export function conversationTitle(
   meId: number,
   users: ChatState['users'],
 ): string {
-  if (conversation.kind === 'group') return conversation.title?.trim() || 'Untitled group';
+  if (conversation.kind === 'group') {
+    // A title of invisible characters only (stored before the server refused them) shows as no title.
+    const title = conversation.title ?? '';
+    return isBlankText(title) ? 'Untitled group' : title.trim();
+  }
   const peer = directPeer(conversation, meId);
   if (peer === undefined) return 'Direct conversation';
   if (peer === meId) return `${displayName(users, meId)} (you)`;
