@@ -14,7 +14,7 @@ pub struct MessageBody(String);
 impl MessageBody {
     pub fn parse(body: String) -> Result<Self, ApiError> {
         if shows_nothing(&body) {
-            return Err(ApiError::validation("a message cannot be empty"));
+            return Err(ApiError::validation("a message cannot be empty or only spaces and invisible characters"));
         }
         if body.chars().count() > MAX_MESSAGE_CHARS {
             return Err(ApiError::validation(format!("a message can be at most {MAX_MESSAGE_CHARS} characters")));
@@ -42,7 +42,7 @@ pub fn shows_nothing(text: &str) -> bool {
     text.chars().all(|c| c.is_whitespace() || c.is_control() || is_default_ignorable(c))
 }
 
-/// Unicode's `Default_Ignorable_Code_Point` (DerivedCoreProperties.txt; stable since Unicode 6.3).
+/// Unicode's `Default_Ignorable_Code_Point` (DerivedCoreProperties.txt, as of Unicode 14, when U+180F joined).
 fn is_default_ignorable(c: char) -> bool {
     matches!(
         c,
@@ -96,8 +96,11 @@ pub struct GroupTitle(String);
 impl GroupTitle {
     pub fn parse(title: String) -> Result<Self, ApiError> {
         let title = title.trim();
-        if shows_nothing(title) || title.chars().count() > MAX_TITLE_CHARS {
-            return Err(ApiError::validation(format!("a group title must be 1 to {MAX_TITLE_CHARS} characters")));
+        if shows_nothing(title) {
+            return Err(ApiError::validation("a group title cannot be empty or only spaces and invisible characters"));
+        }
+        if title.chars().count() > MAX_TITLE_CHARS {
+            return Err(ApiError::validation(format!("a group title can be at most {MAX_TITLE_CHARS} characters")));
         }
         if title.chars().any(char::is_control) {
             return Err(ApiError::validation("a group title cannot contain control characters"));

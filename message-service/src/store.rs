@@ -231,7 +231,7 @@ impl Store {
         &self,
         user_id: i64,
         before: Option<ListCursor>,
-        limit: i64,
+        limit: u32,
     ) -> anyhow::Result<(Vec<ConversationEntry>, Option<ListCursor>)> {
         let client = self.client().await?;
         let sql = format!(
@@ -247,10 +247,11 @@ impl Store {
             None => (None, 0),
         };
         // One row more than asked says whether another page follows.
+        let rows_asked = i64::from(limit) + 1;
         let mut rows =
-            client.query(&statement, &[&user_id, &at, &id, &(limit + 1)]).await.context("listing conversations")?;
-        let more = rows.len() as i64 > limit;
-        rows.truncate(limit.max(0) as usize);
+            client.query(&statement, &[&user_id, &at, &id, &rows_asked]).await.context("listing conversations")?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
         let next = more.then(|| rows.last()).flatten().map(|row| ListCursor {
             last_activity_us: row.get::<_, DateTime<Utc>>(5).timestamp_micros(),
             id: row.get(0),

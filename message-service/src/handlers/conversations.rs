@@ -156,7 +156,7 @@ pub async fn list_conversations(
         ),
         None => None,
     };
-    let (conversations, next) = service.store.list(user_id, before, i64::from(limit)).await.map_err(internal)?;
+    let (conversations, next) = service.store.list(user_id, before, limit).await.map_err(internal)?;
     Ok(ConversationsPage { conversations, next: next.as_ref().map(ListCursor::encode) })
 }
 

@@ -41,8 +41,7 @@ pub async fn sync(
         // message skipped is lost to it. (The last one won before, which could skip.)
         heads.entry(conversation_id).and_modify(|seq: &mut i64| *seq = (*seq).min(head.seq)).or_insert(head.seq);
     }
-    let (conversations, _) =
-        service.store.list(user_id, None, i64::from(MAX_CONVERSATIONS_PAGE)).await.map_err(internal)?;
+    let (conversations, _) = service.store.list(user_id, None, MAX_CONVERSATIONS_PAGE).await.map_err(internal)?;
     let per = i64::from(SYNC_MESSAGES_PER_CONVERSATION);
     let mut budget = i64::from(SYNC_MESSAGES_TOTAL);
     let mut ranges = Vec::new();
