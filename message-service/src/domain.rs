@@ -37,7 +37,7 @@ impl MessageBody {
 /// Whether a text would show as nothing at all: every character white space, a control character or a
 /// default-ignorable code point (zero-width spaces and joiners, the byte order mark, soft hyphens, variation
 /// selectors, Hangul fillers, tags…). Such a message is an empty bubble to its readers, and `str::trim` keeps
-/// it. The web app's composer applies the same rule (`isBlankMessage`, with `\p{Default_Ignorable_Code_Point}`).
+/// it. The web app applies the same rule (`isBlankText`, with `\p{Default_Ignorable_Code_Point}`).
 pub fn shows_nothing(text: &str) -> bool {
     text.chars().all(|c| c.is_whitespace() || c.is_control() || is_default_ignorable(c))
 }

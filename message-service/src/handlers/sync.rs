@@ -38,7 +38,7 @@ pub async fn sync(
         let conversation_id = positive_id(head.conversation_id, "a head's conversationId")?;
         // Two heads for one conversation (a client merging what it holds from two places): the lower is the one
         // that misses nothing, since a message sent twice is harmless to a client that places by seq and a
-        // message skipped is lost to it. (The last one won before, which could skip.)
+        // message skipped is lost to it.
         heads.entry(conversation_id).and_modify(|seq: &mut i64| *seq = (*seq).min(head.seq)).or_insert(head.seq);
     }
     let (conversations, _) = service.store.list(user_id, None, MAX_CONVERSATIONS_PAGE).await.map_err(internal)?;
