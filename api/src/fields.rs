@@ -7,10 +7,11 @@
 //! of the type's own derived `Deserialize` (so the lists cannot drift from the types).
 
 use axum::{
+    body::Bytes,
     extract::{FromRequest, FromRequestParts, Request},
-    http::request::Parts,
+    http::{StatusCode, request::Parts},
 };
-use common::protocol::ApiError;
+use common::protocol::{ApiError, ErrorCode};
 use serde::{
     Deserializer,
     de::{DeserializeOwned, Error as _, Visitor},
@@ -91,6 +92,36 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
         serde_json::from_str(raw.get())
             .map(StrictJson)
             .map_err(|error| ApiError::bad_request(format!("invalid body: {error}")).into())
+    }
+}
+
+/// The body of a request that takes none (`leave`, removing a member): nothing, or an empty JSON object (some HTTP
+/// clients send `{}` with every POST), passes. Anything else is refused (`bad_request`) rather than ignored: a
+/// `{"userId": 5}` sent to `leave` by a client that meant to remove user 5 would otherwise make the caller leave.
+#[derive(Debug)]
+pub struct NoBody;
+
+impl<S: Send + Sync> FromRequest<S> for NoBody {
+    type Rejection = HttpError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let body = Bytes::from_request(request, state).await.map_err(|rejection| {
+            HttpError::from(if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(ErrorCode::PayloadTooLarge, "the body is too large")
+            } else {
+                ApiError::bad_request(rejection.body_text())
+            })
+        })?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(NoBody);
+        }
+        match serde_json::from_slice::<TopLevel>(&body) {
+            Ok(TopLevel(keys)) => match keys.first() {
+                None => Ok(NoBody),
+                Some(field) => Err(unknown_field(field, "the body of a request that takes none").into()),
+            },
+            Err(_) => Err(ApiError::bad_request("this request takes no body").into()),
+        }
     }
 }
 

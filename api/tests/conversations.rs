@@ -176,6 +176,15 @@ async fn every_rest_twin_calls_its_operation_as_the_token_user() {
 
     let (status, _) = send(Method::DELETE, "/api/conversations/10/members/bob", None).await;
     assert_eq!(status, 400, "a non-numeric path parameter is a bad request");
+    // A request that takes no body refuses one rather than ignore it (here: a client meaning to remove user 3
+    // would have left); `{}`, which some clients send with every POST, is no body.
+    let (status, body) = send(Method::POST, "/api/conversations/10/leave", Some(json!({ "userId": 3 }))).await;
+    assert_eq!((status, &body["error"]["code"]), (400, &json!("bad_request")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("userId"), "{body}");
+    let (status, _) = send(Method::DELETE, "/api/conversations/10/members/3", Some(json!([1]))).await;
+    assert_eq!(status, 400);
+    let (status, left) = send(Method::POST, "/api/conversations/10/leave", Some(json!({}))).await;
+    assert_eq!((status, &left["id"]), (200, &json!(10)));
     let (status, body) =
         send(Method::POST, "/api/messages", Some(json!({ "conversationId": 1, "clientMessageId": "c", "body": "b" })))
             .await;

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use crate::{
     auth::AuthUser,
     error::{ApiJson, ApiPath, ApiQuery, HttpError},
-    fields::{StrictJson, StrictQuery},
+    fields::{NoBody, StrictJson, StrictQuery},
     request_id::ReqId,
     state::AppState,
     validate::Bounded,
@@ -183,6 +183,7 @@ pub async fn remove_member(
     user: AuthUser,
     id: ReqId,
     ApiPath((conversation_id, member_id)): ApiPath<(i64, i64)>,
+    _: NoBody,
 ) -> Reply<Conversation> {
     tracing::Span::current().record("conversation_id", conversation_id);
     let request = RemoveMemberRequest { conversation_id, user_id: member_id };
@@ -195,6 +196,7 @@ pub async fn leave_conversation(
     user: AuthUser,
     id: ReqId,
     ApiPath(conversation_id): ApiPath<i64>,
+    _: NoBody,
 ) -> Reply<Conversation> {
     tracing::Span::current().record("conversation_id", conversation_id);
     let request = LeaveConversationRequest { conversation_id };
