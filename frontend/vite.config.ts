@@ -18,6 +18,9 @@ export default defineConfig({
       '/api': { target: gateway },
       '/ws': { target: gateway, ws: true },
     },
+    // Under Vitest only: one unit test reads a message-service source file (the blank-text rule's table), outside
+    // this folder. The dev server keeps Vite's default (this folder only).
+    ...(process.env.VITEST ? { fs: { allow: ['..'] } } : {}),
   },
   build: {
     outDir: 'dist',

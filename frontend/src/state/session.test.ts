@@ -7,6 +7,7 @@ import { alice, bob, carol, conv, entry, msg } from '../test/fixtures';
 import { unreadCount } from './conversations';
 import { ChatSession, type SessionOptions, conversationTitle, isBlankText } from './session';
 import { visibleMessages } from './timeline';
+import domainRs from '../../../message-service/src/domain.rs?raw';
 
 const users = [alice, bob, carol];
 const sessions: ChatSession[] = [];
@@ -869,6 +870,26 @@ describe('isBlankText', () => {
     ];
     for (const text of blank) expect(isBlankText(text), JSON.stringify(text)).toBe(true);
     for (const text of ['a\u200b', '\u2764\ufe0f', '👍', '.', ' x ']) expect(isBlankText(text), JSON.stringify(text)).toBe(false);
+  });
+
+  it('counts as invisible exactly the code points the message-service does', () => {
+    // The server's table of default-ignorable code points, read from its source: the two rules cannot drift apart
+    // unnoticed (a new Unicode version, or an edit on one side only).
+    const table = /fn is_default_ignorable[\s\S]*?matches!\(([\s\S]*?)\)\s*\}/.exec(domainRs)?.[1] ?? '';
+    const ranges = [...table.matchAll(/'\\u\{([0-9A-F]+)\}'(?:\.\.='\\u\{([0-9A-F]+)\}')?/g)].map((m) => {
+      const lo = parseInt(m[1] ?? '', 16);
+      return [lo, m[2] ? parseInt(m[2], 16) : lo] as const;
+    });
+    expect(ranges.length).toBeGreaterThan(10);
+    const serverIgnorable = (cp: number) => ranges.some(([lo, hi]) => lo <= cp && cp <= hi);
+    const differ: string[] = [];
+    for (let cp = 0; cp <= 0x10ffff; cp++) {
+      if (cp >= 0xd800 && cp <= 0xdfff) continue;
+      const ch = String.fromCodePoint(cp);
+      const server = /^[\p{White_Space}\p{Cc}]$/u.test(ch) || serverIgnorable(cp);
+      if (isBlankText(ch) !== server) differ.push(cp.toString(16));
+    }
+    expect(differ).toEqual([]);
   });
 
   it('names a group whose stored title shows nothing "Untitled group"', () => {
