@@ -8,10 +8,10 @@
 
 use axum::{
     body::Bytes,
-    extract::{FromRequest, FromRequestParts, Request},
-    http::{StatusCode, request::Parts},
+    extract::{FromRequest, FromRequestParts, Request, rejection::JsonRejection},
+    http::request::Parts,
 };
-use common::protocol::{ApiError, ErrorCode};
+use common::protocol::ApiError;
 use serde::{
     Deserializer,
     de::{DeserializeOwned, Error as _, Visitor},
@@ -105,13 +105,10 @@ impl<S: Send + Sync> FromRequest<S> for NoBody {
     type Rejection = HttpError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let body = Bytes::from_request(request, state).await.map_err(|rejection| {
-            HttpError::from(if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(ErrorCode::PayloadTooLarge, "the body is too large")
-            } else {
-                ApiError::bad_request(rejection.body_text())
-            })
-        })?;
+        // A body that cannot be read is answered as `ApiJson` answers it (too large: 413).
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| HttpError::from(JsonRejection::from(rejection)))?;
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(NoBody);
         }

@@ -185,6 +185,9 @@ async fn every_rest_twin_calls_its_operation_as_the_token_user() {
     assert_eq!(status, 400);
     let (status, left) = send(Method::POST, "/api/conversations/10/leave", Some(json!({}))).await;
     assert_eq!((status, &left["id"]), (200, &json!(10)));
+    let huge = json!({ "pad": "x".repeat(api::startup::MAX_BODY_BYTES) });
+    let (status, body) = send(Method::POST, "/api/conversations/10/leave", Some(huge)).await;
+    assert_eq!((status, &body["error"]["code"]), (413, &json!("payload_too_large")), "{body}");
     let (status, body) =
         send(Method::POST, "/api/messages", Some(json!({ "conversationId": 1, "clientMessageId": "c", "body": "b" })))
             .await;
