@@ -407,14 +407,19 @@ describe('session: a page refused as forbidden', () => {
     expect(t.state().notice).toBe('You are no longer a member of Team.');
   });
 
-  it('a sync asked before the refusal, answered after it, does not bring the conversation back', async () => {
+  /** Connected, with a resync's `sync` asked and left for the test to answer by hand. */
+  async function withSyncHeld() {
     const t = setup([dm(12, 12), team]);
     const ws = t.server.accept(alice);
     await flush();
-    t.server.handlers.sync = () => undefined; // answered by hand below
+    t.server.handlers.sync = () => undefined;
     ws.receive({ type: 'resync', reason: 'test' });
     await flush();
-    const asked = ws.lastRequest('sync');
+    return { t, ws, asked: ws.lastRequest('sync') };
+  }
+
+  it('a sync asked before the refusal, answered after it, does not bring the conversation back', async () => {
+    const { t, ws, asked } = await withSyncHeld();
     t.server.handlers.getMessages = () => forbidden;
     t.session.select({ kind: 'conversation', id: 8 });
     await flush();
@@ -445,13 +450,7 @@ describe('session: a page refused as forbidden', () => {
   });
 
   it('a complete sync asked before the user was added back does not remove the conversation', async () => {
-    const t = setup([dm(12, 12), team]);
-    const ws = t.server.accept(alice);
-    await flush();
-    t.server.handlers.sync = () => undefined; // answered by hand below
-    ws.receive({ type: 'resync', reason: 'test' });
-    await flush();
-    const asked = ws.lastRequest('sync');
+    const { t, ws, asked } = await withSyncHeld();
     ws.receive({ type: 'conversation', conversation: team.conversation });
     await flush();
     // Computed while the user was briefly out of Team.
