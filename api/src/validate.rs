@@ -47,7 +47,10 @@ impl Bounded for SendMessageRequest {
 impl Bounded for CreateGroupRequest {
     fn check_bounds(&self) -> Result<(), ApiError> {
         at_most_chars(&self.title, MAX_TITLE_CHARS, "the title")?;
-        at_most_items(&self.member_ids, MAX_GROUP_MEMBERS, "members")
+        at_most_items(&self.member_ids, MAX_GROUP_MEMBERS, "members")?;
+        self.client_group_id
+            .as_deref()
+            .map_or(Ok(()), |id| at_most_chars(id, MAX_CLIENT_MESSAGE_ID_CHARS, "clientGroupId"))
     }
 }
 
@@ -84,6 +87,17 @@ mod tests {
         assert!(send("é".repeat(MAX_MESSAGE_CHARS)).check_bounds().is_ok());
         let error = send("a".repeat(MAX_MESSAGE_CHARS + 1)).check_bounds().unwrap_err();
         assert_eq!(error.code, ErrorCode::Validation);
+    }
+
+    #[test]
+    fn an_overlong_client_group_id_fails_at_the_edge() {
+        let group =
+            |id: Option<String>| CreateGroupRequest { title: "t".into(), member_ids: vec![], client_group_id: id };
+        assert!(group(None).check_bounds().is_ok());
+        assert!(group(Some("g".repeat(MAX_CLIENT_MESSAGE_ID_CHARS))).check_bounds().is_ok());
+        let error = group(Some("g".repeat(MAX_CLIENT_MESSAGE_ID_CHARS + 1))).check_bounds().unwrap_err();
+        assert_eq!(error.code, ErrorCode::Validation);
+        assert!(error.message.contains("clientGroupId"), "{error:?}");
     }
 
     #[test]

@@ -153,6 +153,70 @@ async fn the_same_client_id_sent_twice_to_two_gateways_at_once_stores_one_messag
     cluster.stop().await;
 }
 
+/// A group create retried with its `clientGroupId` (a lost reply, a reconnect to the other gateway) makes one
+/// group, over WebSocket and REST alike, even when the two calls race through two gateways and two
+/// message-services; the members hear of it once the first call commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_create_sent_twice_with_one_client_id_makes_one_group() {
+    let cluster = Cluster::start(2, 1, 2).await;
+    let (token, ann) = cluster.register(0, "ann").await;
+    let (ben_token, ben) = cluster.register(1, "ben").await;
+    let mut first = Chat::connect(cluster.gateway(0), &token, ann).await;
+    let mut second = Chat::connect(cluster.gateway(1), &token, ann).await;
+    let mut ben_phone = Chat::connect(cluster.gateway(1), &ben_token, ben).await;
+
+    let mut made = Vec::new();
+    for round in 0..5 {
+        let frame = json!({ "type": "createGroup", "title": format!("club {round}"), "memberIds": [ben],
+            "clientGroupId": format!("club-{round}") });
+        let (a, b) = tokio::join!(first.request(frame.clone()), second.request(frame.clone()));
+        assert_eq!(a["type"], "reply", "{a}");
+        assert_eq!(a["result"], b["result"], "round {round}: both replies carry the one group");
+        let (status, rest) = cluster
+            .post(
+                1,
+                &token,
+                "/api/conversations",
+                json!({ "title": format!("club {round}"), "memberIds": [ben],
+                "clientGroupId": format!("club-{round}") }),
+            )
+            .await;
+        assert_eq!((status, &rest), (201, &a["result"]["data"]), "a REST retry also returns the group");
+        made.push(a["result"]["data"]["id"].as_i64().unwrap());
+    }
+    assert_eq!(cluster.groups().await, made, "one group per client id");
+
+    let (status, reused) = cluster
+        .post(
+            0,
+            &token,
+            "/api/conversations",
+            json!({ "title": "another", "memberIds": [ben], "clientGroupId": "club-0" }),
+        )
+        .await;
+    assert_eq!((status, reused["error"]["code"].as_str()), (409, Some("conflict")), "{reused}");
+    let (status, bad) = cluster
+        .post(
+            0,
+            &token,
+            "/api/conversations",
+            json!({ "title": "t", "memberIds": [], "clientGroupId": "x".repeat(65) }),
+        )
+        .await;
+    assert_eq!((status, bad["error"]["code"].as_str()), (422, Some("validation")), "{bad}");
+    assert_eq!(cluster.groups().await, made, "a refused create made a group");
+
+    ben_phone.drain(QUIET).await;
+    let told: HashSet<i64> = ben_phone
+        .other
+        .iter()
+        .filter(|f| f["type"] == "conversation")
+        .map(|f| f["conversation"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(told, made.iter().copied().collect(), "the member heard of each group");
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_reconnects_to_the_other_gateway_receives_exactly_what_it_missed_in_order() {
     let cluster = Cluster::start(2, 1, 2).await;

@@ -66,7 +66,7 @@ pub async fn run(env: &Env, history: History) -> anyhow::Result<Report> {
             match clients[0]
                 .request(REQUEST_TIMEOUT, move |id| ClientFrame::CreateGroup {
                     id,
-                    request: CreateGroupRequest { title, member_ids: members },
+                    request: CreateGroupRequest { title, member_ids: members, client_group_id: None },
                 })
                 .await?
             {

@@ -91,7 +91,7 @@ pub async fn run(env: &Env, traffic: Traffic) -> anyhow::Result<Report> {
                     let reply = creator
                         .request(REQUEST_TIMEOUT, move |id| ClientFrame::CreateGroup {
                             id,
-                            request: CreateGroupRequest { title, member_ids: others },
+                            request: CreateGroupRequest { title, member_ids: others, client_group_id: None },
                         })
                         .await?;
                     match reply {

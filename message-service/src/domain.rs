@@ -72,20 +72,39 @@ pub struct ClientMessageId(String);
 
 impl ClientMessageId {
     pub fn parse(id: String) -> Result<Self, ApiError> {
-        let valid = !id.is_empty()
-            && id.len() <= MAX_CLIENT_MESSAGE_ID_CHARS
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if valid {
-            Ok(Self(id))
-        } else {
-            Err(ApiError::validation(format!(
-                "clientMessageId must be 1 to {MAX_CLIENT_MESSAGE_ID_CHARS} letters, digits, '-' or '_'"
-            )))
-        }
+        client_chosen_id(id, "clientMessageId").map(Self)
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// The id a client picks for a group it creates so that retrying the create is safe; the same rules as a
+/// [`ClientMessageId`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientGroupId(String);
+
+impl ClientGroupId {
+    pub fn parse(id: String) -> Result<Self, ApiError> {
+        client_chosen_id(id, "clientGroupId").map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn client_chosen_id(id: String, field: &str) -> Result<String, ApiError> {
+    let valid = !id.is_empty()
+        && id.len() <= MAX_CLIENT_MESSAGE_ID_CHARS
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(id)
+    } else {
+        Err(ApiError::validation(format!(
+            "{field} must be 1 to {MAX_CLIENT_MESSAGE_ID_CHARS} letters, digits, '-' or '_'"
+        )))
     }
 }
 
@@ -145,11 +164,16 @@ mod tests {
     }
 
     #[test]
-    fn client_message_ids_are_short_and_plain() {
+    fn client_chosen_ids_are_short_and_plain() {
         assert!(ClientMessageId::parse("0b9e7c1e-4c1a-4c39-9d1e-1d1b1a1c1f10".into()).is_ok());
         assert!(ClientMessageId::parse(String::new()).is_err());
         assert!(ClientMessageId::parse("has space".into()).is_err());
         assert!(ClientMessageId::parse("x".repeat(65)).is_err());
+        assert!(ClientGroupId::parse("x".repeat(64)).is_ok());
+        let refused = ClientGroupId::parse("x".repeat(65)).unwrap_err();
+        assert!(refused.message.contains("clientGroupId"), "{refused:?}");
+        assert!(ClientGroupId::parse("no/slash".into()).is_err());
+        assert!(ClientGroupId::parse(String::new()).is_err());
     }
 
     #[test]

@@ -326,25 +326,49 @@ impl Store {
 
     /// Creates a group with `creator` and `members` (deduplicated) as members.
     pub async fn create_group(&self, creator: i64, title: &str, members: &[i64]) -> anyhow::Result<Conversation> {
-        let mut all: Vec<i64> = members.iter().copied().chain([creator]).collect();
-        all.sort_unstable();
-        all.dedup();
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let id: i64 = tx
-            .query_one("INSERT INTO messages.conversations (kind, title) VALUES ('group', $1) RETURNING id", &[&title])
-            .await
-            .context("creating a group")?
-            .get(0);
-        tx.execute(
-            "INSERT INTO messages.members (conversation_id, user_id) SELECT $1, unnest($2::bigint[])",
-            &[&id, &all],
-        )
-        .await
-        .context("adding group members")?;
+        let id = insert_group(&tx, creator, title, members).await?;
         let conversation = conversation_with(&tx, id).await?.context("the group just written")?;
         tx.commit().await.context("committing a group")?;
         Ok(conversation)
+    }
+
+    /// Creates a group as [`Store::create_group`] does, once per `client_group_id` of `creator`: a repeat of the
+    /// same request (the same title and `members`, which must be sorted, without duplicates or the creator) finds
+    /// the group the first one made. Safe when two replicas race: the id is unique per creator.
+    pub async fn create_group_once(
+        &self,
+        creator: i64,
+        client_group_id: &str,
+        title: &str,
+        members: &[i64],
+    ) -> anyhow::Result<GroupCreate> {
+        let mut client = self.client().await?;
+        // The common case first: no earlier create with this id.
+        if let Some(outcome) = repeated_group(&client, creator, client_group_id, title, members).await? {
+            return Ok(outcome);
+        }
+        let tx = client.transaction().await?;
+        let id = insert_group(&tx, creator, title, members).await?;
+        // A concurrent create with the same id makes this wait for it; if it committed, this one does nothing.
+        let recorded = tx
+            .execute(
+                "INSERT INTO messages.group_requests (creator_id, client_group_id, conversation_id, title, member_ids)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[&creator, &client_group_id, &id, &title, &members],
+            )
+            .await
+            .context("recording a group's client id")?;
+        if recorded == 0 {
+            tx.rollback().await.context("dropping a group made twice")?;
+            return repeated_group(&client, creator, client_group_id, title, members)
+                .await?
+                .context("the group request that won the race");
+        }
+        let conversation = conversation_with(&tx, id).await?.context("the group just written")?;
+        tx.commit().await.context("committing a group")?;
+        Ok(GroupCreate::Created(conversation))
     }
 
     /// Changes a group's membership on behalf of `actor`, who must be a member. Returns the conversation after the
@@ -441,6 +465,68 @@ impl Store {
 pub enum MemberChange<'a> {
     Add(&'a [i64]),
     Remove(i64),
+}
+
+/// What [`Store::create_group_once`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupCreate {
+    /// Made a new group.
+    Created(Conversation),
+    /// Found the group an earlier create with the same id and request made, as it is now.
+    Repeated(Conversation),
+    /// The id already made a group with another title or other members.
+    IdReused,
+    /// The id's group exists, but its creator is no longer a member.
+    CreatorLeft,
+}
+
+async fn insert_group(client: &impl GenericClient, creator: i64, title: &str, members: &[i64]) -> anyhow::Result<i64> {
+    let mut all: Vec<i64> = members.iter().copied().chain([creator]).collect();
+    all.sort_unstable();
+    all.dedup();
+    let id: i64 = client
+        .query_one("INSERT INTO messages.conversations (kind, title) VALUES ('group', $1) RETURNING id", &[&title])
+        .await
+        .context("creating a group")?
+        .get(0);
+    client
+        .execute(
+            "INSERT INTO messages.members (conversation_id, user_id) SELECT $1, unnest($2::bigint[])",
+            &[&id, &all],
+        )
+        .await
+        .context("adding group members")?;
+    Ok(id)
+}
+
+/// The outcome of a create whose id `creator` used before, or `None` if they did not.
+async fn repeated_group(
+    client: &impl GenericClient,
+    creator: i64,
+    client_group_id: &str,
+    title: &str,
+    members: &[i64],
+) -> anyhow::Result<Option<GroupCreate>> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT conversation_id, title, member_ids FROM messages.group_requests
+              WHERE creator_id = $1 AND client_group_id = $2",
+            &[&creator, &client_group_id],
+        )
+        .await
+        .context("finding a group's client id")?
+    else {
+        return Ok(None);
+    };
+    if row.get::<_, &str>(1) != title || row.get::<_, Vec<i64>>(2) != members {
+        return Ok(Some(GroupCreate::IdReused));
+    }
+    let conversation = conversation_with(client, row.get(0)).await?.context("a group made by a recorded create")?;
+    Ok(Some(if conversation.members.contains(&creator) {
+        GroupCreate::Repeated(conversation)
+    } else {
+        GroupCreate::CreatorLeft
+    }))
 }
 
 /// Why a membership change was refused.

@@ -1,5 +1,6 @@
 //! The group commit against the real PostgreSQL: dense seqs, exactly-once, no holes, no deadlocks, and batching
-//! that is visible in the database's own transaction ids.
+//! that is visible in the database's own transaction ids; and a group create's client id, which gives groups the
+//! same exactly-once effect, under a race.
 
 use std::{collections::HashSet, time::Duration};
 
@@ -8,7 +9,7 @@ use message_service::{
     commit::{CommitConnection, Committed, Committer, Send, commit, commit_with_retries},
     domain::{ClientMessageId, MessageBody},
     events::EventSink,
-    store::Store,
+    store::{GroupCreate, Store},
 };
 use tokio_postgres::NoTls;
 
@@ -602,4 +603,61 @@ async fn a_database_that_stops_answering_is_given_up_on_within_the_patience() {
         .expect("committed once the database answers");
     assert_eq!(next.seq, 2, "the send cut off while the database was silent was not stored");
     assert_eq!(seqs(&db, group).await, [1, 2]);
+}
+
+/// Two creates with one client id racing (two replicas serving a retry while the first call is still running):
+/// the one that commits second waits for the first, finds its group and drops its own, so the creator ends up
+/// with one group.
+#[tokio::test]
+async fn a_create_racing_one_with_the_same_client_id_returns_the_first_group() {
+    let db = database().await;
+    // The first create, held open just after recording its id.
+    let mut first = raw(&db).await;
+    let tx = first.transaction().await.unwrap();
+    let group: i64 = tx
+        .query_one("INSERT INTO messages.conversations (kind, title) VALUES ('group', 'club') RETURNING id", &[])
+        .await
+        .unwrap()
+        .get(0);
+    tx.execute("INSERT INTO messages.members (conversation_id, user_id) VALUES ($1, 1), ($1, 2)", &[&group])
+        .await
+        .unwrap();
+    tx.execute(
+        "INSERT INTO messages.group_requests (creator_id, client_group_id, conversation_id, title, member_ids)
+         VALUES (1, 'k', $1, 'club', ARRAY[2]::bigint[])",
+        &[&group],
+    )
+    .await
+    .unwrap();
+
+    let store = db.store.clone();
+    let second = tokio::spawn(async move { store.create_group_once(1, "k", "club", &[2]).await });
+    // The second has made its own group and now waits on the first's id.
+    let watcher = raw(&db).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while watcher
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%group_requests%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "the second create never waited for the first");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tx.commit().await.unwrap();
+
+    let outcome = tokio::time::timeout(Duration::from_secs(10), second).await.unwrap().unwrap().unwrap();
+    let GroupCreate::Repeated(conversation) = outcome else { panic!("expected the first group, got {outcome:?}") };
+    assert_eq!(conversation.id, group);
+    assert_eq!(conversation.members, [1, 2]);
+    let groups: i64 = watcher
+        .query_one("SELECT count(*) FROM messages.conversations WHERE kind = 'group'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(groups, 1, "the second create's own group was kept");
 }

@@ -72,9 +72,12 @@ impl Stack {
 
     /// A group created by `owner` with `members`.
     async fn group(&self, owner: i64, title: &str, members: Vec<i64>) -> Conversation {
-        self.call::<CreateGroup>(as_user(owner, CreateGroupRequest { title: title.into(), member_ids: members }))
-            .await
-            .unwrap()
+        self.call::<CreateGroup>(as_user(
+            owner,
+            CreateGroupRequest { title: title.into(), member_ids: members, client_group_id: None },
+        ))
+        .await
+        .unwrap()
     }
 
     async fn send(&self, user_id: i64, conversation_id: i64, client_id: &str, body: &str) -> Result<Message, ApiError> {
@@ -277,6 +280,59 @@ async fn members_are_added_removed_and_leave_and_only_members_may_act() {
     s.stop().await;
 }
 
+/// A create retried with its `clientGroupId` (its reply lost to a timeout or a reconnect) returns the group the
+/// first call made, once per creator; the id cannot be reused for another group.
+#[tokio::test]
+async fn a_group_create_retried_with_its_client_id_makes_one_group() {
+    let s = Stack::start().await;
+    let (ann, ben, cat) = (s.user("ann").await, s.user("ben").await, s.user("cat").await);
+    let create = |creator: i64, title: &str, members: Vec<i64>, key: &str| {
+        as_user(
+            creator,
+            CreateGroupRequest { title: title.into(), member_ids: members, client_group_id: Some(key.into()) },
+        )
+    };
+
+    let first = s.call::<CreateGroup>(create(ann, "club", vec![ben, cat], "g-1")).await.unwrap();
+    // The same request, written differently: members in another order, repeated, the creator named, the title
+    // padded. All of it reads as the same group.
+    let again = s.call::<CreateGroup>(create(ann, " club ", vec![cat, ben, cat, ann], "g-1")).await.unwrap();
+    assert_eq!(again, first);
+    let list = s.call::<ListConversations>(as_user(ann, ListConversationsRequest::default())).await.unwrap();
+    assert_eq!(list.conversations.len(), 1, "the retry made a second group");
+
+    // The id is the creator's own: another creator using it makes their own group.
+    let bens = s.call::<CreateGroup>(create(ben, "club", vec![ann, cat], "g-1")).await.unwrap();
+    assert_ne!(bens.id, first.id);
+
+    // Reused for another group: refused, and nothing is made.
+    for (title, members) in [("book club", vec![ben, cat]), ("club", vec![ben])] {
+        let reused = s.call::<CreateGroup>(create(ann, title, members, "g-1")).await.unwrap_err();
+        assert_eq!(reused.code, ErrorCode::Conflict, "{reused:?}");
+    }
+    // A create without an id makes a group every time, as before.
+    let plain = CreateGroupRequest { title: "club".into(), member_ids: vec![ben], client_group_id: None };
+    let one = s.call::<CreateGroup>(as_user(ann, plain.clone())).await.unwrap();
+    let two = s.call::<CreateGroup>(as_user(ann, plain)).await.unwrap();
+    assert_ne!(one.id, two.id);
+    let list = s.call::<ListConversations>(as_user(ann, ListConversationsRequest::default())).await.unwrap();
+    assert_eq!(list.conversations.len(), 4);
+
+    // A bad id is refused before anything is made.
+    for bad in ["", "has space", &"x".repeat(65)] {
+        let refused = s.call::<CreateGroup>(create(ann, "club", vec![ben], bad)).await.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Validation, "{bad:?}: {refused:?}");
+    }
+
+    // A retry after the creator left the group does not show it to them again.
+    s.call::<LeaveConversation>(as_user(ann, LeaveConversationRequest { conversation_id: first.id })).await.unwrap();
+    let gone = s.call::<CreateGroup>(create(ann, "club", vec![ben, cat], "g-1")).await.unwrap_err();
+    assert_eq!(gone.code, ErrorCode::Forbidden, "{gone:?}");
+    let list = s.call::<ListConversations>(as_user(ann, ListConversationsRequest::default())).await.unwrap();
+    assert_eq!(list.conversations.len(), 3);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn read_positions_only_move_forward_and_unread_counts_follow() {
     let s = Stack::start().await;
@@ -417,7 +473,10 @@ async fn a_caller_whose_account_does_not_exist_creates_no_conversation() {
     let ghost = 987_654;
 
     let group = s
-        .call::<CreateGroup>(as_user(ghost, CreateGroupRequest { title: "ghosts".into(), member_ids: vec![ann] }))
+        .call::<CreateGroup>(as_user(
+            ghost,
+            CreateGroupRequest { title: "ghosts".into(), member_ids: vec![ann], client_group_id: None },
+        ))
         .await
         .unwrap_err();
     assert_eq!(group.code, ErrorCode::Unauthorized, "{group:?}");

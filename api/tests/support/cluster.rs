@@ -171,6 +171,30 @@ impl Cluster {
         body["token"].as_str().expect("token").to_owned()
     }
 
+    /// A REST call through gateway `index` with `token`; returns the status and the body.
+    pub async fn post(&self, index: usize, token: &str, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.gateway(index)))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("json"))
+    }
+
+    /// The ids of every group, from the database itself.
+    pub async fn groups(&self) -> Vec<i64> {
+        use sqlx::Connection;
+        let mut connection = sqlx::PgConnection::connect(&self.db.url()).await.expect("connect");
+        sqlx::query_scalar("SELECT id FROM messages.conversations WHERE kind = 'group' ORDER BY id")
+            .fetch_all(&mut connection)
+            .await
+            .expect("query")
+    }
+
     /// Every stored message of a conversation as (seq, sender, client id), from the database itself.
     pub async fn stored(&self, conversation_id: i64) -> Vec<(i64, i64, String)> {
         use sqlx::Connection;

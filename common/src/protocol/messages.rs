@@ -148,6 +148,12 @@ pub struct CreateGroupRequest {
     pub title: String,
     /// Other members; the creator is always a member.
     pub member_ids: Vec<i64>,
+    /// Chosen by the creator (1 to [`MAX_CLIENT_MESSAGE_ID_CHARS`] of `A-Z a-z 0-9 - _`; use a UUID) so that
+    /// retrying is safe: the same id with the same title and members returns the group made the first time
+    /// instead of making a second one. Without it, every call makes a group.
+    #[serde(default)]
+    #[ts(optional)]
+    pub client_group_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]

@@ -12,8 +12,8 @@ use common::{
 
 use super::{Shared, internal, not_a_member};
 use crate::{
-    domain::{GroupTitle, positive_id},
-    store::{ListCursor, MemberChange, MembershipError},
+    domain::{ClientGroupId, GroupTitle, positive_id},
+    store::{GroupCreate, ListCursor, MemberChange, MembershipError},
 };
 
 const DEFAULT_PAGE: u32 = 50;
@@ -59,10 +59,32 @@ pub async fn create_group(
     if members.len() + 1 > MAX_GROUP_MEMBERS {
         return Err(ApiError::validation(format!("a group can have at most {MAX_GROUP_MEMBERS} members")));
     }
+    let client_group_id = request.client_group_id.map(ClientGroupId::parse).transpose()?;
     service.ensure_users_exist(user_id, &members, &ctx.request_id).await?;
-    let conversation = service.store.create_group(user_id, title.as_str(), &members).await.map_err(internal)?;
-    announce(&service, &conversation, None).await;
-    Ok(conversation)
+    let Some(client_group_id) = client_group_id else {
+        let conversation = service.store.create_group(user_id, title.as_str(), &members).await.map_err(internal)?;
+        announce(&service, &conversation, None).await;
+        return Ok(conversation);
+    };
+    let created = service
+        .store
+        .create_group_once(user_id, client_group_id.as_str(), title.as_str(), &members)
+        .await
+        .map_err(internal)?;
+    match created {
+        // A repeat is announced again: the first call's announcement may be what was lost (a crash after its
+        // commit). Members who had it get the same conversation twice, which changes nothing.
+        GroupCreate::Created(conversation) | GroupCreate::Repeated(conversation) => {
+            announce(&service, &conversation, None).await;
+            Ok(conversation)
+        }
+        GroupCreate::IdReused => {
+            Err(ApiError::conflict("that clientGroupId was already used for a group with another title or members"))
+        }
+        GroupCreate::CreatorLeft => {
+            Err(ApiError::forbidden("you are no longer a member of the group that clientGroupId made"))
+        }
+    }
 }
 
 #[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug, level = "info"))]

@@ -17,4 +17,10 @@ ids?: Array<number>, } | { "type": "getSelf", id: string, } | { "type": "createG
 /**
  * Other members; the creator is always a member.
  */
-memberIds: Array<number>, } | { "type": "addMembers", id: string, conversationId: number, userIds: Array<number>, } | { "type": "removeMember", id: string, conversationId: number, userId: number, } | { "type": "leaveConversation", id: string, conversationId: number, } | { "type": "getConversation", id: string, conversationId: number, } | { "type": "listConversations", id: string, before?: string, limit?: number, } | { "type": "markRead", id: string, conversationId: number, seq: number, } | { "type": "sync", id: string, heads: Array<Head>, };
+memberIds: Array<number>, 
+/**
+ * Chosen by the creator (1 to [`MAX_CLIENT_MESSAGE_ID_CHARS`] of `A-Z a-z 0-9 - _`; use a UUID) so that
+ * retrying is safe: the same id with the same title and members returns the group made the first time
+ * instead of making a second one. Without it, every call makes a group.
+ */
+clientGroupId?: string, } | { "type": "addMembers", id: string, conversationId: number, userIds: Array<number>, } | { "type": "removeMember", id: string, conversationId: number, userId: number, } | { "type": "leaveConversation", id: string, conversationId: number, } | { "type": "getConversation", id: string, conversationId: number, } | { "type": "listConversations", id: string, before?: string, limit?: number, } | { "type": "markRead", id: string, conversationId: number, seq: number, } | { "type": "sync", id: string, heads: Array<Head>, };

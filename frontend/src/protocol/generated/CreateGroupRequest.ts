@@ -4,4 +4,10 @@ export type CreateGroupRequest = { title: string,
 /**
  * Other members; the creator is always a member.
  */
-memberIds: Array<number>, };
+memberIds: Array<number>, 
+/**
+ * Chosen by the creator (1 to [`MAX_CLIENT_MESSAGE_ID_CHARS`] of `A-Z a-z 0-9 - _`; use a UUID) so that
+ * retrying is safe: the same id with the same title and members returns the group made the first time
+ * instead of making a second one. Without it, every call makes a group.
+ */
+clientGroupId?: string, };
