@@ -455,6 +455,32 @@ describe('App', () => {
       expect(within(newGroup).getByRole('alert').textContent).toBe('The server did not answer in time. Try again.'),
     );
   });
+
+  it('trying a group create again after no answer asks for the same group, so it is made once', async () => {
+    storedLogin();
+    const { server, user } = renderApp(entries(), { requestTimeoutMs: 50 });
+    await connected(server);
+    await user.click(screen.getByRole('button', { name: 'New group' }));
+    const dialog = screen.getByRole('dialog', { name: 'New group' });
+    await user.type(within(dialog).getByLabelText('Group name'), 'Book club');
+    await user.click(within(dialog).getByRole('button', { name: 'Create group' }));
+    await waitFor(() => expect(within(dialog).getByRole('alert').textContent).toBe('The server did not answer in time. Try again.'));
+    await user.click(within(dialog).getByRole('button', { name: 'Create group' }));
+    await waitFor(() => expect(server.current.requests('createGroup')).toHaveLength(2));
+    const [first, second] = server.current.requests('createGroup');
+    expect(first?.clientGroupId).toMatch(/^[A-Za-z0-9_-]{1,64}$/);
+    expect(second?.clientGroupId).toBe(first?.clientGroupId);
+
+    // Another name is another group: a new id, answered this time.
+    await waitFor(() => expect(within(dialog).getByRole('button', { name: 'Create group' })).toBeTruthy());
+    server.handlers.createGroup = (f) => conv(21, [alice.id, ...f.memberIds].sort(), 0, { kind: 'group', title: f.title });
+    await user.type(within(dialog).getByLabelText('Group name'), ' 2');
+    await user.click(within(dialog).getByRole('button', { name: 'Create group' }));
+    await waitFor(() => expect(screen.queryByRole('dialog')).toBeNull());
+    const third = server.current.lastRequest('createGroup');
+    expect(third).toMatchObject({ title: 'Book club 2' });
+    expect(third.clientGroupId).not.toBe(first?.clientGroupId);
+  });
 });
 
 describe('App session expiry', () => {

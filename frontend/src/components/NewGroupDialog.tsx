@@ -1,6 +1,7 @@
-import { type FormEvent, useId, useState } from 'react';
+import { type FormEvent, useId, useRef, useState } from 'react';
 import { asApiRequestError } from '../api/errors';
 import type { User } from '../protocol/generated/User';
+import { newClientId } from '../state/ids';
 import { MAX_TITLE_CHARS, isBlankText } from '../state/session';
 import { requestErrorText } from './format';
 import { Modal } from './Modal';
@@ -15,6 +16,10 @@ export function NewGroupDialog({ onClose }: { onClose: () => void }) {
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
   const titleId = useId();
+  // The last group asked for and its id: trying again after an error (a timeout, a lost connection) asks for the
+  // same group with the same id, so a first attempt that did go through is not made twice. A changed title or
+  // member list is another group, with a new id.
+  const attempt = useRef<{ request: string; clientGroupId: string } | null>(null);
 
   async function onSubmit(event: FormEvent) {
     event.preventDefault();
@@ -23,10 +28,14 @@ export function NewGroupDialog({ onClose }: { onClose: () => void }) {
       setError('Give the group a name.');
       return;
     }
+    const memberIds = members.map((m) => m.id);
+    const request = JSON.stringify([title.trim(), [...memberIds].sort((a, b) => a - b)]);
+    if (attempt.current?.request !== request) attempt.current = { request, clientGroupId: newClientId() };
+    const { clientGroupId } = attempt.current;
     setBusy(true);
     setError(null);
     try {
-      await session.createGroup(title, members.map((m) => m.id));
+      await session.createGroup(title, memberIds, clientGroupId);
       onClose();
     } catch (e) {
       const err = asApiRequestError(e);

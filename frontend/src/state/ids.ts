@@ -1,8 +1,8 @@
 /**
- * A random UUID v4 for a client message id. `crypto.randomUUID` only exists in secure contexts (https or
+ * A random UUID v4 for an id the client chooses (a send's `clientMessageId`, a group create's `clientGroupId`). `crypto.randomUUID` only exists in secure contexts (https or
  * localhost); served over plain http on a LAN address the app builds one from `getRandomValues`.
  */
-export function newClientMessageId(): string {
+export function newClientId(): string {
   const c = globalThis.crypto;
   if (typeof c?.randomUUID === 'function') return c.randomUUID();
   const bytes = new Uint8Array(16);

@@ -28,7 +28,7 @@ import {
   sortConversations,
   upsertEntry,
 } from './conversations';
-import { newClientMessageId } from './ids';
+import { newClientId } from './ids';
 import {
   type PendingSend,
   type PendingSends,
@@ -208,7 +208,7 @@ export class ChatSession {
   constructor(options: SessionOptions) {
     this.opts = options;
     this.now = options.now ?? Date.now;
-    this.newId = options.newId ?? newClientMessageId;
+    this.newId = options.newId ?? newClientId;
     this.pageSize = Math.min(options.pageSize ?? 50, MAX_PAGE);
     this.store = createChatStore(options.auth.user, { pending: this.loadPersistedPending(options.auth.user.id) });
     this.socket = new WarrenSocket({
@@ -999,8 +999,16 @@ export class ChatSession {
     void this.resolveUsers(ids);
   }
 
-  async createGroup(title: string, memberIds: readonly number[]): Promise<Conversation> {
-    const conversation = await this.request('createGroup', { title: title.trim(), memberIds: [...memberIds] }, { priority: 'high' });
+  /**
+   * Creates a group. Asking again with the same `clientGroupId`, title and members (after a timeout or a lost
+   * connection) returns the group the first call made, if it made one, instead of making a second.
+   */
+  async createGroup(title: string, memberIds: readonly number[], clientGroupId: string): Promise<Conversation> {
+    const conversation = await this.request(
+      'createGroup',
+      { title: title.trim(), memberIds: [...memberIds], clientGroupId },
+      { priority: 'high' },
+    );
     this.applyOwnConversation(conversation);
     this.select({ kind: 'conversation', id: conversation.id });
     return conversation;
