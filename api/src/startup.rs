@@ -127,6 +127,7 @@ pub fn router(state: AppState) -> Router {
         .route("/login", post(users::log_in))
         .route("/users", get(users::list_users))
         .route("/me", get(users::get_me))
+        .route("/refresh", post(users::refresh_token))
         .route("/conversations", get(conversations::list_conversations).post(conversations::create_group))
         .route("/conversations/{id}", get(conversations::get_conversation))
         .route(

@@ -4,7 +4,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use common::auth::{DEV_PRIVATE_KEY_PEM, TokenSigner};
+use common::auth::{DEV_PRIVATE_KEY_PEM, DEV_PUBLIC_KEY_PEM, Session, TokenSigner, TokenVerifier};
 use serde_json::{Value, json};
 use support::{Options, error_code, spawn_app, spawn_app_with};
 
@@ -332,5 +332,68 @@ async fn cors_allows_only_the_configured_web_origins() {
 
     assert_eq!(allowed.headers()["access-control-allow-origin"], "http://localhost:5173");
     assert!(refused.headers().get("access-control-allow-origin").is_none());
+    app.shutdown().await;
+}
+
+/// `POST /api/refresh`: a valid token buys a new one for the same session, which the gateway accepts; the session
+/// (the sign-in) is carried on, and it ends at the user-service's maximum age whatever the refreshes.
+#[tokio::test]
+async fn a_token_is_refreshed_for_the_same_session_until_the_session_is_too_old() {
+    let app = spawn_app().await;
+    let (token, user_id) = app.register("rita").await;
+    let verifier = TokenVerifier::from_public_pem(DEV_PUBLIC_KEY_PEM.as_bytes()).unwrap();
+    let refresh = |token: String| {
+        let request = app.http.post(app.url("/api/refresh")).bearer_auth(token).send();
+        async move {
+            let response = request.await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }
+    };
+
+    let (status, body) = refresh(token.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    // (Within the same second the new token is the old one again: the claims are the same.)
+    let fresh = body["token"].as_str().unwrap();
+    assert_eq!(body["user"]["id"], user_id);
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let (issued, expires) = (body["issuedAt"].as_i64().unwrap(), body["expiresAt"].as_i64().unwrap());
+    assert!((issued - now_ms).abs() < 10_000 && expires - issued == 3_600_000, "{body}");
+    let (first, second) = (verifier.verify(&token).unwrap(), verifier.verify(fresh).unwrap());
+    assert_eq!(second.signed_in_at, first.signed_in_at, "the refresh began a new session");
+    let me: Value = app.get_with_token("/api/me", fresh).await.json().await.unwrap();
+    assert_eq!(me["id"], user_id);
+
+    // The session's end caps the new token: signed in 30 days (the default maximum) less ten minutes ago.
+    let signer = TokenSigner::from_private_pem(DEV_PRIVATE_KEY_PEM.as_bytes()).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let old_session = |age: i64| {
+        let session =
+            Session { user_id, username: "rita", signed_in_at: now - age, max_age: Duration::from_secs(90 * 86_400) };
+        signer.sign_session(&session, Duration::from_secs(3_600), now).unwrap().token
+    };
+    let (status, body) = refresh(old_session(30 * 86_400 - 600)).await;
+    assert_eq!(status, 200, "{body}");
+    let end_ms = (now + 600) * 1000;
+    assert!((body["expiresAt"].as_i64().unwrap() - end_ms).abs() <= 2_000, "not capped at the session's end: {body}");
+
+    // Past it, no more tokens: sign in again.
+    let (status, body) = refresh(old_session(30 * 86_400 + 60)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("sign in again"), "{body}");
+
+    // A user who no longer exists, an expired token, and none at all.
+    let ghost = Session { user_id: 999_999, username: "ghost", signed_in_at: now, max_age: Duration::from_secs(3_600) };
+    let ghost = signer.sign_session(&ghost, Duration::from_secs(3_600), now).unwrap().token;
+    let expired = signer.sign(user_id, "rita", Duration::from_secs(60), now - 10_000).unwrap();
+    for bad in [ghost, expired] {
+        let (status, body) = refresh(bad).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")), "{body}");
+    }
+    let anonymous = app.http.post(app.url("/api/refresh")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    // It takes no body.
+    let with_body =
+        app.http.post(app.url("/api/refresh")).bearer_auth(&token).json(&json!({ "ttl": 1 })).send().await.unwrap();
+    assert_eq!(with_body.status(), 400);
     app.shutdown().await;
 }

@@ -220,6 +220,36 @@ async fn a_socket_is_closed_with_4001_when_its_token_expires() {
     app.shutdown().await;
 }
 
+/// A `refreshToken` answered on a socket gives the client a new token and the socket the new token's life: the
+/// socket that would have been closed at its first token's expiry stays open.
+#[tokio::test]
+async fn a_socket_that_refreshes_its_token_outlives_the_first_token() {
+    let mut options = Options::default();
+    options.gateway.ws.ping_interval = Duration::from_millis(300);
+    let app = spawn_app_with(options).await;
+    let (_, user_id) = app.register("iris").await;
+    // Accepted for about five more seconds, as in the test above.
+    let signer = TokenSigner::from_private_pem(DEV_PRIVATE_KEY_PEM.as_bytes()).unwrap();
+    let issued = chrono::Utc::now().timestamp() - 100;
+    let token = signer.sign(user_id, "iris", Duration::from_secs(45), issued).unwrap();
+    let (mut client, _) = WsClient::authenticated(&app, &token).await;
+
+    let stray = client.call("refreshToken", json!({ "ttl": 99 })).await;
+    assert_eq!(error_code(&stray), "bad_request", "{stray}");
+    let refreshed = client.call("refreshToken", json!({})).await;
+    assert_eq!(refreshed["result"]["op"], "refreshToken", "{refreshed}");
+    let fresh = refreshed["result"]["data"]["token"].as_str().unwrap();
+    assert_ne!(fresh, token);
+    assert_eq!(refreshed["result"]["data"]["user"]["id"], user_id);
+
+    // Past the first token's five seconds and a few pings: still open, still answering.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let me = client.call("getSelf", json!({})).await;
+    assert_eq!(me["result"]["data"]["id"], user_id, "the socket was cut off with its first token: {me}");
+    client.close().await;
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn users_and_self_can_be_fetched_over_the_socket() {
     let app = spawn_app().await;

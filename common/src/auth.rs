@@ -48,6 +48,11 @@ pub struct Claims {
     pub exp: i64,
     /// The username at the time of issue, so the gateway can show it without asking user-service.
     pub name: String,
+    /// When the session began: the sign-in (Unix seconds) that the first of its tokens was issued for. Refreshed
+    /// tokens carry it on, which bounds how long refreshing can keep a session alive. Tokens signed before
+    /// refreshing existed lack it; their `iat` stands in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<i64>,
 }
 
 /// The identity a valid token proves.
@@ -59,6 +64,8 @@ pub struct VerifiedUser {
     /// The last moment (Unix seconds) the token is accepted: its `exp` plus the clock-skew leeway. A session
     /// opened with it (a WebSocket) ends then.
     pub valid_until: i64,
+    /// When the session's sign-in happened (Unix seconds): `auth_time`, or `iat` for older tokens.
+    pub signed_in_at: i64,
 }
 
 impl VerifiedUser {
@@ -105,6 +112,9 @@ pub enum AuthError {
     /// The crypto backend failed to sign.
     #[error("could not sign token")]
     Signing(#[source] jsonwebtoken::errors::Error),
+    /// The session began longer ago than the longest a session may last: no more tokens for it.
+    #[error("the session is too old to be refreshed")]
+    SessionTooOld,
 }
 
 /// Checks session tokens against the Ed25519 public key. Cheap to share (`Arc`) across connections.
@@ -145,7 +155,8 @@ impl TokenVerifier {
 
         let user_id = parse_user_id(&claims.sub)?;
         let valid_until = claims.exp.saturating_add(CLOCK_SKEW_LEEWAY_SECS as i64);
-        Ok(VerifiedUser { user_id, username: claims.name, valid_until })
+        let signed_in_at = claims.auth_time.unwrap_or(claims.iat);
+        Ok(VerifiedUser { user_id, username: claims.name, valid_until, signed_in_at })
     }
 }
 
@@ -168,18 +179,57 @@ impl TokenSigner {
         Ok(Self { key })
     }
 
-    /// Signs a token for `user_id` valid from `now` (Unix seconds) for `ttl`.
+    /// Signs a token for `user_id` valid from `now` (Unix seconds) for `ttl`, beginning a session at `now`.
     ///
     /// `now` is passed in rather than read so callers (and tests) control the clock.
     pub fn sign(&self, user_id: i64, username: &str, ttl: Duration, now: i64) -> Result<String, AuthError> {
-        if user_id <= 0 {
+        let session = Session { user_id, username, signed_in_at: now, max_age: ttl };
+        self.sign_session(&session, ttl, now).map(|signed| signed.token)
+    }
+
+    /// Signs a token of `session` valid from `now` for `ttl`, or less: never past the session's end
+    /// (`signed_in_at + max_age`). A session already at its end gets [`AuthError::SessionTooOld`].
+    pub fn sign_session(&self, session: &Session<'_>, ttl: Duration, now: i64) -> Result<SignedToken, AuthError> {
+        if session.user_id <= 0 {
             return Err(AuthError::InvalidSubject);
         }
-        let ttl = i64::try_from(ttl.as_secs()).map_err(|_| AuthError::InvalidLifetime)?;
-        let exp = now.checked_add(ttl).ok_or(AuthError::InvalidLifetime)?;
-        let claims = Claims { sub: user_id.to_string(), iat: now, exp, name: username.to_owned() };
-        jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.key).map_err(AuthError::Signing)
+        let seconds = |d: Duration| i64::try_from(d.as_secs()).map_err(|_| AuthError::InvalidLifetime);
+        let exp = now.checked_add(seconds(ttl)?).ok_or(AuthError::InvalidLifetime)?;
+        let end = session.signed_in_at.checked_add(seconds(session.max_age)?).ok_or(AuthError::InvalidLifetime)?;
+        let exp = exp.min(end);
+        if exp <= now {
+            return Err(AuthError::SessionTooOld);
+        }
+        let claims = Claims {
+            sub: session.user_id.to_string(),
+            iat: now,
+            exp,
+            name: session.username.to_owned(),
+            auth_time: Some(session.signed_in_at),
+        };
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.key).map_err(AuthError::Signing)?;
+        Ok(SignedToken { token, issued_at: now, expires_at: exp })
     }
+}
+
+/// Whose tokens [`TokenSigner::sign_session`] signs: one sign-in and how long it may be kept going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session<'a> {
+    pub user_id: i64,
+    pub username: &'a str,
+    /// Unix seconds.
+    pub signed_in_at: i64,
+    /// The longest the session lasts, refreshes included.
+    pub max_age: Duration,
+}
+
+/// A signed token and its times (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedToken {
+    pub token: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
 }
 
 fn parse_user_id(sub: &str) -> Result<i64, AuthError> {
@@ -243,7 +293,7 @@ MC4CAQAwBQYDK2VwBCIEIPVRKt7z2KhSeu93Dhk+LDkHk8WgW//HVLXp7MHbAg3J
         let user = verifier().verify(&token).unwrap();
 
         let valid_until = issued + 3600 + CLOCK_SKEW_LEEWAY_SECS as i64;
-        assert_eq!(user, VerifiedUser { user_id: 42, username: "alice".into(), valid_until });
+        assert_eq!(user, VerifiedUser { user_id: 42, username: "alice".into(), valid_until, signed_in_at: issued });
         assert_eq!(user.lifetime_left(issued as u64), Duration::from_secs(3600 + CLOCK_SKEW_LEEWAY_SECS));
         assert_eq!(user.lifetime_left(valid_until as u64 + 1), Duration::ZERO);
     }
@@ -281,7 +331,7 @@ MC4CAQAwBQYDK2VwBCIEIPVRKt7z2KhSeu93Dhk+LDkHk8WgW//HVLXp7MHbAg3J
 
     #[test]
     fn an_hs256_token_is_refused_even_when_keyed_with_the_public_key() {
-        let claims = Claims { sub: "42".into(), iat: now(), exp: now() + 3600, name: "alice".into() };
+        let claims = Claims { sub: "42".into(), iat: now(), exp: now() + 3600, name: "alice".into(), auth_time: None };
         for secret in [b"some secret".as_slice(), DEV_PUBLIC_KEY_PEM.as_bytes()] {
             let token =
                 jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))
@@ -350,6 +400,39 @@ MC4CAQAwBQYDK2VwBCIEIPVRKt7z2KhSeu93Dhk+LDkHk8WgW//HVLXp7MHbAg3J
         for token in ["", ".", "..", "a.b.c", "not a token", "eyJ.eyJ.sig"] {
             assert!(verifier().verify(token).is_err(), "token {token:?}");
         }
+    }
+
+    #[test]
+    fn a_refreshed_token_keeps_its_sessions_sign_in_and_never_outlives_the_session() {
+        let now = now();
+        let signed_in_at = now - 3 * 3600;
+        let session = Session { user_id: 42, username: "alice", signed_in_at, max_age: 4 * HOUR };
+
+        // Three hours in, an hour-long token fits in the session's four.
+        let refreshed = signer().sign_session(&session, HOUR, now).unwrap();
+        assert_eq!((refreshed.issued_at, refreshed.expires_at), (now, now + 3600));
+        let user = verifier().verify(&refreshed.token).unwrap();
+        assert_eq!(user.signed_in_at, signed_in_at, "the refresh began a new session");
+
+        // A day-long one is cut at the session's end.
+        let capped = signer().sign_session(&session, 24 * HOUR, now).unwrap();
+        assert_eq!(capped.expires_at, signed_in_at + 4 * 3600);
+        assert_eq!(
+            verifier().verify(&capped.token).unwrap().valid_until,
+            capped.expires_at + CLOCK_SKEW_LEEWAY_SECS as i64
+        );
+
+        // At its end, none.
+        let over = Session { signed_in_at: now - 4 * 3600, ..session };
+        assert!(matches!(signer().sign_session(&over, HOUR, now), Err(AuthError::SessionTooOld)));
+    }
+
+    #[test]
+    fn a_token_from_before_refreshing_existed_counts_its_issue_as_the_sign_in() {
+        let issued = now() - 60;
+        let token = sign_raw(&serde_json::json!({ "sub": "42", "iat": issued, "exp": now() + 3600, "name": "alice" }));
+
+        assert_eq!(verifier().verify(&token).unwrap().signed_in_at, issued);
     }
 
     #[test]

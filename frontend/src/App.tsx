@@ -4,11 +4,18 @@ import type { WebSocketFactory } from './api/ws';
 import { AuthScreen } from './components/AuthScreen';
 import { ChatShell } from './components/ChatShell';
 import { SessionContext } from './components/SessionContext';
-import { EXPIRY_MARGIN_MS, type StorageLike, type StoredAuth, clearAuth, loadAuth, safeLocalStorage, saveAuth } from './state/auth';
+import type { AuthResponse } from './protocol/generated/AuthResponse';
+import {
+  EXPIRY_MARGIN_MS,
+  MAX_TIMER_MS,
+  type StorageLike,
+  type StoredAuth,
+  clearAuth,
+  loadAuth,
+  safeLocalStorage,
+  saveAuth,
+} from './state/auth';
 import { ChatSession, type SessionOptions } from './state/session';
-
-/** setTimeout's delay is a signed 32-bit number of milliseconds. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export interface AppProps {
   rest?: RestClient;
@@ -22,20 +29,54 @@ export interface AppProps {
 export function App({ rest: restProp, storage: storageProp, createSocket, socketUrl, sessionOptions }: AppProps) {
   const [rest] = useState(() => restProp ?? createRestClient());
   const [storage] = useState(() => storageProp ?? safeLocalStorage());
+  /** This tab's token: the one its session connects with (refreshed in place, so not always the stored one). */
   const [auth, setAuth] = useState<StoredAuth | null>(() => loadAuth(storage));
+  /** Counts the sessions started for the same user: a new one starts when this tab takes over another's token. */
+  const [generation, setGeneration] = useState(0);
   const [notice, setNotice] = useState<string | null>(null);
 
-  const logout = useCallback(
-    (reason: string | null) => {
-      clearAuth(storage);
+  /** "Log out": in every tab. */
+  const logout = useCallback(() => {
+    clearAuth(storage);
+    setAuth(null);
+    setNotice(null);
+  }, [storage]);
+
+  /**
+   * This tab's token is over: expired, or refused by the gateway. Another tab may have kept the same user's
+   * session going meanwhile (it refreshed while this one slept, or while this one's refreshes failed): then carry
+   * on with its stored token, in a new session, rather than log every tab out. Otherwise log out here, clearing
+   * the stored token only if it is this tab's own, or not valid: another tab's is that tab's business.
+   */
+  const sessionOver = useCallback(
+    (current: StoredAuth, reason: string) => {
+      const stored = loadAuth(storage);
+      if (stored && stored.user.id === current.user.id && stored.token !== current.token) {
+        setAuth(stored);
+        setGeneration((n) => n + 1);
+        return;
+      }
+      if (!stored || stored.token === current.token) clearAuth(storage);
       setAuth(null);
       setNotice(reason);
     },
     [storage],
   );
 
-  // The token's lifetime is the session's: log out when it expires (checking again after setTimeout's longest
-  // delay, for tokens that live longer than that).
+  /** The session refreshed this tab's token. */
+  const refreshed = useCallback(
+    (next: AuthResponse) => {
+      // Saved for reloads and new tabs, unless another tab logged out or in as someone else meanwhile (its storage
+      // event is on its way here) or saved a newer token of its own.
+      const stored = loadAuth(storage);
+      if (stored && stored.user.id === next.user.id && stored.expiresAt <= next.expiresAt) saveAuth(storage, next);
+      setAuth(next);
+    },
+    [storage],
+  );
+
+  // The token's lifetime is the session's (the session refreshes it in time, while it can): it is over when the
+  // token expires (checking again after setTimeout's longest delay, for tokens that live longer than that).
   const [expiryCheck, setExpiryCheck] = useState(0);
   useEffect(() => {
     if (!auth) return;
@@ -43,16 +84,17 @@ export function App({ rest: restProp, storage: storageProp, createSocket, socket
     const timer =
       ms > MAX_TIMER_MS
         ? setTimeout(() => setExpiryCheck((n) => n + 1), MAX_TIMER_MS)
-        : setTimeout(() => logout('Your session expired. Please log in again.'), ms);
+        : setTimeout(() => sessionOver(auth, 'Your session expired. Please log in again.'), ms);
     return () => clearTimeout(timer);
-  }, [auth, logout, expiryCheck]);
+  }, [auth, sessionOver, expiryCheck]);
 
-  // Logging in or out in another tab does the same here.
+  // Logging in or out in another tab does the same here. Another token of the same user (that tab refreshed, or
+  // signed in again) changes nothing: this tab's socket lives by this tab's own token, which it refreshes itself.
   useEffect(() => {
     const onStorage = (event: StorageEvent) => {
       if (event.key !== null && event.key !== 'warren.auth') return;
       const next = loadAuth(storage);
-      setAuth((current) => (current?.token === next?.token ? current : next));
+      setAuth((current) => (current && next && current.user.id === next.user.id ? current : next));
     };
     window.addEventListener('storage', onStorage);
     return () => window.removeEventListener('storage', onStorage);
@@ -72,8 +114,9 @@ export function App({ rest: restProp, storage: storageProp, createSocket, socket
     );
   }
   return (
+    // Not keyed by the token: a refreshed one must not remount the chat (its state, its socket).
     <ChatApp
-      key={auth.token}
+      key={`${auth.user.id}/${generation}`}
       auth={auth}
       options={{
         rest,
@@ -82,7 +125,9 @@ export function App({ rest: restProp, storage: storageProp, createSocket, socket
         ...(socketUrl ? { socketUrl } : {}),
         ...sessionOptions,
       }}
-      onLogout={(reason) => logout(reason)}
+      onAuthRefreshed={refreshed}
+      onSessionOver={(reason) => sessionOver(auth, reason)}
+      onLogout={logout}
     />
   );
 }
@@ -90,21 +135,28 @@ export function App({ rest: restProp, storage: storageProp, createSocket, socket
 function ChatApp({
   auth,
   options,
+  onAuthRefreshed,
+  onSessionOver,
   onLogout,
 }: {
+  /** The token to start with; the session refreshes it itself. */
   auth: StoredAuth;
   options: Partial<SessionOptions>;
-  onLogout: (reason: string | null) => void;
+  onAuthRefreshed: (next: AuthResponse) => void;
+  onSessionOver: (reason: string) => void;
+  onLogout: () => void;
 }) {
   const [session] = useState(
     () =>
       new ChatSession({
         ...options,
         auth,
-        onUnauthorized: () => onLogoutRef.current('Your session ended. Please log in again.'),
+        onAuthRefreshed: (next) => onAuthRefreshedRef.current(next),
+        onUnauthorized: () => onSessionOverRef.current('Your session ended. Please log in again.'),
       }),
   );
-  const onLogoutRef = useLatest(onLogout);
+  const onAuthRefreshedRef = useLatest(onAuthRefreshed);
+  const onSessionOverRef = useLatest(onSessionOver);
 
   useEffect(() => {
     session.start();
@@ -117,7 +169,7 @@ function ChatApp({
         onLogout={() => {
           session.stop();
           session.discardLocalData();
-          onLogout(null);
+          onLogout();
         }}
       />
     </SessionContext.Provider>

@@ -20,8 +20,10 @@ pub struct Settings {
     pub db_max_connections: u32,
     /// `WARREN_JWT_PRIVATE_KEY` or `_FILE`: the Ed25519 signing key (PEM, PKCS#8). Required in production.
     pub jwt_private_key_pem: Secret<String>,
-    /// `WARREN_TOKEN_TTL_SECS`, default one day.
+    /// `WARREN_TOKEN_TTL_SECS`, default one day: how long one token is accepted.
     pub token_ttl: Duration,
+    /// `WARREN_SESSION_MAX_AGE_SECS`, default 30 days: how long `refreshToken` keeps a sign-in going.
+    pub session_max_age: Duration,
     /// `WARREN_USER_PREFETCH`, default 32: requests of one operation a replica holds at once.
     pub prefetch: u16,
 }
@@ -39,6 +41,12 @@ impl Settings {
         if environment == Environment::Production && jwt_private_key_pem.expose().trim() == DEV_PRIVATE_KEY_PEM.trim() {
             bail!("the development JWT key must not be used in production");
         }
+        let token_ttl = Duration::from_secs(env_parse("WARREN_TOKEN_TTL_SECS", 86_400)?);
+        let session_max_age = Duration::from_secs(env_parse("WARREN_SESSION_MAX_AGE_SECS", 30 * 86_400)?);
+        // Zero would make every sign-in fail; a session shorter than a token only shortens its tokens.
+        if token_ttl.is_zero() || session_max_age.is_zero() {
+            bail!("WARREN_TOKEN_TTL_SECS and WARREN_SESSION_MAX_AGE_SECS must be at least 1");
+        }
         Ok(Self {
             environment,
             instance_id: env_or("WARREN_INSTANCE_ID", &default_instance_id()),
@@ -46,7 +54,8 @@ impl Settings {
             database_url: database_url(),
             db_max_connections: env_parse("WARREN_USER_DB_MAX_CONNECTIONS", 10)?,
             jwt_private_key_pem,
-            token_ttl: Duration::from_secs(env_parse("WARREN_TOKEN_TTL_SECS", 86_400)?),
+            token_ttl,
+            session_max_age,
             prefetch: env_parse("WARREN_USER_PREFETCH", 32)?,
         })
     }
@@ -61,6 +70,7 @@ impl Settings {
             db_max_connections: 5,
             jwt_private_key_pem: Secret::new(DEV_PRIVATE_KEY_PEM.to_owned()),
             token_ttl: Duration::from_secs(3_600),
+            session_max_age: Duration::from_secs(30 * 86_400),
             prefetch: 32,
         }
     }

@@ -7,7 +7,7 @@ use anyhow::Context;
 use common::{
     amqp::{Broker, RpcServer},
     auth::TokenSigner,
-    protocol::users::{GetSelf, GetUsers, Login, Register, ResolveUsers},
+    protocol::users::{GetSelf, GetUsers, Login, RefreshToken, Register, ResolveUsers},
 };
 use sqlx::postgres::PgPoolOptions;
 
@@ -43,6 +43,7 @@ impl Application {
             hasher: PasswordHasher::new(),
             signer,
             token_ttl: settings.token_ttl,
+            session_max_age: settings.session_max_age,
         });
         let broker = Broker::start(&settings.amqp, format!("user-service {}", settings.instance_id));
         Ok(Self { service, broker, prefetch: settings.prefetch, instance_id: settings.instance_id })
@@ -62,6 +63,7 @@ impl Application {
             .handle_with::<Login, _, _, _>(&s, handlers::log_in)
             .handle_with::<GetUsers, _, _, _>(&s, handlers::list_users)
             .handle_with::<GetSelf, _, _, _>(&s, handlers::get_self)
+            .handle_with::<RefreshToken, _, _, _>(&s, handlers::refresh_token)
             .handle_with::<ResolveUsers, _, _, _>(&s, handlers::resolve_users);
         server.run(stop).await;
         self.broker.close().await;

@@ -1,5 +1,5 @@
-//! `POST /api/register`, `POST /api/login`, `GET /api/users`, `GET /api/me`: thin translations to the
-//! user-service's RPCs. Validation of names and passwords happens there, in one place.
+//! `POST /api/register`, `POST /api/login`, `POST /api/refresh`, `GET /api/users`, `GET /api/me`: thin
+//! translations to the user-service's RPCs. Validation of names and passwords happens there, in one place.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -8,14 +8,14 @@ use axum::{
     http::{HeaderMap, StatusCode},
 };
 use common::protocol::users::{
-    AuthResponse, GetSelf, GetSelfRequest, GetUsers, GetUsersRequest, Login, LoginRequest, Register, RegisterRequest,
-    User, UsersPage,
+    AuthResponse, GetSelf, GetSelfRequest, GetUsers, GetUsersRequest, Login, LoginRequest, RefreshToken,
+    RefreshTokenRequest, Register, RegisterRequest, User, UsersPage,
 };
 
 use crate::{
     auth::AuthUser,
     error::{ApiJson, HttpError},
-    fields::{StrictJson, StrictQuery},
+    fields::{NoBody, StrictJson, StrictQuery},
     request_id::ReqId,
     state::AppState,
 };
@@ -59,6 +59,13 @@ pub async fn list_users(
 #[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id), err(Debug, level = "info"))]
 pub async fn get_me(State(state): State<AppState>, user: AuthUser, id: ReqId) -> Reply<User> {
     Ok(ApiJson(state.call::<GetSelf>(&id.0, &GetSelfRequest { user_id: user.0.user_id }).await?))
+}
+
+/// A new token for the caller's session (see `RefreshTokenRequest`): the bearer token must still be valid.
+#[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id), err(Debug, level = "info"))]
+pub async fn refresh_token(State(state): State<AppState>, user: AuthUser, id: ReqId, _: NoBody) -> Reply<AuthResponse> {
+    let request = RefreshTokenRequest { user_id: user.0.user_id, signed_in_at: user.0.signed_in_at };
+    Ok(ApiJson(state.call::<RefreshToken>(&id.0, &request).await?))
 }
 
 /// The client's address for rate limiting: the peer, or the first `X-Forwarded-For` hop when configured to

@@ -17,7 +17,7 @@ use common::{
     protocol::{
         ApiError, ErrorCode,
         users::{GetSelf, GetSelfRequest, User},
-        ws::{ClientFrame, ServerFrame, close},
+        ws::{ClientFrame, ReplyData, ServerFrame, close},
     },
 };
 use futures_util::{SinkExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
@@ -104,7 +104,7 @@ pub async fn run(mut socket: WebSocket, connection: Connection) {
                     in_flight: FuturesUnordered::new(),
                 };
                 match session.write_frame(&ready).await {
-                    Ok(()) => session.serve(&verified, &id).await,
+                    Ok(()) => session.serve(verified, &id).await,
                     Err(end) => end,
                 }
             }
@@ -182,7 +182,7 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    async fn serve(&mut self, user: &VerifiedUser, connection: &str) -> End {
+    async fn serve(&mut self, mut user: VerifiedUser, connection: &str) -> End {
         let settings = &self.state.settings().ws;
         let mut idle = pin!(sleep(settings.idle_timeout));
         let mut ping = tokio::time::interval_at(Instant::now() + settings.ping_interval, settings.ping_interval);
@@ -202,7 +202,7 @@ impl Session<'_> {
                                     Ok(Admitted::Request(frame)) => {
                                         requests += 1;
                                         let request_id = format!("{connection}-{requests}");
-                                        self.start(user, request_id, frame);
+                                        self.start(&user, request_id, frame);
                                         Ok(())
                                     }
                                     Ok(Admitted::Refused(error)) => self.write_frame(&error).await,
@@ -215,7 +215,10 @@ impl Session<'_> {
                     Err(end) => Err(end),
                 },
                 Some(reply) = self.in_flight.next(), if !self.in_flight.is_empty() => match reply {
-                    Some(reply) => self.write_reply(reply).await,
+                    Some(reply) => {
+                        self.adopt_refreshed_token(&mut user, &reply);
+                        self.write_reply(reply).await
+                    }
                     None => Ok(()),
                 },
                 Some(first) = self.registration.outbound.recv() => self.write_queued(first).await,
@@ -303,6 +306,22 @@ impl Session<'_> {
             id: frame.id().map(str::to_owned),
             error: ApiError::new(ErrorCode::RateLimited, format!("too many requests in flight (at most {max})")),
         }))
+    }
+
+    /// A `refreshToken` reply carries a new token for this session: from now on the socket lasts as long as that
+    /// token would be accepted, so a client that refreshes in time is never cut off.
+    fn adopt_refreshed_token(&self, user: &mut VerifiedUser, reply: &ServerFrame) {
+        let ServerFrame::Reply { result: ReplyData::RefreshToken(auth), .. } = reply else { return };
+        match self.state.authenticate(&auth.token) {
+            Ok(refreshed) if refreshed.user_id == user.user_id => *user = refreshed,
+            Ok(refreshed) => {
+                tracing::error!(
+                    other = refreshed.user_id,
+                    "a refreshed token is for another user; the socket keeps its own"
+                );
+            }
+            Err(error) => tracing::error!(%error, "a refreshed token does not verify; the socket keeps its own"),
+        }
     }
 
     async fn write_reply(&mut self, reply: ServerFrame) -> Result<(), End> {

@@ -12,7 +12,7 @@ use common::{
             AddMembers, AsUser, CreateGroup, GetConversation, GetMessages, LeaveConversation, ListConversations,
             MarkRead, Message, RemoveMember, SendMessageRequest, Sync,
         },
-        users::{GetSelf, GetSelfRequest, GetUsers},
+        users::{GetSelf, GetSelfRequest, GetUsers, RefreshToken, RefreshTokenRequest},
         ws::{ClientFrame, Pong, ReplyData, ServerFrame},
     },
 };
@@ -29,6 +29,11 @@ pub async fn handle(state: AppState, user: VerifiedUser, request_id: String, fra
         ClientFrame::Auth { .. } => Err(ApiError::bad_request("already authenticated")),
         ClientFrame::Ping { .. } => Ok(ReplyData::Ping(Pong { server_time: chrono::Utc::now().timestamp_millis() })),
         ClientFrame::GetSelf { .. } => call.plain::<GetSelf>(GetSelfRequest { user_id }).await.map(ReplyData::GetSelf),
+        // The socket adopts the new token's lifetime when this reply is written (see `connection`).
+        ClientFrame::RefreshToken { .. } => call
+            .plain::<RefreshToken>(RefreshTokenRequest { user_id, signed_in_at: user.signed_in_at })
+            .await
+            .map(ReplyData::RefreshToken),
         ClientFrame::GetUsers { request, .. } => call.plain::<GetUsers>(request).await.map(ReplyData::GetUsers),
         ClientFrame::SendMessage { request, .. } => call.send(request).await.map(ReplyData::SendMessage),
         ClientFrame::GetMessages { request, .. } => {

@@ -61,6 +61,7 @@ pub const OPERATIONS: &[(&str, Service)] = &[
     ("login", Service::User),
     ("getUsers", Service::User),
     ("getSelf", Service::User),
+    ("refreshToken", Service::User),
     ("resolveUsers", Service::User),
     ("sendMessage", Service::Message),
     ("sendMessages", Service::Message),

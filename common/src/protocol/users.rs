@@ -1,4 +1,4 @@
-//! The user-service's operations: `register`, `login`, `getUsers`, `getSelf`, `resolveUsers`.
+//! The user-service's operations: `register`, `login`, `refreshToken`, `getUsers`, `getSelf`, `resolveUsers`.
 //!
 //! Requests carry raw strings: the user-service parses them into its domain types (`Username`, `Password`) and
 //! answers `validation` when a rule is broken, so the rules live in one place.
@@ -35,15 +35,29 @@ pub struct LoginRequest {
     pub password: String,
 }
 
-/// The answer to `register` and `login`: the user and a bearer token for every later request.
+/// The answer to `register`, `login` and `refreshToken`: the user and a bearer token for every later request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
 #[serde(rename_all = "camelCase")]
 #[ts(export)]
 pub struct AuthResponse {
     pub user: User,
     pub token: String,
+    /// When the token was signed, in milliseconds since the Unix epoch (by the server's clock, like `expiresAt`).
+    /// Clients refresh a token once half of its life is gone.
+    pub issued_at: i64,
     /// When the token stops being accepted, in milliseconds since the Unix epoch.
     pub expires_at: i64,
+}
+
+/// Sent by the gateway for a caller whose token it verified: a new token for the same session. A session is
+/// what one sign-in (`register` or `login`) began; refreshing keeps it going up to the user-service's
+/// `WARREN_SESSION_MAX_AGE_SECS`, then the user signs in again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshTokenRequest {
+    pub user_id: i64,
+    /// When the session's sign-in happened, Unix seconds (the verified token's `auth_time`).
+    pub signed_in_at: i64,
 }
 
 /// One page of users, ordered by id. `after` is the last id of the previous page.
@@ -124,6 +138,7 @@ operation!(Register, "register", RegisterRequest => AuthResponse);
 operation!(Login, "login", LoginRequest => AuthResponse);
 operation!(GetUsers, "getUsers", GetUsersRequest => UsersPage);
 operation!(GetSelf, "getSelf", GetSelfRequest => User);
+operation!(RefreshToken, "refreshToken", RefreshTokenRequest => AuthResponse);
 operation!(ResolveUsers, "resolveUsers", ResolveUsersRequest => Vec<User>);
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use super::{
         MarkReadRequest, Message, MessagesPage, ReadPosition, RemoveMemberRequest, SendMessageRequest, SyncRequest,
         SyncResponse,
     },
-    users::{GetUsersRequest, User, UsersPage},
+    users::{AuthResponse, GetUsersRequest, User, UsersPage},
 };
 
 /// Longest request id a client may choose.
@@ -59,6 +59,10 @@ pub enum ClientFrame {
         request: GetUsersRequest,
     },
     GetSelf {
+        id: String,
+    },
+    /// A new token for this session; the socket then lasts as long as the new token.
+    RefreshToken {
         id: String,
     },
     CreateGroup {
@@ -113,6 +117,7 @@ impl ClientFrame {
             | ClientFrame::GetMessages { id, .. }
             | ClientFrame::GetUsers { id, .. }
             | ClientFrame::GetSelf { id }
+            | ClientFrame::RefreshToken { id }
             | ClientFrame::CreateGroup { id, .. }
             | ClientFrame::AddMembers { id, .. }
             | ClientFrame::RemoveMember { id, .. }
@@ -135,6 +140,7 @@ pub enum ReplyData {
     GetMessages(MessagesPage),
     GetUsers(UsersPage),
     GetSelf(User),
+    RefreshToken(AuthResponse),
     CreateGroup(Conversation),
     AddMembers(Conversation),
     RemoveMember(Conversation),

@@ -1,6 +1,6 @@
 import { act, render, screen, waitFor, within } from '@testing-library/react';
 import userEvent from '@testing-library/user-event';
-import { afterEach, describe, expect, it, vi } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { App } from '../App';
 import { dayLabel } from './format';
 import type { RestClient } from '../api/rest';
@@ -12,12 +12,12 @@ import { alice, bob, carol, conv, entry, msg } from '../test/fixtures';
 
 const users = [alice, bob, carol];
 
-function storedLogin(expiresAt = Date.now() + 3_600_000) {
-  window.localStorage.setItem('warren.auth', JSON.stringify({ user: alice, token: 'tok-1', expiresAt }));
+function storedLogin(expiresAt = Date.now() + 3_600_000, issuedAt = Date.now()) {
+  window.localStorage.setItem('warren.auth', JSON.stringify({ user: alice, token: 'tok-1', issuedAt, expiresAt }));
 }
 
 const rest: RestClient = {
-  login: vi.fn(async () => ({ user: alice, token: 'tok-2', expiresAt: Date.now() + 3_600_000 })),
+  login: vi.fn(async () => ({ user: alice, token: 'tok-2', issuedAt: Date.now(), expiresAt: Date.now() + 3_600_000 })),
   register: vi.fn(),
   me: vi.fn(),
   getUsers: vi.fn(async () => ({ users: [] })),
@@ -483,21 +483,196 @@ describe('App', () => {
   });
 });
 
-describe('App session expiry', () => {
-  it('logs out when the token expires', async () => {
+describe('App session expiry and refresh', () => {
+  beforeEach(() => {
     vi.useFakeTimers({ shouldAdvanceTime: true });
-    try {
-      storedLogin(Date.now() + 65_000);
-      const { server } = renderApp(entries());
-      await connected(server);
-      expect(screen.queryByRole('heading', { name: 'Welcome back' })).toBeNull();
-      await act(async () => {
-        await vi.advanceTimersByTimeAsync(61_000);
-      });
-      expect(screen.getByRole('heading', { name: 'Welcome back' })).toBeTruthy();
-      expect(screen.getByText('Your session expired. Please log in again.')).toBeTruthy();
-    } finally {
-      vi.useRealTimers();
-    }
+  });
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  async function advance(ms: number) {
+    await act(async () => {
+      await vi.advanceTimersByTimeAsync(ms);
+    });
+  }
+
+  const fresh = (token: string, lifeMs: number) => ({ user: alice, token, issuedAt: Date.now(), expiresAt: Date.now() + lifeMs });
+  const stored = () => JSON.parse(window.localStorage.getItem('warren.auth') ?? 'null');
+
+  /** Another tab writes the session (the browser tells every other tab with a storage event). */
+  function storeFromAnotherTab(auth: unknown) {
+    act(() => {
+      if (auth === null) window.localStorage.removeItem('warren.auth');
+      else window.localStorage.setItem('warren.auth', JSON.stringify(auth));
+      window.dispatchEvent(new StorageEvent('storage', { key: 'warren.auth' }));
+    });
+  }
+
+  it('logs out when the token expires', async () => {
+    storedLogin(Date.now() + 65_000);
+    const { server } = renderApp(entries());
+    await connected(server);
+    expect(screen.queryByRole('heading', { name: 'Welcome back' })).toBeNull();
+    await advance(61_000);
+    expect(screen.getByRole('heading', { name: 'Welcome back' })).toBeTruthy();
+    expect(screen.getByText('Your session expired. Please log in again.')).toBeTruthy();
+    expect(window.localStorage.getItem('warren.auth')).toBeNull();
+  });
+
+  it('refreshes the token halfway through its life without remounting the chat; the new one is saved, sets the expiry and reconnects', async () => {
+    storedLogin(Date.now() + 120_000);
+    const { server, user } = renderApp(entries(), { keepAliveIntervalMs: 0 });
+    server.handlers.refreshToken = () => fresh('tok-2', 120_000);
+    await connected(server);
+    await user.click(screen.getByRole('button', { name: /bob/ }));
+    await act(() => flush());
+    expect(screen.getAllByTestId('message')).toHaveLength(3);
+    await advance(59_000);
+    expect(server.current.requests('refreshToken')).toHaveLength(0);
+    await advance(2_000);
+    expect(server.current.requests('refreshToken')).toHaveLength(1);
+    expect(stored()).toMatchObject({ token: 'tok-2' });
+    // The same chat: no second socket, the conversation still open.
+    expect(server.sockets).toHaveLength(1);
+    expect(screen.getByRole('heading', { name: 'bob' })).toBeTruthy();
+    expect(screen.getAllByTestId('message')).toHaveLength(3);
+    // Past the first token's expiry, still signed in.
+    delete server.handlers.refreshToken;
+    await advance(60_000);
+    expect(screen.queryByRole('heading', { name: 'Welcome back' })).toBeNull();
+    act(() => server.current.serverClose(1006));
+    await advance(100);
+    expect(server.sockets).toHaveLength(2);
+    await connected(server);
+    expect(server.current.sent[0]).toEqual({ type: 'auth', token: 'tok-2' });
+  });
+
+  it('a refresh refused as unauthorized is not asked for again, and the session ends at expiry as before', async () => {
+    storedLogin(Date.now() + 200_000);
+    const { server } = renderApp(entries(), { keepAliveIntervalMs: 0 });
+    server.handlers.refreshToken = () => ({ error: { code: 'unauthorized', message: 'the session is too old to be refreshed' } });
+    await connected(server);
+    await advance(101_000);
+    expect(server.current.requests('refreshToken')).toHaveLength(1);
+    expect(screen.queryByRole('heading', { name: 'Welcome back' })).toBeNull();
+    await advance(95_000);
+    expect(screen.getByText('Your session expired. Please log in again.')).toBeTruthy();
+    expect(server.sockets[0]!.requests('refreshToken')).toHaveLength(1);
+    expect(window.localStorage.getItem('warren.auth')).toBeNull();
+  });
+
+  it('a session saved by the previous version (no issuedAt) stays signed in and is refreshed at once', async () => {
+    window.localStorage.setItem('warren.auth', JSON.stringify({ user: alice, token: 'tok-1', expiresAt: Date.now() + 3_600_000 }));
+    const { server } = renderApp(entries(), { keepAliveIntervalMs: 0 });
+    server.handlers.refreshToken = () => fresh('tok-2', 86_400_000);
+    await connected(server);
+    expect(server.current.sent[0]).toEqual({ type: 'auth', token: 'tok-1' });
+    expect(screen.getByText('alice', { selector: '.me__name' })).toBeTruthy();
+    expect(server.current.requests('refreshToken')).toHaveLength(1);
+    expect(stored()).toMatchObject({ token: 'tok-2', issuedAt: expect.any(Number) });
+  });
+
+  it('logging out in another tab, or in as someone else, does the same here', async () => {
+    storedLogin();
+    const { server } = renderApp(entries(), { keepAliveIntervalMs: 0 });
+    await connected(server);
+    storeFromAnotherTab({ user: bob, token: 'tok-b', issuedAt: Date.now(), expiresAt: Date.now() + 3_600_000 });
+    expect(screen.getByText('bob', { selector: '.me__name' })).toBeTruthy();
+    expect(server.sockets).toHaveLength(2);
+    storeFromAnotherTab(null);
+    expect(screen.getByRole('heading', { name: 'Welcome back' })).toBeTruthy();
+  });
+
+  it("another tab's newer token of the same user neither remounts nor logs out this tab", async () => {
+    storedLogin();
+    const { server, user } = renderApp(entries(), { keepAliveIntervalMs: 0 });
+    await connected(server);
+    await user.click(screen.getByRole('button', { name: /bob/ }));
+    await act(() => flush());
+    storeFromAnotherTab(fresh('tok-9', 7_200_000));
+    await act(() => flush());
+    expect(server.sockets).toHaveLength(1);
+    expect(server.current.closedByClient).toBeNull();
+    expect(screen.getByRole('heading', { name: 'bob' })).toBeTruthy();
+    expect(screen.getAllByTestId('message')).toHaveLength(3);
+    expect(stored()).toMatchObject({ token: 'tok-9' });
+  });
+
+  it("a refresh answered after another tab stored a newer token keeps that one stored (this tab goes on with its own)", async () => {
+    storedLogin(Date.now() + 120_000);
+    const { server } = renderApp(entries(), { keepAliveIntervalMs: 0 });
+    await connected(server);
+    await advance(61_000);
+    const refresh = server.current.lastRequest('refreshToken');
+    storeFromAnotherTab(fresh('tok-9', 7_200_000));
+    await act(async () => {
+      server.current.reply(refresh, 'refreshToken', fresh('tok-2', 120_000));
+      await flush();
+    });
+    expect(stored()).toMatchObject({ token: 'tok-9' });
+    act(() => server.current.serverClose(1006));
+    await advance(100);
+    await connected(server);
+    expect(server.current.sent[0]).toEqual({ type: 'auth', token: 'tok-2' });
+  });
+
+  it('a refresh answered after another tab logged out, before its storage event came, does not sign the user in again', async () => {
+    storedLogin(Date.now() + 120_000);
+    const { server } = renderApp(entries(), { keepAliveIntervalMs: 0 });
+    await connected(server);
+    await advance(61_000);
+    const refresh = server.current.lastRequest('refreshToken');
+    window.localStorage.removeItem('warren.auth');
+    await act(async () => {
+      server.current.reply(refresh, 'refreshToken', fresh('tok-2', 120_000));
+      await flush();
+    });
+    expect(window.localStorage.getItem('warren.auth')).toBeNull();
+    storeFromAnotherTab(null);
+    expect(screen.getByRole('heading', { name: 'Welcome back' })).toBeTruthy();
+  });
+
+  it("a refused token (4001) while another user's token is stored (its storage event not here yet) leaves that one stored", async () => {
+    storedLogin();
+    const { server } = renderApp(entries(), { keepAliveIntervalMs: 0 });
+    await connected(server);
+    const bobs = { user: bob, token: 'tok-b', issuedAt: Date.now(), expiresAt: Date.now() + 3_600_000 };
+    window.localStorage.setItem('warren.auth', JSON.stringify(bobs));
+    act(() => server.current.serverClose(4001, 'the session expired; sign in again'));
+    expect(await screen.findByText('Your session ended. Please log in again.')).toBeTruthy();
+    expect(stored()).toMatchObject({ token: 'tok-b' });
+    storeFromAnotherTab(bobs);
+    expect(screen.getByText('bob', { selector: '.me__name' })).toBeTruthy();
+  });
+
+  it('a tab whose token expires takes over the newer one another tab stored, rather than log out, and leaves it stored', async () => {
+    storedLogin(Date.now() + 65_000);
+    const { server } = renderApp(entries(), { keepAliveIntervalMs: 0 });
+    // This tab could not refresh (the user-service was down for it); another tab could.
+    server.handlers.refreshToken = () => ({ error: { code: 'unavailable', message: 'user-service is down' } });
+    await connected(server);
+    storeFromAnotherTab(fresh('tok-9', 7_200_000));
+    await advance(61_000);
+    expect(screen.queryByRole('heading', { name: 'Welcome back' })).toBeNull();
+    expect(stored()).toMatchObject({ token: 'tok-9' });
+    expect(server.sockets).toHaveLength(2);
+    await connected(server);
+    expect(server.current.sent[0]).toEqual({ type: 'auth', token: 'tok-9' });
+    expect(screen.getByText('alice', { selector: '.me__name' })).toBeTruthy();
+  });
+
+  it('a refused token (4001) with a newer one of the same user stored takes over that one, and leaves it stored', async () => {
+    storedLogin();
+    const { server } = renderApp(entries(), { keepAliveIntervalMs: 0 });
+    await connected(server);
+    storeFromAnotherTab(fresh('tok-9', 7_200_000));
+    act(() => server.current.serverClose(4001, 'the session expired; sign in again'));
+    await act(() => flush());
+    expect(screen.queryByText('Your session ended. Please log in again.')).toBeNull();
+    expect(stored()).toMatchObject({ token: 'tok-9' });
+    expect(server.sockets).toHaveLength(2);
+    await connected(server);
+    expect(server.current.sent[0]).toEqual({ type: 'auth', token: 'tok-9' });
   });
 });

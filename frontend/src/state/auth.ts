@@ -1,10 +1,13 @@
 import type { AuthResponse } from '../protocol/generated/AuthResponse';
 
-export type StoredAuth = AuthResponse;
+/** A session as saved; one saved before tokens could be refreshed has no `issuedAt`. */
+export type StoredAuth = Omit<AuthResponse, 'issuedAt'> & { issuedAt?: number };
 
 const KEY = 'warren.auth';
 /** Treat a token as expired a little early, so no request goes out with a token that dies in flight. */
 export const EXPIRY_MARGIN_MS = 5_000;
+/** setTimeout's delay is a signed 32-bit number of milliseconds. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export interface StorageLike {
   getItem(key: string): string | null;
@@ -18,6 +21,7 @@ function isAuth(value: unknown): value is StoredAuth {
   return (
     typeof v.token === 'string' &&
     typeof v.expiresAt === 'number' &&
+    (v.issuedAt === undefined || typeof v.issuedAt === 'number') &&
     typeof v.user === 'object' &&
     v.user !== null &&
     typeof v.user.id === 'number' &&
@@ -27,6 +31,16 @@ function isAuth(value: unknown): value is StoredAuth {
 
 export function isExpired(auth: StoredAuth, now: number = Date.now()): boolean {
   return auth.expiresAt - EXPIRY_MARGIN_MS <= now;
+}
+
+/**
+ * When to refresh the token: once half of its life is gone (by this device's clock, like `isExpired`; with a
+ * skewed clock that moment may be past already, and the refresh is due at once). A token saved without
+ * `issuedAt` is due at once too: refreshing is how it gets one.
+ */
+export function refreshDueAt(auth: StoredAuth): number {
+  if (auth.issuedAt === undefined) return 0;
+  return auth.issuedAt + (auth.expiresAt - auth.issuedAt) / 2;
 }
 
 /** The saved session, if it is still valid; an expired or corrupt one is removed. */

@@ -1,4 +1,6 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import type { RestClient } from '../api/rest';
+import type { AuthResponse } from '../protocol/generated/AuthResponse';
 import type { ConversationEntry } from '../protocol/generated/ConversationEntry';
 import type { ErrorCode } from '../protocol/generated/ErrorCode';
 import type { Message } from '../protocol/generated/Message';
@@ -41,7 +43,7 @@ function setup(initial: ConversationEntry[], options: Partial<SessionOptions> = 
   const win = new EventTarget();
   let n = 0;
   const session = new ChatSession({
-    auth: { user: alice, token: 'tok', expiresAt: Date.now() + 3_600_000 },
+    auth: { user: alice, token: 'tok', issuedAt: Date.now(), expiresAt: Date.now() + 3_600_000 },
     socketUrl: 'ws://test/ws',
     createSocket: server.factory,
     windowTarget: win as unknown as Window,
@@ -850,6 +852,156 @@ describe('session: sending', () => {
     expect(t.session.send('   \n ')).toBeNull();
     expect(t.session.send('x'.repeat(4_001))).toBeNull();
     expect(t.server.current.requests('sendMessage')).toHaveLength(0);
+  });
+});
+
+describe('session: token refresh', () => {
+  const HOUR = 3_600_000;
+  const MINUTE = 60_000;
+
+  beforeEach(() => {
+    vi.useFakeTimers({ shouldAdvanceTime: true });
+  });
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  const token = (value: string, life = 2 * HOUR): AuthResponse => ({
+    user: alice,
+    token: value,
+    issuedAt: Date.now(),
+    expiresAt: Date.now() + life,
+  });
+
+  /** A session with a token of two hours, connected (keep-alive off: nothing answers pings here). */
+  async function connectedWith(auth: SessionOptions['auth'] = token('tok'), options: Partial<SessionOptions> = {}) {
+    const refreshed: AuthResponse[] = [];
+    const t = setup([dm(2, 2)], { auth, keepAliveIntervalMs: 0, onAuthRefreshed: (next) => refreshed.push(next), ...options });
+    t.server.accept(alice, 10 * HOUR);
+    await flush();
+    return { ...t, refreshed, refreshes: () => t.server.sockets.flatMap((ws) => ws.requests('refreshToken')) };
+  }
+
+  async function advance(ms: number) {
+    await vi.advanceTimersByTimeAsync(ms);
+  }
+
+  it('refreshes over the socket halfway through the life of the token, then goes by the new one', async () => {
+    const getUsers = vi.fn(async () => ({ users: [bob] }));
+    const rest: RestClient = { register: vi.fn(), login: vi.fn(), me: vi.fn(), getUsers };
+    const t = await connectedWith(token('tok'), { rest });
+    t.server.handlers.refreshToken = () => token('tok-2');
+    await advance(59 * MINUTE);
+    expect(t.refreshes()).toHaveLength(0);
+    await advance(2 * MINUTE);
+    expect(t.refreshes()).toEqual([{ type: 'refreshToken', id: expect.any(String) }]);
+    expect(t.refreshed.map((a) => a.token)).toEqual(['tok-2']);
+
+    // The next one is halfway through the new token's life.
+    t.server.handlers.refreshToken = () => token('tok-3');
+    await advance(58 * MINUTE);
+    expect(t.refreshes()).toHaveLength(1);
+    await advance(2 * MINUTE);
+    expect(t.refreshed.map((a) => a.token)).toEqual(['tok-2', 'tok-3']);
+
+    // REST calls (while offline) and the reconnect carry the newest token.
+    t.server.current.serverClose(1006);
+    await t.session.searchUsers('b');
+    expect(getUsers).toHaveBeenCalledWith('tok-3', { prefix: 'b', limit: 20 });
+    await advance(50);
+    expect(t.server.sockets).toHaveLength(2);
+    t.server.accept(alice, 10 * HOUR);
+    expect(t.server.current.sent[0]).toEqual({ type: 'auth', token: 'tok-3' });
+    await advance(MINUTE);
+    expect(t.refreshes()).toHaveLength(2);
+  });
+
+  it('a refresh refused as unauthorized (the session is too old) is not asked for again', async () => {
+    const t = await connectedWith();
+    t.server.handlers.refreshToken = () => ({ error: { code: 'unauthorized', message: 'the session is too old to be refreshed' } });
+    await advance(61 * MINUTE);
+    expect(t.refreshes()).toHaveLength(1);
+    await advance(50 * MINUTE);
+    expect(t.refreshes()).toHaveLength(1);
+    // Not after a reconnect either.
+    t.server.current.serverClose(1006);
+    await advance(50);
+    t.server.accept(alice, 10 * HOUR);
+    await advance(5 * MINUTE);
+    expect(t.refreshes()).toHaveLength(1);
+    expect(t.refreshed).toEqual([]);
+  });
+
+  it('a refresh that fails for a passing reason is asked for again after a pause, not at once, nor on reconnect', async () => {
+    const t = await connectedWith();
+    t.server.handlers.refreshToken = () => ({ error: { code: 'unavailable', message: 'user-service is down' } });
+    await advance(60 * MINUTE + 1_000);
+    expect(t.refreshes()).toHaveLength(1);
+    await advance(30_000);
+    expect(t.refreshes()).toHaveLength(1);
+    await advance(30_000);
+    expect(t.refreshes()).toHaveLength(2);
+    // A reconnect does not cut the pause short.
+    t.server.current.serverClose(1006);
+    await advance(50);
+    t.server.accept(alice, 10 * HOUR);
+    await advance(1_000);
+    expect(t.refreshes()).toHaveLength(2);
+    t.server.handlers.refreshToken = () => token('tok-2');
+    await advance(MINUTE);
+    expect(t.refreshes()).toHaveLength(3);
+    expect(t.refreshed.map((a) => a.token)).toEqual(['tok-2']);
+  });
+
+  it("once refreshed tokens are cut at the session's end, it is not asked for again", async () => {
+    const t = await connectedWith();
+    const end = Date.now() + 150 * MINUTE;
+    t.server.handlers.refreshToken = () => ({ ...token('capped'), expiresAt: end });
+    await advance(61 * MINUTE);
+    expect(t.refreshes()).toHaveLength(1);
+    // 89 minutes left: the next refresh halfway there brings the same end.
+    await advance(45 * MINUTE);
+    expect(t.refreshes()).toHaveLength(2);
+    await advance(40 * MINUTE);
+    expect(t.refreshes()).toHaveLength(2);
+    expect(t.refreshed.map((a) => a.expiresAt)).toEqual([end, end]);
+  });
+
+  it('a token past half its life, or saved without issuedAt, is refreshed as soon as the socket is ready', async () => {
+    const overdue = { user: alice, token: 'tok', issuedAt: Date.now() - 3 * HOUR, expiresAt: Date.now() + HOUR };
+    const legacy = { user: alice, token: 'tok', expiresAt: Date.now() + HOUR };
+    for (const auth of [overdue, legacy]) {
+      const t = setup([dm(2, 2)], { auth, keepAliveIntervalMs: 0 });
+      t.server.handlers.refreshToken = () => token('tok-2');
+      await flush();
+      expect(t.server.current.requests('refreshToken')).toHaveLength(0);
+      t.server.accept(alice, 10 * HOUR);
+      await flush();
+      expect(t.server.current.requests('refreshToken')).toHaveLength(1);
+      t.session.stop();
+    }
+  });
+
+  it('an expired token is not refreshed', async () => {
+    const t = await connectedWith({ user: alice, token: 'tok', issuedAt: Date.now() - 2 * HOUR, expiresAt: Date.now() - 1_000 });
+    await advance(5 * MINUTE);
+    expect(t.refreshes()).toHaveLength(0);
+  });
+
+  it('a refresh answered as the session stops is not reported (logging out must not sign in again)', async () => {
+    const t = await connectedWith();
+    await advance(60 * MINUTE + 1_000);
+    const refresh = t.server.current.lastRequest('refreshToken');
+    t.server.current.reply(refresh, 'refreshToken', token('tok-2'));
+    t.session.stop();
+    await flush();
+    expect(t.refreshed).toEqual([]);
+  });
+
+  it('stopping leaves no refresh waiting', async () => {
+    const t = await connectedWith();
+    t.session.stop();
+    expect(vi.getTimerCount()).toBe(0);
   });
 });
 

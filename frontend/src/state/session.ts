@@ -11,13 +11,14 @@ import {
   WarrenSocket,
   defaultSocketUrl,
 } from '../api/ws';
+import type { AuthResponse } from '../protocol/generated/AuthResponse';
 import type { Conversation } from '../protocol/generated/Conversation';
 import type { ConversationEntry } from '../protocol/generated/ConversationEntry';
 import type { Head } from '../protocol/generated/Head';
 import type { Message } from '../protocol/generated/Message';
 import type { MessagesPage } from '../protocol/generated/MessagesPage';
 import type { User } from '../protocol/generated/User';
-import type { StorageLike, StoredAuth } from './auth';
+import { MAX_TIMER_MS, type StorageLike, type StoredAuth, isExpired, refreshDueAt } from './auth';
 import {
   applyConversation,
   applyMessages,
@@ -124,6 +125,10 @@ export interface SessionOptions {
   pageSize?: number;
   /** The gateway refused the token: the user must log in again. */
   onUnauthorized?: (reason: string) => void;
+  /** The token was refreshed: the session uses the new one from now on; save it for reloads. */
+  onAuthRefreshed?: (auth: AuthResponse) => void;
+  /** How long to wait before asking for a refresh again after a passing failure. */
+  refreshRetryMs?: number;
   /** For people search while the socket is reconnecting. */
   rest?: RestClient;
   /** Requests on the wire at once (the gateway allows 32 by default). */
@@ -152,6 +157,7 @@ function groupByConversation(messages: readonly Message[]): Map<number, Message[
  */
 const PASSING_FAILURES: ReadonlySet<string> = new Set(['disconnected', 'timeout', 'unavailable', 'internal', 'rate_limited']);
 const MAX_RESEND_DELAY_MS = 30_000;
+const REFRESH_RETRY_MS = 60_000;
 
 function pendingKey(userId: number): string {
   return `warren.pending.${userId}`;
@@ -204,16 +210,22 @@ export class ChatSession {
   private readonly markReadSent = new Map<number, number>();
   private started = false;
   private unsubscribePersist: (() => void) | null = null;
+  /** The token the socket authenticates with and REST calls carry: the one given, then each refreshed one. */
+  private auth: StoredAuth;
+  private refreshTimer: ReturnType<typeof setTimeout> | null = null;
+  /** Refreshing cannot extend the session any more (it is at its maximum age): the token lives out its life. */
+  private refreshEnded = false;
 
   constructor(options: SessionOptions) {
     this.opts = options;
+    this.auth = options.auth;
     this.now = options.now ?? Date.now;
     this.newId = options.newId ?? newClientId;
     this.pageSize = Math.min(options.pageSize ?? 50, MAX_PAGE);
     this.store = createChatStore(options.auth.user, { pending: this.loadPersistedPending(options.auth.user.id) });
     this.socket = new WarrenSocket({
       url: options.socketUrl ?? defaultSocketUrl(),
-      token: () => options.auth.token,
+      token: () => this.auth.token,
       ...(options.createSocket ? { createSocket: options.createSocket } : {}),
       ...(options.requestTimeoutMs ? { requestTimeoutMs: options.requestTimeoutMs } : {}),
       ...(options.maxInFlight ? { maxInFlight: options.maxInFlight } : {}),
@@ -272,6 +284,7 @@ export class ChatSession {
     const doc = this.opts.documentTarget ?? (typeof document !== 'undefined' ? document : undefined);
     doc?.removeEventListener('visibilitychange', this.onVisibility);
     this.stopSyncTimer();
+    this.clearRefreshTimer();
     for (const timer of this.resendTimers.values()) clearTimeout(timer);
     this.resendTimers.clear();
     this.socket.stop();
@@ -307,6 +320,9 @@ export class ChatSession {
   private onReady(frame: ReadyFrame): void {
     this.store.setState((s) => ({ me: frame.user, users: mergeUsers(s.users, [frame.user]) }));
     this.startSyncTimer(frame.syncIntervalMs);
+    // A refresh that came due while offline goes now. One waiting to be tried again after a failure keeps its
+    // pause: a socket that drops on every refresh must not make a loop of reconnects and refreshes.
+    if (!this.refreshTimer) this.scheduleRefresh();
     void this.afterConnect();
   }
 
@@ -340,6 +356,55 @@ export class ChatSession {
   private stopSyncTimer(): void {
     if (this.syncTimer) clearInterval(this.syncTimer);
     this.syncTimer = null;
+  }
+
+  // ---- token refresh -----------------------------------------------------------------------------------------
+
+  /**
+   * Refreshes the token over the socket once half of its life is gone (`refreshDueAt`), or after `delayMs`. Over
+   * the socket, not REST: the gateway then keeps this very socket open for the new token's life, where it would
+   * close it when the old one expires.
+   */
+  private scheduleRefresh(delayMs = refreshDueAt(this.auth) - this.now()): void {
+    this.clearRefreshTimer();
+    if (!this.started || this.refreshEnded) return;
+    // Capped at setTimeout's longest delay: a token that lives longer than twice that is refreshed a little early.
+    this.refreshTimer = setTimeout(
+      () => {
+        this.refreshTimer = null;
+        void this.refreshToken();
+      },
+      Math.min(Math.max(0, delayMs), MAX_TIMER_MS),
+    );
+  }
+
+  private clearRefreshTimer(): void {
+    if (this.refreshTimer) clearTimeout(this.refreshTimer);
+    this.refreshTimer = null;
+  }
+
+  private async refreshToken(): Promise<void> {
+    // Offline: the next `ready` schedules it. Expired: too late to refresh; the app logs out at expiry.
+    if (!this.socket.isOpen || isExpired(this.auth, this.now())) return;
+    let next: AuthResponse;
+    try {
+      next = await this.request('refreshToken', {}, { priority: 'high' });
+    } catch (error) {
+      // `unauthorized`: the session is past its maximum age (or the account is gone), and asking again will not
+      // change that, nor will any other lasting refusal. Passing failures (the user-service down or slow, the
+      // socket dropped) are tried again after a pause.
+      if (isRetryable(error)) this.scheduleRefresh(this.opts.refreshRetryMs ?? REFRESH_RETRY_MS);
+      else this.refreshEnded = true;
+      return;
+    }
+    // Stopped meanwhile (logged out): reporting it would sign the user in again.
+    if (!this.started) return;
+    // The server cuts tokens at the session's maximum age: a new one ending exactly when the last did ends there,
+    // and refreshing again would only bring the same end, ever more often.
+    if (next.expiresAt === this.auth.expiresAt) this.refreshEnded = true;
+    this.auth = next;
+    this.opts.onAuthRefreshed?.(next);
+    this.scheduleRefresh();
   }
 
   private request<O extends Op>(
@@ -964,7 +1029,7 @@ export class ChatSession {
   async searchUsers(prefix: string, limit = 20): Promise<User[]> {
     const page =
       !this.socket.isOpen && this.opts.rest
-        ? await this.opts.rest.getUsers(this.opts.auth.token, { prefix, limit })
+        ? await this.opts.rest.getUsers(this.auth.token, { prefix, limit })
         : await this.request('getUsers', { prefix, limit }, { priority: 'high' });
     this.store.setState((s) => ({ users: mergeUsers(s.users, page.users) }));
     return page.users;

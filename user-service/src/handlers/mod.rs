@@ -6,17 +6,19 @@
 //! eventually dead-letters.
 
 mod login;
+mod refresh;
 mod register;
 mod users;
 
 pub use login::log_in;
+pub use refresh::refresh_token;
 pub use register::register_user;
 pub use users::{get_self, list_users, resolve_users};
 
 use std::sync::Arc;
 
 use common::{
-    auth::TokenSigner,
+    auth::{AuthError, Session, TokenSigner},
     protocol::{
         ApiError,
         users::{AuthResponse, User},
@@ -35,20 +37,36 @@ pub struct Service {
     pub hasher: PasswordHasher,
     pub signer: TokenSigner,
     pub token_ttl: std::time::Duration,
+    pub session_max_age: std::time::Duration,
 }
 
 pub type Shared = Arc<Service>;
 
 impl Service {
-    /// Signs a session token for `user` and wraps both in the reply to `register` and `login`.
+    /// Signs a token of a session that began with a sign-in now, and wraps both in the reply to `register` and
+    /// `login`.
     fn session_for(&self, user: User) -> Result<AuthResponse, ApiError> {
         let now = chrono::Utc::now().timestamp();
-        let token = self.signer.sign(user.id, &user.username, self.token_ttl, now).map_err(|error| {
-            tracing::error!(%error, "cannot sign a token");
-            ApiError::internal()
+        self.token_for(user, now, now)
+    }
+
+    /// Signs a token, from `now` (Unix seconds), of the session `user` signed in to at `signed_in_at`.
+    fn token_for(&self, user: User, signed_in_at: i64, now: i64) -> Result<AuthResponse, ApiError> {
+        let session =
+            Session { user_id: user.id, username: &user.username, signed_in_at, max_age: self.session_max_age };
+        let signed = self.signer.sign_session(&session, self.token_ttl, now).map_err(|error| match error {
+            AuthError::SessionTooOld => ApiError::unauthorized("the session is too old to be refreshed; sign in again"),
+            error => {
+                tracing::error!(%error, "cannot sign a token");
+                ApiError::internal()
+            }
         })?;
-        let expires_at = (now + self.token_ttl.as_secs() as i64) * 1000;
-        Ok(AuthResponse { user, token, expires_at })
+        Ok(AuthResponse {
+            user,
+            token: signed.token,
+            issued_at: signed.issued_at * 1000,
+            expires_at: signed.expires_at * 1000,
+        })
     }
 }
 

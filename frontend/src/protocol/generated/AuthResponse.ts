@@ -2,9 +2,14 @@
 import type { User } from "./User";
 
 /**
- * The answer to `register` and `login`: the user and a bearer token for every later request.
+ * The answer to `register`, `login` and `refreshToken`: the user and a bearer token for every later request.
  */
 export type AuthResponse = { user: User, token: string, 
+/**
+ * When the token was signed, in milliseconds since the Unix epoch (by the server's clock, like `expiresAt`).
+ * Clients refresh a token once half of its life is gone.
+ */
+issuedAt: number, 
 /**
  * When the token stops being accepted, in milliseconds since the Unix epoch.
  */

@@ -13,7 +13,7 @@ prefix?: string, limit?: number,
  * Look these users up instead (at most `MAX_USERS_PAGE`, each positive; unknown ids are left out; not with
  * `after`, `prefix` or `limit`). In a query string: `ids=1,2,3`.
  */
-ids?: Array<number>, } | { "type": "getSelf", id: string, } | { "type": "createGroup", id: string, title: string, 
+ids?: Array<number>, } | { "type": "getSelf", id: string, } | { "type": "refreshToken", id: string, } | { "type": "createGroup", id: string, title: string, 
 /**
  * Other members; the creator is always a member.
  */
