@@ -250,6 +250,25 @@ async fn a_socket_that_refreshes_its_token_outlives_the_first_token() {
     app.shutdown().await;
 }
 
+/// A socket whose token has just run out is closed only at its next keep-alive ping; until then it must not
+/// trade that token for a new one.
+#[tokio::test]
+async fn a_socket_whose_token_ran_out_cannot_refresh_it() {
+    let app = spawn_app().await;
+    let (_, user_id) = app.register("ivan").await;
+    // Accepted for about two more seconds; the default ping interval (20 s) leaves the socket open well after.
+    let signer = TokenSigner::from_private_pem(DEV_PRIVATE_KEY_PEM.as_bytes()).unwrap();
+    let issued = chrono::Utc::now().timestamp() - 100;
+    let token = signer.sign(user_id, "ivan", Duration::from_secs(42), issued).unwrap();
+    let (mut client, _) = WsClient::authenticated(&app, &token).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let refused = client.call("refreshToken", json!({})).await;
+    assert_eq!(error_code(&refused), "unauthorized", "{refused}");
+    client.close().await;
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn users_and_self_can_be_fetched_over_the_socket() {
     let app = spawn_app().await;

@@ -41,12 +41,8 @@ impl Settings {
         if environment == Environment::Production && jwt_private_key_pem.expose().trim() == DEV_PRIVATE_KEY_PEM.trim() {
             bail!("the development JWT key must not be used in production");
         }
-        let token_ttl = Duration::from_secs(env_parse("WARREN_TOKEN_TTL_SECS", 86_400)?);
-        let session_max_age = Duration::from_secs(env_parse("WARREN_SESSION_MAX_AGE_SECS", 30 * 86_400)?);
-        // Zero would make every sign-in fail; a session shorter than a token only shortens its tokens.
-        if token_ttl.is_zero() || session_max_age.is_zero() {
-            bail!("WARREN_TOKEN_TTL_SECS and WARREN_SESSION_MAX_AGE_SECS must be at least 1");
-        }
+        let token_ttl = lifetime("WARREN_TOKEN_TTL_SECS", 86_400)?;
+        let session_max_age = lifetime("WARREN_SESSION_MAX_AGE_SECS", 30 * 86_400)?;
         Ok(Self {
             environment,
             instance_id: env_or("WARREN_INSTANCE_ID", &default_instance_id()),
@@ -74,6 +70,20 @@ impl Settings {
             prefetch: 32,
         }
     }
+}
+
+/// Longest token or session lifetime accepted: ten years.
+const MAX_LIFETIME_SECS: u64 = 10 * 365 * 86_400;
+
+/// A token or session lifetime in seconds. Zero would make every sign-in fail, and so would one too long to be a
+/// timestamp: both stop the service at start-up instead. (A session shorter than a token only shortens its
+/// tokens.)
+fn lifetime(name: &str, default: u64) -> anyhow::Result<Duration> {
+    let seconds: u64 = env_parse(name, default)?;
+    if !(1..=MAX_LIFETIME_SECS).contains(&seconds) {
+        bail!("{name} must be 1 to {MAX_LIFETIME_SECS} seconds, not {seconds}");
+    }
+    Ok(Duration::from_secs(seconds))
 }
 
 fn default_instance_id() -> String {

@@ -101,10 +101,11 @@ pub async fn run(mut socket: WebSocket, connection: Connection) {
                     state: &state,
                     closer: &closer,
                     registration: &mut registration,
+                    user: verified,
                     in_flight: FuturesUnordered::new(),
                 };
                 match session.write_frame(&ready).await {
-                    Ok(()) => session.serve(verified, &id).await,
+                    Ok(()) => session.serve(&id).await,
                     Err(end) => end,
                 }
             }
@@ -177,12 +178,15 @@ struct Session<'a> {
     state: &'a AppState,
     closer: &'a Closer,
     registration: &'a mut Registration,
+    /// Who the socket serves, and until when: the token it authenticated with, or the last one a `refreshToken`
+    /// written to it returned.
+    user: VerifiedUser,
     /// Requests running; each ends with the frame to write, or `None` when the hub already answered it.
     in_flight: FuturesUnordered<BoxFuture<'static, Option<ServerFrame>>>,
 }
 
 impl Session<'_> {
-    async fn serve(&mut self, mut user: VerifiedUser, connection: &str) -> End {
+    async fn serve(&mut self, connection: &str) -> End {
         let settings = &self.state.settings().ws;
         let mut idle = pin!(sleep(settings.idle_timeout));
         let mut ping = tokio::time::interval_at(Instant::now() + settings.ping_interval, settings.ping_interval);
@@ -202,7 +206,7 @@ impl Session<'_> {
                                     Ok(Admitted::Request(frame)) => {
                                         requests += 1;
                                         let request_id = format!("{connection}-{requests}");
-                                        self.start(&user, request_id, frame);
+                                        self.start(request_id, frame);
                                         Ok(())
                                     }
                                     Ok(Admitted::Refused(error)) => self.write_frame(&error).await,
@@ -215,17 +219,14 @@ impl Session<'_> {
                     Err(end) => Err(end),
                 },
                 Some(reply) = self.in_flight.next(), if !self.in_flight.is_empty() => match reply {
-                    Some(reply) => {
-                        self.adopt_refreshed_token(&mut user, &reply);
-                        self.write_reply(reply).await
-                    }
+                    Some(reply) => self.write_reply(reply).await,
                     None => Ok(()),
                 },
                 Some(first) = self.registration.outbound.recv() => self.write_queued(first).await,
                 // The session lasts as long as its token would be accepted, as every REST call would tell the
                 // client; checked at each keep-alive ping rather than by a timer of its own, which would be polled
                 // with every frame (so a socket ends within one ping interval of its token's expiry).
-                _ = ping.tick() => if user.lifetime_left(unix_now()).is_zero() {
+                _ = ping.tick() => if self.user.lifetime_left(unix_now()).is_zero() {
                     tracing::info!("closing a socket whose token expired");
                     Err(End::Close(close::UNAUTHORIZED, "the session expired; sign in again".into()))
                 } else {
@@ -242,12 +243,12 @@ impl Session<'_> {
     /// Runs a request alongside the others in flight. A `sendMessage` is registered with the hub first, so the
     /// stored message's event can answer it (see [`super::hub`]); it stops counting as in flight as soon as either
     /// answer was written, and the service's answer is written only if the hub has not written one.
-    fn start(&mut self, user: &VerifiedUser, request_id: String, frame: ClientFrame) {
+    fn start(&mut self, request_id: String, frame: ClientFrame) {
         let awaited = match &frame {
             ClientFrame::SendMessage { id, request } => self.registration.await_send(request, id),
             _ => None,
         };
-        let handled = dispatch::handle(self.state.clone(), user.clone(), request_id, frame);
+        let handled = dispatch::handle(self.state.clone(), self.user.clone(), request_id, frame);
         self.in_flight.push(Box::pin(async move {
             match awaited {
                 Some(awaited) => awaited.race(handled).await,
@@ -310,10 +311,10 @@ impl Session<'_> {
 
     /// A `refreshToken` reply carries a new token for this session: from now on the socket lasts as long as that
     /// token would be accepted, so a client that refreshes in time is never cut off.
-    fn adopt_refreshed_token(&self, user: &mut VerifiedUser, reply: &ServerFrame) {
+    fn adopt_refreshed_token(&mut self, reply: &ServerFrame) {
         let ServerFrame::Reply { result: ReplyData::RefreshToken(auth), .. } = reply else { return };
         match self.state.authenticate(&auth.token) {
-            Ok(refreshed) if refreshed.user_id == user.user_id => *user = refreshed,
+            Ok(refreshed) if refreshed.user_id == self.user.user_id => self.user = refreshed,
             Ok(refreshed) => {
                 tracing::error!(
                     other = refreshed.user_id,
@@ -324,7 +325,9 @@ impl Session<'_> {
         }
     }
 
+    /// Writes a request's answer; every reply goes out here, so a refreshed token is always adopted.
     async fn write_reply(&mut self, reply: ServerFrame) -> Result<(), End> {
+        self.adopt_refreshed_token(&reply);
         let mut text = text_of(&reply);
         if text.len() > MAX_OUTBOUND_FRAME_BYTES {
             let id = match &reply {
@@ -472,7 +475,7 @@ fn text_of(frame: &ServerFrame) -> Utf8Bytes {
 }
 
 /// Seconds since the Unix epoch, the clock tokens are written in.
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs())
 }
 

@@ -17,6 +17,7 @@ use common::{
     },
 };
 
+use super::connection::unix_now;
 use crate::{state::AppState, validate::Bounded};
 
 /// Runs one request. Never fails: every error becomes an error frame naming the request's `id`.
@@ -29,6 +30,10 @@ pub async fn handle(state: AppState, user: VerifiedUser, request_id: String, fra
         ClientFrame::Auth { .. } => Err(ApiError::bad_request("already authenticated")),
         ClientFrame::Ping { .. } => Ok(ReplyData::Ping(Pong { server_time: chrono::Utc::now().timestamp_millis() })),
         ClientFrame::GetSelf { .. } => call.plain::<GetSelf>(GetSelfRequest { user_id }).await.map(ReplyData::GetSelf),
+        // A token past its life is not refreshed, though the socket is only closed at its next keep-alive ping.
+        ClientFrame::RefreshToken { .. } if user.lifetime_left(unix_now()).is_zero() => {
+            Err(ApiError::unauthorized("the session expired; sign in again"))
+        }
         // The socket adopts the new token's lifetime when this reply is written (see `connection`).
         ClientFrame::RefreshToken { .. } => call
             .plain::<RefreshToken>(RefreshTokenRequest { user_id, signed_in_at: user.signed_in_at })

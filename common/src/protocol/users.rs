@@ -43,7 +43,9 @@ pub struct AuthResponse {
     pub user: User,
     pub token: String,
     /// When the token was signed, in milliseconds since the Unix epoch (by the server's clock, like `expiresAt`).
-    /// Clients refresh a token once half of its life is gone.
+    /// Clients refresh a token once half of its life is gone. (Read as 0 from a user-service of the release before
+    /// refreshing, which did not send it, so that a rolling upgrade keeps sign-in working.)
+    #[serde(default)]
     pub issued_at: i64,
     /// When the token stops being accepted, in milliseconds since the Unix epoch.
     pub expires_at: i64,
@@ -144,6 +146,13 @@ operation!(ResolveUsers, "resolveUsers", ResolveUsersRequest => Vec<User>);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sign_in_answer_from_the_release_before_refreshing_still_reads() {
+        let old = r#"{"user":{"id":1,"username":"ann","createdAt":0},"token":"t","expiresAt":86400000}"#;
+        let read: AuthResponse = serde_json::from_str(old).unwrap();
+        assert_eq!((read.issued_at, read.expires_at), (0, 86_400_000));
+    }
 
     #[test]
     fn ids_read_from_a_list_or_a_comma_separated_string() {

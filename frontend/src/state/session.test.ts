@@ -967,6 +967,28 @@ describe('session: token refresh', () => {
     expect(t.refreshed.map((a) => a.expiresAt)).toEqual([end, end]);
   });
 
+  it('with this device\'s clock far ahead of the server\'s, new tokens are refreshed before they look expired here, not at once', async () => {
+    // The server's times, read by a clock 90 minutes fast: every two-hour token looks past half its life, with
+    // 30 minutes left.
+    const skewed = (value: string): AuthResponse => ({ user: alice, token: value, issuedAt: Date.now() - 90 * MINUTE, expiresAt: Date.now() + 30 * MINUTE });
+    const refreshed: AuthResponse[] = [];
+    const t = setup([dm(2, 2)], { auth: skewed('tok'), keepAliveIntervalMs: 0, onAuthRefreshed: (next) => refreshed.push(next) });
+    let n = 0;
+    t.server.handlers.refreshToken = () => skewed(`tok-${++n}`);
+    t.server.accept(alice, 10 * HOUR);
+    const refreshes = () => t.server.current.requests('refreshToken');
+    await advance(10_000);
+    expect(refreshes()).toHaveLength(1);
+    // Halfway to that expiry (less the safety margin), each time.
+    await advance(14 * MINUTE);
+    expect(refreshes()).toHaveLength(1);
+    await advance(2 * MINUTE);
+    expect(refreshes()).toHaveLength(2);
+    await advance(16 * MINUTE);
+    expect(refreshes()).toHaveLength(3);
+    expect(refreshed.map((a) => a.token)).toEqual(['tok-1', 'tok-2', 'tok-3']);
+  });
+
   it('a token past half its life, or saved without issuedAt, is refreshed as soon as the socket is ready', async () => {
     const overdue = { user: alice, token: 'tok', issuedAt: Date.now() - 3 * HOUR, expiresAt: Date.now() + HOUR };
     const legacy = { user: alice, token: 'tok', expiresAt: Date.now() + HOUR };

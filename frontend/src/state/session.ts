@@ -18,7 +18,7 @@ import type { Head } from '../protocol/generated/Head';
 import type { Message } from '../protocol/generated/Message';
 import type { MessagesPage } from '../protocol/generated/MessagesPage';
 import type { User } from '../protocol/generated/User';
-import { MAX_TIMER_MS, type StorageLike, type StoredAuth, isExpired, refreshDueAt } from './auth';
+import { EXPIRY_MARGIN_MS, MAX_TIMER_MS, type StorageLike, type StoredAuth, isExpired, refreshDueAt } from './auth';
 import {
   applyConversation,
   applyMessages,
@@ -158,6 +158,8 @@ function groupByConversation(messages: readonly Message[]): Map<number, Message[
 const PASSING_FAILURES: ReadonlySet<string> = new Set(['disconnected', 'timeout', 'unavailable', 'internal', 'rate_limited']);
 const MAX_RESEND_DELAY_MS = 30_000;
 const REFRESH_RETRY_MS = 60_000;
+/** The shortest wait between two successful refreshes. */
+const MIN_REFRESH_GAP_MS = 10_000;
 
 function pendingKey(userId: number): string {
   return `warren.pending.${userId}`;
@@ -399,12 +401,19 @@ export class ChatSession {
     }
     // Stopped meanwhile (logged out): reporting it would sign the user in again.
     if (!this.started) return;
-    // The server cuts tokens at the session's maximum age: a new one ending exactly when the last did ends there,
-    // and refreshing again would only bring the same end, ever more often.
-    if (next.expiresAt === this.auth.expiresAt) this.refreshEnded = true;
+    // The server cuts tokens at the session's maximum age: a later token ending exactly when the last did ends
+    // there, and refreshing again would only bring the same end, ever more often. (One issued in the same second
+    // is the same token again, and says nothing.)
+    const previous = this.auth;
+    if (next.expiresAt === previous.expiresAt && next.issuedAt > (previous.issuedAt ?? 0)) this.refreshEnded = true;
     this.auth = next;
     this.opts.onAuthRefreshed?.(next);
-    this.scheduleRefresh();
+    // Half the new token's life from now, by its own length (a device clock running ahead of the server's would
+    // find every new token due at once), but before it expires by this device's clock (by which the app logs out):
+    // halfway there at the latest. Never sooner than a short pause, so no skew makes a loop of refreshes.
+    const life = next.expiresAt - next.issuedAt;
+    const left = next.expiresAt - EXPIRY_MARGIN_MS - this.now();
+    this.scheduleRefresh(Math.max(MIN_REFRESH_GAP_MS, Math.min(life / 2, left / 2)));
   }
 
   private request<O extends Op>(

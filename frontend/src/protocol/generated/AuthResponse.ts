@@ -7,7 +7,8 @@ import type { User } from "./User";
 export type AuthResponse = { user: User, token: string, 
 /**
  * When the token was signed, in milliseconds since the Unix epoch (by the server's clock, like `expiresAt`).
- * Clients refresh a token once half of its life is gone.
+ * Clients refresh a token once half of its life is gone. (Read as 0 from a user-service of the release before
+ * refreshing, which did not send it, so that a rolling upgrade keeps sign-in working.)
  */
 issuedAt: number, 
 /**
