@@ -301,7 +301,7 @@ describe('App', () => {
   });
 
   it('a failed send offers Retry, which resends the same client message id', async () => {
-    const { server, user, pending: failed } = await sendRefusedWith({ code: 'forbidden', message: 'not a member' });
+    const { server, user, pending: failed } = await sendRefusedWith({ code: 'validation', message: 'too long' });
     expect(failed.classList.contains('msg--failed')).toBe(true);
     const first = server.current.lastRequest('sendMessage');
     server.handlers.sendMessage = (f) => msg(7, 4, alice.id, f.body, { clientMessageId: f.clientMessageId });

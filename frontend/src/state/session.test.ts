@@ -350,7 +350,7 @@ describe('session: a page refused as forbidden', () => {
   // With messages: an empty conversation has no page to ask for.
   const team = entry(conv(8, [alice.id, bob.id, carol.id], 5, { kind: 'group', title: 'Team' }), 5, msg(8, 5, bob.id));
 
-  it('removed from an older conversation than sync answers for: opening it removes it, says so, and discards its unsent message', async () => {
+  it('removed from an older conversation than sync answers for: its unsent message, refused, removes it, says so, and is discarded', async () => {
     const recent = Array.from({ length: 200 }, (_, i) => entry(conv(100 + i, [alice.id, bob.id], 1, { kind: 'group' }), 1));
     const t = setup(recent);
     t.server.handlers.listConversations = () => ({ conversations: [...recent, team] });
@@ -366,10 +366,9 @@ describe('session: a page refused as forbidden', () => {
     t.server.handlers.getMessages = () => forbidden;
     t.server.accept(alice);
     await flush();
-    expect(t.state().conversations[8]).toBeDefined();
-    expect(t.state().pending['cm-1']).toMatchObject({ status: 'failed', error: { code: 'forbidden' } });
-    t.session.select({ kind: 'conversation', id: 8 });
-    await flush();
+    // The resend after the reconnect is refused: that is the removal.
+    expect(t.server.current.requests('sendMessage')).toHaveLength(1);
+    expect(t.server.current.requests('getMessages')).toHaveLength(0);
     expect(t.state().conversations[8]).toBeUndefined();
     expect(t.state().timelines[8]).toBeUndefined();
     expect(t.state().selected).toBeNull();
@@ -449,6 +448,23 @@ describe('session: a page refused as forbidden', () => {
     expect(t.state().conversations[8]).toBeDefined();
     expect(t.state().notice).toBeNull();
     expect(t.state().loadFailed[8]).toBe(true);
+  });
+
+  it('a send refused before the user was added back fails, and keeps the conversation', async () => {
+    const t = setup([dm(12, 12), team]);
+    const ws = t.server.accept(alice);
+    await flush();
+    t.server.handlers.sendMessage = () => undefined; // answered by hand below
+    t.session.send('still here?', { conversationId: 8 });
+    await flush();
+    const asked = ws.lastRequest('sendMessage');
+    ws.receive({ type: 'conversation', conversation: team.conversation });
+    await flush();
+    ws.fail(asked, forbidden.error);
+    await flush();
+    expect(t.state().conversations[8]).toBeDefined();
+    expect(t.state().notice).toBeNull();
+    expect(t.state().pending['cm-1']).toMatchObject({ status: 'failed', error: { code: 'forbidden' }, autoResend: false });
   });
 
   it('a complete sync asked before the user was added back does not remove the conversation', async () => {
@@ -545,10 +561,10 @@ describe('session: sending', () => {
   it('an error fails the send; Retry sends it again with the same client message id', async () => {
     const t = setup([dm(12, 12)]);
     await connectAndOpen(t);
-    t.server.handlers.sendMessage = () => ({ error: { code: 'forbidden', message: 'not a member' } });
+    t.server.handlers.sendMessage = () => ({ error: { code: 'validation', message: 'too long' } });
     t.session.send('hello');
     await flush();
-    expect(t.state().pending['cm-1']).toMatchObject({ status: 'failed', error: { code: 'forbidden' }, autoResend: false });
+    expect(t.state().pending['cm-1']).toMatchObject({ status: 'failed', error: { code: 'validation' }, autoResend: false });
     t.server.handlers.sendMessage = (f) => own(13, f.clientMessageId);
     t.session.retry('cm-1');
     expect(t.state().pending['cm-1']?.status).toBe('sending');

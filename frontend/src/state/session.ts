@@ -152,7 +152,7 @@ function groupByConversation(messages: readonly Message[]): Map<number, Message[
 /**
  * Failures that say nothing about the message itself — the server may even have stored it (`timeout`,
  * `unavailable`, `internal`) or asked for a pause (`rate_limited`) — so the app sends it again by itself, with
- * the same client message id (stored at most once). Other failures (`forbidden`, `validation`, …) wait for the
+ * the same client message id (stored at most once). Other failures (`validation`, `conflict`, …) wait for the
  * user.
  */
 const PASSING_FAILURES: ReadonlySet<string> = new Set(['disconnected', 'timeout', 'unavailable', 'internal', 'rate_limited']);
@@ -895,6 +895,7 @@ export class ChatSession {
       return;
     }
     this.store.setState((s) => ({ pending: markSending(s.pending, clientMessageId) }));
+    const asked = this.removals;
     try {
       const message = await this.request(
         'sendMessage',
@@ -913,6 +914,12 @@ export class ChatSession {
     } catch (error) {
       const e = asApiRequestError(error);
       if (!(clientMessageId in this.store.getState().pending)) return; // confirmed by a live frame meanwhile
+      // Refused `forbidden`: removed from the conversation without this tab being told, as a page refused so says;
+      // the removal discards this send with the conversation's others and says so. (A conversation not listed
+      // here has no removal to apply: its send fails like any refusal.)
+      if ('conversationId' in send.target && this.removeIfForbidden(send.target.conversationId, error, asked)) {
+        if (!(clientMessageId in this.store.getState().pending)) return;
+      }
       const passing = PASSING_FAILURES.has(e.code);
       this.store.setState((s) => ({
         pending: markFailed(s.pending, clientMessageId, { code: e.code, message: e.message }, passing),
