@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use common::{
-    auth::{DEV_PRIVATE_KEY_PEM, TokenSigner},
+    auth::{CLOCK_SKEW_LEEWAY_SECS, DEV_PRIVATE_KEY_PEM, TokenSigner},
     protocol::messages::{Event, EventBatch, Message, ReadPosition},
 };
 use serde_json::{Value, json};
@@ -195,6 +195,15 @@ async fn a_text_frame_that_is_not_utf8_closes_the_socket_with_1007() {
     app.shutdown().await;
 }
 
+/// A token for `user_id` that the gateway accepts for about `seconds` more: its `exp` lies in the past, within the
+/// verifier's clock-skew leeway, by that much less than the leeway.
+fn token_accepted_for(user_id: i64, name: &str, seconds: u64) -> String {
+    let signer = TokenSigner::from_private_pem(DEV_PRIVATE_KEY_PEM.as_bytes()).unwrap();
+    let issued = chrono::Utc::now().timestamp() - 100;
+    let lifetime = 100 - CLOCK_SKEW_LEEWAY_SECS + seconds;
+    signer.sign(user_id, name, Duration::from_secs(lifetime), issued).unwrap()
+}
+
 #[tokio::test]
 async fn a_socket_is_closed_with_4001_when_its_token_expires() {
     // Expiry is checked at each keep-alive ping.
@@ -202,10 +211,7 @@ async fn a_socket_is_closed_with_4001_when_its_token_expires() {
     options.gateway.ws.ping_interval = Duration::from_millis(300);
     let app = spawn_app_with(options).await;
     let (_, user_id) = app.register("hank").await;
-    // Accepted for about five more seconds: `exp` 55 s ago, within the verifier's 60 s of clock-skew leeway.
-    let signer = TokenSigner::from_private_pem(DEV_PRIVATE_KEY_PEM.as_bytes()).unwrap();
-    let issued = chrono::Utc::now().timestamp() - 100;
-    let token = signer.sign(user_id, "hank", Duration::from_secs(45), issued).unwrap();
+    let token = token_accepted_for(user_id, "hank", 5);
     let (mut client, ready) = WsClient::authenticated(&app, &token).await;
     assert_eq!(ready["user"]["id"], user_id);
     assert_eq!(client.call("getSelf", json!({})).await["type"], "reply", "the session works until then");
@@ -228,10 +234,7 @@ async fn a_socket_that_refreshes_its_token_outlives_the_first_token() {
     options.gateway.ws.ping_interval = Duration::from_millis(300);
     let app = spawn_app_with(options).await;
     let (_, user_id) = app.register("iris").await;
-    // Accepted for about five more seconds, as in the test above.
-    let signer = TokenSigner::from_private_pem(DEV_PRIVATE_KEY_PEM.as_bytes()).unwrap();
-    let issued = chrono::Utc::now().timestamp() - 100;
-    let token = signer.sign(user_id, "iris", Duration::from_secs(45), issued).unwrap();
+    let token = token_accepted_for(user_id, "iris", 5);
     let (mut client, _) = WsClient::authenticated(&app, &token).await;
 
     let stray = client.call("refreshToken", json!({ "ttl": 99 })).await;
@@ -256,10 +259,8 @@ async fn a_socket_that_refreshes_its_token_outlives_the_first_token() {
 async fn a_socket_whose_token_ran_out_cannot_refresh_it() {
     let app = spawn_app().await;
     let (_, user_id) = app.register("ivan").await;
-    // Accepted for about two more seconds; the default ping interval (20 s) leaves the socket open well after.
-    let signer = TokenSigner::from_private_pem(DEV_PRIVATE_KEY_PEM.as_bytes()).unwrap();
-    let issued = chrono::Utc::now().timestamp() - 100;
-    let token = signer.sign(user_id, "ivan", Duration::from_secs(42), issued).unwrap();
+    // The default ping interval (20 s) leaves the socket open well after the token's two seconds.
+    let token = token_accepted_for(user_id, "ivan", 2);
     let (mut client, _) = WsClient::authenticated(&app, &token).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
 
