@@ -31,20 +31,22 @@ struct Harness {
     prefix: String,
     broker: Broker,
     client: RpcClient,
+    instance: String,
 }
 
 impl Harness {
     async fn start() -> Self {
         common::telemetry::init_for_tests();
         let settings = testing::unique_amqp_settings();
-        let broker = Broker::start(&settings, "test client".into());
-        let client = RpcClient::start(broker.clone(), "test", &uuid::Uuid::new_v4().simple().to_string());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !client.is_ready() {
-            assert!(Instant::now() < deadline, "client never became ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Harness { prefix: settings.prefix.clone(), broker, client }
+        let instance = uuid::Uuid::new_v4().simple().to_string();
+        let (broker, client) = connected_client(&settings, &instance).await;
+        Harness { prefix: settings.prefix.clone(), broker, client, instance }
+    }
+
+    /// Another client process of the same instance id (a replica restarted under its pinned name).
+    async fn restarted_client(&self) -> (Broker, RpcClient) {
+        let settings = common::config::AmqpSettings::new(&testing::amqp_url(), self.prefix.clone());
+        connected_client(&settings, &self.instance).await
     }
 
     fn server(
@@ -115,6 +117,17 @@ impl Harness {
     }
 }
 
+async fn connected_client(settings: &common::config::AmqpSettings, instance: &str) -> (Broker, RpcClient) {
+    let broker = Broker::start(settings, "test client".into());
+    let client = RpcClient::start(broker.clone(), "test", instance);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !client.is_ready() {
+        assert!(Instant::now() < deadline, "client never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (broker, client)
+}
+
 fn ctx(timeout_ms: u64) -> CallContext {
     CallContext::new(uuid::Uuid::new_v4().to_string(), Duration::from_millis(timeout_ms))
 }
@@ -148,6 +161,68 @@ async fn a_handler_error_reaches_the_caller_with_its_code() {
     let reply = h.client.call::<Echo>(&Text("x".into()), &ctx(5_000)).await;
 
     assert_eq!(reply, Err(ApiError::conflict("taken")));
+    stop.cancel();
+    server.await.unwrap().close().await;
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_restarted_client_never_takes_an_answer_meant_for_its_previous_process() {
+    let h = Harness::start().await;
+    let stop = CancellationToken::new();
+    // Answers each request after a second, so the first process's request is answered after its restart.
+    let server = h.server(&stop, |s| {
+        s.handle::<Slow, _, _>(|Text(s), _| async move {
+            tokio::time::sleep(Duration::from_millis(1_000)).await;
+            Ok(Text(format!("answer to {s}")))
+        })
+    });
+    h.wait_for_consumers("getUsers", 1).await;
+    let first = {
+        let client = h.client.clone();
+        tokio::spawn(async move { client.call::<Slow>(&Text("the first process".into()), &ctx(5_000)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The first process goes (its exclusive reply queue with it) and a new one takes its instance id, and so
+    // the reply queue's name, while the first request is still being worked on.
+    h.broker.close().await;
+    assert!(first.await.unwrap().is_err(), "the first process went before its answer came");
+    let (broker, client) = h.restarted_client().await;
+
+    let reply = client.call::<Slow>(&Text("the second process".into()), &ctx(5_000)).await;
+
+    assert_eq!(reply, Ok(Text("answer to the second process".into())));
+    stop.cancel();
+    server.await.unwrap().close().await;
+    broker.close().await;
+    testing::delete_topology(&h.prefix).await;
+}
+
+#[tokio::test]
+async fn a_client_whose_reply_queue_was_deleted_sets_it_up_again_on_the_same_connection() {
+    let h = Harness::start().await;
+    let stop = CancellationToken::new();
+    let server = h.server(&stop, echo_server);
+    h.wait_for_consumers("getSelf", 1).await;
+    assert!(h.client.call::<Echo>(&Text("before".into()), &ctx(5_000)).await.is_ok());
+
+    // What an operator might do in the management UI; the client's connection stays up.
+    let queue = h.broker.topology().reply_queue("test", &h.instance);
+    let status =
+        std::process::Command::new("rabbitmqctl").args(["delete_queue", &queue]).status().expect("rabbitmqctl runs");
+    assert!(status.success(), "rabbitmqctl delete_queue failed");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match h.client.call::<Echo>(&Text("after".into()), &ctx(1_000)).await {
+            Ok(reply) => {
+                assert_eq!(reply, Text("echo after".into()));
+                break;
+            }
+            Err(error) => assert!(Instant::now() < deadline, "never answered again: {error:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stop.cancel();
     server.await.unwrap().close().await;
     h.finish().await;

@@ -1,7 +1,9 @@
 //! The typed RPC client: `client.call::<Register>(&request, &ctx).await`.
 //!
-//! Each call gets a correlation id unique within this instance; replies come back on the instance's own named,
-//! exclusive reply queue. The per-call timeout travels as a deadline header, and the server that takes a request
+//! Each call gets a correlation id unique to this process (a random prefix chosen at start, then a counter); replies
+//! come back on the instance's own named, exclusive reply queue. The prefix matters because the queue is named after
+//! the instance id, which a restarted replica keeps: a request its previous process sent may still be answered
+//! into the queue after the restart, and a counter alone would match that answer to a new, unrelated call. The per-call timeout travels as a deadline header, and the server that takes a request
 //! after it drops the request unexecuted. Not also as the message's `expiration`: the request queues dead-letter
 //! what they reject, and RabbitMQ dead-letters expired messages too, so every request that timed out in a queue
 //! (a slow or stuck service) would have piled up in the dead-letter queue, which is kept for requests that
@@ -55,6 +57,8 @@ type ReplySender = oneshot::Sender<Result<Vec<u8>, ApiError>>;
 struct Inner {
     broker: Broker,
     reply_queue: String,
+    /// This process's part of every correlation id: `<boot>.<n>`.
+    boot: String,
     next_id: AtomicU64,
     pending: Mutex<HashMap<u64, ReplySender>>,
     /// The publishing channel of the current connection (with publisher confirms), `None` while down.
@@ -77,6 +81,7 @@ impl RpcClient {
         let inner = Arc::new(Inner {
             broker,
             reply_queue,
+            boot: uuid::Uuid::new_v4().simple().to_string(),
             next_id: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             link: RwLock::new(None),
@@ -124,7 +129,7 @@ impl RpcClient {
         let (tx, rx) = oneshot::channel();
         let _pending = PendingGuard::insert(&self.inner, id, tx);
         let properties = BasicProperties::default()
-            .with_correlation_id(id.to_string().into())
+            .with_correlation_id(format!("{}.{id}", self.inner.boot).into())
             .with_reply_to(self.inner.reply_queue.as_str().into())
             .with_content_type("application/json".into())
             .with_headers(headers::request_headers(&ctx.request_id, headers::deadline_after(ctx.timeout)));
@@ -252,10 +257,20 @@ async fn consume_replies(weak: std::sync::Weak<Inner>) {
         let Some(session) = broker.next_session(generation).await else { return };
         generation = session.generation;
         let Some(inner) = weak.upgrade() else { return };
+        let mut reattach = false;
         match attach(&inner, &session).await {
-            Ok(consumer) => {
+            Ok((channel, consumer)) => {
                 drop(inner);
                 drain(&weak, consumer).await;
+                if session.connection.status().connected() && !broker.is_closing() {
+                    // Only the consumer went (its queue was deleted, a channel error): set up again on this
+                    // connection rather than wait for a reconnect that may never come. Calls in flight are failed
+                    // below: their answers went to the queue that is gone.
+                    tracing::warn!(generation, "RPC reply consumer ended on a live connection; re-attaching");
+                    let _ = channel.close(200, "re-attaching".into()).await;
+                    generation = generation.saturating_sub(1);
+                    reattach = true;
+                }
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot set up the RPC reply queue; will retry");
@@ -267,9 +282,7 @@ async fn consume_replies(weak: std::sync::Weak<Inner>) {
             }
         }
         let Some(inner) = weak.upgrade() else { return };
-        if let Ok(mut link) = inner.link.write() {
-            *link = None;
-        }
+        let publish = inner.link.write().ok().and_then(|mut link| link.take());
         // Replies to requests in flight went with the old connection's exclusive queue: fail them now
         // (retryable) rather than let each wait for its timeout.
         if let Ok(mut pending) = inner.pending.lock() {
@@ -277,13 +290,21 @@ async fn consume_replies(weak: std::sync::Weak<Inner>) {
                 let _ = tx.send(Err(ApiError::unavailable("the connection to the message broker was lost")));
             }
         }
-        if !inner.broker.is_closing() {
+        drop(inner);
+        if reattach {
+            if let Some(publish) = publish {
+                let _ = publish.close(200, "re-attaching".into()).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        } else if !broker.is_closing() {
             tracing::warn!("RPC client lost its connection; waiting for the next one");
         }
     }
 }
 
-async fn attach(inner: &Inner, session: &Session) -> lapin::Result<lapin::Consumer> {
+/// Opens the publishing channel (with confirms) and starts consuming the reply queue; returns the consuming
+/// channel and its consumer.
+async fn attach(inner: &Inner, session: &Session) -> lapin::Result<(Channel, lapin::Consumer)> {
     let publish = session.channel().await?;
     publish.confirm_select(ConfirmSelectOptions::default()).await?;
     let consume = session.channel().await?;
@@ -301,14 +322,20 @@ async fn attach(inner: &Inner, session: &Session) -> lapin::Result<lapin::Consum
         *link = Some(publish);
     }
     tracing::debug!(generation = session.generation, queue = %inner.reply_queue, "RPC client ready");
-    Ok(consumer)
+    Ok((consume, consumer))
+}
+
+/// The call number in a correlation id this process made; `None` for another process's (an answer to a request
+/// sent before a restart under the same instance id) or a garbled one.
+fn call_id(boot: &str, correlation_id: &str) -> Option<u64> {
+    correlation_id.strip_prefix(boot)?.strip_prefix('.')?.parse().ok()
 }
 
 async fn drain(weak: &std::sync::Weak<Inner>, mut consumer: lapin::Consumer) {
     while let Some(delivery) = consumer.next().await {
         let Ok(delivery) = delivery else { return };
         let Some(inner) = weak.upgrade() else { return };
-        let id = delivery.properties.correlation_id().as_ref().and_then(|id| id.as_str().parse::<u64>().ok());
+        let id = delivery.properties.correlation_id().as_ref().and_then(|id| call_id(&inner.boot, id.as_str()));
         let waiter = id.and_then(|id| inner.pending.lock().ok()?.remove(&id));
         match waiter {
             Some(tx) => {
