@@ -299,6 +299,10 @@ impl Hub {
                 }
                 self.resync_all("live events may have been lost; sync to catch up");
             }
+            Received::Unreadable { events } => {
+                tracing::warn!(events, "dropped events this gateway could not read; asking every socket to sync");
+                self.resync_all("live events may have been lost; sync to catch up");
+            }
         }
     }
 
@@ -545,6 +549,16 @@ mod tests {
 
         assert_eq!(frame_type(&alice.outbound.try_recv().unwrap()), "resync");
         assert_eq!(frame_type(&bob.outbound.try_recv().unwrap()), "resync");
+    }
+
+    #[tokio::test]
+    async fn after_events_could_not_be_read_every_socket_is_told_to_resync() {
+        let hub = Hub::new(8, 100);
+        let mut alice = hub.register(1, hub.closer());
+
+        hub.receive(Received::Unreadable { events: 1 });
+
+        assert_eq!(frame_type(&alice.outbound.try_recv().unwrap()), "resync");
     }
 
     #[tokio::test]

@@ -10,6 +10,8 @@
 //! whatever is published while a gateway is disconnected never reaches it. Loss is made *visible* instead:
 //! every time the subscriber attaches to a connection (the first time too, since events committed before the queue
 //! was bound are just as missing), it reports [`Received::Attached`], and the gateway tells its clients to `sync`.
+//! Events it cannot read (a kind added by a newer message-service during a rolling upgrade) are dropped one by one,
+//! the rest of their batch delivered, and reported as [`Received::Unreadable`], with the same effect.
 //!
 //! Deliveries are acknowledged manually, after they were handed on, with a `basic_qos` prefetch: lapin's consumer
 //! buffer is unbounded, so the prefetch is the only thing that keeps a slow gateway's memory bounded; past it,
@@ -63,6 +65,9 @@ pub enum Received {
     /// The subscription started consuming on connection `generation`. Whatever was published before this, while
     /// the queue did not exist or was not bound, was lost: clients must `sync`. Reported on every attach.
     Attached { generation: u64 },
+    /// Events of a batch could not be read (a newer publisher's event kind during a rolling upgrade, or a garbled
+    /// batch) and were dropped: clients must `sync`. Reported after the batch's readable events.
+    Unreadable { events: usize },
 }
 
 /// A running subscription. Cheap to clone; it follows the broker across reconnects and stops when the broker is
@@ -178,16 +183,41 @@ where
             }
             None => return,
         };
-        match serde_json::from_slice::<EventBatch>(&delivery.data) {
-            Ok(batch) => batch.events.into_iter().for_each(|event| on_receive(Received::Event(event))),
-            // Acknowledged anyway: a batch that cannot be read now never will be, and `sync` repairs the loss.
-            Err(error) => tracing::error!(%error, bytes = delivery.data.len(), "discarding an unreadable event batch"),
+        // Acknowledged however it reads: a batch that cannot be read now never will be, and `sync` repairs what
+        // was dropped.
+        let (events, unreadable) = read_batch(&delivery.data);
+        events.into_iter().for_each(|event| on_receive(Received::Event(event)));
+        if unreadable > 0 {
+            on_receive(Received::Unreadable { events: unreadable });
         }
         if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
             tracing::warn!(%error, "cannot acknowledge an event batch");
             return;
         }
     }
+}
+
+/// The events of a batch, and how many of its events could not be read (a whole unreadable batch counts as one).
+/// Read as a whole first; only a batch that fails is read event by event, so one event of a kind this gateway does
+/// not know costs the others nothing.
+fn read_batch(data: &[u8]) -> (Vec<Event>, usize) {
+    let error = match serde_json::from_slice::<EventBatch>(data) {
+        Ok(batch) => return (batch.events, 0),
+        Err(error) => error,
+    };
+    #[derive(serde::Deserialize)]
+    struct Loose {
+        events: Vec<serde_json::Value>,
+    }
+    let Ok(Loose { events }) = serde_json::from_slice::<Loose>(data) else {
+        tracing::error!(%error, bytes = data.len(), "discarding an unreadable event batch");
+        return (Vec::new(), 1);
+    };
+    let total = events.len();
+    let events: Vec<Event> = events.into_iter().filter_map(|event| serde_json::from_value(event).ok()).collect();
+    let unreadable = total - events.len();
+    tracing::error!(%error, unreadable, of = total, "discarding unreadable events of a batch");
+    (events, unreadable)
 }
 
 /// Why a batch was not published.
@@ -275,5 +305,28 @@ impl EventPublisher {
         {
             *slot = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_with_an_unknown_event_kind_keeps_its_other_events() {
+        let known = r#"{"type":"read","userId":1,"position":{"conversationId":2,"readSeq":3}}"#;
+        let data = format!(r#"{{"events":[{known},{{"type":"typing","userId":1}},{known}]}}"#);
+
+        let (events, unreadable) = read_batch(data.as_bytes());
+
+        let expected: Event = serde_json::from_str(known).unwrap();
+        assert_eq!(events, vec![expected.clone(), expected]);
+        assert_eq!(unreadable, 1);
+    }
+
+    #[test]
+    fn a_garbled_batch_counts_as_one_unreadable_and_a_good_one_as_none() {
+        assert_eq!(read_batch(b"{not json").1, 1);
+        assert_eq!(read_batch(br#"{"events":[]}"#), (Vec::new(), 0));
     }
 }
