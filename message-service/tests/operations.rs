@@ -590,3 +590,151 @@ async fn a_batch_is_stored_in_its_order_whatever_its_sends_name() {
     assert_eq!(bodies, ["first", "a1", "a2", "a3", "a4", "a5"]);
     s.stop().await;
 }
+
+/// The byte budget counts bodies as JSON writes them: a control character is six bytes there, so 120 bodies of
+/// 4,000 of them (480 KB stored, 2.9 MB in JSON) are more than one `sync` carries.
+#[tokio::test]
+async fn sync_counts_its_byte_budget_as_the_reply_is_written() {
+    let s = Stack::start().await;
+    let (ann, ben) = (s.user("ann").await, s.user("ben").await);
+    let group = s.group(ann, "noisy", vec![ben]).await;
+    let body = format!("x{}", "\u{1}".repeat(MAX_MESSAGE_CHARS - 1));
+    let sends = (1..=120)
+        .map(|i| {
+            as_user(
+                ann,
+                SendMessageRequest {
+                    conversation_id: Some(group.id),
+                    to_user_id: None,
+                    client_message_id: format!("n{i}"),
+                    body: body.clone(),
+                },
+            )
+        })
+        .collect();
+    let stored = s.call::<SendMessages>(SendBatch { sends }).await.unwrap().results;
+    for result in &stored {
+        if let RpcReply::Err(error) = result {
+            panic!("a send was refused: {error:?}");
+        }
+    }
+
+    let synced = s
+        .call::<Sync>(as_user(ben, SyncRequest { heads: vec![Head { conversation_id: group.id, seq: 0 }] }))
+        .await
+        .unwrap();
+
+    let written: usize = synced.messages.iter().map(|m| serde_json::to_string(&m.body).unwrap().len() - 2).sum();
+    assert!(written <= SYNC_BODY_BYTES, "{written} bytes of bodies in one sync");
+    assert!(!synced.messages.is_empty());
+    let seqs: Vec<i64> = synced.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "a prefix of what the client lacks");
+    assert_eq!(synced.truncated, [group.id]);
+    s.stop().await;
+}
+
+/// Sends are stored in each sender's order, not the batch's: one user's first message to someone new, which waits
+/// for the user-service, must not hold back another user's send in the same batch. A stand-in user-service (the
+/// only part not real here) holds its answer about user 999 until the test lets it go.
+#[tokio::test]
+async fn one_senders_slow_first_message_holds_back_no_one_elses_send_in_the_batch() {
+    use common::{
+        amqp::RpcServer,
+        protocol::users::{ResolveUsers, User},
+    };
+    use std::sync::Arc;
+
+    common::telemetry::init_for_tests();
+    let db = testing::TestDb::new().await;
+    let amqp = testing::unique_amqp_settings();
+    let stop = CancellationToken::new();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let users_broker = Broker::start(&amqp, "stand-in user-service".into());
+    let held = release.clone();
+    let users = RpcServer::new(users_broker.clone(), "stand-in").handle::<ResolveUsers, _, _>(move |request, _| {
+        let held = held.clone();
+        async move {
+            if request.ids.contains(&999) {
+                held.notified().await;
+            }
+            Ok(request.ids.iter().map(|&id| User { id, username: format!("user{id}"), created_at: 0 }).collect())
+        }
+    });
+    let messages = message_service::startup::Application::build(message_service::config::Settings::for_tests(
+        &db.url(),
+        amqp.clone(),
+    ))
+    .await
+    .unwrap();
+    let (a, b) = (stop.clone(), stop.clone());
+    let users_task = tokio::spawn(async move { users.run(a).await });
+    let messages_task = tokio::spawn(messages.run_until_stopped(async move { b.cancelled().await }));
+    let broker = Broker::start(&amqp, "test".into());
+    let client = RpcClient::start(broker.clone(), "test", &uuid::Uuid::new_v4().simple().to_string());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for key in ["resolveUsers", "sendMessages", "createGroup"] {
+        while client.consumer_count(key).await.unwrap_or(0) == 0 {
+            assert!(Instant::now() < deadline, "{key} never served");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let ctx = || CallContext::new("test", Duration::from_secs(20));
+    let (ann, ben, cat) = (1, 2, 3);
+    let group = client
+        .call::<CreateGroup>(
+            &as_user(ben, CreateGroupRequest { title: "g".into(), member_ids: vec![ann, cat], client_group_id: None }),
+            &ctx(),
+        )
+        .await
+        .unwrap();
+    let send = |user_id, conversation_id, to_user_id, id: &str, body: &str| {
+        as_user(
+            user_id,
+            SendMessageRequest { conversation_id, to_user_id, client_message_id: id.into(), body: body.into() },
+        )
+    };
+    let batch = SendBatch {
+        sends: vec![
+            send(ann, None, Some(999), "a1", "ann's first to someone new"),
+            send(ben, Some(group.id), None, "b1", "ben's to the group"),
+            send(ann, Some(group.id), None, "a2", "ann's second, after her first"),
+        ],
+    };
+    let batch = {
+        let client = client.clone();
+        tokio::spawn(async move { client.call::<SendMessages>(&batch, &ctx()).await })
+    };
+
+    // Ben's send is stored while the user-service still holds its answer about ann's first.
+    let page = GetMessagesRequest { conversation_id: group.id, ..Default::default() };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stored = client.call::<GetMessages>(&as_user(cat, page.clone()), &ctx()).await.unwrap().messages;
+        if !stored.is_empty() {
+            let bodies: Vec<&str> = stored.iter().map(|m| m.body.as_str()).collect();
+            assert_eq!(bodies, ["ben's to the group"], "ann's second must wait for her first");
+            break;
+        }
+        assert!(Instant::now() < deadline, "ben's send waited for another sender's lookup");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!batch.is_finished());
+    release.notify_one();
+    let results = batch.await.unwrap().unwrap().results;
+    let answered: Vec<(String, i64)> = results
+        .into_iter()
+        .map(|r| match r {
+            RpcReply::Ok(m) => (m.client_message_id, m.seq),
+            RpcReply::Err(e) => panic!("{e:?}"),
+        })
+        .collect();
+    let expected: Vec<(String, i64)> = [("a1", 1), ("b1", 1), ("a2", 2)].map(|(id, seq)| (id.to_owned(), seq)).into();
+    assert_eq!(answered, expected);
+
+    stop.cancel();
+    users_task.await.unwrap();
+    messages_task.await.unwrap().unwrap();
+    users_broker.close().await;
+    broker.close().await;
+    testing::delete_topology(&amqp.prefix).await;
+}

@@ -28,8 +28,25 @@ pub const SYNC_MESSAGES_PER_CONVERSATION: u32 = 200;
 pub const MAX_SYNC_HEADS: usize = 1_000;
 /// Most missed messages one `sync` returns in all; conversations past the budget are listed in `truncated`.
 pub const SYNC_MESSAGES_TOTAL: u32 = 1_000;
-/// Most message-body bytes one `sync` returns in all (a thousand maximal messages would be ~16 MB).
+/// Most bytes of message bodies one `sync` returns in all, counted as they are written in JSON (a control
+/// character takes six bytes there, so counting raw bytes would let a reply grow sixfold): a thousand maximal
+/// messages would be ~16 MB in UTF-8 and up to ~24 MB in JSON. With the conversation list (at most ~7 MB:
+/// `MAX_CONVERSATIONS_PAGE` entries with their last message and up to `MAX_GROUP_MEMBERS` member ids) a reply stays
+/// well inside the gateway's 16 MiB frame limit.
 pub const SYNC_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// How many bytes `text` takes inside a JSON string as `serde_json` writes it (without the quotes).
+pub fn json_string_len(text: &str) -> usize {
+    text.len()
+        + text
+            .bytes()
+            .map(|b| match b {
+                b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+                0x00..=0x1f => 5,
+                _ => 0,
+            })
+            .sum::<usize>()
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
 #[serde(rename_all = "camelCase")]
@@ -301,3 +318,19 @@ operation!(GetConversation, "getConversation", AsUser<GetConversationRequest> =>
 operation!(ListConversations, "listConversations", AsUser<ListConversationsRequest> => ConversationsPage);
 operation!(MarkRead, "markRead", AsUser<MarkReadRequest> => ReadPosition);
 operation!(Sync, "sync", AsUser<SyncRequest> => SyncResponse);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_strings_json_length_is_what_serde_json_writes() {
+        for text in
+            ["", "plain", "quote \" and \\ slash", "line\nbreak\ttab\r\u{8}\u{c}", "\u{1}\u{1f}\u{7f}", "héllo 😀"]
+        {
+            let written = serde_json::to_string(text).unwrap().len() - 2;
+            assert_eq!(json_string_len(text), written, "{text:?}");
+        }
+        assert_eq!(json_string_len(&"\u{1}".repeat(4_000)), 24_000);
+    }
+}

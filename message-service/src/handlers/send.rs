@@ -6,11 +6,13 @@ use common::{
     },
 };
 
+use std::collections::HashMap;
+
 use futures_util::{StreamExt, future::join_all, stream::FuturesOrdered};
 
 use super::{Shared, internal};
 use crate::{
-    commit::Send,
+    commit::{Send, Ticket},
     domain::{ClientMessageId, MessageBody, positive_id},
 };
 
@@ -25,13 +27,14 @@ pub async fn send_message(
     send_one(&service, request, &ctx).await
 }
 
-/// A gateway's batch of sends, all in the same group commit where they fit, **in the batch's order**: the gateway
-/// puts one socket's sends in a batch in the order they arrived, and that is the order they must be stored in.
-/// So the sends are resolved to their conversations concurrently (a `toUserId` send may need a database round
-/// trip, or even to create the direct conversation, while a `conversationId` send needs none), and each is queued
-/// for the commit as soon as it and every send before it are resolved. Each gets its own answer; only when every one failed
-/// unexpectedly (the database is down, say) is the batch itself failed, so the RPC server retries it — safe,
-/// because every send is idempotent.
+/// A gateway's batch of sends, all in the same group commit where they fit, **in each sender's order**: the
+/// gateway puts one socket's sends in a batch in the order they arrived, and that is the order they must be stored
+/// in. So the sends are resolved to their conversations concurrently (a `toUserId` send may need a database round
+/// trip, the user-service, or even to create the direct conversation, while a `conversationId` send needs none), and
+/// each is queued for the commit as soon as it and every earlier send **of the same sender** are resolved: one
+/// user's slow first message to someone new holds back that user's later sends, never everyone else's. Each gets
+/// its own answer; only when every one failed unexpectedly (the database is down, say) is the batch itself failed,
+/// so the RPC server retries it — safe, because every send is idempotent.
 #[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, sends = batch.sends.len()), err(Debug, level = "info"))]
 pub async fn send_messages(
     service: Shared,
@@ -41,20 +44,51 @@ pub async fn send_messages(
     if batch.sends.len() > MAX_SEND_BATCH {
         return Err(ApiError::validation(format!("at most {MAX_SEND_BATCH} sends in one batch")));
     }
-    let mut resolved: FuturesOrdered<_> =
-        batch.sends.into_iter().map(|request| resolve(&service, request, &ctx)).collect();
-    let mut tickets = Vec::with_capacity(resolved.len());
-    while let Some(send) = resolved.next().await {
-        tickets.push(match send {
-            Ok(send) => service.committer.enqueue(send).await,
-            Err(error) => Err(error),
-        });
+    let count = batch.sends.len();
+    // Each sender's sends, with their places in the batch, in the batch's order.
+    let mut by_sender: HashMap<i64, Vec<(usize, AsUser<SendMessageRequest>)>> = HashMap::new();
+    for (place, send) in batch.sends.into_iter().enumerate() {
+        by_sender.entry(send.user_id).or_default().push((place, send));
     }
-    let results = join_all(tickets.into_iter().map(|ticket| async move { ticket?.answer().await })).await;
+    let queued = join_all(by_sender.into_values().map(|sends| queue_in_order(&service, sends, &ctx))).await;
+    let mut tickets: Vec<Option<Result<Ticket, ApiError>>> = (0..count).map(|_| None).collect();
+    for (place, ticket) in queued.into_iter().flatten() {
+        tickets[place] = Some(ticket);
+    }
+    let results = join_all(tickets.into_iter().map(|ticket| async move {
+        match ticket {
+            Some(ticket) => ticket?.answer().await,
+            None => Err(ApiError::internal()),
+        }
+    }))
+    .await;
     if !results.is_empty() && results.iter().all(|r| matches!(r, Err(e) if e.code == ErrorCode::Internal)) {
         return Err(ApiError::internal());
     }
     Ok(SendBatchResult { results: results.into_iter().map(RpcReply::from).collect() })
+}
+
+/// Resolves one sender's sends concurrently and queues each for the commit once every earlier one is resolved.
+async fn queue_in_order(
+    service: &Shared,
+    sends: Vec<(usize, AsUser<SendMessageRequest>)>,
+    ctx: &RequestContext,
+) -> Vec<(usize, Result<Ticket, ApiError>)> {
+    let mut resolved: FuturesOrdered<_> = sends
+        .into_iter()
+        .map(|(place, request)| async move { (place, resolve(service, request, ctx).await) })
+        .collect();
+    let mut tickets = Vec::with_capacity(resolved.len());
+    while let Some((place, send)) = resolved.next().await {
+        tickets.push((
+            place,
+            match send {
+                Ok(send) => service.committer.enqueue(send).await,
+                Err(error) => Err(error),
+            },
+        ));
+    }
+    tickets
 }
 
 async fn send_one(

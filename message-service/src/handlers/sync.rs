@@ -6,7 +6,7 @@ use common::{
         ApiError,
         messages::{
             AsUser, MAX_CONVERSATIONS_PAGE, MAX_SYNC_HEADS, SYNC_BODY_BYTES, SYNC_MESSAGES_PER_CONVERSATION,
-            SYNC_MESSAGES_TOTAL, SyncRequest, SyncResponse,
+            SYNC_MESSAGES_TOTAL, SyncRequest, SyncResponse, json_string_len,
         },
     },
 };
@@ -63,10 +63,10 @@ pub async fn sync(
         }
     }
     let mut messages = service.store.ranges(&ranges).await.map_err(internal)?;
-    // The byte budget: keep a prefix of each conversation's missing messages, flag the rest.
+    // The byte budget, counted as JSON: keep a prefix of each conversation's missing messages, flag the rest.
     let mut bytes = 0;
     if let Some(cut) = messages.iter().position(|m| {
-        bytes += m.body.len();
+        bytes += json_string_len(&m.body);
         bytes > SYNC_BODY_BYTES
     }) {
         for message in &messages[cut..] {
