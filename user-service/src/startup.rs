@@ -9,7 +9,7 @@ use common::{
     auth::TokenSigner,
     protocol::users::{GetSelf, GetUsers, Login, RefreshToken, Register, ResolveUsers},
 };
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::{
     config::Settings,
@@ -29,12 +29,7 @@ pub struct Application {
 impl Application {
     /// Connects (the database eagerly, so a wrong URL fails at start; the broker in the background) and migrates.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(settings.db_max_connections)
-            .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect(settings.database_url.expose())
-            .await
-            .context("connecting to PostgreSQL (WARREN_DATABASE_URL)")?;
+        let pool = connect(settings.database_url.expose(), settings.db_max_connections).await?;
         crate::migrate(&pool).await?;
         let signer = TokenSigner::from_private_pem(settings.jwt_private_key_pem.expose().as_bytes())
             .context("loading the JWT signing key")?;
@@ -71,4 +66,17 @@ impl Application {
         tracing::info!("user-service stopped");
         Ok(())
     }
+}
+
+/// The service's pool. `synchronous_commit = on` is set per connection, as the message-service does, so an
+/// acknowledged registration is durable even where the server's default was relaxed: a registration lost in a
+/// crash would hand its id to the next user while the first one's token is still valid.
+pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = url.parse().context("parsing WARREN_DATABASE_URL")?;
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect_with(options.options([("synchronous_commit", "on")]))
+        .await
+        .context("connecting to PostgreSQL (WARREN_DATABASE_URL)")
 }

@@ -197,3 +197,20 @@ async fn user_records_never_carry_the_password_hash() {
         assert!(!printed.contains(hash.as_str()) && !printed.contains("argon2"), "{printed}");
     }
 }
+
+#[tokio::test]
+async fn the_services_pool_commits_durably_even_where_the_server_default_is_relaxed() {
+    let db = TestDb::new().await;
+    sqlx::query(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET synchronous_commit = off', current_database()); END $$",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let pool = user_service::startup::connect(&db.url(), 1).await.unwrap();
+    let setting: String = sqlx::query_scalar("SHOW synchronous_commit").fetch_one(&pool).await.unwrap();
+
+    assert_eq!(setting, "on");
+    pool.close().await;
+}

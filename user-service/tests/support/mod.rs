@@ -33,6 +33,11 @@ impl TestDb {
         Self { pool, db }
     }
 
+    /// This test's database URL.
+    pub fn url(&self) -> String {
+        self.db.url()
+    }
+
     /// Connection options for this test's database, for tests that need their own pools.
     pub fn options(&self) -> PgConnectOptions {
         options_for(&self.db)
