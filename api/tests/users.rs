@@ -397,3 +397,49 @@ async fn a_token_is_refreshed_for_the_same_session_until_the_session_is_too_old(
     assert_eq!(with_body.status(), 400);
     app.shutdown().await;
 }
+
+/// The user-service mints a token only for a token it signed, whoever asks: something that can publish on the
+/// broker (a compromised gateway) cannot get one for a user it merely names, nor for a token of another key.
+#[tokio::test]
+async fn the_user_service_refreshes_only_tokens_it_signed() {
+    use common::{
+        amqp::{Broker, CallContext, RpcClient},
+        protocol::{
+            ErrorCode,
+            users::{RefreshToken, RefreshTokenRequest},
+        },
+    };
+    let app = spawn_app().await;
+    let (token, user_id) = app.register("uma").await;
+    let broker = Broker::start(&app.amqp, "a direct caller".into());
+    let client = RpcClient::start(broker.clone(), "caller", &uuid::Uuid::new_v4().simple().to_string());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !client.is_ready() {
+        assert!(Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refresh = |token: String| {
+        let client = client.clone();
+        async move {
+            let ctx = CallContext::new("test", Duration::from_secs(10));
+            client.call::<RefreshToken>(&RefreshTokenRequest { token }, &ctx).await
+        }
+    };
+    const OTHER_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIPVRKt7z2KhSeu93Dhk+LDkHk8WgW//HVLXp7MHbAg3J
+-----END PRIVATE KEY-----
+";
+    let now = chrono::Utc::now().timestamp();
+    let forged = TokenSigner::from_private_pem(OTHER_KEY.as_bytes())
+        .unwrap()
+        .sign(user_id, "uma", Duration::from_secs(3_600), now)
+        .unwrap();
+
+    assert_eq!(refresh(token).await.unwrap().user.id, user_id);
+    for bad in [forged, "not a token".to_owned(), String::new()] {
+        let refused = refresh(bad).await.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Unauthorized, "{refused:?}");
+    }
+    broker.close().await;
+    app.shutdown().await;
+}

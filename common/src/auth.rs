@@ -85,6 +85,9 @@ pub enum AuthError {
     /// The PEM is not an Ed25519 key of the expected kind (PKCS#8 private / SPKI public).
     #[error("invalid Ed25519 key")]
     InvalidKey(#[source] jsonwebtoken::errors::Error),
+    /// The private key's PEM does not hold an Ed25519 PKCS#8 key its public key can be derived from.
+    #[error("invalid Ed25519 private key")]
+    UnreadablePrivateKey,
     /// Not a well-formed JWT, or its claims do not have the expected shape.
     #[error("token is malformed")]
     Malformed(#[source] jsonwebtoken::errors::Error),
@@ -133,11 +136,15 @@ impl TokenVerifier {
     /// Builds a verifier from an Ed25519 public key in SPKI PEM (`-----BEGIN PUBLIC KEY-----`).
     pub fn from_public_pem(pem: &[u8]) -> Result<Self, AuthError> {
         let key = DecodingKey::from_ed_pem(pem).map_err(AuthError::InvalidKey)?;
+        Ok(Self::with_key(key))
+    }
+
+    fn with_key(key: DecodingKey) -> Self {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.validate_exp = true;
         validation.leeway = CLOCK_SKEW_LEEWAY_SECS;
-        Ok(Self { key, validation })
+        Self { key, validation }
     }
 
     /// Verifies signature, algorithm, `exp`, `iat` and `sub`, and returns who the token is for.
@@ -163,6 +170,8 @@ impl TokenVerifier {
 /// Mints session tokens. Only user-service holds one.
 pub struct TokenSigner {
     key: EncodingKey,
+    /// The Ed25519 public key of `key`, for [`TokenSigner::verifier`].
+    public: [u8; 32],
 }
 
 impl fmt::Debug for TokenSigner {
@@ -175,8 +184,17 @@ impl fmt::Debug for TokenSigner {
 impl TokenSigner {
     /// Builds a signer from an Ed25519 private key in PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`).
     pub fn from_private_pem(pem: &[u8]) -> Result<Self, AuthError> {
+        use ed25519_dalek::pkcs8::DecodePrivateKey as _;
         let key = EncodingKey::from_ed_pem(pem).map_err(AuthError::InvalidKey)?;
-        Ok(Self { key })
+        let text = std::str::from_utf8(pem).map_err(|_| AuthError::UnreadablePrivateKey)?;
+        let signing = ed25519_dalek::SigningKey::from_pkcs8_pem(text).map_err(|_| AuthError::UnreadablePrivateKey)?;
+        Ok(Self { key, public: signing.verifying_key().to_bytes() })
+    }
+
+    /// A verifier of this signer's tokens (its public key is derived from the private one), for the user-service
+    /// to check a token it is asked to refresh without being given the public key as well.
+    pub fn verifier(&self) -> TokenVerifier {
+        TokenVerifier::with_key(DecodingKey::from_ed_der(&self.public))
     }
 
     /// Signs a token for `user_id` valid from `now` (Unix seconds) for `ttl`, beginning a session at `now`.
@@ -277,6 +295,17 @@ MC4CAQAwBQYDK2VwBCIEIPVRKt7z2KhSeu93Dhk+LDkHk8WgW//HVLXp7MHbAg3J
 
     fn verifier() -> TokenVerifier {
         TokenVerifier::from_public_pem(DEV_PUBLIC_KEY_PEM.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_signers_own_verifier_accepts_its_tokens_and_refuses_another_keys() {
+        let token = signer().sign(7, "ann", HOUR, now()).unwrap();
+        let other = TokenSigner::from_private_pem(OTHER_PRIVATE_KEY_PEM.as_bytes()).unwrap();
+
+        assert_eq!(signer().verifier().verify(&token).unwrap().user_id, 7);
+        assert!(matches!(other.verifier().verify(&token), Err(AuthError::BadSignature)));
+        // The same public key the gateway is given.
+        assert_eq!(verifier().verify(&token).unwrap(), signer().verifier().verify(&token).unwrap());
     }
 
     /// Signs arbitrary JSON claims with the dev private key, bypassing `TokenSigner`'s checks.

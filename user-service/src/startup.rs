@@ -36,6 +36,7 @@ impl Application {
         let service = Arc::new(Service {
             store: UserStore::new(pool),
             hasher: PasswordHasher::new(),
+            verifier: signer.verifier(),
             signer,
             token_ttl: settings.token_ttl,
             session_max_age: settings.session_max_age,

@@ -14,13 +14,31 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = parts
+        state.authenticate(BearerToken::of(parts)?).map(AuthUser).map_err(HttpError::from)
+    }
+}
+
+/// The bearer token of a request as it was sent, for the one handler that forwards it (`POST /api/refresh`);
+/// take [`AuthUser`] beside it to have it verified first.
+#[derive(Debug, Clone)]
+pub struct BearerToken(pub String);
+
+impl BearerToken {
+    fn of(parts: &Parts) -> Result<&str, ApiError> {
+        parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::trim)
-            .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
-        state.authenticate(token).map(AuthUser).map_err(HttpError::from)
+            .ok_or_else(|| ApiError::unauthorized("missing bearer token"))
+    }
+}
+
+impl FromRequestParts<AppState> for BearerToken {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(BearerToken(BearerToken::of(parts)?.to_owned()))
     }
 }

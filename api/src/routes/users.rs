@@ -13,7 +13,7 @@ use common::protocol::users::{
 };
 
 use crate::{
-    auth::AuthUser,
+    auth::{AuthUser, BearerToken},
     error::{ApiJson, HttpError},
     fields::{NoBody, StrictJson, StrictQuery},
     request_id::ReqId,
@@ -63,8 +63,14 @@ pub async fn get_me(State(state): State<AppState>, user: AuthUser, id: ReqId) ->
 
 /// A new token for the caller's session (see `RefreshTokenRequest`): the bearer token must still be valid.
 #[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id), err(Debug, level = "info"))]
-pub async fn refresh_token(State(state): State<AppState>, user: AuthUser, id: ReqId, _: NoBody) -> Reply<AuthResponse> {
-    let request = RefreshTokenRequest { user_id: user.0.user_id, signed_in_at: user.0.signed_in_at };
+pub async fn refresh_token(
+    State(state): State<AppState>,
+    user: AuthUser,
+    token: BearerToken,
+    id: ReqId,
+    _: NoBody,
+) -> Reply<AuthResponse> {
+    let request = RefreshTokenRequest { token: token.0 };
     Ok(ApiJson(state.call::<RefreshToken>(&id.0, &request).await?))
 }
 

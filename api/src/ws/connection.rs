@@ -9,7 +9,7 @@
 //! 3. **Close**: send a close frame with a code and a reason, then keep reading until the client's close arrives
 //!    and the stream ends (bounded), so closes are clean (DESIGN §8).
 
-use std::{borrow::Cow, error::Error as _, pin::pin, time::Duration};
+use std::{borrow::Cow, error::Error as _, pin::pin, sync::Arc, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use common::{
@@ -87,7 +87,7 @@ pub async fn run(mut socket: WebSocket, connection: Connection) {
     let span = tracing::info_span!("ws", connection = %id, user_id = tracing::field::Empty);
     async move {
         let end = match authenticate(&mut socket, &state, &closer, &id).await {
-            Ok((verified, user)) => {
+            Ok((verified, token, user)) => {
                 tracing::Span::current().record("user_id", user.id);
                 let mut registration = state.hub().register(user.id, closer.clone());
                 let ready = ServerFrame::Ready {
@@ -102,6 +102,7 @@ pub async fn run(mut socket: WebSocket, connection: Connection) {
                     closer: &closer,
                     registration: &mut registration,
                     user: verified,
+                    token,
                     in_flight: FuturesUnordered::new(),
                 };
                 match session.write_frame(&ready).await {
@@ -124,7 +125,7 @@ async fn authenticate(
     state: &AppState,
     closer: &Closer,
     connection: &str,
-) -> Result<(VerifiedUser, User), End> {
+) -> Result<(VerifiedUser, Arc<str>, User), End> {
     let settings = &state.settings().ws;
     let mut deadline = pin!(sleep(settings.auth_timeout));
     let token = loop {
@@ -151,7 +152,7 @@ async fn authenticate(
         reason = closer.closed() => return Err(reason.into()),
     };
     match user {
-        Ok(user) => Ok((verified, user)),
+        Ok(user) => Ok((verified, token.into(), user)),
         Err(error) => {
             tracing::info!(code = ?error.code, user_id = verified.user_id, "cannot load the user of a socket");
             let (code, reason) = refusal(&error);
@@ -181,6 +182,8 @@ struct Session<'a> {
     /// Who the socket serves, and until when: the token it authenticated with, or the last one a `refreshToken`
     /// written to it returned.
     user: VerifiedUser,
+    /// That token itself (a `refreshToken` request carries it to the user-service).
+    token: Arc<str>,
     /// Requests running; each ends with the frame to write, or `None` when the hub already answered it.
     in_flight: FuturesUnordered<BoxFuture<'static, Option<ServerFrame>>>,
 }
@@ -248,7 +251,8 @@ impl Session<'_> {
             ClientFrame::SendMessage { id, request } => self.registration.await_send(request, id),
             _ => None,
         };
-        let handled = dispatch::handle(self.state.clone(), self.user.clone(), request_id, frame);
+        let caller = dispatch::Caller { user: self.user.clone(), token: self.token.clone() };
+        let handled = dispatch::handle(self.state.clone(), caller, request_id, frame);
         self.in_flight.push(Box::pin(async move {
             match awaited {
                 Some(awaited) => awaited.race(handled).await,
@@ -314,7 +318,10 @@ impl Session<'_> {
     fn adopt_refreshed_token(&mut self, reply: &ServerFrame) {
         let ServerFrame::Reply { result: ReplyData::RefreshToken(auth), .. } = reply else { return };
         match self.state.authenticate(&auth.token) {
-            Ok(refreshed) if refreshed.user_id == self.user.user_id => self.user = refreshed,
+            Ok(refreshed) if refreshed.user_id == self.user.user_id => {
+                self.user = refreshed;
+                self.token = auth.token.as_str().into();
+            }
             Ok(refreshed) => {
                 tracing::error!(
                     other = refreshed.user_id,

@@ -20,10 +20,18 @@ use common::{
 use super::connection::unix_now;
 use crate::{state::AppState, validate::Bounded};
 
+/// Who sent a request: the socket's verified token, and the token itself (which `refreshToken` forwards).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user: VerifiedUser,
+    pub token: std::sync::Arc<str>,
+}
+
 /// Runs one request. Never fails: every error becomes an error frame naming the request's `id`.
-#[tracing::instrument(skip_all, fields(request_id = %request_id, user_id = user.user_id, op))]
-pub async fn handle(state: AppState, user: VerifiedUser, request_id: String, frame: ClientFrame) -> ServerFrame {
+#[tracing::instrument(skip_all, fields(request_id = %request_id, user_id = caller.user.user_id, op))]
+pub async fn handle(state: AppState, caller: Caller, request_id: String, frame: ClientFrame) -> ServerFrame {
     let id = frame.id().unwrap_or_default().to_owned();
+    let Caller { user, token } = caller;
     let user_id = user.user_id;
     let call = Call { state: &state, request_id: &request_id, user_id };
     let result = match frame {
@@ -36,7 +44,7 @@ pub async fn handle(state: AppState, user: VerifiedUser, request_id: String, fra
         }
         // The socket adopts the new token's lifetime when this reply is written (see `connection`).
         ClientFrame::RefreshToken { .. } => call
-            .plain::<RefreshToken>(RefreshTokenRequest { user_id, signed_in_at: user.signed_in_at })
+            .plain::<RefreshToken>(RefreshTokenRequest { token: token.to_string() })
             .await
             .map(ReplyData::RefreshToken),
         ClientFrame::GetUsers { request, .. } => call.plain::<GetUsers>(request).await.map(ReplyData::GetUsers),

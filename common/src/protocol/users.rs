@@ -53,13 +53,13 @@ pub struct AuthResponse {
 
 /// Sent by the gateway for a caller whose token it verified: a new token for the same session. A session is
 /// what one sign-in (`register` or `login`) began; refreshing keeps it going up to the user-service's
-/// `WARREN_SESSION_MAX_AGE_SECS`, then the user signs in again.
+/// `WARREN_SESSION_MAX_AGE_SECS`, then the user signs in again. The token itself travels, and the user-service
+/// verifies it again: it mints tokens only for a token it signed, so whoever can publish on the broker (a
+/// compromised gateway) cannot make one for any user it names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RefreshTokenRequest {
-    pub user_id: i64,
-    /// When the session's sign-in happened, Unix seconds (the verified token's `auth_time`).
-    pub signed_in_at: i64,
+    pub token: String,
 }
 
 /// One page of users, ordered by id. `after` is the last id of the previous page.

@@ -18,7 +18,7 @@ pub use users::{get_self, list_users, resolve_users};
 use std::sync::Arc;
 
 use common::{
-    auth::{AuthError, Session, TokenSigner},
+    auth::{AuthError, Session, TokenSigner, TokenVerifier},
     protocol::{
         ApiError,
         users::{AuthResponse, User},
@@ -36,6 +36,8 @@ pub struct Service {
     pub store: UserStore,
     pub hasher: PasswordHasher,
     pub signer: TokenSigner,
+    /// Checks tokens this service signed (`refreshToken`); derived from `signer`.
+    pub verifier: TokenVerifier,
     pub token_ttl: std::time::Duration,
     pub session_max_age: std::time::Duration,
 }
