@@ -39,6 +39,9 @@ use crate::{
 /// Largest HTTP body accepted. Chat payloads are a few KiB; anything bigger is refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// How long shutdown waits for HTTP requests still open (the services answer within the RPC timeout).
+pub const HTTP_DRAIN_WAIT: Duration = Duration::from_secs(10);
+
 /// How long shutdown waits for WebSockets to finish their close handshakes.
 pub const WS_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
@@ -108,10 +111,19 @@ impl Application {
                 tracing::debug!(%error, "cannot set TCP_NODELAY");
             }
         });
-        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        let serving = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .await
-            .context("serving HTTP")?;
+            .into_future();
+        // The HTTP drain waits for every open request, and one whose client stalls (a body announced and never
+        // sent) would hold the process forever: past `HTTP_DRAIN_WAIT` after the stop, it is left behind.
+        let drained = async {
+            stop.cancelled().await;
+            tokio::time::sleep(HTTP_DRAIN_WAIT).await;
+        };
+        tokio::select! {
+            served = serving => served.context("serving HTTP")?,
+            () = drained => tracing::warn!("HTTP requests still open after the drain time; stopping without them"),
+        }
         if !state.hub().wait_closed(WS_CLOSE_WAIT).await {
             tracing::warn!(sockets = state.hub().len(), "some WebSockets did not finish closing in time");
         }

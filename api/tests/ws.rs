@@ -375,6 +375,66 @@ async fn shutting_down_closes_every_socket_with_1001() {
     app.shutdown().await;
 }
 
+/// A client that announced a body and never sent it does not hold the gateway's shutdown forever.
+#[tokio::test]
+async fn shutting_down_does_not_wait_forever_for_a_stalled_http_request() {
+    use tokio::io::AsyncWriteExt;
+    let mut app = spawn_app().await;
+    let mut stalled = tokio::net::TcpStream::connect(app.address.trim_start_matches("http://")).await.unwrap();
+    let head =
+        "POST /api/login HTTP/1.1\r\nHost: warren\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{";
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    app.gateway_stop.cancel();
+
+    let gateway = app.gateway.take().unwrap();
+    let stopped = tokio::time::timeout(api::startup::HTTP_DRAIN_WAIT + Duration::from_secs(5), gateway).await;
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "the gateway stops despite the stalled request: {stopped:?}");
+    drop(stalled);
+    app.shutdown().await;
+}
+
+/// A request a service is already working on when the gateway shuts down is answered before the socket closes:
+/// the client must not be left guessing whether it happened. A stand-in message-service answers
+/// `getConversation` after half a second.
+#[tokio::test]
+async fn shutting_down_answers_the_requests_in_flight_before_closing() {
+    use common::{
+        amqp::{Broker, RpcClient, RpcServer},
+        protocol::{ApiError, messages::GetConversation},
+    };
+    let app = spawn_app().await;
+    let (token, _) = app.register("kurt").await;
+    let broker = Broker::start(&app.amqp, "stand-in message-service".into());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = RpcServer::new(broker.clone(), "stand-in").handle::<GetConversation, _, _>(|request, _| async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Err(ApiError::not_found(format!("no conversation {}", request.request.conversation_id)))
+    });
+    let serving = tokio::spawn(server.run(stop.clone()));
+    let probe = RpcClient::start(broker.clone(), "probe", &uuid::Uuid::new_v4().simple().to_string());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while probe.consumer_count("getConversation").await.unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the stand-in never consumed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut client, _) = WsClient::authenticated(&app, &token).await;
+    client.send_json(&json!({ "type": "getConversation", "id": "g1", "conversationId": 7 })).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    app.gateway_stop.cancel();
+
+    let answer = client.next_frame().await;
+    assert_eq!((answer["type"].as_str(), answer["id"].as_str()), (Some("error"), Some("g1")), "{answer}");
+    assert_eq!(error_code(&answer), "not_found");
+    assert_eq!(client.expect_close().await, (1001, "server shutting down".to_owned()));
+    stop.cancel();
+    serving.await.unwrap();
+    broker.close().await;
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn requests_over_the_in_flight_limit_are_refused_as_rate_limited() {
     let mut options = Options::default();

@@ -38,6 +38,10 @@ use crate::state::AppState;
 /// write buffer refuses any frame above its cap, see `max_write_buffer_size`).
 pub const MAX_OUTBOUND_FRAME_BYTES: usize = 16 << 20;
 
+/// How long a socket closing for shutdown waits for its requests in flight to be answered (inside the gateway's
+/// [`crate::startup::WS_CLOSE_WAIT`], which follows the HTTP drain).
+pub const IN_FLIGHT_WAIT: Duration = Duration::from_secs(3);
+
 /// How long a close handshake may take before the connection is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -103,6 +107,7 @@ pub async fn run(mut socket: WebSocket, connection: Connection) {
                     registration: &mut registration,
                     user: verified,
                     token,
+                    closing: false,
                     in_flight: FuturesUnordered::new(),
                 };
                 match session.write_frame(&ready).await {
@@ -157,7 +162,7 @@ async fn authenticate(
             tracing::info!(code = ?error.code, user_id = verified.user_id, "cannot load the user of a socket");
             let (code, reason) = refusal(&error);
             let frame = text_of(&ServerFrame::Error { id: None, error });
-            send(socket, closer, settings.write_timeout, Message::Text(frame)).await?;
+            send(socket, Some(closer), settings.write_timeout, Message::Text(frame)).await?;
             Err(End::Close(code, reason.into()))
         }
     }
@@ -184,6 +189,8 @@ struct Session<'a> {
     user: VerifiedUser,
     /// That token itself (a `refreshToken` request carries it to the user-service).
     token: Arc<str>,
+    /// The hub closed the socket and its last answers are being written (see [`Self::ending`]).
+    closing: bool,
     /// Requests running; each ends with the frame to write, or `None` when the hub already answered it.
     in_flight: FuturesUnordered<BoxFuture<'static, Option<ServerFrame>>>,
 }
@@ -198,7 +205,7 @@ impl Session<'_> {
         let mut strikes = 0usize;
         loop {
             let step = tokio::select! {
-                reason = self.closer.closed() => Err(reason.into()),
+                reason = self.closer.closed() => Err(self.ending(reason).await),
                 message = self.socket.recv() => match inbound(message, settings.max_message_bytes) {
                     Ok(message) => {
                         idle.as_mut().reset(Instant::now() + settings.idle_timeout);
@@ -241,6 +248,40 @@ impl Session<'_> {
                 return end;
             }
         }
+    }
+
+    /// How the socket ends when the hub closes it. When the gateway shuts down, the requests already running are
+    /// answered first (for up to [`IN_FLIGHT_WAIT`]): each was sent on to a service that will act on it, and a
+    /// client told nothing cannot know whether a `removeMember` or a group create without `clientGroupId`
+    /// happened. A slow socket (4008) is closed at once: it is not reading.
+    async fn ending(&mut self, reason: CloseReason) -> End {
+        if reason == CloseReason::SHUTTING_DOWN && !self.in_flight.is_empty() {
+            self.closing = true;
+            let mut deadline = pin!(sleep(IN_FLIGHT_WAIT));
+            while !self.in_flight.is_empty() {
+                let step = tokio::select! {
+                    () = &mut deadline => {
+                        tracing::info!(requests = self.in_flight.len(), "closing with requests still unanswered");
+                        break;
+                    }
+                    Some(reply) = self.in_flight.next() => match reply {
+                        Some(reply) => self.write_reply(reply).await,
+                        None => Ok(()),
+                    },
+                    Some(first) = self.registration.outbound.recv() => self.write_queued(first).await,
+                };
+                if let Err(end) = step {
+                    return end;
+                }
+            }
+            // A send answered by its event in the last moment: its reply is in the hub's queue.
+            if let Ok(first) = self.registration.outbound.try_recv()
+                && let Err(end) = self.write_queued(first).await
+            {
+                return end;
+            }
+        }
+        reason.into()
     }
 
     /// Runs a request alongside the others in flight. A `sendMessage` is registered with the hub first, so the
@@ -354,7 +395,8 @@ impl Session<'_> {
 
     /// Writes `first` and whatever else is queued (up to a batch), then flushes once.
     async fn write_queued(&mut self, first: Utf8Bytes) -> Result<(), End> {
-        let Session { socket, registration, closer, state, .. } = self;
+        let Session { socket, registration, closer, state, closing, .. } = self;
+        let closer = (!*closing).then_some(&**closer);
         let outbound = &mut registration.outbound;
         let write = async {
             socket.feed(Message::Text(first)).await?;
@@ -370,7 +412,8 @@ impl Session<'_> {
     }
 
     async fn send(&mut self, message: Message) -> Result<(), End> {
-        send(self.socket, self.closer, self.state.settings().ws.write_timeout, message).await
+        let closer = (!self.closing).then_some(self.closer);
+        send(self.socket, closer, self.state.settings().ws.write_timeout, message).await
     }
 }
 
@@ -379,17 +422,23 @@ enum Admitted {
     Refused(ServerFrame),
 }
 
-async fn send(socket: &mut WebSocket, closer: &Closer, limit: Duration, message: Message) -> Result<(), End> {
+async fn send(socket: &mut WebSocket, closer: Option<&Closer>, limit: Duration, message: Message) -> Result<(), End> {
     bounded(socket.send(message), closer, limit).await
 }
 
 /// Runs a write, giving up when the client does not take it in time (it is too slow) or the hub closes the
-/// socket meanwhile.
+/// socket meanwhile (`closer`; `None` for the last writes of a socket the hub already closed).
 async fn bounded(
     write: impl Future<Output = Result<(), axum::Error>>,
-    closer: &Closer,
+    closer: Option<&Closer>,
     limit: Duration,
 ) -> Result<(), End> {
+    let closed = async {
+        match closer {
+            Some(closer) => closer.closed().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         written = timeout(limit, write) => match written {
             Ok(Ok(())) => Ok(()),
@@ -399,7 +448,7 @@ async fn bounded(
             }
             Err(_) => Err(CloseReason::SLOW_CONSUMER.into()),
         },
-        reason = closer.closed() => Err(reason.into()),
+        reason = closed => Err(reason.into()),
     }
 }
 
