@@ -232,6 +232,40 @@ describe('WarrenSocket', () => {
     expect(server.current.sent.filter((f) => f.type === 'ping')).toHaveLength(0);
   });
 
+  it('connections presumed dead one after another reconnect after growing pauses, though each authenticates; an answered ping ends the streak', async () => {
+    const { server, socket } = setup({ keepAliveIntervalMs: 15_000, keepAliveTimeoutMs: 10_000 });
+    socket.start();
+    server.accept(alice);
+    // Unanswered pings: at once the first time, then 750 ms, 1500 ms (random 0.5: 75% of 1 s, 2 s)…
+    await vi.advanceTimersByTimeAsync(25_000);
+    expect(server.sockets).toHaveLength(2);
+    for (const [n, pause] of [
+      [3, 750],
+      [4, 1_500],
+    ] as const) {
+      server.accept(alice);
+      await vi.advanceTimersByTimeAsync(25_000);
+      expect(server.sockets).toHaveLength(n - 1);
+      await vi.advanceTimersByTimeAsync(pause - 1);
+      expect(server.sockets).toHaveLength(n - 1);
+      await vi.advanceTimersByTimeAsync(1);
+      expect(server.sockets).toHaveLength(n);
+    }
+    // Asked by the session (its sync got no answer), the same.
+    server.accept(alice);
+    socket.reconnectUnresponsive();
+    expect(server.sockets).toHaveLength(4);
+    await vi.advanceTimersByTimeAsync(3_000);
+    expect(server.sockets).toHaveLength(5);
+    // A connection that answers a ping is alive: the next one presumed dead is replaced at once.
+    const ws = server.accept(alice);
+    await vi.advanceTimersByTimeAsync(15_000);
+    ws.reply(ws.lastRequest('ping'), 'ping', { serverTime: 1 });
+    await vi.advanceTimersByTimeAsync(25_000);
+    expect(server.sockets).toHaveLength(6);
+    socket.stop();
+  });
+
   it('a ping goes out even when the request queue is full', async () => {
     const { server, socket } = setup({ maxInFlight: 1, requestTimeoutMs: 60_000, keepAliveIntervalMs: 15_000 });
     socket.start();

@@ -135,6 +135,11 @@ export class WarrenSocket {
   private readonly queue: Queued[] = [];
   private nextId = 1;
   private attempt = 0;
+  /**
+   * Connections presumed dead in a row (see `reconnectUnresponsive`). Unlike `attempt`, a `ready` does not reset it:
+   * a link that authenticates but cannot carry an answer in time would otherwise reconnect in a loop with no pause.
+   */
+  private unresponsive = 0;
   private reconnectTimer: ReturnType<typeof setTimeout> | null = null;
   private authTimer: ReturnType<typeof setTimeout> | null = null;
   private keepAliveTimer: ReturnType<typeof setInterval> | null = null;
@@ -170,6 +175,7 @@ export class WarrenSocket {
     if (!this.stopped) return;
     this.stopped = false;
     this.attempt = 0;
+    this.unresponsive = 0;
     this.setStatus('connecting', { attempt: 0 });
     this.connect();
   }
@@ -195,6 +201,32 @@ export class WarrenSocket {
     }
     this.setStatus('reconnecting', { attempt: this.attempt });
     this.connect();
+  }
+
+  /**
+   * Drops a connection presumed dead (a keep-alive ping, or a request the caller says proves it, got no answer at
+   * all in time) and connects again: at once the first time, then after a pause that grows with each connection in
+   * a row that goes the same way, whether or not it authenticated. Only an answer ends the streak: an answered ping,
+   * or `markResponsive`.
+   */
+  reconnectUnresponsive(): void {
+    if (this.stopped) return;
+    this.unresponsive += 1;
+    if (this.unresponsive === 1) {
+      this.reconnectNow();
+      return;
+    }
+    this.clearReconnect();
+    if (this.socket) {
+      this.dropSocket(CloseCode.NORMAL, 'no answer');
+      this.options.onDisconnect?.(CloseCode.NORMAL);
+    }
+    this.scheduleReconnect(CloseCode.NORMAL, this.unresponsive - 2);
+  }
+
+  /** The connection carried an answer that proves it alive (the session's sync): a later drop starts a new streak. */
+  markResponsive(): void {
+    this.unresponsive = 0;
   }
 
   request<O extends Op>(op: O, params: RequestParams<O>, options: RequestOptions = {}): Promise<ReplyOf<O>> {
@@ -347,9 +379,10 @@ export class WarrenSocket {
     this.scheduleReconnect(code);
   }
 
-  private scheduleReconnect(closeCode: number): void {
+  /** Reconnects after the backoff of `attempt` failed attempts, or of `minAttempt` if more. */
+  private scheduleReconnect(closeCode: number, minAttempt = 0): void {
     this.clearReconnect();
-    const delay = backoffDelay(this.attempt, this.options.backoff, this.options.random);
+    const delay = backoffDelay(Math.max(this.attempt, minAttempt), this.options.backoff, this.options.random);
     this.attempt += 1;
     this.setStatus('reconnecting', { attempt: this.attempt, retryAt: this.options.now() + delay, closeCode });
     this.reconnectTimer = setTimeout(() => {
@@ -403,7 +436,8 @@ export class WarrenSocket {
   /**
    * Sends `ping` straight onto the wire (not through the request queue: a full queue must not look like a dead
    * connection, and the gateway allows more requests in flight than `maxInFlight`). No answer in time: the
-   * connection is presumed dead, so drop it and reconnect now rather than wait for TCP to notice.
+   * connection is presumed dead, so drop it and reconnect now rather than wait for TCP to notice (after a pause if
+   * the connections before it went the same way: `reconnectUnresponsive`).
    */
   private sendKeepAlive(): void {
     const socket = this.socket;
@@ -413,13 +447,14 @@ export class WarrenSocket {
       if (this.pingInFlight !== id) return;
       this.pingInFlight = null;
       this.inFlight.delete(id);
-      if (this.socket === socket) this.reconnectNow();
+      if (this.socket === socket) this.reconnectUnresponsive();
     }, this.options.keepAliveTimeoutMs);
     this.pingInFlight = id;
     this.inFlight.set(id, {
       op: 'ping',
       resolve: () => {
         if (this.pingInFlight === id) this.pingInFlight = null;
+        this.unresponsive = 0;
       },
       reject: () => {
         if (this.pingInFlight === id) this.pingInFlight = null;

@@ -1,4 +1,4 @@
-import { act, render, screen, waitFor, within } from '@testing-library/react';
+import { act, fireEvent, render, screen, waitFor, within } from '@testing-library/react';
 import userEvent from '@testing-library/user-event';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { App } from '../App';
@@ -251,6 +251,23 @@ describe('App', () => {
     expect(sent[3]!.getAttribute('data-seq')).toBe('4');
   });
 
+  it('Enter that confirms an input method composition does not send, also as Safari reports it (keyCode 229)', async () => {
+    storedLogin();
+    const { server, user } = renderApp(entries());
+    await connected(server);
+    await user.click(screen.getByRole('button', { name: /bob/ }));
+    await act(() => flush());
+    const box = screen.getByRole('textbox', { name: 'Message' }) as HTMLTextAreaElement;
+    fireEvent.change(box, { target: { value: 'こんにちは' } });
+    // Safari ends the composition before the keydown of the Enter that confirmed it: isComposing is false then.
+    fireEvent.keyDown(box, { key: 'Enter', keyCode: 229 });
+    fireEvent.keyDown(box, { key: 'Enter', isComposing: true });
+    expect(server.current.requests('sendMessage')).toHaveLength(0);
+    expect(box.value).toBe('こんにちは');
+    fireEvent.keyDown(box, { key: 'Enter', keyCode: 13 });
+    expect(server.current.lastRequest('sendMessage')).toMatchObject({ body: 'こんにちは' });
+  });
+
   it('a message of invisible characters only cannot be sent: Send stays disabled and Enter does nothing', async () => {
     storedLogin();
     const { server, user } = renderApp(entries());
@@ -405,6 +422,33 @@ describe('App', () => {
     expect(within(nav).getByRole('button', { name: /carol/ }).getAttribute('aria-current')).toBe('true');
   });
 
+  it('what is typed after the first message to a new person stays in the box when the view becomes their conversation', async () => {
+    storedLogin();
+    const { server, user } = renderApp([]);
+    await connected(server);
+    await user.type(screen.getByRole('searchbox', { name: 'Find people' }), 'car');
+    await user.click(await screen.findByRole('button', { name: /carol/ }));
+    const box = () => screen.getByRole('textbox', { name: 'Message' }) as HTMLTextAreaElement;
+    await user.type(box(), 'hi carol{Enter}');
+    const req = server.current.lastRequest('sendMessage');
+    await user.type(box(), 'are you free on');
+    server.handlers.getConversation = () => entry(conv(11, [alice.id, carol.id], 1), 1, msg(11, 1, alice.id, 'hi carol'));
+    await act(async () => {
+      server.current.reply(req, 'sendMessage', msg(11, 1, alice.id, 'hi carol', { clientMessageId: req.clientMessageId }));
+      await flush();
+    });
+    const nav = screen.getByRole('navigation', { name: 'Conversations' });
+    expect(within(nav).getByRole('button', { name: /carol/ }).getAttribute('aria-current')).toBe('true');
+    expect(box().value).toBe('are you free on');
+    // Still that conversation's draft when coming back to it.
+    await user.type(box(), ' saturday?');
+    await user.type(screen.getByRole('searchbox', { name: 'Find people' }), 'bo');
+    await user.click(await screen.findByRole('button', { name: /bob/ }));
+    expect(box().value).toBe('');
+    await user.click(within(nav).getByRole('button', { name: /carol/ }));
+    expect(box().value).toBe('are you free on saturday?');
+  });
+
   it('creates a group with members picked by search', async () => {
     storedLogin();
     const { server, user } = renderApp([]);
@@ -421,6 +465,48 @@ describe('App', () => {
     expect(server.current.lastRequest('createGroup')).toMatchObject({ title: 'Book club', memberIds: [bob.id] });
     expect(screen.queryByRole('dialog')).toBeNull();
     expect(screen.getByRole('heading', { name: 'Book club' })).toBeTruthy();
+  });
+
+  it('removing a picked member in New group moves focus to the next one, then to the search, and Escape still closes', async () => {
+    storedLogin();
+    const { server, user } = renderApp([]);
+    await connected(server);
+    await user.click(screen.getByRole('button', { name: 'New group' }));
+    const dialog = screen.getByRole('dialog', { name: 'New group' });
+    const search = within(dialog).getByRole('searchbox', { name: 'Add members' });
+    for (const name of ['bob', 'carol']) {
+      await user.type(search, name.slice(0, 2));
+      await user.click(await within(dialog).findByRole('button', { name: new RegExp(name) }));
+    }
+    await user.click(within(dialog).getByRole('button', { name: 'Remove bob' }));
+    expect(document.activeElement).toBe(within(dialog).getByRole('button', { name: 'Remove carol' }));
+    await user.click(within(dialog).getByRole('button', { name: 'Remove carol' }));
+    expect(document.activeElement).toBe(search);
+    await user.keyboard('{Escape}');
+    expect(screen.queryByRole('dialog')).toBeNull();
+  });
+
+  it('removing a member in Members moves focus to the next one, then to the search, and Escape still closes', async () => {
+    storedLogin();
+    const { server, user } = renderApp(entries());
+    let members = [alice.id, bob.id, carol.id];
+    server.handlers.removeMember = (f) => {
+      members = members.filter((id) => id !== f.userId);
+      return conv(8, members, 0, { kind: 'group', title: 'Weekend plans' });
+    };
+    await connected(server);
+    await user.click(screen.getByRole('button', { name: /Weekend plans/ }));
+    await user.click(screen.getByRole('button', { name: 'Members' }));
+    const dialog = screen.getByRole('dialog', { name: 'Members of Weekend plans' });
+    await user.click(within(dialog).getByRole('button', { name: /^Remove\s*bob$/ }));
+    await act(() => flush());
+    expect(within(dialog).queryByRole('button', { name: /^Remove\s*bob$/ })).toBeNull();
+    expect(document.activeElement).toBe(within(dialog).getByRole('button', { name: /^Remove\s*carol$/ }));
+    await user.click(within(dialog).getByRole('button', { name: /^Remove\s*carol$/ }));
+    await act(() => flush());
+    expect(document.activeElement).toBe(within(dialog).getByRole('searchbox', { name: 'Add people' }));
+    await user.keyboard('{Escape}');
+    expect(screen.queryByRole('dialog')).toBeNull();
   });
 
   it('a group name of invisible characters only is asked for again, not sent', async () => {

@@ -17,6 +17,8 @@ export function ChatShell({ onLogout }: { onLogout: () => void }) {
   const notice = useChat((s) => s.notice);
   const conversations = useChat((s) => s.conversations);
   const [newGroup, setNewGroup] = useState(false);
+  /** What is typed in the message box, per conversation (see `Composer`): for as long as the chat is open. */
+  const [drafts] = useState(() => new Map<string, string>());
 
   const totalUnread = Object.values(conversations).reduce((n, c) => n + unreadCount(c), 0);
   useEffect(() => {
@@ -67,7 +69,7 @@ export function ChatShell({ onLogout }: { onLogout: () => void }) {
       </aside>
       <main className="main">
         {selected ? (
-          <ConversationView onBack={back} />
+          <ConversationView onBack={back} drafts={drafts} />
         ) : (
           <div className="main__empty">
             <svg viewBox="0 0 64 64" width="72" height="72" aria-hidden="true">

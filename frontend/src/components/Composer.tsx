@@ -1,4 +1,4 @@
-import { type FormEvent, type KeyboardEvent, useEffect, useId, useLayoutEffect, useRef, useState } from 'react';
+import { type FormEvent, type KeyboardEvent, useEffect, useId, useLayoutEffect, useReducer, useRef } from 'react';
 import { MAX_MESSAGE_CHARS, isBlankText, messageLength } from '../state/session';
 
 const WARN_AT = MAX_MESSAGE_CHARS - 300;
@@ -9,22 +9,28 @@ export function Composer({
   onSend,
   offline,
   focusKey,
+  drafts,
 }: {
   placeholder: string;
   onSend: (text: string) => void;
   offline: boolean;
-  /** Focus moves here whenever this changes (another conversation was opened). */
+  /** Focus moves here whenever this changes (another conversation was opened); the draft shown is this one's. */
   focusKey: string;
+  /**
+   * One draft per conversation (by `focusKey`): what was typed to one is never sent to the next one opened, and is
+   * still there on coming back. Kept by the chat, not by this box, so a draft outlives the box: the view of a
+   * conversation not listed yet (the moment a first message creates it) or a narrow screen's way back to the list
+   * unmount it.
+   */
+  drafts: Map<string, string>;
 }) {
-  // One draft per conversation: what was typed to one is never sent to the next one opened, and is still there
-  // on coming back.
-  const [drafts, setDrafts] = useState<Readonly<Record<string, string>>>({});
-  const text = drafts[focusKey] ?? '';
-  const setText = (value: string) =>
-    setDrafts((current) => {
-      const { [focusKey]: _, ...others } = current;
-      return value ? { ...others, [focusKey]: value } : others;
-    });
+  const [, redraw] = useReducer((n: number) => n + 1, 0);
+  const text = drafts.get(focusKey) ?? '';
+  const setText = (value: string) => {
+    if (value) drafts.set(focusKey, value);
+    else drafts.delete(focusKey);
+    redraw();
+  };
   const ref = useRef<HTMLTextAreaElement>(null);
   const hintId = useId();
   const countId = useId();
@@ -57,7 +63,11 @@ export function Composer({
   }
 
   function onKeyDown(event: KeyboardEvent<HTMLTextAreaElement>) {
-    if (event.key === 'Enter' && !event.shiftKey && !event.altKey && !event.nativeEvent.isComposing) {
+    // The Enter that confirms an input method's composition (Japanese, Chinese, Korean…) is not a send. Safari ends
+    // the composition before that keydown, so `isComposing` is false there; its keyCode is still 229 ("an input
+    // method is processing the key"), as in every browser.
+    const composing = event.nativeEvent.isComposing || event.keyCode === 229;
+    if (event.key === 'Enter' && !event.shiftKey && !event.altKey && !composing) {
       event.preventDefault();
       submit();
     }

@@ -13,7 +13,7 @@ import { useChat, useSession } from './SessionContext';
 
 const EMPTY: never[] = [];
 
-export function ConversationView({ onBack }: { onBack: () => void }) {
+export function ConversationView({ onBack, drafts }: { onBack: () => void; drafts: Map<string, string> }) {
   const session = useSession();
   const selected = useChat((s) => s.selected);
   const me = useChat((s) => s.me);
@@ -86,7 +86,10 @@ export function ConversationView({ onBack }: { onBack: () => void }) {
     : conversation
       ? 'Direct message'
       : 'New conversation';
-  const key = selected.kind === 'conversation' ? `c${selected.id}` : `u${selected.userId}`;
+  // A direct conversation goes by its peer, like the view of a person it starts from: when the first message (or a
+  // `conversation` frame) turns that view into the conversation, what was typed meanwhile stays in the box, and
+  // the view keeps its place. (There is one direct conversation per pair of people.)
+  const key = peerId !== undefined && !group ? `u${peerId}` : `c${conversationId ?? ''}`;
 
   return (
     <section className="conversation" aria-labelledby="conversation-title">
@@ -120,6 +123,7 @@ export function ConversationView({ onBack }: { onBack: () => void }) {
         onSend={(text) => session.send(text)}
         offline={!online && connection.hasConnected}
         focusKey={key}
+        drafts={drafts}
       />
       {showMembers && conversation && <MembersDialog conversation={conversation} onClose={() => setShowMembers(false)} />}
     </section>

@@ -1,4 +1,4 @@
-import { useEffect, useState } from 'react';
+import { useEffect, useRef, useState } from 'react';
 import { asApiRequestError } from '../api/errors';
 import type { Conversation } from '../protocol/generated/Conversation';
 import { displayName } from '../state/users';
@@ -18,6 +18,35 @@ export function MembersDialog({ conversation, onClose }: { conversation: Convers
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
   const [confirmLeave, setConfirmLeave] = useState(false);
+  const listRef = useRef<HTMLUListElement>(null);
+  /**
+   * Where focus goes once a removal is over and the buttons are enabled again: after a removal, the next member's
+   * Remove (else the previous one's, else the search), since the removed member's button, which had focus, is gone
+   * and focus would fall to the page, out of the dialog, where Escape no longer closes it; after a failure, the
+   * same button again.
+   */
+  const focusAfterRemoval = useRef<number | 'search' | null>(null);
+  useEffect(() => {
+    const target = focusAfterRemoval.current;
+    if (busy || target === null) return;
+    focusAfterRemoval.current = null;
+    const element =
+      target === 'search'
+        ? listRef.current?.closest('[role="dialog"]')?.querySelector<HTMLElement>('input[type="search"]')
+        : listRef.current?.querySelector<HTMLElement>(`[data-member-id="${target}"]`);
+    element?.focus();
+  });
+
+  function remove(id: number) {
+    const others = live.members.filter((m) => m !== me.id);
+    const index = others.indexOf(id);
+    const neighbour = others[index + 1] ?? others[index - 1];
+    focusAfterRemoval.current = id;
+    void run(
+      () => session.removeMember(live.id, id),
+      () => (focusAfterRemoval.current = neighbour ?? 'search'),
+    );
+  }
 
   useEffect(() => {
     void session.resolveUsers(live.members);
@@ -46,7 +75,7 @@ export function MembersDialog({ conversation, onClose }: { conversation: Convers
         exclude={live.members}
         onPick={(user) => void run(() => session.addMembers(live.id, [user.id]))}
       />
-      <ul className="member-list" aria-label="Members">
+      <ul className="member-list" aria-label="Members" ref={listRef}>
         {live.members.map((id) => (
           <li key={id} className="member">
             <Avatar name={displayName(users, id)} seed={id} size={32} />
@@ -59,7 +88,8 @@ export function MembersDialog({ conversation, onClose }: { conversation: Convers
                 type="button"
                 className="button button--ghost button--small"
                 disabled={busy}
-                onClick={() => void run(() => session.removeMember(live.id, id))}
+                onClick={() => remove(id)}
+                data-member-id={id}
               >
                 Remove<span className="visually-hidden"> {displayName(users, id)}</span>
               </button>

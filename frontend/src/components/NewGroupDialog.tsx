@@ -1,4 +1,4 @@
-import { type FormEvent, useId, useRef, useState } from 'react';
+import { type FormEvent, useEffect, useId, useRef, useState } from 'react';
 import { asApiRequestError } from '../api/errors';
 import type { User } from '../protocol/generated/User';
 import { newClientId } from '../state/ids';
@@ -20,6 +20,30 @@ export function NewGroupDialog({ onClose }: { onClose: () => void }) {
   // same group with the same id, so a first attempt that did go through is not made twice. A changed title or
   // member list is another group, with a new id.
   const attempt = useRef<{ request: string; clientGroupId: string } | null>(null);
+  const chipsRef = useRef<HTMLDivElement>(null);
+  /**
+   * Where focus goes once a removed member's chip is gone (its button had it, and focus would fall to the page,
+   * out of the dialog, where Escape no longer closes it): the next chip's button, else the previous one's, else the
+   * search.
+   */
+  const focusAfterRemoval = useRef<number | 'search' | null>(null);
+  useEffect(() => {
+    const target = focusAfterRemoval.current;
+    if (target === null) return;
+    focusAfterRemoval.current = null;
+    const field = chipsRef.current;
+    const element =
+      target === 'search'
+        ? field?.querySelector<HTMLElement>('input[type="search"]')
+        : field?.querySelector<HTMLElement>(`[data-member-id="${target}"]`);
+    element?.focus();
+  }, [members]);
+
+  function removeMember(id: number) {
+    const index = members.findIndex((m) => m.id === id);
+    focusAfterRemoval.current = (members[index + 1] ?? members[index - 1])?.id ?? 'search';
+    setMembers((list) => list.filter((x) => x.id !== id));
+  }
 
   async function onSubmit(event: FormEvent) {
     event.preventDefault();
@@ -58,7 +82,7 @@ export function NewGroupDialog({ onClose }: { onClose: () => void }) {
             autoComplete="off"
           />
         </div>
-        <div className="field">
+        <div className="field" ref={chipsRef}>
           <span className="field__label">Members</span>
           {members.length > 0 && (
             <ul className="chips" aria-label="Selected members">
@@ -68,8 +92,9 @@ export function NewGroupDialog({ onClose }: { onClose: () => void }) {
                   <button
                     type="button"
                     className="chip__remove"
-                    onClick={() => setMembers((list) => list.filter((x) => x.id !== m.id))}
+                    onClick={() => removeMember(m.id)}
                     aria-label={`Remove ${m.username}`}
+                    data-member-id={m.id}
                   >
                     ×
                   </button>

@@ -505,6 +505,73 @@ describe('session: a page refused as forbidden', () => {
   });
 });
 
+describe('session: a sync that gets no answer', () => {
+  beforeEach(() => {
+    vi.useFakeTimers();
+  });
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  const settle = () => vi.advanceTimersByTimeAsync(0);
+
+  it('reconnects after growing pauses, though every connection authenticates; once a sync answers, what was typed meanwhile goes out', async () => {
+    // A slow link: the gateway authenticates, but the sync's large answer never arrives in time.
+    const t = setup([dm(12, 12)], {
+      requestTimeoutMs: 5_000,
+      syncTimeoutMs: 5_000,
+      backoff: { baseMs: 1_000, maxMs: 8_000 },
+      random: () => 1,
+      keepAliveIntervalMs: 0,
+    });
+    t.server.handlers.sync = () => undefined;
+    t.server.accept(alice);
+    await settle();
+    // The first time, the socket is presumed dead and replaced at once.
+    await vi.advanceTimersByTimeAsync(5_000);
+    expect(t.server.sockets).toHaveLength(2);
+    t.server.accept(alice);
+    await settle();
+    t.session.send('typed meanwhile', { conversationId: 7 });
+    // Then after 1 s, 2 s…: the backoff grows across the connections whose sync got no answer.
+    for (const [n, pause] of [
+      [3, 1_000],
+      [4, 2_000],
+    ] as const) {
+      await vi.advanceTimersByTimeAsync(5_000);
+      expect(t.server.sockets).toHaveLength(n - 1);
+      await vi.advanceTimersByTimeAsync(pause - 1);
+      expect(t.server.sockets).toHaveLength(n - 1);
+      await vi.advanceTimersByTimeAsync(1);
+      expect(t.server.sockets).toHaveLength(n);
+      t.server.accept(alice);
+      await settle();
+    }
+    expect(t.server.sockets.flatMap((ws) => ws.requests('sendMessage'))).toEqual([]);
+    // This one answers: the message typed meanwhile goes out.
+    t.server.current.reply(t.server.current.lastRequest('sync'), 'sync', { conversations: [dm(12, 12)], messages: [], truncated: [] });
+    t.server.handlers.sendMessage = (f) => msg(7, 13, alice.id, f.body, { clientMessageId: f.clientMessageId });
+    await settle();
+    expect(t.server.current.requests('sendMessage').map((f) => f.body)).toEqual(['typed meanwhile']);
+    expect(t.state().pending).toEqual({});
+    // An answered sync ends the streak: the next sync with no answer replaces the socket at once again.
+    t.server.current.receive({ type: 'resync', reason: 'test' });
+    await vi.advanceTimersByTimeAsync(5_000);
+    expect(t.server.sockets).toHaveLength(5);
+  });
+
+  it('waits longer for a sync than for other requests: its answer can be large', async () => {
+    const t = setup([dm(12, 12)], { requestTimeoutMs: 2_000, keepAliveIntervalMs: 0 });
+    t.server.handlers.sync = () => undefined;
+    t.server.accept(alice);
+    await settle();
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(t.server.sockets).toHaveLength(1);
+    await vi.advanceTimersByTimeAsync(20_000);
+    expect(t.server.sockets).toHaveLength(2);
+  });
+});
+
 describe('session: sending', () => {
   const own = (seq: number, clientMessageId: string, body = 'hello'): Message =>
     msg(7, seq, alice.id, body, { clientMessageId });
@@ -739,6 +806,111 @@ describe('session: sending', () => {
     expect(Object.keys(reopened.state().pending)).toEqual(['from-a']);
   });
 
+  /** Another tab wrote the record of unsent messages: the browser tells this tab's window. */
+  const storageEvent = (tab: ReturnType<typeof setup>) =>
+    tab.win.dispatchEvent(new StorageEvent('storage', { key: `warren.pending.${alice.id}` }));
+
+  it("the unsent message of a tab closed while offline is sent by the user's other tab when it reconnects", async () => {
+    const storage = memoryStorage();
+    const tabB = setup([dm(12, 12)], { storage, newId: () => 'from-b' });
+    await connectAndOpen(tabB);
+    tabB.server.current.serverClose(1006);
+    await flush(1);
+    tabB.session.send('mine');
+    // Offline too, tab A queues a message, and the user closes it.
+    const tabA = setup([dm(12, 12)], { storage, newId: () => 'from-a' });
+    tabA.session.send('running late', { conversationId: 7 });
+    tabA.session.stop();
+    await reconnected(tabB);
+    let seq = 12;
+    tabB.server.handlers.sendMessage = (f) => own(++seq, f.clientMessageId, f.body);
+    const ws = tabB.server.accept(alice);
+    await flush();
+    expect(ws.requests('sendMessage').map((f) => f.clientMessageId).sort()).toEqual(['from-a', 'from-b']);
+    expect(tabB.state().pending).toEqual({});
+    expect(tabB.seqs(7).slice(-2)).toEqual([13, 14]);
+    expect(storage.map.get(`warren.pending.${alice.id}`)).toBeUndefined();
+  });
+
+  it('a message another tab queued offline shows in this connected tab and is sent from here; the other tab shows it once, sent', async () => {
+    const storage = memoryStorage();
+    const tabB = setup([dm(12, 12)], { storage, newId: () => 'from-b' });
+    await connectAndOpen(tabB);
+    tabB.server.handlers.sendMessage = () => undefined; // answered by hand below
+    const tabA = setup([dm(12, 12)], { storage, newId: () => 'from-a' });
+    tabA.session.send('running late', { conversationId: 7 });
+    storageEvent(tabB);
+    expect(tabB.state().pending['from-a']).toMatchObject({ body: 'running late', status: 'sending' });
+    const ws = tabB.server.current;
+    const request = ws.lastRequest('sendMessage');
+    expect(request).toMatchObject({ clientMessageId: 'from-a', conversationId: 7, body: 'running late' });
+    ws.reply(request, 'sendMessage', own(13, 'from-a', 'running late'));
+    await flush();
+    expect(tabB.state().pending).toEqual({});
+    expect(tabB.seqs(7).slice(-1)).toEqual([13]);
+    expect(storage.map.get(`warren.pending.${alice.id}`)).toBeUndefined();
+    // Tab A, offline, keeps showing it as waiting (it has not seen it stored, and must not see it vanish) until its
+    // reconnect's sync brings the stored message: then it shows once, and is not sent again.
+    storageEvent(tabA);
+    expect(Object.keys(tabA.state().pending)).toEqual(['from-a']);
+    tabA.server.handlers.sync = () => ({ conversations: [dm(13, 12)], messages: [own(13, 'from-a', 'running late')], truncated: [] });
+    tabA.server.accept(alice);
+    await flush();
+    expect(tabA.server.current.requests('sendMessage')).toEqual([]);
+    expect(tabA.state().pending).toEqual({});
+    expect(visibleMessages(tabA.state().timelines[7]!).filter((m) => m.clientMessageId === 'from-a')).toHaveLength(1);
+  });
+
+  it("a message one tab gave up on is not brought back by another tab that holds it, told or not", async () => {
+    for (const told of [false, true]) {
+      const storage = memoryStorage();
+      const key = `warren.pending.${alice.id}`;
+      const tabA = setup([dm(12, 12)], { storage, newId: () => 'from-a' });
+      tabA.session.send('never mind', { conversationId: 7 });
+      // Tab B opens while it waits: it holds it too.
+      let n = 0;
+      const tabB = setup([dm(12, 12)], { storage, newId: () => `from-b-${++n}` });
+      expect(Object.keys(tabB.state().pending)).toEqual(['from-a']);
+      tabA.session.discard('from-a');
+      expect(storage.map.get(key)).toBeUndefined();
+      if (told) {
+        storageEvent(tabB);
+        expect(tabB.state().pending, 'told').toEqual({});
+      }
+      // Tab B writes the record for a message of its own: the discarded one stays discarded.
+      tabB.session.send('something else', { conversationId: 7 });
+      expect(storage.map.get(key), `told: ${told}`).not.toContain('from-a');
+      expect(Object.keys(tabB.state().pending), `told: ${told}`).toEqual(['from-b-1']);
+      // And not sent when it connects.
+      tabB.server.accept(alice);
+      await flush();
+      expect(tabB.server.current.requests('sendMessage').map((f) => f.clientMessageId)).toEqual(['from-b-1']);
+      tabA.session.stop();
+      tabB.session.stop();
+    }
+  });
+
+  it("another tab's send this tab already holds as a message is not taken up as unsent, so it never shows twice", async () => {
+    const storage = memoryStorage();
+    const tabB = setup([dm(12, 12)], { storage, newId: () => 'from-b' });
+    await connectAndOpen(tabB);
+    // Tab A sends; its answer has not come, but the live frame reached tab B.
+    const tabA = setup([dm(12, 12)], { storage, newId: () => 'from-a' });
+    tabA.server.handlers.sendMessage = () => undefined;
+    tabA.server.accept(alice);
+    await flush();
+    tabA.session.send('on my way', { conversationId: 7 });
+    tabB.server.current.receive({ type: 'message', message: own(13, 'from-a', 'on my way') });
+    storageEvent(tabB);
+    tabB.server.current.serverClose(1006);
+    await reconnected(tabB);
+    tabB.server.accept(alice);
+    await flush();
+    expect(tabB.state().pending).toEqual({});
+    expect(tabB.server.current.requests('sendMessage')).toEqual([]);
+    expect(tabB.seqs(7).slice(-1)).toEqual([13]);
+  });
+
   it('removed from a group while offline: the sync says so, and the unsent message to it is discarded, not resent', async () => {
     const storage = memoryStorage();
     const t = setup([dm(12, 12), group], { storage });
@@ -860,6 +1032,21 @@ describe('session: sending', () => {
     expect(t.server.current.requests('sendMessage')).toHaveLength(0);
     expect(t.state().pending).toEqual({});
     expect(t.session.send('a\u200b')).not.toBeNull();
+  });
+
+  it('half an emoji (a lone surrogate, pasted) goes as the replacement character the screen shows, not as a frame the gateway refuses', async () => {
+    const t = setup([dm(12, 12)]);
+    await connectAndOpen(t);
+    const broken = 'late \ud83d again \ude00 and 😀 whole';
+    t.session.send(broken);
+    const body = t.server.current.lastRequest('sendMessage').body;
+    expect(body).toBe('late \ufffd again \ufffd and 😀 whole');
+    expect(t.state().pending['cm-1']?.body).toBe(body);
+    // Well-formed, so the frame is valid UTF-8 JSON: no lone surrogate escape in it.
+    expect(JSON.stringify(body)).not.toMatch(/\\ud[89a-f]/i);
+    // Counted as before: a replacement character is one character, as the lone surrogate was.
+    expect(t.session.send(`${'x'.repeat(3_999)}\ud83d`)).not.toBeNull();
+    expect(t.session.send(`${'x'.repeat(4_000)}\ud83d`)).toBeNull();
   });
 
   it('rejects empty and over-long messages', async () => {
@@ -1034,6 +1221,77 @@ describe('session: token refresh', () => {
     t.session.stop();
     await flush();
     expect(t.refreshed).toEqual([]);
+  });
+
+  /**
+   * A session whose wall clock (`now`) can jump ahead while its timers stand still, as a sleeping laptop's do: a
+   * token of one hour, connected, with a document whose `visibilitychange` the test fires.
+   */
+  async function sleepyLaptop(syncIntervalMs = 10 * HOUR) {
+    let slept = 0;
+    const doc = Object.assign(new EventTarget(), { visibilityState: 'visible' as DocumentVisibilityState });
+    const refreshed: AuthResponse[] = [];
+    const t = setup([dm(2, 2)], {
+      auth: token('tok', HOUR),
+      now: () => Date.now() + slept,
+      documentTarget: doc as unknown as Document,
+      keepAliveIntervalMs: 0,
+      onAuthRefreshed: (next) => refreshed.push(next),
+    });
+    t.server.handlers.refreshToken = () => token('tok-2', HOUR);
+    t.server.accept(alice, syncIntervalMs);
+    await flush();
+    return {
+      ...t,
+      doc,
+      refreshed,
+      sleep: (ms: number) => void (slept += ms),
+      refreshes: () => t.server.sockets.flatMap((ws) => ws.requests('refreshToken')),
+    };
+  }
+
+  it('a refresh missed while the machine slept goes as soon as the socket is back', async () => {
+    const t = await sleepyLaptop();
+    t.sleep(40 * MINUTE);
+    t.server.current.serverClose(1006);
+    await advance(50);
+    t.server.accept(alice, 10 * HOUR);
+    await flush();
+    expect(t.refreshes()).toHaveLength(1);
+    expect(t.refreshed.map((a) => a.token)).toEqual(['tok-2']);
+  });
+
+  it('a refresh missed while the machine slept goes when the page becomes visible or the window gets focus', async () => {
+    for (const wake of ['visibilitychange', 'focus'] as const) {
+      const t = await sleepyLaptop();
+      t.sleep(40 * MINUTE);
+      await advance(1_000);
+      expect(t.refreshes()).toHaveLength(0);
+      (wake === 'focus' ? t.win : t.doc).dispatchEvent(new Event(wake));
+      await flush();
+      expect(t.refreshes(), wake).toHaveLength(1);
+      t.session.stop();
+    }
+  });
+
+  it('a refresh missed while the machine slept goes at the next periodic sync, with no event at all', async () => {
+    const t = await sleepyLaptop(30_000);
+    t.sleep(40 * MINUTE);
+    await advance(30_000);
+    expect(t.refreshes()).toHaveLength(1);
+  });
+
+  it('after a short sleep the refresh is not early: the timer is set again from the wall clock', async () => {
+    const t = await sleepyLaptop();
+    t.sleep(10 * MINUTE);
+    t.win.dispatchEvent(new Event('focus'));
+    await flush();
+    expect(t.refreshes()).toHaveLength(0);
+    // Due 30 minutes after sign-in by the wall clock: 20 minutes of timers from here, not 30.
+    await advance(19 * MINUTE);
+    expect(t.refreshes()).toHaveLength(0);
+    await advance(2 * MINUTE);
+    expect(t.refreshes()).toHaveLength(1);
   });
 
   it('stopping leaves no refresh waiting', async () => {

@@ -68,6 +68,26 @@ function readPendingRecord(storage: SessionOptions['storage'], key: string): Pen
   }
 }
 
+/** How long, and how many, discarded sends are remembered for the user's other tabs (see `ChatSession`). */
+const DISCARDED_TTL_MS = 7 * 24 * 3_600_000;
+const MAX_DISCARDED = 200;
+
+/** The client message ids of sends discarded in any tab, and when (a record of `{ clientMessageId, at }`). */
+function readDiscarded(storage: SessionOptions['storage'], key: string): Map<string, number> {
+  const discarded = new Map<string, number>();
+  try {
+    const raw = storage?.getItem(key);
+    const list: unknown = raw ? JSON.parse(raw) : [];
+    if (!Array.isArray(list)) return discarded;
+    for (const d of list) {
+      if (typeof d?.clientMessageId === 'string' && typeof d.at === 'number') discarded.set(d.clientMessageId, d.at);
+    }
+  } catch {
+    // Unreadable: nothing is known to be discarded.
+  }
+  return discarded;
+}
+
 /** The notice for conversations the user was removed from, and how many of their unsent messages went with them. */
 function noLongerMember(titles: readonly string[], dropped: number): string {
   const it = titles.length === 1 ? 'it' : 'them';
@@ -85,6 +105,30 @@ export function messageLength(text: string): number {
   let n = 0;
   for (const _ of text) n++;
   return n;
+}
+
+/**
+ * The text with every lone surrogate (half an emoji, from a paste or a cut made by UTF-16 units) replaced with
+ * U+FFFD, as `String.prototype.toWellFormed` does (not in every browser yet). A lone surrogate cannot be sent: JSON
+ * carries it as an escape the gateway refuses (`bad_request`), and Retry would fail the same way for ever. The
+ * browser already draws it as the replacement character, so this sends what the user sees, rather than refuse a
+ * message over a character they cannot see nor find to delete; the length does not change (one for one).
+ */
+export function toWellFormed(text: string): string {
+  let out: string[] | null = null;
+  let from = 0;
+  for (let i = 0; i < text.length; i++) {
+    const unit = text.charCodeAt(i);
+    if (unit < 0xd800 || unit > 0xdfff) continue;
+    const next = i + 1 < text.length ? text.charCodeAt(i + 1) : 0;
+    if (unit <= 0xdbff && next >= 0xdc00 && next <= 0xdfff) {
+      i++; // a whole pair
+      continue;
+    }
+    (out ??= []).push(text.slice(from, i), '\uFFFD');
+    from = i + 1;
+  }
+  return out ? out.join('') + text.slice(from) : text;
 }
 
 const BLANK = /^[\p{White_Space}\p{Cc}\p{Default_Ignorable_Code_Point}]*$/u;
@@ -108,6 +152,11 @@ export interface SessionOptions {
   socketUrl?: string;
   createSocket?: WebSocketFactory;
   requestTimeoutMs?: number;
+  /**
+   * How long `sync` waits for its answer: longer than other requests, as the answer can be large (up to 2 MiB of
+   * bodies, slow to arrive on a slow link).
+   */
+  syncTimeoutMs?: number;
   /** How long a send waits for its reply before it is shown as failed. */
   sendTimeoutMs?: number;
   /** First wait before a send that failed for a passing reason is sent again by itself (doubling, to 30 s). */
@@ -158,11 +207,26 @@ function groupByConversation(messages: readonly Message[]): Map<number, Message[
 const PASSING_FAILURES: ReadonlySet<string> = new Set(['disconnected', 'timeout', 'unavailable', 'internal', 'rate_limited']);
 const MAX_RESEND_DELAY_MS = 30_000;
 const REFRESH_RETRY_MS = 60_000;
+const SYNC_TIMEOUT_MS = 30_000;
 /** The shortest wait between two successful refreshes. */
 const MIN_REFRESH_GAP_MS = 10_000;
 
 function pendingKey(userId: number): string {
   return `warren.pending.${userId}`;
+}
+
+function discardedKey(userId: number): string {
+  return `warren.pending.${userId}.discarded`;
+}
+
+/**
+ * A stored unsent message as this tab takes it up (after a reload, or from another tab): one the server refused for
+ * good (not a member, too long) still waits for the user's Retry or Delete; everything else goes again after the
+ * next sync.
+ */
+function asTakenUp(p: PendingSend): PendingSend {
+  const waitsForUser = p.status === 'failed' && p.autoResend === false && p.error !== undefined;
+  return waitsForUser ? p : { ...p, status: 'failed', error: { code: 'disconnected', message: 'Not sent yet' }, autoResend: true };
 }
 
 /**
@@ -176,7 +240,28 @@ export class ChatSession {
   private readonly opts: SessionOptions;
   /** Automatic resends waiting for their pause, and how many each send has had. */
   private readonly resendTimers = new Map<string, ReturnType<typeof setTimeout>>();
-  /** Client message ids of every unsent message this tab has held (see `persistPending`). */
+  /**
+   * Client message ids of every unsent message this tab has held (see `persistPending`).
+   *
+   * Unsent messages are shared by the user's tabs through one record in storage (`warren.pending.<userId>`), so
+   * that one queued offline is not lost when its tab is closed or reloaded. The rules:
+   * - Each tab writes its own unsent messages there and keeps the other tabs' entries; it removes those it held and
+   *   let go (stored, discarded, or to a conversation the user is no longer in).
+   * - A tab takes up (adopts) the other tabs' entries: on every (re)connect all of them (their tab may be closed,
+   *   even mid-send; a reconnect is when interrupted sends go again anyway), and when the storage event says the
+   *   record changed, those that wait (offline, pausing, or refused for good) — not those another tab is sending
+   *   at that moment, which it would only send twice. Adopted ones are sent as this tab's own, with the same
+   *   client message id: when two tabs send one, the server stores it once, and each gets that message back.
+   *   Never adopted: an id this tab holds or let go, nor one whose stored message this tab already holds (it would
+   *   show twice).
+   * - Sent by another tab: a tab that holds it too keeps it until it sees the stored message itself (the live
+   *   frame, its sync, or the answer to its own resend), so a tab offline at that moment does not see it vanish,
+   *   and it never shows twice (the stored message confirms it by client message id).
+   * - Discarded ("Stop trying", Delete) is the user's word for every tab: discarding records the id in
+   *   `warren.pending.<userId>.discarded` (kept a week, the newest `MAX_DISCARDED`), and a tab holding that send
+   *   lets it go when it hears of it (the storage event, or its own next write of the record), so it is neither
+   *   written back nor sent again.
+   */
   private readonly heldPending = new Set<string>();
   /**
    * When each conversation was last removed here, counted in removals: an answer to a request sent before that
@@ -215,6 +300,14 @@ export class ChatSession {
   /** The token the socket authenticates with and REST calls carry: the one given, then each refreshed one. */
   private auth: StoredAuth;
   private refreshTimer: ReturnType<typeof setTimeout> | null = null;
+  /**
+   * When the next refresh is due, by the wall clock (`now`). The timer alone cannot be trusted: browser timers
+   * stand still while the machine sleeps, so a laptop that slept through the moment would find its token expired.
+   * Whenever time may have passed unseen (a reconnect, the page shown again, focus, the network back, each periodic
+   * sync), `refreshIfDue` compares the clock with this.
+   */
+  private refreshAt: number | null = null;
+  private refreshing = false;
   /** Refreshing cannot extend the session any more (it is at its maximum age): the token lives out its life. */
   private refreshEnded = false;
 
@@ -270,6 +363,7 @@ export class ChatSession {
     const win = this.opts.windowTarget ?? (typeof window !== 'undefined' ? window : undefined);
     win?.addEventListener('focus', this.onFocus);
     win?.addEventListener('online', this.onOnline);
+    win?.addEventListener('storage', this.onStorage);
     const doc = this.opts.documentTarget ?? (typeof document !== 'undefined' ? document : undefined);
     doc?.addEventListener('visibilitychange', this.onVisibility);
     this.socket.start();
@@ -283,6 +377,7 @@ export class ChatSession {
     const win = this.opts.windowTarget ?? (typeof window !== 'undefined' ? window : undefined);
     win?.removeEventListener('focus', this.onFocus);
     win?.removeEventListener('online', this.onOnline);
+    win?.removeEventListener('storage', this.onStorage);
     const doc = this.opts.documentTarget ?? (typeof document !== 'undefined' ? document : undefined);
     doc?.removeEventListener('visibilitychange', this.onVisibility);
     this.stopSyncTimer();
@@ -296,6 +391,7 @@ export class ChatSession {
   discardLocalData(): void {
     try {
       this.opts.storage?.removeItem(pendingKey(this.me.id));
+      this.opts.storage?.removeItem(discardedKey(this.me.id));
     } catch {
       // ignore
     }
@@ -307,29 +403,43 @@ export class ChatSession {
   }
 
   private readonly onFocus = () => {
+    this.refreshIfDue();
     void this.syncNow();
   };
 
   private readonly onOnline = () => {
+    this.refreshIfDue();
     if (!this.socket.isOpen) this.socket.reconnectNow();
+  };
+
+  /** Another tab changed the shared record of unsent messages (or storage was cleared). */
+  private readonly onStorage = (event: StorageEvent) => {
+    const id = this.me.id;
+    if (event.key !== null && event.key !== pendingKey(id) && event.key !== discardedKey(id)) return;
+    this.takeUpStoredPending(false);
   };
 
   private readonly onVisibility = () => {
     const doc = this.opts.documentTarget ?? document;
-    if (doc.visibilityState === 'visible') void this.syncNow();
+    if (doc.visibilityState !== 'visible') return;
+    this.refreshIfDue();
+    void this.syncNow();
   };
 
   private onReady(frame: ReadyFrame): void {
     this.store.setState((s) => ({ me: frame.user, users: mergeUsers(s.users, [frame.user]) }));
     this.startSyncTimer(frame.syncIntervalMs);
-    // A refresh that came due while offline goes now. One waiting to be tried again after a failure keeps its
-    // pause: a socket that drops on every refresh must not make a loop of reconnects and refreshes.
-    if (!this.refreshTimer) this.scheduleRefresh();
+    // A refresh that came due while offline (or asleep) goes now. One waiting to be tried again after a failure
+    // keeps its pause: a socket that drops on every refresh must not make a loop of reconnects and refreshes.
+    if (this.refreshAt === null) this.scheduleRefresh();
+    else this.refreshIfDue();
     void this.afterConnect();
   }
 
   private async afterConnect(): Promise<void> {
     this.resuming = true;
+    // Unsent messages of other tabs (closed since, perhaps): sent with this tab's after the sync.
+    this.takeUpStoredPending(true);
     try {
       await this.syncNow();
     } finally {
@@ -352,7 +462,11 @@ export class ChatSession {
   private startSyncTimer(intervalMs: number): void {
     this.stopSyncTimer();
     const every = Math.max(1_000, intervalMs || 30_000);
-    this.syncTimer = setInterval(() => void this.syncNow(), every);
+    this.syncTimer = setInterval(() => {
+      // Also the periodic look at the clock: the first tick after a sleep finds a refresh that came due meanwhile.
+      this.refreshIfDue();
+      void this.syncNow();
+    }, every);
   }
 
   private stopSyncTimer(): void {
@@ -369,15 +483,40 @@ export class ChatSession {
    */
   private scheduleRefresh(delayMs = refreshDueAt(this.auth) - this.now()): void {
     this.clearRefreshTimer();
+    this.refreshAt = null;
     if (!this.started || this.refreshEnded) return;
-    // Capped at setTimeout's longest delay: a token that lives longer than twice that is refreshed a little early.
+    this.refreshAt = this.now() + Math.max(0, delayMs);
+    this.armRefreshTimer();
+  }
+
+  /**
+   * Sets the timer for `refreshAt` from the wall clock now. Capped at setTimeout's longest delay: a timer that
+   * fires before the refresh is due just sets itself again.
+   */
+  private armRefreshTimer(): void {
+    this.clearRefreshTimer();
+    if (this.refreshAt === null) return;
     this.refreshTimer = setTimeout(
       () => {
         this.refreshTimer = null;
-        void this.refreshToken();
+        this.refreshIfDue();
       },
-      Math.min(Math.max(0, delayMs), MAX_TIMER_MS),
+      Math.min(Math.max(0, this.refreshAt - this.now()), MAX_TIMER_MS),
     );
+  }
+
+  /**
+   * Time may have passed without the timers seeing it (the machine slept): refresh now if the wall clock says the
+   * refresh is due, otherwise set the timer again from the wall clock.
+   */
+  private refreshIfDue(): void {
+    if (!this.started || this.refreshEnded || this.refreshing || this.refreshAt === null) return;
+    if (this.now() < this.refreshAt) {
+      this.armRefreshTimer();
+      return;
+    }
+    this.clearRefreshTimer();
+    void this.refreshToken();
   }
 
   private clearRefreshTimer(): void {
@@ -386,19 +525,25 @@ export class ChatSession {
   }
 
   private async refreshToken(): Promise<void> {
-    // Offline: the next `ready` schedules it. Expired: too late to refresh; the app logs out at expiry.
+    // Offline: it stays due, and the next `ready` sends it. Expired: too late to refresh; the app logs out at expiry.
     if (!this.socket.isOpen || isExpired(this.auth, this.now())) return;
     let next: AuthResponse;
+    this.refreshing = true;
     try {
       next = await this.request('refreshToken', {}, { priority: 'high' });
     } catch (error) {
+      this.refreshing = false;
       // `unauthorized`: the session is past its maximum age (or the account is gone), and asking again will not
       // change that, nor will any other lasting refusal. Passing failures (the user-service down or slow, the
       // socket dropped) are tried again after a pause.
       if (isRetryable(error)) this.scheduleRefresh(this.opts.refreshRetryMs ?? REFRESH_RETRY_MS);
-      else this.refreshEnded = true;
+      else {
+        this.refreshEnded = true;
+        this.refreshAt = null;
+      }
       return;
     }
+    this.refreshing = false;
     // Stopped meanwhile (logged out): reporting it would sign the user in again.
     if (!this.started) return;
     // The server cuts tokens at the session's maximum age: a later token ending exactly when the last did ends
@@ -564,7 +709,9 @@ export class ChatSession {
       const inHeads = new Set(heads.map((h) => h.conversationId));
       const asked = this.now();
       const removalsAsked = this.removals;
-      const response = await this.request('sync', { heads });
+      const response = await this.request('sync', { heads }, { timeoutMs: this.opts.syncTimeoutMs ?? SYNC_TIMEOUT_MS });
+      // The connection carries answers: a later one presumed dead is replaced at once again.
+      this.socket.markResponsive();
       const truncated = new Set(response.truncated);
       this.upsertEntries(response.conversations, removalsAsked);
       if (response.conversations.length < MAX_CONVERSATIONS_PAGE) {
@@ -604,8 +751,11 @@ export class ChatSession {
       const e = asApiRequestError(error);
       // No answer at all in time on an open socket: the connection is presumed dead, so start over rather than
       // wait for the keep-alive to notice. (The gateway answering `timeout` proves the socket alive: a service was
-      // slow; the next sync, on the timer or the next event, tries again.)
-      if (e.code === 'timeout' && e.unanswered) this.socket.reconnectNow();
+      // slow; the next sync, on the timer or the next event, tries again.) Not at once every time: each connection
+      // sends the same heads and would wait for the same large answer, so one after another they reconnect after
+      // a growing pause (the `ready` of each does not reset it; an answered sync does). The sends waiting for the
+      // connection go once a sync is answered.
+      if (e.code === 'timeout' && e.unanswered) this.socket.reconnectUnresponsive();
     }
   }
 
@@ -831,9 +981,10 @@ export class ChatSession {
   // ---- sending -----------------------------------------------------------------------------------------------
 
   /** Sends to the selected conversation (or, for a draft, to the person). Returns the client message id. */
-  send(body: string, target?: SendTarget): string | null {
+  send(typed: string, target?: SendTarget): string | null {
     // Sent exactly as typed (indentation, blank lines: the server keeps bodies as they are); only a blank one is
-    // refused.
+    // refused. (Half an emoji becomes the replacement character it shows as: see `toWellFormed`.)
+    const body = toWellFormed(typed);
     if (isBlankText(body) || messageLength(body) > MAX_MESSAGE_CHARS) return null;
     const resolved = target ?? this.selectedTarget();
     if (!resolved) return null;
@@ -869,10 +1020,34 @@ export class ChatSession {
   }
 
   discard(clientMessageId: string): void {
-    clearTimeout(this.resendTimers.get(clientMessageId));
-    this.resendTimers.delete(clientMessageId);
-    this.resendAttempts.delete(clientMessageId);
-    this.store.setState((s) => ({ pending: removePending(s.pending, clientMessageId) }));
+    // For every tab of the user (see `heldPending`); written before the record, so no tab takes it up again meanwhile.
+    if (clientMessageId in this.store.getState().pending) this.recordDiscarded(clientMessageId);
+    this.forget([clientMessageId]);
+  }
+
+  private forget(clientMessageIds: readonly string[]): void {
+    for (const id of clientMessageIds) {
+      clearTimeout(this.resendTimers.get(id));
+      this.resendTimers.delete(id);
+      this.resendAttempts.delete(id);
+    }
+    this.store.setState((s) => ({ pending: clientMessageIds.reduce(removePending, s.pending) }));
+  }
+
+  private recordDiscarded(clientMessageId: string): void {
+    const storage = this.opts.storage;
+    if (!storage) return;
+    try {
+      const key = discardedKey(this.me.id);
+      const now = this.now();
+      const discarded = [...readDiscarded(storage, key), [clientMessageId, now] as const]
+        .filter(([, at]) => at > now - DISCARDED_TTL_MS)
+        .sort((a, b) => a[1] - b[1])
+        .slice(-MAX_DISCARDED);
+      storage.setItem(key, JSON.stringify(discarded.map(([id, at]) => ({ clientMessageId: id, at }))));
+    } catch {
+      // Storage full or disabled: the other tabs keep it until they see it discarded here… or never.
+    }
   }
 
   private selectedTarget(): SendTarget | null {
@@ -956,17 +1131,11 @@ export class ChatSession {
 
   private loadPersistedPending(userId: number): PendingSends {
     let pending: PendingSends = {};
+    const discarded = readDiscarded(this.opts.storage, discardedKey(userId));
     for (const p of readPendingRecord(this.opts.storage, pendingKey(userId))) {
+      if (discarded.has(p.clientMessageId)) continue;
       this.heldPending.add(p.clientMessageId);
-      // One the server refused for good (not a member, too long) still waits for the user's Retry or Delete;
-      // everything else goes again after the first sync.
-      const waitsForUser = p.status === 'failed' && p.autoResend === false && p.error !== undefined;
-      pending = addPending(
-        pending,
-        waitsForUser
-          ? p
-          : { ...p, status: 'failed', error: { code: 'disconnected', message: 'Not sent yet' }, autoResend: true },
-      );
+      pending = addPending(pending, asTakenUp(p));
     }
     return pending;
   }
@@ -975,20 +1144,68 @@ export class ChatSession {
    * Writes this tab's unsent messages to storage, keeping those another tab of the same user wrote there: every
    * tab shares the key, and writing only this tab's own would erase a message queued in another tab while it
    * was offline, lost if that tab were then closed or reloaded. A record this tab ever held and no longer holds
-   * was sent or discarded here, and is removed.
+   * was sent or discarded here, and is removed. One discarded in another tab is let go here too, not written back
+   * (see `heldPending`).
    */
   private persistPending(pending: PendingSends): void {
+    const storage = this.opts.storage;
+    if (!storage) return;
+    const discarded = readDiscarded(storage, discardedKey(this.me.id));
+    const discardedElsewhere = Object.keys(pending).filter((id) => discarded.has(id));
     try {
-      const mine = Object.values(pending);
+      const mine = Object.values(pending).filter((send) => !discarded.has(send.clientMessageId));
       for (const send of mine) this.heldPending.add(send.clientMessageId);
       const key = pendingKey(this.me.id);
-      const others = readPendingRecord(this.opts.storage, key).filter((send) => !this.heldPending.has(send.clientMessageId));
+      const others = readPendingRecord(storage, key).filter(
+        (send) => !this.heldPending.has(send.clientMessageId) && !discarded.has(send.clientMessageId),
+      );
       const list = [...others, ...mine];
-      if (list.length === 0) this.opts.storage?.removeItem(key);
-      else this.opts.storage?.setItem(key, JSON.stringify(list));
+      if (list.length === 0) storage.removeItem(key);
+      else storage.setItem(key, JSON.stringify(list));
     } catch {
       // Storage full or disabled.
     }
+    if (discardedElsewhere.length > 0) this.forget(discardedElsewhere);
+  }
+
+  /**
+   * Brings this tab in line with the record the user's tabs share (see `heldPending`): lets go of sends discarded
+   * in another tab, and takes up the other tabs' entries — all of them (`all`, on a reconnect), or those that wait
+   * (on the storage event). Those taken up that can go are sent now when the socket is open and not resuming;
+   * otherwise they go with the reconnect's resend.
+   */
+  private takeUpStoredPending(all: boolean): void {
+    if (!this.started || !this.opts.storage) return;
+    const userId = this.me.id;
+    const discarded = readDiscarded(this.opts.storage, discardedKey(userId));
+    const s = this.store.getState();
+    const discardedElsewhere = Object.keys(s.pending).filter((id) => discarded.has(id));
+    const candidates = readPendingRecord(this.opts.storage, pendingKey(userId)).filter(
+      (p) =>
+        !(p.clientMessageId in s.pending) &&
+        !this.heldPending.has(p.clientMessageId) &&
+        !discarded.has(p.clientMessageId) &&
+        (all || p.status === 'failed'),
+    );
+    const stored = candidates.length > 0 ? this.ownStoredIds() : new Set<string>();
+    const takenUp = candidates.filter((p) => !stored.has(p.clientMessageId)).map(asTakenUp);
+    if (discardedElsewhere.length > 0) this.forget(discardedElsewhere);
+    if (takenUp.length === 0) return;
+    this.store.setState((st) => ({ pending: takenUp.reduce(addPending, st.pending) }));
+    if (!this.socket.isOpen || this.resuming) return;
+    for (const send of takenUp.filter((p) => p.autoResend).sort((a, b) => a.createdAt - b.createdAt)) {
+      void this.transmit(send.clientMessageId);
+    }
+  }
+
+  /** The client message ids of the user's own messages this tab holds as stored. */
+  private ownStoredIds(): Set<string> {
+    const s = this.store.getState();
+    const ids = new Set<string>();
+    for (const timeline of Object.values(s.timelines)) {
+      for (const message of timeline.bySeq.values()) if (message.senderId === s.me.id) ids.add(message.clientMessageId);
+    }
+    return ids;
   }
 
   // ---- reading -----------------------------------------------------------------------------------------------
