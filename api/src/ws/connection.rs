@@ -257,31 +257,31 @@ impl Session<'_> {
     async fn ending(&mut self, reason: CloseReason) -> End {
         if reason == CloseReason::SHUTTING_DOWN && !self.in_flight.is_empty() {
             self.closing = true;
-            let mut deadline = pin!(sleep(IN_FLIGHT_WAIT));
-            while !self.in_flight.is_empty() {
-                let step = tokio::select! {
-                    () = &mut deadline => {
-                        tracing::info!(requests = self.in_flight.len(), "closing with requests still unanswered");
-                        break;
-                    }
-                    Some(reply) = self.in_flight.next() => match reply {
-                        Some(reply) => self.write_reply(reply).await,
-                        None => Ok(()),
-                    },
-                    Some(first) = self.registration.outbound.recv() => self.write_queued(first).await,
-                };
-                if let Err(end) = step {
-                    return end;
-                }
-            }
-            // A send answered by its event in the last moment: its reply is in the hub's queue.
-            if let Ok(first) = self.registration.outbound.try_recv()
-                && let Err(end) = self.write_queued(first).await
-            {
-                return end;
+            // The writes too are inside the time: a client that stopped reading cannot stretch it.
+            match timeout(IN_FLIGHT_WAIT, self.answer_in_flight()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(end)) => return end,
+                Err(_) => tracing::info!(requests = self.in_flight.len(), "closing with requests still unanswered"),
             }
         }
         reason.into()
+    }
+
+    /// Writes the answers of the requests in flight as they come.
+    async fn answer_in_flight(&mut self) -> Result<(), End> {
+        while !self.in_flight.is_empty() {
+            tokio::select! {
+                Some(reply) = self.in_flight.next() => if let Some(reply) = reply {
+                    self.write_reply(reply).await?;
+                },
+                Some(first) = self.registration.outbound.recv() => self.write_queued(first).await?,
+            }
+        }
+        // A send answered by its event in the last moment: its reply is in the hub's queue.
+        if let Ok(first) = self.registration.outbound.try_recv() {
+            self.write_queued(first).await?;
+        }
+        Ok(())
     }
 
     /// Runs a request alongside the others in flight. A `sendMessage` is registered with the hub first, so the
