@@ -194,9 +194,7 @@ async fn connect(url: &str, name: &str, topology: &Topology) -> anyhow::Result<C
     let connection = tokio::time::timeout(Duration::from_secs(10), Connection::connect(url, properties))
         .await
         .map_err(|_| anyhow::anyhow!("timed out connecting"))??;
-    let channel = connection.create_channel().await?;
-    topology.declare_shared(&channel).await?;
-    let _ = channel.close(200, "declared".into()).await;
+    topology.declare_shared(&connection).await?;
     Ok(connection)
 }
 

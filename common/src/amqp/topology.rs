@@ -7,7 +7,7 @@
 //! |---|---|---|---|
 //! | `<p>.rpc` | direct exchange, durable | everyone | requests; routing key = operation name |
 //! | `<p>.<service>.<operation>` | classic queue, durable, length-limited | the owning service | requests for one operation, shared by the service's replicas |
-//! | `<p>.dlx` / `<p>.dead-letters` | fanout exchange / quorum queue | everyone | requests that failed [`DELIVERY_LIMIT`] times, kept for inspection |
+//! | `<p>.dlx` / `<p>.dead-letters` | fanout exchange / quorum queue, length-limited | everyone | requests that failed [`DELIVERY_LIMIT`] times, kept for inspection (the newest [`DEAD_LETTER_MAX_LENGTH`]) |
 //! | `<p>.events` | fanout exchange, durable | everyone | committed chat messages and conversation events, one copy per gateway |
 //! | `<p>.api.<instance>.events` | classic queue, exclusive, length-limited | each gateway | that gateway's copy of every event |
 //! | `<p>.api.<instance>.replies` | classic queue, exclusive | each RPC caller | RPC replies for that caller |
@@ -35,6 +35,11 @@ pub const DELIVERY_LIMIT: u32 = 5;
 /// Most requests a single RPC queue holds before the broker refuses new ones (the caller then gets
 /// "unavailable" at once rather than a slow timeout).
 pub const RPC_QUEUE_MAX_LENGTH: u32 = 100_000;
+
+/// Most requests the dead-letter queue keeps; past it the oldest go. Requests are dead-lettered by the thousand
+/// while the database is down (every read of every client, after its attempts), and an unbounded queue would fill
+/// the broker's disk in a long outage and block every publisher with the disk alarm.
+pub const DEAD_LETTER_MAX_LENGTH: u32 = 100_000;
 
 /// Most events a gateway's queue holds. Past it the oldest are dropped: live push may lose, `sync` repairs.
 pub const GATEWAY_EVENT_QUEUE_MAX_LENGTH: u32 = 50_000;
@@ -132,7 +137,8 @@ impl Topology {
 
     /// Declares what every component shares: the RPC and event exchanges and the dead-letter pair.
     /// Idempotent, so every component calls it on every (re)connect and no start order is needed.
-    pub async fn declare_shared(&self, channel: &Channel) -> lapin::Result<()> {
+    pub async fn declare_shared(&self, connection: &lapin::Connection) -> lapin::Result<()> {
+        let channel = connection.create_channel().await?;
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         channel
             .exchange_declare(self.rpc_exchange().into(), ExchangeKind::Direct, durable, FieldTable::default())
@@ -143,15 +149,35 @@ impl Topology {
         channel
             .exchange_declare(self.dead_letter_exchange().into(), ExchangeKind::Fanout, durable, FieldTable::default())
             .await?;
-        let mut dlq_args = FieldTable::default();
-        dlq_args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-        channel
+        let declared = channel
             .queue_declare(
                 self.dead_letter_queue().into(),
                 QueueDeclareOptions { durable: true, ..Default::default() },
-                dlq_args,
+                self.dead_letter_queue_arguments(),
             )
-            .await?;
+            .await;
+        let channel = match declared {
+            Ok(_) => channel,
+            // Declared by a release before the length limit: queue arguments cannot change, and refusing to start
+            // over it would stop every component. It is used as it is (the declare closed the channel).
+            Err(error) if error.to_string().contains("PRECONDITION_FAILED") => {
+                tracing::warn!(
+                    queue = %self.dead_letter_queue(),
+                    "the dead-letter queue has no length limit (declared by an older release); delete it in a \
+                     maintenance window to have it bounded (docs/OPERATIONS.md)"
+                );
+                let channel = connection.create_channel().await?;
+                channel
+                    .queue_declare(
+                        self.dead_letter_queue().into(),
+                        QueueDeclareOptions { passive: true, ..Default::default() },
+                        FieldTable::default(),
+                    )
+                    .await?;
+                channel
+            }
+            Err(error) => return Err(error),
+        };
         channel
             .queue_bind(
                 self.dead_letter_queue().into(),
@@ -161,7 +187,18 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
+        let _ = channel.close(200, "declared".into()).await;
         Ok(())
+    }
+
+    /// Arguments of the dead-letter queue: a quorum queue (what it holds is kept for inspection) that drops its
+    /// oldest past [`DEAD_LETTER_MAX_LENGTH`].
+    pub fn dead_letter_queue_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        args.insert("x-max-length".into(), AMQPValue::LongInt(DEAD_LETTER_MAX_LENGTH as i32));
+        args.insert("x-overflow".into(), AMQPValue::LongString("drop-head".into()));
+        args
     }
 
     /// Declares an operation's request queue and binds it with the operation name as routing key.
