@@ -128,7 +128,21 @@ struct Inner {
     connections: Arc<Semaphore>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// When events could not be read: the last `resync` for that, and whether one is waiting to go.
+    unreadable: Mutex<UnreadableResync>,
 }
+
+/// `resync`s for unreadable events go at most once per [`UNREADABLE_RESYNC_GAP`]: a message-service of a newer
+/// release may publish an unknown kind with every commit, and a `resync` of every socket per commit would have
+/// every client syncing back to back. Losses inside a gap are covered by a `resync` at its end.
+#[derive(Debug, Default)]
+struct UnreadableResync {
+    last: Option<tokio::time::Instant>,
+    waiting: bool,
+}
+
+/// The shortest time between two `resync`s for unreadable events.
+pub const UNREADABLE_RESYNC_GAP: Duration = Duration::from_secs(5);
 
 /// A socket's membership in the hub; dropping it (when the socket's task ends) removes the socket.
 #[derive(Debug)]
@@ -246,6 +260,7 @@ impl Hub {
                 connections: Arc::new(Semaphore::new(max_connections)),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                unreadable: Mutex::new(UnreadableResync::default()),
             }),
         }
     }
@@ -301,7 +316,7 @@ impl Hub {
             }
             Received::Unreadable { events } => {
                 tracing::warn!(events, "dropped events this gateway could not read; asking every socket to sync");
-                self.resync_all("live events may have been lost; sync to catch up");
+                self.resync_for_unreadable();
             }
         }
     }
@@ -336,6 +351,36 @@ impl Hub {
         // (Encoding a message cannot fail: it is plain numbers and strings.)
         let Some(text) = encode(&ServerFrame::Message { message }) else { return };
         Self::offer(&mut sockets, Some(&recipients), &text, reply.as_ref().map(|(socket, text)| (*socket, text)));
+    }
+
+    /// A `resync` of every socket now, or at the end of the current [`UNREADABLE_RESYNC_GAP`].
+    fn resync_for_unreadable(&self) {
+        const REASON: &str = "live events may have been lost; sync to catch up";
+        let now = tokio::time::Instant::now();
+        let mut state = self.inner.unreadable.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.waiting {
+            return;
+        }
+        match state.last {
+            Some(last) if now < last + UNREADABLE_RESYNC_GAP => {
+                state.waiting = true;
+                let hub = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(last + UNREADABLE_RESYNC_GAP).await;
+                    {
+                        let mut state = hub.inner.unreadable.lock().unwrap_or_else(PoisonError::into_inner);
+                        state.waiting = false;
+                        state.last = Some(tokio::time::Instant::now());
+                    }
+                    hub.resync_all(REASON);
+                });
+            }
+            _ => {
+                state.last = Some(now);
+                drop(state);
+                self.resync_all(REASON);
+            }
+        }
     }
 
     /// Sends `resync` to every socket.
@@ -551,13 +596,26 @@ mod tests {
         assert_eq!(frame_type(&bob.outbound.try_recv().unwrap()), "resync");
     }
 
-    #[tokio::test]
-    async fn after_events_could_not_be_read_every_socket_is_told_to_resync() {
+    #[tokio::test(start_paused = true)]
+    async fn after_events_could_not_be_read_every_socket_is_told_to_resync_at_most_once_per_gap() {
         let hub = Hub::new(8, 100);
         let mut alice = hub.register(1, hub.closer());
 
         hub.receive(Received::Unreadable { events: 1 });
 
+        assert_eq!(frame_type(&alice.outbound.try_recv().unwrap()), "resync");
+        // More within the gap (a newer publisher's kind in every batch): one more resync, at the gap's end.
+        for _ in 0..10 {
+            hub.receive(Received::Unreadable { events: 1 });
+        }
+        assert!(alice.outbound.try_recv().is_err(), "not one per batch");
+        tokio::time::sleep(UNREADABLE_RESYNC_GAP).await;
+        tokio::task::yield_now().await;
+        assert_eq!(frame_type(&alice.outbound.try_recv().unwrap()), "resync");
+        assert!(alice.outbound.try_recv().is_err());
+        // After a quiet gap, at once again.
+        tokio::time::sleep(UNREADABLE_RESYNC_GAP).await;
+        hub.receive(Received::Unreadable { events: 1 });
         assert_eq!(frame_type(&alice.outbound.try_recv().unwrap()), "resync");
     }
 
