@@ -119,7 +119,8 @@ describe('WarrenSocket', () => {
     server.current.serverClose(1006);
     await vi.advanceTimersByTimeAsync(3_000);
     expect(server.sockets).toHaveLength(4);
-    // Success resets the backoff.
+    // A ready resets the backoff of failed attempts (closed before any answer, this one is the first of a streak of
+    // its own, with the first pause).
     server.accept(alice);
     expect(socket.isOpen).toBe(true);
     server.current.serverClose(4008, 'slow consumer');
@@ -263,6 +264,68 @@ describe('WarrenSocket', () => {
     ws.reply(ws.lastRequest('ping'), 'ping', { serverTime: 1 });
     await vi.advanceTimersByTimeAsync(25_000);
     expect(server.sockets).toHaveLength(6);
+    socket.stop();
+  });
+
+  it('connections closed after ready but before any answer, whatever the code, count toward the same growing pauses; once one answers, a close reconnects promptly again', async () => {
+    const { server, socket } = setup({ keepAliveIntervalMs: 0 });
+    socket.start();
+    // A slow link: each connection authenticates, then the gateway gives up on writing the large answer (4008), or
+    // the link drops (1006). random 0.5: 750 ms, 750 ms, 1500 ms, 3000 ms, as after connections presumed dead.
+    for (const [n, code, pause] of [
+      [2, 4008, 750],
+      [3, 1006, 750],
+      [4, 4008, 1_500],
+      [5, 1001, 3_000],
+    ] as const) {
+      server.accept(alice);
+      await vi.advanceTimersByTimeAsync(10_000);
+      server.current.serverClose(code);
+      await vi.advanceTimersByTimeAsync(pause - 1);
+      expect(server.sockets, `close ${code}`).toHaveLength(n - 1);
+      await vi.advanceTimersByTimeAsync(1);
+      expect(server.sockets, `close ${code}`).toHaveLength(n);
+    }
+    // One after a client-side verdict goes on from there: 6000 ms.
+    server.accept(alice);
+    socket.reconnectUnresponsive();
+    await vi.advanceTimersByTimeAsync(5_999);
+    expect(server.sockets).toHaveLength(5);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(server.sockets).toHaveLength(6);
+    // This one answers (the session's sync): the gateway's shutdown close (1001) later reconnects after the first
+    // pause, as does the next connection's close once it answered too.
+    server.accept(alice);
+    socket.markResponsive();
+    await vi.advanceTimersByTimeAsync(60_000);
+    server.current.serverClose(1001, 'shutting down');
+    await vi.advanceTimersByTimeAsync(750);
+    expect(server.sockets).toHaveLength(7);
+    server.accept(alice);
+    socket.markResponsive();
+    server.current.serverClose(1006);
+    await vi.advanceTimersByTimeAsync(750);
+    expect(server.sockets).toHaveLength(8);
+    socket.stop();
+  });
+
+  it('a connection whose keep-alive ping was answered is alive: a close after it reconnects promptly, even after a streak', async () => {
+    const { server, socket } = setup({ keepAliveIntervalMs: 15_000, keepAliveTimeoutMs: 10_000 });
+    socket.start();
+    for (let n = 2; n <= 4; n++) {
+      server.accept(alice);
+      server.current.serverClose(4008);
+      await vi.advanceTimersByTimeAsync(10_000);
+      expect(server.sockets).toHaveLength(n);
+    }
+    const ws = server.accept(alice);
+    await vi.advanceTimersByTimeAsync(15_000);
+    ws.reply(ws.lastRequest('ping'), 'ping', { serverTime: 1 });
+    ws.serverClose(1001, 'shutting down');
+    await vi.advanceTimersByTimeAsync(749);
+    expect(server.sockets).toHaveLength(4);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(server.sockets).toHaveLength(5);
     socket.stop();
   });
 

@@ -111,8 +111,10 @@ export function defaultSocketUrl(location: Pick<Location, 'protocol' | 'host'> =
 /**
  * One logical connection to the gateway that heals itself: authenticates with the first frame, correlates
  * requests and replies by id (each with a timeout), and reconnects with exponential backoff and jitter after
- * any close except 4001 (unauthorized). Requests made while not connected fail at once with `disconnected`;
- * the session layer decides what to resend after the next `sync`.
+ * any close except 4001 (unauthorized). `ready` resets the backoff of failed attempts, but connections that
+ * authenticate and then close or go silent before carrying any answer make a streak whose pauses grow too (see
+ * `unresponsive`). Requests made while not connected fail at once with `disconnected`; the session layer decides
+ * what to resend after the next `sync`.
  */
 export class WarrenSocket {
   private readonly options: Required<
@@ -136,10 +138,15 @@ export class WarrenSocket {
   private nextId = 1;
   private attempt = 0;
   /**
-   * Connections presumed dead in a row (see `reconnectUnresponsive`). Unlike `attempt`, a `ready` does not reset it:
-   * a link that authenticates but cannot carry an answer in time would otherwise reconnect in a loop with no pause.
+   * Connections in a row that authenticated but never carried an answer: presumed dead (`reconnectUnresponsive`),
+   * or closed, whatever the code, before one came (the gateway's 4008 when it cannot write a large answer in time,
+   * a dropped link). Unlike `attempt`, a `ready` does not reset it: a link that authenticates but cannot carry an
+   * answer in time would otherwise reconnect in a loop with no pause. Only an answer does (`markResponsive`, or an
+   * answered keep-alive ping).
    */
   private unresponsive = 0;
+  /** The current connection reached `ready` but has carried no answer yet that proves it works. */
+  private unproven = false;
   private reconnectTimer: ReturnType<typeof setTimeout> | null = null;
   private authTimer: ReturnType<typeof setTimeout> | null = null;
   private keepAliveTimer: ReturnType<typeof setInterval> | null = null;
@@ -206,7 +213,8 @@ export class WarrenSocket {
   /**
    * Drops a connection presumed dead (a keep-alive ping, or a request the caller says proves it, got no answer at
    * all in time) and connects again: at once the first time, then after a pause that grows with each connection in
-   * a row that goes the same way, whether or not it authenticated. Only an answer ends the streak: an answered ping,
+   * a row that goes the same way, whether or not it authenticated. A connection that closes after `ready` and before
+   * any answer counts toward the same streak (see `handleClose`). Only an answer ends the streak: an answered ping,
    * or `markResponsive`.
    */
   reconnectUnresponsive(): void {
@@ -224,9 +232,13 @@ export class WarrenSocket {
     this.scheduleReconnect(CloseCode.NORMAL, this.unresponsive - 2);
   }
 
-  /** The connection carried an answer that proves it alive (the session's sync): a later drop starts a new streak. */
+  /**
+   * The connection carried an answer that proves it works (the session's sync): a later drop or close reconnects
+   * after the first pause only, and starts a new streak.
+   */
   markResponsive(): void {
     this.unresponsive = 0;
+    this.unproven = false;
   }
 
   request<O extends Op>(op: O, params: RequestParams<O>, options: RequestOptions = {}): Promise<ReplyOf<O>> {
@@ -328,7 +340,9 @@ export class WarrenSocket {
       case 'ready': {
         if (this.authTimer) clearTimeout(this.authTimer);
         this.authTimer = null;
+        // The attempt succeeded, but that alone does not show the link can carry answers (see `unresponsive`).
         this.attempt = 0;
+        this.unproven = true;
         this.setStatus('open', { attempt: 0 });
         this.startKeepAlive();
         this.options.onReady?.(frame);
@@ -365,8 +379,15 @@ export class WarrenSocket {
     }
   }
 
+  /**
+   * The socket closed (or never authenticated in time: `4000`). After any code but 4001 it reconnects after the
+   * backoff of the failed attempts; a connection that authenticated but closed before carrying any answer (whatever
+   * the code: the gateway's 4008 when it could not write the sync's answer in time, its 1001, a dropped link) is one
+   * more in the streak of `unresponsive` ones, and waits at least that streak's pause.
+   */
   private handleClose(socket: WebSocketLike, code: number, reason = ''): void {
     if (this.socket !== socket) return;
+    const unproven = this.unproven;
     this.dropSocket(code === 4000 ? CloseCode.NORMAL : undefined, 'no ready in time');
     this.options.onDisconnect?.(code);
     if (this.stopped) return;
@@ -376,7 +397,12 @@ export class WarrenSocket {
       this.options.onUnauthorized?.(reason || 'unauthorized');
       return;
     }
-    this.scheduleReconnect(code);
+    if (unproven) {
+      this.unresponsive += 1;
+      this.scheduleReconnect(code, this.unresponsive - 2);
+    } else {
+      this.scheduleReconnect(code);
+    }
   }
 
   /** Reconnects after the backoff of `attempt` failed attempts, or of `minAttempt` if more. */
@@ -395,6 +421,7 @@ export class WarrenSocket {
   private dropSocket(code: number | undefined, reason: string): void {
     const socket = this.socket;
     this.socket = null;
+    this.unproven = false;
     if (this.authTimer) clearTimeout(this.authTimer);
     this.authTimer = null;
     this.stopKeepAlive();
@@ -437,7 +464,10 @@ export class WarrenSocket {
    * Sends `ping` straight onto the wire (not through the request queue: a full queue must not look like a dead
    * connection, and the gateway allows more requests in flight than `maxInFlight`). No answer in time: the
    * connection is presumed dead, so drop it and reconnect now rather than wait for TCP to notice (after a pause if
-   * the connections before it went the same way: `reconnectUnresponsive`).
+   * the connections before it went the same way: `reconnectUnresponsive`). The answer queues behind whatever the
+   * gateway is writing on the socket, a large `sync` answer too, and still counts as missing when late for that
+   * reason: the gateway gives up on a write after 10 s itself (closing with 4008), so that is rare and near a close
+   * anyway, while waiting on the sync's longer timeout would slow the detection of a frozen connection.
    */
   private sendKeepAlive(): void {
     const socket = this.socket;
@@ -454,7 +484,7 @@ export class WarrenSocket {
       op: 'ping',
       resolve: () => {
         if (this.pingInFlight === id) this.pingInFlight = null;
-        this.unresponsive = 0;
+        this.markResponsive();
       },
       reject: () => {
         if (this.pingInFlight === id) this.pingInFlight = null;

@@ -560,6 +560,41 @@ describe('session: a sync that gets no answer', () => {
     expect(t.server.sockets).toHaveLength(5);
   });
 
+  it('closed by the gateway each time before the sync answer is in (4008: too slow), it reconnects after growing pauses; once a sync answers, what was typed meanwhile goes out, and a later close reconnects promptly', async () => {
+    const t = setup([dm(12, 12)], { backoff: { baseMs: 1_000, maxMs: 8_000 }, random: () => 1, keepAliveIntervalMs: 0 });
+    t.server.handlers.sync = () => undefined;
+    t.server.accept(alice);
+    await settle();
+    t.session.send('typed meanwhile', { conversationId: 7 });
+    // The gateway could not write the answer within its 10 s, each time: 1 s, 1 s, 2 s, 4 s.
+    for (const [n, pause] of [
+      [2, 1_000],
+      [3, 1_000],
+      [4, 2_000],
+      [5, 4_000],
+    ] as const) {
+      await vi.advanceTimersByTimeAsync(10_000);
+      t.server.current.serverClose(4008, 'too slow, reconnect and sync');
+      await vi.advanceTimersByTimeAsync(pause - 1);
+      expect(t.server.sockets).toHaveLength(n - 1);
+      await vi.advanceTimersByTimeAsync(1);
+      expect(t.server.sockets).toHaveLength(n);
+      t.server.accept(alice);
+      await settle();
+    }
+    expect(t.server.sockets.flatMap((ws) => ws.requests('sendMessage'))).toEqual([]);
+    // This one answers: the message typed meanwhile goes out.
+    t.server.current.reply(t.server.current.lastRequest('sync'), 'sync', { conversations: [dm(12, 12)], messages: [], truncated: [] });
+    t.server.handlers.sendMessage = (f) => msg(7, 13, alice.id, f.body, { clientMessageId: f.clientMessageId });
+    await settle();
+    expect(t.server.current.requests('sendMessage').map((f) => f.body)).toEqual(['typed meanwhile']);
+    expect(t.state().pending).toEqual({});
+    // The connection worked: the gateway's shutdown close reconnects after the first pause, not the streak's.
+    t.server.current.serverClose(1001, 'shutting down');
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(t.server.sockets).toHaveLength(6);
+  });
+
   it('waits longer for a sync than for other requests: its answer can be large', async () => {
     const t = setup([dm(12, 12)], { requestTimeoutMs: 2_000, keepAliveIntervalMs: 0 });
     t.server.handlers.sync = () => undefined;
@@ -1154,6 +1189,26 @@ describe('session: token refresh', () => {
     await advance(MINUTE);
     expect(t.refreshes()).toHaveLength(3);
     expect(t.refreshed.map((a) => a.token)).toEqual(['tok-2']);
+  });
+
+  it('a refresh refused for any reason but unauthorized (bad_request, from a gateway and user-service of different releases) is asked for again after the pause', async () => {
+    const t = await connectedWith();
+    t.server.handlers.refreshToken = () => ({ error: { code: 'bad_request', message: 'unknown field' } });
+    await advance(60 * MINUTE + 1_000);
+    expect(t.refreshes()).toHaveLength(1);
+    // Due at 60 minutes, so tried again at 61.
+    await advance(MINUTE - 2_000);
+    expect(t.refreshes()).toHaveLength(1);
+    await advance(2_000);
+    expect(t.refreshes()).toHaveLength(2);
+    // The upgrade is done: the next one goes through, and refreshing carries on from there.
+    t.server.handlers.refreshToken = () => token('tok-2');
+    await advance(MINUTE);
+    expect(t.refreshes()).toHaveLength(3);
+    expect(t.refreshed.map((a) => a.token)).toEqual(['tok-2']);
+    t.server.handlers.refreshToken = () => token('tok-3');
+    await advance(61 * MINUTE);
+    expect(t.refreshed.map((a) => a.token)).toEqual(['tok-2', 'tok-3']);
   });
 
   it("once refreshed tokens are cut at the session's end, it is not asked for again", async () => {

@@ -153,8 +153,11 @@ export interface SessionOptions {
   createSocket?: WebSocketFactory;
   requestTimeoutMs?: number;
   /**
-   * How long `sync` waits for its answer: longer than other requests, as the answer can be large (up to 2 MiB of
-   * bodies, slow to arrive on a slow link).
+   * How long `sync` waits for its answer, counted from the call (default 30 s): longer than other requests, as the
+   * services may take a while to gather it and it can be large (up to 2 MiB of bodies). This is not the time the
+   * answer has to arrive: the gateway gives the writing of any frame `WARREN_WS_WRITE_TIMEOUT_MS` (10 s by default)
+   * and closes a socket that cannot take it in that time with 4008, which `WarrenSocket` counts as a connection
+   * that carried no answer.
    */
   syncTimeoutMs?: number;
   /** How long a send waits for its reply before it is shown as failed. */
@@ -176,7 +179,7 @@ export interface SessionOptions {
   onUnauthorized?: (reason: string) => void;
   /** The token was refreshed: the session uses the new one from now on; save it for reloads. */
   onAuthRefreshed?: (auth: AuthResponse) => void;
-  /** How long to wait before asking for a refresh again after a passing failure. */
+  /** How long to wait before asking for a refresh again after it failed (for any reason but `unauthorized`). */
   refreshRetryMs?: number;
   /** For people search while the socket is reconnecting. */
   rest?: RestClient;
@@ -533,13 +536,16 @@ export class ChatSession {
       next = await this.request('refreshToken', {}, { priority: 'high' });
     } catch (error) {
       this.refreshing = false;
-      // `unauthorized`: the session is past its maximum age (or the account is gone), and asking again will not
-      // change that, nor will any other lasting refusal. Passing failures (the user-service down or slow, the
-      // socket dropped) are tried again after a pause.
-      if (isRetryable(error)) this.scheduleRefresh(this.opts.refreshRetryMs ?? REFRESH_RETRY_MS);
-      else {
+      // Only `unauthorized` is final: the session is past its maximum age (or the account is gone), and asking
+      // again will not change that. Anything else is tried again after a pause: passing failures (the user-service
+      // down or slow, the socket dropped), and refusals that a later try may not meet either (`bad_request` from a
+      // gateway and a user-service of different releases, mid rolling upgrade). Giving up on those would sign the
+      // user out when the token runs out.
+      if (asApiRequestError(error).code === 'unauthorized') {
         this.refreshEnded = true;
         this.refreshAt = null;
+      } else {
+        this.scheduleRefresh(this.opts.refreshRetryMs ?? REFRESH_RETRY_MS);
       }
       return;
     }
@@ -753,8 +759,9 @@ export class ChatSession {
       // wait for the keep-alive to notice. (The gateway answering `timeout` proves the socket alive: a service was
       // slow; the next sync, on the timer or the next event, tries again.) Not at once every time: each connection
       // sends the same heads and would wait for the same large answer, so one after another they reconnect after
-      // a growing pause (the `ready` of each does not reset it; an answered sync does). The sends waiting for the
-      // connection go once a sync is answered.
+      // a growing pause (the `ready` of each does not reset it; an answered sync does). A connection the gateway
+      // closes before the answer is in (4008: it could not write it in time) counts the same (`WarrenSocket`). The
+      // sends waiting for the connection go once a sync is answered.
       if (e.code === 'timeout' && e.unanswered) this.socket.reconnectUnresponsive();
     }
   }
