@@ -65,7 +65,8 @@ export class Person {
    * @param {import('playwright-core').Browser} browser
    * @param {string} baseUrl
    * @param {string} username
-   * @param {{ colorScheme?: 'light' | 'dark' }} [options]
+   * @param {{ colorScheme?: 'light' | 'dark', cuttable?: boolean }} [options] `cuttable`: the page's connection to
+   *   the gateway goes through a `Link` the test can cut (`person.link`)
    */
   static async open(browser, baseUrl, username, options = {}) {
     const context = await browser.newContext({
@@ -76,10 +77,8 @@ export class Person {
     context.setDefaultTimeout(TIMEOUT_MS);
     const page = await context.newPage();
     const person = new Person(context, page, baseUrl, username);
-    page.on('pageerror', (error) => person.errors.push(`pageerror: ${error.message}`));
-    page.on('console', (msg) => {
-      if (msg.type() === 'error') person.errors.push(`console: ${msg.text()}`);
-    });
+    person.watchErrors();
+    if (options.cuttable) person.link = await Link.install(page);
     return person;
   }
 
@@ -97,6 +96,33 @@ export class Person {
     this.password = `pw-${username}-secret`;
     /** @type {string[]} */
     this.errors = [];
+    /** @type {Link | null} Set when the page was opened `cuttable`. */
+    this.link = null;
+    /** Another tab of a person's browser (`openTab`): closing it closes only its page. */
+    this.isTab = false;
+  }
+
+  watchErrors() {
+    this.page.on('pageerror', (error) => this.errors.push(`pageerror: ${error.message}`));
+    this.page.on('console', (msg) => {
+      if (msg.type() === 'error') this.errors.push(`console: ${msg.text()}`);
+    });
+  }
+
+  /**
+   * Opens the app in another tab of this person's browser: a new page in the same context, so the same storage
+   * (signed in as the same user, sharing the record of unsent messages), with a socket of its own. With
+   * `cuttable`, its connection goes through a `Link` (`tab.link`).
+   */
+  async openTab({ cuttable = false } = {}) {
+    const page = await this.context.newPage();
+    const tab = new Person(this.context, page, this.baseUrl, this.username);
+    tab.isTab = true;
+    tab.watchErrors();
+    if (cuttable) tab.link = await Link.install(page);
+    await page.goto(this.baseUrl);
+    await tab.waitSignedIn();
+    return tab;
   }
 
   async register() {
@@ -239,8 +265,68 @@ export class Person {
     }
   }
 
+  /** Closes the page (a tab), or the whole browser context (the person's browser). */
   async close() {
-    await this.context.close().catch(() => {});
+    if (this.isTab) await this.page.close().catch(() => {});
+    else await this.context.close().catch(() => {});
+  }
+}
+
+/**
+ * One page's connection to the gateway, which the test can cut and restore, as when that tab's network goes away:
+ * every WebSocket the page opens goes through Playwright's routing (`page.routeWebSocket`, installed before the
+ * page loads the app) to the real gateway while the link is up. `cut()` closes the page's open sockets with 1006
+ * (what a lost connection shows; the gateway's end is closed too) and, until `restore()`, every new one the page
+ * opens is closed the same way before it opens. Only this page is affected: the other pages of its context (the
+ * user's other tabs, sharing its storage) keep their connections. (`context.setOffline` would not do: Chromium
+ * does not apply it to WebSockets that are already open, and it applies to every page of the context.)
+ */
+export class Link {
+  /** @param {import('playwright-core').Page} page */
+  static async install(page) {
+    const link = new Link();
+    await page.routeWebSocket(/\/ws$/, (ws) => link.route(ws));
+    return link;
+  }
+
+  constructor() {
+    this.up = true;
+    /** @type {Set<{ page: import('playwright-core').WebSocketRoute, server: import('playwright-core').WebSocketRoute }>} */
+    this.sockets = new Set();
+  }
+
+  /** @param {import('playwright-core').WebSocketRoute} ws */
+  async route(ws) {
+    if (!this.up) {
+      ws.onClose(() => {});
+      await ws.close({ code: 1006, reason: '' });
+      return;
+    }
+    const server = ws.connectToServer();
+    const entry = { page: ws, server };
+    this.sockets.add(entry);
+    // Closed by the gateway: the page hears it (unless the link was cut meanwhile: then it has heard 1006).
+    server.onClose((code, reason) => {
+      this.sockets.delete(entry);
+      if (this.up) void ws.close({ code: code ?? 1005, reason: reason ?? '' });
+    });
+    // Closed by the page (or by `cut`): the gateway's end is closed too (a browser may only send 1000 or 3000-4999).
+    ws.onClose((code, reason) => {
+      this.sockets.delete(entry);
+      const sendable = code === 1000 || (code !== undefined && code >= 3000 && code <= 4999);
+      void server.close(sendable ? { code, reason: reason ?? '' } : { code: 1000, reason: 'the link was cut' });
+    });
+  }
+
+  /** The page's sockets close as on a lost connection, and new ones fail, until `restore()`. */
+  async cut() {
+    this.up = false;
+    await Promise.all([...this.sockets].map(({ page }) => page.close({ code: 1006, reason: '' })));
+  }
+
+  /** New sockets reach the gateway again (the app reconnects by itself, after its backoff or on `online`). */
+  restore() {
+    this.up = true;
   }
 }
 

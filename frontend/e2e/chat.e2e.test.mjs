@@ -24,6 +24,10 @@ let browser;
 /** @type {Person} */ let ann;
 /** @type {Person} */ let ben;
 /** @type {Person} */ let cat;
+/** A fourth person, whose two tabs (one browser context) share one outbox of unsent messages. */
+/** @type {Person} */ let dan;
+/** Tabs opened besides the people's first pages (captured on a failure too). @type {Person[]} */
+const tabs = [];
 const group = `Weekend ${tag}`;
 let failed = false;
 
@@ -42,9 +46,10 @@ function scenario(name, body) {
       await body(t);
     } catch (error) {
       failed = true;
-      for (const person of [ann, ben, cat]) {
+      for (const [i, person] of [ann, ben, cat, dan, ...tabs].entries()) {
         if (!person) continue;
-        await person.screenshot(`failure-${person.username}`).catch(() => {});
+        const name = person.isTab ? `${person.username}-tab-${i}` : person.username;
+        await person.screenshot(`failure-${name}`).catch(() => {});
         if (person.errors.length) t.diagnostic(`${person.username}'s page errors:\n${person.errors.join('\n')}`);
       }
       t.diagnostic(`service logs:\n${stack.logTails()}`);
@@ -89,7 +94,7 @@ describe(`Warren in the browser (${stack.url})`, { timeout: 600_000 }, () => {
   });
 
   after(async () => {
-    for (const person of [ann, ben, cat]) await person?.close();
+    for (const person of [ann, ben, cat, dan]) await person?.close();
     await browser?.close().catch(() => {});
     await stack.stop();
   });
@@ -315,7 +320,157 @@ describe(`Warren in the browser (${stack.url})`, { timeout: 600_000 }, () => {
     );
     await assertSameConversation([ann, ben], bodies);
   });
+
+  scenario("a message typed offline in a tab that is then closed is sent by the user's other tab", async () => {
+    // Dan has two tabs of the app open in one browser (one context: the same storage, so one outbox of unsent
+    // messages, `warren.pending.<userId>`). Each tab's connection can be cut on its own (`Link`). Ben watches.
+    dan = await Person.open(browser, stack.url, `dan_${tag}`, { cuttable: true });
+    await dan.register();
+    await dan.openDirectWith(ben.username);
+    const hello = `Hi Ben, Dan here, with two tabs open (${tag})`;
+    await dan.send(hello);
+    await dan.waitForMessages([hello]);
+    await ben.listItem(dan.username).waitFor();
+    await ben.openConversation(dan.username);
+    await ben.waitForMessages([hello]);
+    const bodies = [hello];
+    const link = (/** @type {Person} */ p) => /** @type {import('./browser.mjs').Link} */ (p.link);
+
+    /** Ben answers, and both screens settle: each message once, in the same order, nothing pending. */
+    const settle = async (/** @type {string} */ answer) => {
+      await ben.send(answer);
+      bodies.push(answer);
+      await Promise.all([dan, ben].map((p) => p.waitForMessages(bodies)));
+      await waitFor(async () => (await dan.pending()).length === 0, { message: "Dan's other tab to have nothing pending" });
+      await assertSameConversation([dan, ben], bodies);
+    };
+
+    // 1. Only the first tab loses its connection; the other tab stays connected all along.
+    const first = await dan.openTab({ cuttable: true });
+    tabs.push(first);
+    await first.openConversation(ben.username);
+    await first.waitForMessages([hello]);
+    await link(first).cut();
+    await first.page.getByText('Reconnecting…').waitFor();
+    await dan.waitConnected();
+    const typedInFirst = `typed in a tab that had lost its connection (${tag})`;
+    await first.send(typedInFirst);
+    await waitForQueued(first, typedInFirst);
+    await first.screenshot('11-tab-offline');
+    await first.close();
+    bodies.push(typedInFirst);
+    await ben.waitForMessages([typedInFirst]);
+    await dan.waitForMessages([typedInFirst]);
+    await settle(`Got the one from the tab you closed (${tag})`);
+
+    // 2. The whole browser goes offline (both tabs); a message typed in a new tab, which is closed before the
+    //    network comes back, is sent by the tab still open once it reconnects.
+    const second = await dan.openTab({ cuttable: true });
+    tabs.push(second);
+    await second.openConversation(ben.username);
+    await second.waitForMessages(bodies);
+    await Promise.all([link(dan).cut(), link(second).cut(), dan.context.setOffline(true)]);
+    for (const tab of [dan, second]) await tab.page.getByText('Reconnecting…').waitFor();
+    const typedOffline = `typed offline in a tab closed before the network came back (${tag})`;
+    await second.send(typedOffline);
+    await waitForQueued(second, typedOffline);
+    // The other tab has taken it up from the shared record and waits to send it too.
+    await waitForQueued(dan, typedOffline);
+    await second.close();
+    link(dan).restore();
+    await dan.context.setOffline(false);
+    await dan.waitConnected(3 * TIMEOUT_MS);
+    bodies.push(typedOffline);
+    await ben.waitForMessages([typedOffline]);
+    await dan.waitForMessages([typedOffline]);
+    await settle(`And the one typed offline (${tag})`);
+    await dan.screenshot('12-sent-by-the-other-tab');
+    assert.deepEqual(
+      [ben, dan].flatMap((p) => p.errors.filter((e) => !/WebSocket|ERR_INTERNET_DISCONNECTED|Failed to load resource/.test(e))),
+      [],
+      'no page logged an unexpected error',
+    );
+  });
+
+  scenario('loading older messages keeps the message the reader looks at in place', async (t) => {
+    // Ann's conversation with Ben holds some 270 messages. After a reload the app has the newest 200 (what the first
+    // sync of a session returns); older ones load as she scrolls up.
+    const { page } = ann;
+    await page.reload();
+    await ann.waitSignedIn();
+    await ann.openConversation(ben.username);
+    const region = page.getByRole('region', { name: 'Messages' });
+    await page.getByRole('button', { name: 'Load earlier messages' }).waitFor();
+    await waitFor(async () => (await region.getAttribute('aria-busy')) === 'false', { message: 'the newest messages to be loaded' });
+    const oldest = (await ann.messages())[0]?.seq ?? 0;
+    assert.ok(oldest > 1, `the view starts after the first message (at ${oldest}): older ones are still to load`);
+
+    // Scroll up a screen at a time, as a reader does, until the older page starts loading — which happens within
+    // 400 px of the top; stay short of the very top (at 0 a browser's own scroll anchoring would not act).
+    // Each step is checked, done and measured at once in the page, so a step never lands after the page arrived.
+    /** @type {{ seq: number, offset: number } | null} */
+    let looking = null;
+    let steps = 0;
+    await waitFor(
+      async () => {
+        const step = await region.evaluate((el, oldest) => {
+          const first = Number(el.querySelector('[data-testid="message"]')?.getAttribute('data-seq'));
+          if (el.getAttribute('aria-busy') === 'true' || first < oldest) return { started: true, at: null };
+          el.scrollTop = Math.max(200, el.scrollTop - 0.8 * el.clientHeight);
+          // The message at the top of the view: the first whose bubble's top edge is on screen (the bubble, not the
+          // item: the first message of the list loses its sender's name once older ones come before it).
+          const view = el.getBoundingClientRect();
+          for (const item of el.querySelectorAll('[data-testid="message"]')) {
+            const top = item.querySelector('.msg__bubble')?.getBoundingClientRect().top ?? -Infinity;
+            if (top >= view.top) return { started: false, at: { seq: Number(item.getAttribute('data-seq')), offset: top - view.top } };
+          }
+          return { started: false, at: null };
+        }, oldest);
+        if (step.started) return true;
+        steps += 1;
+        looking = step.at;
+        return false;
+      },
+      { interval: 150, message: "the older messages to start loading as Ann scrolls up" },
+    );
+    const before = /** @type {{ seq: number, offset: number } | null} */ (looking);
+    assert.ok(before && steps > 1, `Ann scrolled up (${steps} steps) and was looking at a message: ${JSON.stringify(before)}`);
+    await waitFor(
+      async () => ((await ann.messages())[0]?.seq ?? oldest) < oldest && (await region.getAttribute('aria-busy')) === 'false',
+      { message: 'the older page to be shown' },
+    );
+    // Two frames, so that anything that still moves the view (scroll corrections, layout) has happened.
+    await page.evaluate(() => new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve))));
+    const after = await region.evaluate(
+      (el, seq) => {
+        const item = el.querySelector(`[data-testid="message"][data-seq="${seq}"] .msg__bubble`);
+        return item ? item.getBoundingClientRect().top - el.getBoundingClientRect().top : null;
+      },
+      before.seq,
+    );
+    assert.ok(after !== null, `message ${before.seq} is still in the list`);
+    const moved = after - before.offset;
+    t.diagnostic(`message ${before.seq} moved by ${moved.toFixed(1)} px across the load (scrolled up in ${steps} steps)`);
+    assert.ok(
+      Math.abs(moved) <= 3,
+      `message ${before.seq}, at the top of the view, moved by ${moved.toFixed(1)} px when the older page loaded ` +
+        `(from ${before.offset.toFixed(1)} to ${after.toFixed(1)} px below the top)`,
+    );
+    await ann.screenshot('13-older-page-loaded');
+  });
 });
+
+/** Waits until a person's view shows the message as typed but waiting for the connection (not failed, not sent). */
+async function waitForQueued(/** @type {Person} */ person, /** @type {string} */ body) {
+  await waitFor(
+    async () => {
+      const entry = (await person.pending()).find((p) => p.body === body);
+      if (!entry) throw new Error(`${person.username} shows no pending ${JSON.stringify(body)}`);
+      return entry.state === 'queued' && entry.text.includes('Waiting for connection') ? entry : null;
+    },
+    { message: `${person.username} to show ${JSON.stringify(body)} waiting for the connection` },
+  );
+}
 
 /**
  * Runs in Ben's page: opens a second WebSocket with Ben's stored token (a second device, as far as the gateway can
