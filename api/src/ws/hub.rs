@@ -314,10 +314,7 @@ impl Hub {
                 }
                 self.resync_all("live events may have been lost; sync to catch up");
             }
-            Received::Unreadable { events } => {
-                tracing::warn!(events, "dropped events this gateway could not read; asking every socket to sync");
-                self.resync_for_unreadable();
-            }
+            Received::Unreadable { .. } => self.resync_for_unreadable(),
         }
     }
 
@@ -353,9 +350,11 @@ impl Hub {
         Self::offer(&mut sockets, Some(&recipients), &text, reply.as_ref().map(|(socket, text)| (*socket, text)));
     }
 
-    /// A `resync` of every socket now, or at the end of the current [`UNREADABLE_RESYNC_GAP`].
+    /// A `resync` of every socket now, or at the end of the current [`UNREADABLE_RESYNC_GAP`]; logged when sent.
     fn resync_for_unreadable(&self) {
         const REASON: &str = "live events may have been lost; sync to catch up";
+        const WHY: &str =
+            "dropped events this gateway cannot read (a newer message-service?); asking every socket to sync";
         let now = tokio::time::Instant::now();
         let mut state = self.inner.unreadable.lock().unwrap_or_else(PoisonError::into_inner);
         if state.waiting {
@@ -372,12 +371,14 @@ impl Hub {
                         state.waiting = false;
                         state.last = Some(tokio::time::Instant::now());
                     }
+                    tracing::warn!(sockets = hub.len(), "{WHY}");
                     hub.resync_all(REASON);
                 });
             }
             _ => {
                 state.last = Some(now);
                 drop(state);
+                tracing::warn!(sockets = self.len(), "{WHY}");
                 self.resync_all(REASON);
             }
         }

@@ -216,7 +216,9 @@ fn read_batch(data: &[u8]) -> (Vec<Event>, usize) {
     let total = events.len();
     let events: Vec<Event> = events.into_iter().filter_map(|event| serde_json::from_value(event).ok()).collect();
     let unreadable = total - events.len();
-    tracing::error!(%error, unreadable, of = total, "discarding unreadable events of a batch");
+    // Per batch, so debug: during an upgrade that adds an event kind this is every commit; the gateway logs the
+    // resyncs it sends for them.
+    tracing::debug!(%error, unreadable, of = total, "discarding unreadable events of a batch");
     (events, unreadable)
 }
 

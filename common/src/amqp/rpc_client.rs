@@ -3,8 +3,10 @@
 //! Each call gets a correlation id unique to this process (a random prefix chosen at start, then a counter); replies
 //! come back on the instance's own named, exclusive reply queue. The prefix matters because the queue is named after
 //! the instance id, which a restarted replica keeps: a request its previous process sent may still be answered
-//! into the queue after the restart, and a counter alone would match that answer to a new, unrelated call. The per-call timeout travels as a deadline header, and the server that takes a request
-//! after it drops the request unexecuted. Not also as the message's `expiration`: the request queues dead-letter
+//! into the queue after the restart, and a counter alone would match that answer to a new, unrelated call.
+//!
+//! The per-call timeout travels as a deadline header, and the server that takes a request after it drops the
+//! request unexecuted. Not also as the message's `expiration`: the request queues dead-letter
 //! what they reject, and RabbitMQ dead-letters expired messages too, so every request that timed out in a queue
 //! (a slow or stuck service) would have piled up in the dead-letter queue, which is kept for requests that
 //! failed. A timed-out request waits in its (length-limited) queue instead and is dropped when taken. Requests are published `mandatory` with publisher confirms: no queue bound for the
