@@ -1,5 +1,5 @@
 import type { BackoffOptions } from '../api/backoff';
-import { ApiRequestError, asApiRequestError } from '../api/errors';
+import { asApiRequestError } from '../api/errors';
 import type { RestClient } from '../api/rest';
 import {
   type LiveFrame,
@@ -1375,10 +1375,6 @@ export function conversationTitle(
   if (peer === undefined) return 'Direct conversation';
   if (peer === meId) return `${displayName(users, meId)} (you)`;
   return displayName(users, peer);
-}
-
-export function isRetryable(error: unknown): boolean {
-  return error instanceof ApiRequestError && error.retryable;
 }
 
 export type { Timeline };
