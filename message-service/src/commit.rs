@@ -11,7 +11,9 @@
 //! 2. read their members (a non-member's send fails alone; the members are also the events' recipients, exact
 //!    at commit because membership changes take the same lock);
 //! 3. look up the batch's `(sender, client message id)` pairs **before** allocating any seq: a send already stored
-//!    returns the original, and allocating first would leave a hole;
+//!    returns the original, and allocating first would leave a hole. A non-member's send too, when it repeats a
+//!    message of theirs in that conversation (removed after the first attempt was stored, its answer lost): every
+//!    attempt of an acknowledged send gets the same message (migration 4);
 //! 4. allocate seqs from each conversation's `last_seq` in arrival order, insert all rows with one `unnest`, move
 //!    `last_seq` forward.
 //!
@@ -19,8 +21,8 @@
 //! the second finds the first's row in step 3. For different conversations (a client reusing an id) the second
 //! insert hits the unique index; the batch is rolled back and retried, and step 3 then finds the winner.
 //!
-//! All four steps run in PostgreSQL, as one call of the function `messages.commit_sends`
-//! (migrations/0002_commit_sends.sql) outside an explicit transaction: one round trip and one statement per batch.
+//! All four steps run in PostgreSQL, as one call of the function `messages.commit_sends` (migrations 2 and 4, the
+//! second replacing the first) outside an explicit transaction: one round trip and one statement per batch.
 //! Each statement of a PL/pgSQL function takes a fresh snapshot, so the members and the stored sends are still read
 //! after the locks are held (tested: a member removed while the batch waits for the lock is refused). It runs on a
 //! connection of its own ([`CommitConnection`]). Measured on the benchmark machine against the two pipelined round
@@ -317,7 +319,7 @@ pub async fn commit_with_retries(connection: &CommitConnection, sends: &[Send]) 
     }
 }
 
-/// The whole batch as one call of `messages.commit_sends` (migrations/0002_commit_sends.sql), outside an explicit
+/// The whole batch as one call of `messages.commit_sends` (migrations 2 and 4), outside an explicit
 /// transaction: PostgreSQL runs it as one implicit transaction and answers only after that transaction committed
 /// (tokio-postgres ends the rows at `ReadyForQuery`, which follows the commit), so an answer here means durable.
 /// One row per send, in send order; the message's columns come first, in `MESSAGE_COLUMNS` order, so

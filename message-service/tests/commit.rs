@@ -193,6 +193,38 @@ async fn a_non_members_send_fails_alone_and_takes_no_seq() {
     assert_eq!(missing.results[0].as_ref().unwrap_err().code, common::protocol::ErrorCode::Forbidden);
 }
 
+/// A retry is answered with the stored message even when its sender was removed after the first attempt was
+/// stored (the answer to that attempt was lost): acknowledged, the same message for every attempt. The removed
+/// sender gets nothing else: a new message, or another conversation's under that id, is still refused.
+#[tokio::test]
+async fn a_retry_after_the_sender_was_removed_gets_the_stored_message_and_nothing_new_is_stored() {
+    use common::protocol::ErrorCode;
+    let db = database().await;
+    let group = db.store.create_group(1, "g", &[2]).await.unwrap().id;
+    let other = db.store.create_group(1, "other", &[]).await.unwrap().id;
+    let stored = commit_once(&db.store, &[send(2, group, "m1", "hello")]).await.unwrap();
+    let original = stored.results[0].as_ref().unwrap().clone();
+    raw(&db)
+        .await
+        .execute("DELETE FROM messages.members WHERE conversation_id = $1 AND user_id = 2", &[&group])
+        .await
+        .unwrap();
+
+    let again = commit_once(
+        &db.store,
+        &[send(2, group, "m1", "hello"), send(2, group, "m2", "new"), send(2, other, "m1", "hello")],
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(again.results[0].as_ref().unwrap(), &original);
+    assert_eq!(again.results[1].as_ref().unwrap_err().code, ErrorCode::Forbidden);
+    assert_eq!(again.results[2].as_ref().unwrap_err().code, ErrorCode::Forbidden);
+    assert_eq!(again.fresh, 0);
+    assert_eq!(seqs(&db, group).await, [1]);
+    assert!(seqs(&db, other).await.is_empty());
+}
+
 #[tokio::test]
 async fn each_send_is_answered_with_its_message_and_events_go_to_the_members_of_the_batchs_conversations() {
     let db = database().await;
