@@ -58,11 +58,7 @@ impl StandIn {
         });
         let serving = tokio::spawn(server.run(stop.clone()));
         let probe = RpcClient::start(broker.clone(), "probe", &uuid::Uuid::new_v4().simple().to_string());
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while probe.consumer_count("sendMessages").await.unwrap_or(0) == 0 {
-            assert!(tokio::time::Instant::now() < deadline, "the stand-in never consumed");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        common::testing::until_served(&probe, &["sendMessages"], Duration::from_secs(10)).await;
         StandIn { broker, events, release, stop, serving }
     }
 

@@ -50,12 +50,8 @@ impl StandIn {
             }
         });
         let serving = tokio::spawn(server.run(stop.clone()));
-        let deadline = Instant::now() + Duration::from_secs(10);
         let probe = RpcClient::start(broker.clone(), "probe", &uuid::Uuid::new_v4().simple().to_string());
-        while probe.consumer_count("sendMessages").await.unwrap_or(0) == 0 {
-            assert!(Instant::now() < deadline, "the stand-in never consumed");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        common::testing::until_served(&probe, &["sendMessages"], Duration::from_secs(10)).await;
         StandIn { broker, batches, stop, serving }
     }
 

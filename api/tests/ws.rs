@@ -414,11 +414,7 @@ async fn shutting_down_answers_the_requests_in_flight_before_closing() {
     });
     let serving = tokio::spawn(server.run(stop.clone()));
     let probe = RpcClient::start(broker.clone(), "probe", &uuid::Uuid::new_v4().simple().to_string());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while probe.consumer_count("getConversation").await.unwrap_or(0) == 0 {
-        assert!(Instant::now() < deadline, "the stand-in never consumed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::testing::until_served(&probe, &["getConversation"], Duration::from_secs(10)).await;
     let (mut client, _) = WsClient::authenticated(&app, &token).await;
     client.send_json(&json!({ "type": "getConversation", "id": "g1", "conversationId": 7 })).await;
     tokio::time::sleep(Duration::from_millis(200)).await;

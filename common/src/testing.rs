@@ -7,9 +7,24 @@ use lapin::{
 };
 
 use crate::{
-    amqp::topology::{OPERATIONS, Topology},
+    amqp::{
+        RpcClient,
+        topology::{OPERATIONS, Topology},
+    },
     config::{AmqpSettings, env_or},
 };
+
+/// Waits until each operation in `keys` has a consumer (a service, or a test's stand-in, is serving it); panics
+/// naming the first that has none after `within`.
+pub async fn until_served(client: &RpcClient, keys: &[&str], within: std::time::Duration) {
+    let deadline = std::time::Instant::now() + within;
+    for key in keys {
+        while client.consumer_count(key).await.unwrap_or(0) == 0 {
+            assert!(std::time::Instant::now() < deadline, "{key} never served");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
 
 /// The broker tests use: `WARREN_AMQP_URL` or the local default.
 pub fn amqp_url() -> String {

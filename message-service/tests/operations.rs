@@ -48,13 +48,8 @@ impl Stack {
         ];
         let broker = Broker::start(&amqp, "test".into());
         let client = RpcClient::start(broker.clone(), "test", &uuid::Uuid::new_v4().simple().to_string());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for (key, _) in common::amqp::topology::OPERATIONS {
-            while client.consumer_count(key).await.unwrap_or(0) == 0 {
-                assert!(Instant::now() < deadline, "{key} never served");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        let keys: Vec<&str> = common::amqp::topology::OPERATIONS.iter().map(|(key, _)| *key).collect();
+        testing::until_served(&client, &keys, Duration::from_secs(20)).await;
         Stack { amqp, db, broker, client, stop, tasks }
     }
 
@@ -671,13 +666,7 @@ async fn one_senders_slow_first_message_holds_back_no_one_elses_send_in_the_batc
     let messages_task = tokio::spawn(messages.run_until_stopped(async move { b.cancelled().await }));
     let broker = Broker::start(&amqp, "test".into());
     let client = RpcClient::start(broker.clone(), "test", &uuid::Uuid::new_v4().simple().to_string());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for key in ["resolveUsers", "sendMessages", "createGroup"] {
-        while client.consumer_count(key).await.unwrap_or(0) == 0 {
-            assert!(Instant::now() < deadline, "{key} never served");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    testing::until_served(&client, &["resolveUsers", "sendMessages", "createGroup"], Duration::from_secs(20)).await;
     let ctx = || CallContext::new("test", Duration::from_secs(20));
     let (ann, ben, cat) = (1, 2, 3);
     let group = client
