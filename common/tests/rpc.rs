@@ -261,6 +261,34 @@ async fn a_call_after_every_replica_stopped_is_unavailable_at_once() {
 }
 
 #[tokio::test]
+async fn a_burst_of_calls_to_a_stopped_service_shares_its_probes_and_is_answered_unavailable() {
+    let h = Harness::start().await;
+    let stop = CancellationToken::new();
+    let server = h.server(&stop, echo_server);
+    h.wait_for_consumers("getSelf", 1).await;
+    assert!(h.client.call::<Echo>(&Text("warm".into()), &ctx(5_000)).await.is_ok());
+    stop.cancel();
+    server.await.unwrap().close().await;
+    // Past the cached count: every call now has to ask the broker whether anyone serves the queue.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+
+    let before = h.client.probes_sent();
+    let calls = (0..100).map(|i| {
+        let client = h.client.clone();
+        async move { client.call::<Echo>(&Text(format!("{i}")), &ctx(10_000)).await }
+    });
+    let replies = futures_util::future::join_all(calls).await;
+
+    for reply in replies {
+        assert_eq!(reply.unwrap_err().code, ErrorCode::Unavailable);
+    }
+    // One probe for the first call, one (started after they all asked) for the 99 that waited for it.
+    let probes = h.client.probes_sent() - before;
+    assert!(probes <= 3, "{probes} probes for 100 calls made at once");
+    h.finish().await;
+}
+
+#[tokio::test]
 async fn a_slow_service_times_out_and_the_queued_request_is_dropped_never_executed_nor_dead_lettered() {
     let h = Harness::start().await;
     let stop = CancellationToken::new();

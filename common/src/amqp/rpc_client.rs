@@ -13,6 +13,12 @@
 //! operation comes back as "unavailable" at once. A queue that exists but has no consumer (every replica stopped)
 //! is caught by a consumer-count probe cached for a second, so that case is also answered at once, not after the
 //! timeout. Replies for calls that already gave up are discarded.
+//!
+//! A zero count is never trusted from the cache (a replica that just started must not be turned away), so while an
+//! operation has no consumer every call to it asks the broker. Those probes are shared: calls that ask while one is
+//! running wait for the next one to start and all take its answer, so a burst of calls to a stopped service costs
+//! about two probes, not one each. And each operation has its own probe, so calls to a stopped service never hold
+//! up the probes of a running one (the user-service's `login` while the message-service is down).
 
 use std::{
     collections::HashMap,
@@ -65,9 +71,14 @@ struct Inner {
     pending: Mutex<HashMap<u64, ReplySender>>,
     /// The publishing channel of the current connection (with publisher confirms), `None` while down.
     link: RwLock<Option<Channel>>,
+    /// Each operation's last consumer count, and when the probe that read it started.
     presence: Mutex<HashMap<String, (u32, Instant)>>,
-    probe: tokio::sync::Mutex<Option<Channel>>,
+    /// Each operation's probe: its channel, locked while a probe runs.
+    probes: Mutex<HashMap<String, ProbeSlot>>,
+    probes_sent: AtomicU64,
 }
+
+type ProbeSlot = Arc<tokio::sync::Mutex<Option<Channel>>>;
 
 /// A handle on the RPC client. Cheap to clone; one per process is enough.
 #[derive(Debug, Clone)]
@@ -88,7 +99,8 @@ impl RpcClient {
             pending: Mutex::new(HashMap::new()),
             link: RwLock::new(None),
             presence: Mutex::new(HashMap::new()),
-            probe: tokio::sync::Mutex::new(None),
+            probes: Mutex::new(HashMap::new()),
+            probes_sent: AtomicU64::new(0),
         });
         tokio::spawn(consume_replies(Arc::downgrade(&inner)));
         RpcClient { inner }
@@ -171,34 +183,54 @@ impl RpcClient {
     }
 
     /// How many consumers the operation's queue has, from a cache refreshed every second; a cached zero is
-    /// re-checked at once so a freshly started service is not turned away. `None` when it cannot be told.
+    /// re-checked, by a probe that started after this call asked, so a freshly started service is not turned away.
+    /// `None` when it cannot be told.
     pub async fn consumer_count(&self, routing_key: &str) -> Option<u32> {
-        if let Some(count) = self.cached(routing_key)
+        let asked = Instant::now();
+        if let Some((count, _)) = self.cached(routing_key)
             && count > 0
         {
             return Some(count);
         }
-        let mut probe = self.inner.probe.lock().await;
-        if let Some(count) = self.cached(routing_key)
-            && count > 0
+        let slot = self.probe_slot(routing_key)?;
+        let mut channel = slot.lock().await;
+        // A probe that started after this call asked (while it waited for the slot) answers it as well as its own.
+        if let Some((count, probed)) = self.cached(routing_key)
+            && (count > 0 || probed >= asked)
         {
             return Some(count);
         }
-        let count = self.probe(&mut probe, routing_key).await;
+        let started = Instant::now();
+        let count = self.probe(&mut channel, routing_key).await;
         if let Some(count) = count {
-            self.remember(routing_key, count);
+            self.remember_at(routing_key, count, started);
         }
         count
     }
 
-    fn cached(&self, routing_key: &str) -> Option<u32> {
+    /// How many consumer probes this client has sent to the broker (for tests and diagnostics).
+    pub fn probes_sent(&self) -> u64 {
+        self.inner.probes_sent.load(Ordering::Relaxed)
+    }
+
+    fn probe_slot(&self, routing_key: &str) -> Option<ProbeSlot> {
+        let mut probes = self.inner.probes.lock().ok()?;
+        Some(probes.entry(routing_key.to_owned()).or_default().clone())
+    }
+
+    /// The operation's last count while it is fresh, with the moment its probe started.
+    fn cached(&self, routing_key: &str) -> Option<(u32, Instant)> {
         let presence = self.inner.presence.lock().ok()?;
-        presence.get(routing_key).filter(|(_, at)| at.elapsed() < PRESENCE_TTL).map(|(count, _)| *count)
+        presence.get(routing_key).filter(|(_, at)| at.elapsed() < PRESENCE_TTL).copied()
     }
 
     fn remember(&self, routing_key: &str, count: u32) {
+        self.remember_at(routing_key, count, Instant::now());
+    }
+
+    fn remember_at(&self, routing_key: &str, count: u32, at: Instant) {
         if let Ok(mut presence) = self.inner.presence.lock() {
-            presence.insert(routing_key.to_owned(), (count, Instant::now()));
+            presence.insert(routing_key.to_owned(), (count, at));
         }
     }
 
@@ -209,6 +241,7 @@ impl RpcClient {
         }
         let channel = probe.as_ref()?;
         let queue = self.inner.broker.topology().rpc_queue(routing_key);
+        self.inner.probes_sent.fetch_add(1, Ordering::Relaxed);
         match channel
             .queue_declare(
                 queue.into(),
