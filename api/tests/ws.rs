@@ -459,6 +459,94 @@ async fn requests_over_the_in_flight_limit_are_refused_as_rate_limited() {
     app.shutdown().await;
 }
 
+/// Requests whose answers can run to megabytes run a few at a time per socket, so a client that asks for many and
+/// reads slowly cannot make the gateway hold them all; the rest wait their turn and are answered, and other
+/// requests are not held up. A stand-in message-service counts the `getMessages` it is working on and answers
+/// each when the test lets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_with_large_answers_run_a_few_at_a_time_per_socket_and_all_are_answered() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use api::ws::connection::HEAVY_IN_FLIGHT;
+    use common::{
+        amqp::{Broker, RpcClient, RpcServer},
+        protocol::messages::{GetMessages, MessagesPage},
+    };
+    use tokio::sync::Semaphore;
+
+    let app = spawn_app().await;
+    let (token, _) = app.register("maya").await;
+    let broker = Broker::start(&app.amqp, "stand-in message-service".into());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (arrived, release) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
+    let server = RpcServer::new(broker.clone(), "stand-in").handle::<GetMessages, _, _>({
+        let (arrived, release) = (arrived.clone(), release.clone());
+        move |_, _| {
+            let (arrived, release) = (arrived.clone(), release.clone());
+            async move {
+                arrived.fetch_add(1, Ordering::SeqCst);
+                release.acquire().await.expect("released").forget();
+                Ok(MessagesPage { messages: Vec::new(), has_more_before: false, has_more_after: false })
+            }
+        }
+    });
+    let serving = tokio::spawn(server.run(stop.clone()));
+    let probe = RpcClient::start(broker.clone(), "probe", &uuid::Uuid::new_v4().simple().to_string());
+    common::testing::until_served(&probe, &["getMessages"], Duration::from_secs(10)).await;
+    let arrivals = || arrived.load(Ordering::SeqCst);
+    let until_arrived = |count: usize| {
+        let arrived = arrived.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while arrived.load(Ordering::SeqCst) < count {
+                assert!(
+                    Instant::now() < deadline,
+                    "only {} of {count} requests reached the service",
+                    arrived.load(Ordering::SeqCst)
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let (mut client, _) = WsClient::authenticated(&app, &token).await;
+
+    let asked = 3 * HEAVY_IN_FLIGHT;
+    for i in 0..asked {
+        client.send_json(&json!({ "type": "getMessages", "id": format!("m{i}"), "conversationId": 7 })).await;
+    }
+    until_arrived(HEAVY_IN_FLIGHT).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(arrivals(), HEAVY_IN_FLIGHT, "no more than that many reach the service at once");
+    // Other requests go past the queued ones.
+    assert_eq!(client.call("getSelf", json!({})).await["type"], "reply");
+
+    release.add_permits(1);
+    let first = client.next_frame().await;
+    assert_eq!(first["type"], "reply", "{first}");
+    until_arrived(HEAVY_IN_FLIGHT + 1).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(arrivals(), HEAVY_IN_FLIGHT + 1, "one answered, one more let through");
+
+    release.add_permits(asked);
+    let mut answered = vec![first["id"].as_str().unwrap().to_owned()];
+    while answered.len() < asked {
+        let frame = client.next_frame().await;
+        assert_eq!(frame["type"], "reply", "{frame}");
+        answered.push(frame["id"].as_str().unwrap().to_owned());
+    }
+    answered.sort_by_key(|id| id[1..].parse::<usize>().unwrap());
+    assert_eq!(answered, (0..asked).map(|i| format!("m{i}")).collect::<Vec<_>>(), "every request answered once");
+    assert_eq!(arrivals(), asked);
+    client.close().await;
+    stop.cancel();
+    serving.await.unwrap();
+    broker.close().await;
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn events_reach_every_socket_of_their_recipients_and_no_one_else() {
     let app = spawn_app().await;

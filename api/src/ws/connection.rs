@@ -22,7 +22,7 @@ use common::{
 };
 use futures_util::{SinkExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
 use tokio::{
-    sync::OwnedSemaphorePermit,
+    sync::{OwnedSemaphorePermit, Semaphore},
     time::{Instant, MissedTickBehavior, sleep, timeout},
 };
 use tokio_util::task::task_tracker::TaskTrackerToken;
@@ -50,6 +50,14 @@ const MAX_BATCH: usize = 64;
 
 /// Requests refused in a row (over `max_in_flight`) after which the client counts as flooding.
 const MAX_STRIKES: usize = 64;
+
+/// Requests whose answer can run to megabytes (`getMessages`, `sync`, `listConversations`: a page of 100 messages
+/// of 4,000 characters, or a sync's 2 MiB budget) that one socket runs at once. More wait for their turn, still
+/// counting as in flight. An answer waits in the gateway's memory until the socket is ready for it, so without
+/// this a client keeping `max_in_flight` such requests out and reading slowly held ~32 large answers (tens of
+/// megabytes) for the whole write timeout; with it, at most this many. A client has no use for more at once: the
+/// answers come back through one socket, one after another.
+pub const HEAVY_IN_FLIGHT: usize = 4;
 
 /// Used when the gateway cannot even encode an error frame (never expected).
 const INTERNAL_ERROR_FRAME: &str = r#"{"type":"error","error":{"code":"internal","message":"internal error"}}"#;
@@ -109,6 +117,7 @@ pub async fn run(mut socket: WebSocket, connection: Connection) {
                     token,
                     closing: false,
                     in_flight: FuturesUnordered::new(),
+                    heavy: Arc::new(Semaphore::new(HEAVY_IN_FLIGHT)),
                 };
                 match session.write_frame(&ready).await {
                     Ok(()) => session.serve(&id).await,
@@ -193,6 +202,8 @@ struct Session<'a> {
     closing: bool,
     /// Requests running; each ends with the frame to write, or `None` when the hub already answered it.
     in_flight: FuturesUnordered<BoxFuture<'static, Option<ServerFrame>>>,
+    /// Turns for the requests with large answers (see [`HEAVY_IN_FLIGHT`]).
+    heavy: Arc<Semaphore>,
 }
 
 impl Session<'_> {
@@ -278,7 +289,7 @@ impl Session<'_> {
             }
         }
         // A send answered by its event in the last moment: its reply is in the hub's queue.
-        if let Ok(first) = self.registration.outbound.try_recv() {
+        if let Some(first) = self.registration.outbound.try_recv() {
             self.write_queued(first).await?;
         }
         Ok(())
@@ -287,14 +298,23 @@ impl Session<'_> {
     /// Runs a request alongside the others in flight. A `sendMessage` is registered with the hub first, so the
     /// stored message's event can answer it (see [`super::hub`]); it stops counting as in flight as soon as either
     /// answer was written, and the service's answer is written only if the hub has not written one.
+    ///
+    /// A request with a large answer first waits for one of the socket's [`HEAVY_IN_FLIGHT`] turns, and holds it
+    /// until its answer is decoded and handed to this loop, which writes it next.
     fn start(&mut self, request_id: String, frame: ClientFrame) {
         let awaited = match &frame {
             ClientFrame::SendMessage { id, request } => self.registration.await_send(request, id),
             _ => None,
         };
+        let heavy = has_large_answer(&frame).then(|| self.heavy.clone());
         let caller = dispatch::Caller { user: self.user.clone(), token: self.token.clone() };
         let handled = dispatch::handle(self.state.clone(), caller, request_id, frame);
         self.in_flight.push(Box::pin(async move {
+            // The semaphore is never closed; were it, the request would simply run.
+            let _turn = match heavy {
+                Some(heavy) => heavy.acquire_owned().await.ok(),
+                None => None,
+            };
             match awaited {
                 Some(awaited) => awaited.race(handled).await,
                 None => Some(handled.await),
@@ -402,8 +422,8 @@ impl Session<'_> {
             socket.feed(Message::Text(first)).await?;
             for _ in 1..MAX_BATCH {
                 match outbound.try_recv() {
-                    Ok(text) => socket.feed(Message::Text(text)).await?,
-                    Err(_) => break,
+                    Some(text) => socket.feed(Message::Text(text)).await?,
+                    None => break,
                 }
             }
             socket.flush().await
@@ -415,6 +435,11 @@ impl Session<'_> {
         let closer = (!self.closing).then_some(self.closer);
         send(self.socket, closer, self.state.settings().ws.write_timeout, message).await
     }
+}
+
+/// Whether a request's answer can run to megabytes (see [`HEAVY_IN_FLIGHT`]).
+fn has_large_answer(frame: &ClientFrame) -> bool {
+    matches!(frame, ClientFrame::GetMessages { .. } | ClientFrame::Sync { .. } | ClientFrame::ListConversations { .. })
 }
 
 enum Admitted {
