@@ -6,7 +6,9 @@
 //! The fan-in never waits on a socket. Each socket has a bounded outbound queue; an event is serialised once and
 //! the same bytes are offered to every recipient with `try_send`. A socket whose queue is full has fallen behind:
 //! it is closed with 4008 ("too slow, reconnect and sync") instead of being allowed to grow the gateway's memory
-//! or hold up everyone else's events; the client repairs what it missed with `sync` when it reconnects.
+//! or hold up everyone else's events; the client repairs what it missed with `sync` when it reconnects. The queue
+//! is bounded in bytes as well as in frames ([`MAX_QUEUED_BYTES`]): a frame can be 24 kB (4,000 characters that
+//! JSON escapes), so a count alone let a socket that reads just fast enough never to fill it hold 24 MB.
 //!
 //! **A sender's own socket gets its answer in place of its echo.** A socket's `sendMessage` to a conversation is
 //! registered with the hub ([`Registration::await_send`]) while it is in flight. When the event of exactly the
@@ -26,7 +28,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, MutexGuard, OnceLock, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -88,13 +90,40 @@ impl Closer {
     }
 }
 
+/// Bytes of frames queued for one socket past which it counts as too slow, whatever the frame count. Room for
+/// hundreds of the largest messages, and a socket that far behind is better served by a `sync`. (Frames of an
+/// event are shared by all its recipients, so this bounds what one socket can hold, not what it alone costs.)
+pub const MAX_QUEUED_BYTES: usize = 8 << 20;
+
 /// A socket as the hub sees it: where to put its frames, how to close it, and its sends in flight.
 #[derive(Debug)]
 struct Entry {
     id: u64,
     outbound: mpsc::Sender<Utf8Bytes>,
+    /// Bytes in `outbound` (added here, taken off by the socket's [`Outbound`]).
+    queued: Arc<AtomicUsize>,
     closer: Closer,
     awaited: Vec<AwaitedSend>,
+}
+
+impl Entry {
+    /// Queues a frame unless the queue is full in frames or in bytes.
+    fn queue(&self, text: &Utf8Bytes) -> Result<(), mpsc::error::TrySendError<()>> {
+        // Counted before it is queued, so the socket never takes off more than was added.
+        let queued = self.queued.fetch_add(text.len(), Ordering::Relaxed) + text.len();
+        let sent = if queued > MAX_QUEUED_BYTES {
+            Err(mpsc::error::TrySendError::Full(()))
+        } else {
+            self.outbound.try_send(text.clone()).map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
+                mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
+            })
+        };
+        if sent.is_err() {
+            self.queued.fetch_sub(text.len(), Ordering::Relaxed);
+        }
+        sent
+    }
 }
 
 /// A `sendMessage` of this socket in flight, which the stored message's event may answer.
@@ -151,7 +180,35 @@ pub struct Registration {
     user_id: i64,
     id: u64,
     /// The frames the hub routed to this socket, in order.
-    pub outbound: mpsc::Receiver<Utf8Bytes>,
+    pub outbound: Outbound,
+}
+
+/// A socket's end of its outbound queue: takes each frame's bytes off the socket's count as it is taken.
+#[derive(Debug)]
+pub struct Outbound {
+    frames: mpsc::Receiver<Utf8Bytes>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Outbound {
+    /// The next frame, waiting for one; `None` once the hub has let the socket go. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Utf8Bytes> {
+        let frame = self.frames.recv().await;
+        self.taken(frame)
+    }
+
+    /// The next frame if one is queued.
+    pub fn try_recv(&mut self) -> Option<Utf8Bytes> {
+        let frame = self.frames.try_recv().ok();
+        self.taken(frame)
+    }
+
+    fn taken(&self, frame: Option<Utf8Bytes>) -> Option<Utf8Bytes> {
+        if let Some(frame) = &frame {
+            self.queued.fetch_sub(frame.len(), Ordering::Relaxed);
+        }
+        frame
+    }
 }
 
 impl Registration {
@@ -287,10 +344,12 @@ impl Hub {
 
     /// Adds an authenticated socket of `user_id`; events for that user are queued on the returned receiver.
     pub fn register(&self, user_id: i64, closer: Closer) -> Registration {
-        let (tx, rx) = mpsc::channel(self.inner.queue_capacity);
+        let (tx, frames) = mpsc::channel(self.inner.queue_capacity);
+        let queued = Arc::new(AtomicUsize::new(0));
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        self.sockets().entry(user_id).or_default().push(Entry { id, outbound: tx, closer, awaited: Vec::new() });
-        Registration { hub: self.clone(), user_id, id, outbound: rx }
+        let entry = Entry { id, outbound: tx, queued: queued.clone(), closer, awaited: Vec::new() };
+        self.sockets().entry(user_id).or_default().push(entry);
+        Registration { hub: self.clone(), user_id, id, outbound: Outbound { frames, queued } }
     }
 
     /// How many authenticated sockets are registered.
@@ -404,7 +463,7 @@ impl Hub {
     }
 
     /// Offers `text` to the sockets of `users` (every socket when `None`), or `instead.1` to the socket with id
-    /// `instead.0`; closes those whose queue is full.
+    /// `instead.0`; closes those whose queue is full, in frames or in bytes.
     fn offer(
         sockets: &mut HashMap<i64, Vec<Entry>>,
         users: Option<&[i64]>,
@@ -418,14 +477,15 @@ impl Hub {
                     Some((socket, instead)) if socket == entry.id => instead,
                     _ => text,
                 };
-                match entry.outbound.try_send(text.clone()) {
+                let sent = entry.queue(text);
+                match sent {
                     Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
+                    Err(mpsc::error::TrySendError::Full(())) => {
                         entry.closer.close(CloseReason::SLOW_CONSUMER);
                         slow.push((user_id, entry.id));
                     }
                     // The socket's task has ended; its registration is being dropped.
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    Err(mpsc::error::TrySendError::Closed(())) => {}
                 }
             }
         };
@@ -546,7 +606,7 @@ mod tests {
         let phone = alice_phone.outbound.try_recv().expect("alice's phone gets it");
         let bobs = bob.outbound.try_recv().expect("bob gets it");
         assert_eq!(frame_type(&laptop), "message");
-        assert!(mallory.outbound.try_recv().is_err(), "a non-member never receives a message");
+        assert!(mallory.outbound.try_recv().is_none(), "a non-member never receives a message");
         // Serialised once: every recipient shares the same bytes.
         assert_eq!(laptop.as_str().as_ptr(), phone.as_str().as_ptr());
         assert_eq!(laptop.as_str().as_ptr(), bobs.as_str().as_ptr());
@@ -561,7 +621,7 @@ mod tests {
         hub.route(Event::Read { user_id: 1, position: ReadPosition { conversation_id: 7, read_seq: 3 } });
 
         assert_eq!(frame_type(&alice.outbound.try_recv().unwrap()), "read");
-        assert!(bob.outbound.try_recv().is_err());
+        assert!(bob.outbound.try_recv().is_none());
     }
 
     #[tokio::test]
@@ -573,7 +633,7 @@ mod tests {
 
         for _ in 0..3 {
             hub.route(message(vec![1, 2]));
-            while fast.outbound.try_recv().is_ok() {}
+            while fast.outbound.try_recv().is_some() {}
         }
 
         assert!(slow_closer.is_closed());
@@ -581,8 +641,53 @@ mod tests {
         assert_eq!(CloseReason::SLOW_CONSUMER.code, 4008);
         assert_eq!(hub.len(), 1, "the slow socket left the hub");
         hub.route(message(vec![1, 2]));
-        assert!(fast.outbound.try_recv().is_ok(), "the other socket still receives");
+        assert!(fast.outbound.try_recv().is_some(), "the other socket still receives");
         drop(slow);
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_keeps_too_many_bytes_queued_is_closed_as_slow_though_its_queue_has_room() {
+        // Frames of 4,000 control characters, six bytes each in JSON: the largest a message makes.
+        let big = |seq: i64| {
+            let mut event = message(vec![1, 2]);
+            if let Event::Message { message, .. } = &mut event {
+                message.seq = seq;
+                message.body = "\u{1}".repeat(4_000);
+            }
+            event
+        };
+        let hub = Hub::new(10_000, 100);
+        let slow_closer = hub.closer();
+        let mut slow = hub.register(1, slow_closer.clone());
+        let reader_closer = hub.closer();
+        let mut reader = hub.register(2, reader_closer.clone());
+
+        // The reader takes every frame as it comes (so the bytes it took must come off its count); the other
+        // reads nothing.
+        let mut routed = 0;
+        let mut frame_bytes = 0;
+        while !slow_closer.is_closed() {
+            routed += 1;
+            assert!(routed < 2_000, "still open after {routed} large frames");
+            hub.route(big(routed));
+            frame_bytes = reader.outbound.try_recv().expect("the reader gets every frame").len();
+        }
+        for seq in routed + 1..=2 * routed {
+            hub.route(big(seq));
+            reader.outbound.try_recv().expect("the reader gets every frame");
+        }
+
+        assert!(frame_bytes > 24_000, "a frame of {frame_bytes} bytes");
+        assert_eq!(slow_closer.closed().await, CloseReason::SLOW_CONSUMER);
+        assert!(!reader_closer.is_closed(), "the socket that reads stays, past twice the bytes");
+        // Closed at the first frame past the bytes, far inside its queue's 10,000 frames; what it had queued is
+        // still there to be written, and its count is back to zero once taken.
+        let mut left = 0;
+        while slow.outbound.try_recv().is_some() {
+            left += 1;
+        }
+        assert_eq!(left, MAX_QUEUED_BYTES / frame_bytes);
+        assert_eq!(slow.outbound.queued.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
@@ -609,11 +714,11 @@ mod tests {
         for _ in 0..10 {
             hub.receive(Received::Unreadable { events: 1 });
         }
-        assert!(alice.outbound.try_recv().is_err(), "not one per batch");
+        assert!(alice.outbound.try_recv().is_none(), "not one per batch");
         tokio::time::sleep(UNREADABLE_RESYNC_GAP).await;
         tokio::task::yield_now().await;
         assert_eq!(frame_type(&alice.outbound.try_recv().unwrap()), "resync");
-        assert!(alice.outbound.try_recv().is_err());
+        assert!(alice.outbound.try_recv().is_none());
         // After a quiet gap, at once again.
         tokio::time::sleep(UNREADABLE_RESYNC_GAP).await;
         hub.receive(Received::Unreadable { events: 1 });
@@ -636,7 +741,7 @@ mod tests {
         assert_eq!(answer["result"]["op"], "sendMessage");
         assert_eq!(answer["result"]["data"]["seq"], 1);
         assert_eq!(answer["result"]["data"]["clientMessageId"], "c1");
-        assert!(alice_laptop.outbound.try_recv().is_err(), "and gets no second copy");
+        assert!(alice_laptop.outbound.try_recv().is_none(), "and gets no second copy");
         assert_eq!(frame_type(&alice_phone.outbound.try_recv().unwrap()), "message", "the sender's other device");
         assert_eq!(frame_type(&bob.outbound.try_recv().unwrap()), "message");
         assert!(!awaited.settle(), "the service's later answer is not written again");
@@ -699,7 +804,7 @@ mod tests {
         hub.route(message(vec![1, 2]));
 
         assert_eq!(frame_type(&alice.outbound.try_recv().unwrap()), "message");
-        assert!(alice.outbound.try_recv().is_err());
+        assert!(alice.outbound.try_recv().is_none());
         for send in awaited {
             assert!(send.settle(), "still the service's to answer");
         }
@@ -714,7 +819,7 @@ mod tests {
         // Recipients come from the membership at commit; the send stays the service's to answer.
         hub.route(message(vec![2]));
 
-        assert!(alice.outbound.try_recv().is_err());
+        assert!(alice.outbound.try_recv().is_none());
         assert!(awaited.settle());
     }
 
