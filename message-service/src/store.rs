@@ -9,7 +9,7 @@
 //! exists before or after is arithmetic, not another query.
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use common::protocol::messages::{Conversation, ConversationEntry, ConversationKind, Message, MessagesPage};
 use deadpool_postgres::{GenericClient, Pool};
 use tokio_postgres::{Row, error::SqlState};
@@ -415,14 +415,29 @@ impl Store {
                     return Ok(Err(MembershipError::TooMany));
                 }
                 // New members start with the history read: it was written before they came.
-                tx.execute(
-                    "INSERT INTO messages.members (conversation_id, user_id, read_seq)
-                     SELECT $1, u, c.last_seq FROM unnest($2::bigint[]) AS u, messages.conversations c WHERE c.id = $1
-                     ON CONFLICT DO NOTHING",
-                    &[&conversation_id, &users],
-                )
-                .await
-                .context("adding members")?;
+                let added = tx
+                    .execute(
+                        "INSERT INTO messages.members (conversation_id, user_id, read_seq)
+                         SELECT $1, u, c.last_seq FROM unnest($2::bigint[]) AS u, messages.conversations c
+                          WHERE c.id = $1
+                         ON CONFLICT DO NOTHING",
+                        &[&conversation_id, &users],
+                    )
+                    .await
+                    .context("adding members")?;
+                // Joining is activity: the group goes to the top of its lists, where a new member looks for it
+                // (a quiet group would otherwise land below every recent chat, or past the first page of a long
+                // list, for someone who was offline when added). A repeated add changes nothing.
+                if added > 0 {
+                    let now: DateTime<Utc> = Utc::now().trunc_subsecs(6);
+                    tx.execute(
+                        "UPDATE messages.conversations SET last_activity_at = greatest(last_activity_at, $2)
+                          WHERE id = $1",
+                        &[&conversation_id, &now],
+                    )
+                    .await
+                    .context("marking the group active")?;
+                }
             }
             MemberChange::Remove(user) => {
                 let removed = tx

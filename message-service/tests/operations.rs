@@ -391,6 +391,40 @@ async fn conversations_list_newest_first_in_pages() {
     s.stop().await;
 }
 
+/// Someone added to a quiet group finds it at the top of their list, not below every chat that spoke since it
+/// last did; a repeated add moves nothing.
+#[tokio::test]
+async fn a_group_someone_joins_goes_to_the_top_of_the_lists() {
+    let s = Stack::start().await;
+    let (ann, ben) = (s.user("ann").await, s.user("ben").await);
+    let quiet = s.group(ann, "quiet", vec![]).await;
+    s.send(ann, quiet.id, "q1", "anyone?").await.unwrap();
+    let busy = s.group(ben, "busy", vec![]).await;
+    s.send(ben, busy.id, "b1", "chatter").await.unwrap();
+    async fn listed(s: &Stack, user: i64) -> Vec<i64> {
+        let request = ListConversationsRequest { before: None, limit: None };
+        let list = s.call::<ListConversations>(as_user(user, request)).await.unwrap();
+        list.conversations.iter().map(|e| e.conversation.id).collect()
+    }
+    assert_eq!(listed(&s, ben).await, vec![busy.id]);
+
+    let added = s
+        .call::<AddMembers>(as_user(ann, AddMembersRequest { conversation_id: quiet.id, user_ids: vec![ben] }))
+        .await
+        .unwrap();
+
+    assert!(added.last_activity_at > quiet.last_activity_at, "{added:?}");
+    assert_eq!(listed(&s, ben).await, vec![quiet.id, busy.id], "the group ben just joined comes first");
+    s.send(ben, busy.id, "b2", "more chatter").await.unwrap();
+    let again = s
+        .call::<AddMembers>(as_user(ann, AddMembersRequest { conversation_id: quiet.id, user_ids: vec![ben] }))
+        .await
+        .unwrap();
+    assert_eq!(again.last_activity_at, added.last_activity_at, "nobody new: no activity");
+    assert_eq!(listed(&s, ben).await, vec![busy.id, quiet.id]);
+    s.stop().await;
+}
+
 /// One group commit gives every conversation it touches the same `last_activity_at`, to the microsecond: paging
 /// one at a time through such ties must still visit every conversation once.
 #[tokio::test]

@@ -85,7 +85,8 @@ pub struct Conversation {
     pub members: Vec<i64>,
     /// The seq of the newest message (0 when empty).
     pub last_seq: i64,
-    /// When the last message was sent, or the conversation created, in ms since the Unix epoch.
+    /// When the last message was sent, members were last added, or the conversation was created, in ms since the
+    /// Unix epoch. Lists are ordered by it, newest first.
     pub last_activity_at: i64,
     pub created_at: i64,
 }

@@ -18,6 +18,7 @@ members: Array<number>,
  */
 lastSeq: number, 
 /**
- * When the last message was sent, or the conversation created, in ms since the Unix epoch.
+ * When the last message was sent, members were last added, or the conversation was created, in ms since the
+ * Unix epoch. Lists are ordered by it, newest first.
  */
 lastActivityAt: number, createdAt: number, };
