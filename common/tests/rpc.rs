@@ -96,6 +96,19 @@ impl Harness {
         }
     }
 
+    /// Serves `getSelf` (Echo) until a call went through, then stops every replica: the durable queue stays, with
+    /// no consumer, and the client's cached count has expired, so a call has to ask the broker whether anyone
+    /// serves the queue.
+    async fn serve_echo_then_stop(&self) {
+        let stop = CancellationToken::new();
+        let server = self.server(&stop, echo_server);
+        self.wait_for_consumers("getSelf", 1).await;
+        assert!(self.client.call::<Echo>(&Text("warm".into()), &ctx(5_000)).await.is_ok());
+        stop.cancel();
+        server.await.unwrap().close().await;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+    }
+
     /// How many requests the dead-letter queue holds.
     async fn dead_letters(&self) -> u32 {
         let session = self.broker.current().expect("connected");
@@ -243,14 +256,7 @@ async fn a_call_nobody_ever_served_is_unavailable_at_once() {
 #[tokio::test]
 async fn a_call_after_every_replica_stopped_is_unavailable_at_once() {
     let h = Harness::start().await;
-    let stop = CancellationToken::new();
-    let server = h.server(&stop, echo_server);
-    h.wait_for_consumers("getSelf", 1).await;
-    assert!(h.client.call::<Echo>(&Text("warm".into()), &ctx(5_000)).await.is_ok());
-    stop.cancel();
-    server.await.unwrap().close().await;
-    // The durable queue stays, with no consumer.
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    h.serve_echo_then_stop().await;
 
     let started = Instant::now();
     let reply = h.client.call::<Echo>(&Text("x".into()), &ctx(3_000)).await;
@@ -263,14 +269,7 @@ async fn a_call_after_every_replica_stopped_is_unavailable_at_once() {
 #[tokio::test]
 async fn a_burst_of_calls_to_a_stopped_service_shares_its_probes_and_is_answered_unavailable() {
     let h = Harness::start().await;
-    let stop = CancellationToken::new();
-    let server = h.server(&stop, echo_server);
-    h.wait_for_consumers("getSelf", 1).await;
-    assert!(h.client.call::<Echo>(&Text("warm".into()), &ctx(5_000)).await.is_ok());
-    stop.cancel();
-    server.await.unwrap().close().await;
-    // Past the cached count: every call now has to ask the broker whether anyone serves the queue.
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    h.serve_echo_then_stop().await;
 
     let before = h.client.probes_sent();
     let calls = (0..100).map(|i| {

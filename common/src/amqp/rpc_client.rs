@@ -139,6 +139,9 @@ impl RpcClient {
             link.clone().ok_or_else(|| ApiError::unavailable("the message broker is unreachable, try again shortly"))?
         };
 
+        // A call that asked after this moment may take an "unroutable" below as its answer; one that asked before
+        // may not (a queue may have been bound since it asked).
+        let published = Instant::now();
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let _pending = PendingGuard::insert(&self.inner, id, tx);
@@ -172,7 +175,7 @@ impl RpcClient {
         }
         if confirm.take_message().is_some() {
             tracing::warn!(operation = routing_key, "request unroutable: no queue bound");
-            self.remember(routing_key, 0);
+            self.remember_at(routing_key, 0, published);
             return Err(unavailable());
         }
         match rx.await {
@@ -222,10 +225,6 @@ impl RpcClient {
     fn cached(&self, routing_key: &str) -> Option<(u32, Instant)> {
         let presence = self.inner.presence.lock().ok()?;
         presence.get(routing_key).filter(|(_, at)| at.elapsed() < PRESENCE_TTL).copied()
-    }
-
-    fn remember(&self, routing_key: &str, count: u32) {
-        self.remember_at(routing_key, count, Instant::now());
     }
 
     fn remember_at(&self, routing_key: &str, count: u32, at: Instant) {
