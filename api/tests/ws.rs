@@ -459,78 +459,101 @@ async fn requests_over_the_in_flight_limit_are_refused_as_rate_limited() {
     app.shutdown().await;
 }
 
+/// A stand-in message-service that counts the `getMessages` it is working on and answers each (an empty page)
+/// only when the test lets it.
+struct HeldPages {
+    broker: common::amqp::Broker,
+    arrived: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    release: std::sync::Arc<tokio::sync::Semaphore>,
+    stop: tokio_util::sync::CancellationToken,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl HeldPages {
+    async fn start(app: &support::TestApp) -> HeldPages {
+        use std::sync::{Arc, atomic::Ordering};
+
+        use common::{
+            amqp::{Broker, RpcClient, RpcServer},
+            protocol::messages::{GetMessages, MessagesPage},
+        };
+        let broker = Broker::start(&app.amqp, "stand-in message-service".into());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let arrived = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let server = RpcServer::new(broker.clone(), "stand-in").handle::<GetMessages, _, _>({
+            let (arrived, release) = (arrived.clone(), release.clone());
+            move |_, _| {
+                let (arrived, release) = (arrived.clone(), release.clone());
+                async move {
+                    arrived.fetch_add(1, Ordering::SeqCst);
+                    release.acquire().await.expect("released").forget();
+                    Ok(MessagesPage { messages: Vec::new(), has_more_before: false, has_more_after: false })
+                }
+            }
+        });
+        let serving = tokio::spawn(server.run(stop.clone()));
+        let probe = RpcClient::start(broker.clone(), "probe", &uuid::Uuid::new_v4().simple().to_string());
+        common::testing::until_served(&probe, &["getMessages"], Duration::from_secs(10)).await;
+        HeldPages { broker, arrived, release, stop, serving }
+    }
+
+    fn arrivals(&self) -> usize {
+        self.arrived.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    async fn until_arrived(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.arrivals() < count {
+            assert!(Instant::now() < deadline, "only {} of {count} requests reached the service", self.arrivals());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.release.add_permits(1_000);
+        self.stop.cancel();
+        self.serving.await.unwrap();
+        self.broker.close().await;
+    }
+}
+
+fn get_messages(id: &str) -> Value {
+    json!({ "type": "getMessages", "id": id, "conversationId": 7 })
+}
+
 /// Requests whose answers can run to megabytes run a few at a time per socket, so a client that asks for many and
 /// reads slowly cannot make the gateway hold them all; the rest wait their turn and are answered, and other
-/// requests are not held up. A stand-in message-service counts the `getMessages` it is working on and answers
-/// each when the test lets it.
+/// requests are not held up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_with_large_answers_run_a_few_at_a_time_per_socket_and_all_are_answered() {
-    use std::sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    };
-
     use api::ws::connection::HEAVY_IN_FLIGHT;
-    use common::{
-        amqp::{Broker, RpcClient, RpcServer},
-        protocol::messages::{GetMessages, MessagesPage},
-    };
-    use tokio::sync::Semaphore;
-
-    let app = spawn_app().await;
+    let mut options = Options::default();
+    // Nothing here waits for a timeout; a slow machine must not make one.
+    options.gateway.rpc_timeout = Duration::from_secs(60);
+    let app = spawn_app_with(options).await;
     let (token, _) = app.register("maya").await;
-    let broker = Broker::start(&app.amqp, "stand-in message-service".into());
-    let stop = tokio_util::sync::CancellationToken::new();
-    let (arrived, release) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
-    let server = RpcServer::new(broker.clone(), "stand-in").handle::<GetMessages, _, _>({
-        let (arrived, release) = (arrived.clone(), release.clone());
-        move |_, _| {
-            let (arrived, release) = (arrived.clone(), release.clone());
-            async move {
-                arrived.fetch_add(1, Ordering::SeqCst);
-                release.acquire().await.expect("released").forget();
-                Ok(MessagesPage { messages: Vec::new(), has_more_before: false, has_more_after: false })
-            }
-        }
-    });
-    let serving = tokio::spawn(server.run(stop.clone()));
-    let probe = RpcClient::start(broker.clone(), "probe", &uuid::Uuid::new_v4().simple().to_string());
-    common::testing::until_served(&probe, &["getMessages"], Duration::from_secs(10)).await;
-    let arrivals = || arrived.load(Ordering::SeqCst);
-    let until_arrived = |count: usize| {
-        let arrived = arrived.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while arrived.load(Ordering::SeqCst) < count {
-                assert!(
-                    Instant::now() < deadline,
-                    "only {} of {count} requests reached the service",
-                    arrived.load(Ordering::SeqCst)
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    };
+    let pages = HeldPages::start(&app).await;
     let (mut client, _) = WsClient::authenticated(&app, &token).await;
 
     let asked = 3 * HEAVY_IN_FLIGHT;
     for i in 0..asked {
-        client.send_json(&json!({ "type": "getMessages", "id": format!("m{i}"), "conversationId": 7 })).await;
+        client.send_json(&get_messages(&format!("m{i}"))).await;
     }
-    until_arrived(HEAVY_IN_FLIGHT).await;
+    pages.until_arrived(HEAVY_IN_FLIGHT).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(arrivals(), HEAVY_IN_FLIGHT, "no more than that many reach the service at once");
+    assert_eq!(pages.arrivals(), HEAVY_IN_FLIGHT, "no more than that many reach the service at once");
     // Other requests go past the queued ones.
     assert_eq!(client.call("getSelf", json!({})).await["type"], "reply");
 
-    release.add_permits(1);
+    pages.release.add_permits(1);
     let first = client.next_frame().await;
     assert_eq!(first["type"], "reply", "{first}");
-    until_arrived(HEAVY_IN_FLIGHT + 1).await;
+    pages.until_arrived(HEAVY_IN_FLIGHT + 1).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(arrivals(), HEAVY_IN_FLIGHT + 1, "one answered, one more let through");
+    assert_eq!(pages.arrivals(), HEAVY_IN_FLIGHT + 1, "one answered, one more let through");
 
-    release.add_permits(asked);
+    pages.release.add_permits(asked);
     let mut answered = vec![first["id"].as_str().unwrap().to_owned()];
     while answered.len() < asked {
         let frame = client.next_frame().await;
@@ -539,11 +562,82 @@ async fn requests_with_large_answers_run_a_few_at_a_time_per_socket_and_all_are_
     }
     answered.sort_by_key(|id| id[1..].parse::<usize>().unwrap());
     assert_eq!(answered, (0..asked).map(|i| format!("m{i}")).collect::<Vec<_>>(), "every request answered once");
-    assert_eq!(arrivals(), asked);
+    assert_eq!(pages.arrivals(), asked);
     client.close().await;
-    stop.cancel();
-    serving.await.unwrap();
-    broker.close().await;
+    pages.stop().await;
+    app.shutdown().await;
+}
+
+/// A request that waits for its turn is answered `timeout` within the RPC timeout of its arrival, as any other
+/// request, not a full timeout after its turn came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_its_turn_times_out_counting_from_its_arrival() {
+    use api::ws::connection::HEAVY_IN_FLIGHT;
+    let mut options = Options::default();
+    options.gateway.rpc_timeout = Duration::from_secs(2);
+    let app = spawn_app_with(options).await;
+    let (token, _) = app.register("nils").await;
+    let pages = HeldPages::start(&app).await;
+    let (mut client, _) = WsClient::authenticated(&app, &token).await;
+    for i in 0..HEAVY_IN_FLIGHT {
+        client.send_json(&get_messages(&format!("held{i}"))).await;
+    }
+    pages.until_arrived(HEAVY_IN_FLIGHT).await;
+
+    let asked = Instant::now();
+    for i in 0..HEAVY_IN_FLIGHT {
+        client.send_json(&get_messages(&format!("queued{i}"))).await;
+    }
+    let mut queued_answered = 0;
+    while queued_answered < HEAVY_IN_FLIGHT {
+        let frame = client.next_frame().await;
+        assert_eq!(error_code(&frame), "timeout", "{frame}");
+        if frame["id"].as_str().unwrap().starts_with("queued") {
+            queued_answered += 1;
+        }
+    }
+
+    // Two seconds from their arrival; counted from their turn they would have taken four.
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(3), "the queued requests were answered after {took:?}");
+    client.close().await;
+    pages.stop().await;
+    app.shutdown().await;
+}
+
+/// When the gateway shuts down, the requests a service is working on are answered by it, and those still waiting
+/// for their turn are answered `unavailable` at once, never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_down_answers_requests_still_waiting_for_their_turn_unavailable_without_sending_them() {
+    use api::ws::connection::HEAVY_IN_FLIGHT;
+    let mut options = Options::default();
+    options.gateway.rpc_timeout = Duration::from_secs(60);
+    let app = spawn_app_with(options).await;
+    let (token, _) = app.register("olga").await;
+    let pages = HeldPages::start(&app).await;
+    let (mut client, _) = WsClient::authenticated(&app, &token).await;
+    for i in 0..HEAVY_IN_FLIGHT + 2 {
+        client.send_json(&get_messages(&format!("m{i}"))).await;
+    }
+    pages.until_arrived(HEAVY_IN_FLIGHT).await;
+
+    app.gateway_stop.cancel();
+
+    // The service still holds every answer: these can only be the two that never had a turn.
+    for _ in 0..2 {
+        let frame = client.next_frame().await;
+        assert_eq!(error_code(&frame), "unavailable", "{frame}");
+        let id: usize = frame["id"].as_str().unwrap()[1..].parse().unwrap();
+        assert!(id >= HEAVY_IN_FLIGHT, "{frame}");
+    }
+    pages.release.add_permits(HEAVY_IN_FLIGHT);
+    for _ in 0..HEAVY_IN_FLIGHT {
+        let frame = client.next_frame().await;
+        assert_eq!(frame["type"], "reply", "the requests a service took are answered: {frame}");
+    }
+    assert_eq!(client.expect_close().await, (1001, "server shutting down".to_owned()));
+    assert_eq!(pages.arrivals(), HEAVY_IN_FLIGHT, "the waiting ones were never sent");
+    pages.stop().await;
     app.shutdown().await;
 }
 

@@ -299,27 +299,25 @@ impl Session<'_> {
     /// stored message's event can answer it (see [`super::hub`]); it stops counting as in flight as soon as either
     /// answer was written, and the service's answer is written only if the hub has not written one.
     ///
-    /// A request with a large answer first waits for one of the socket's [`HEAVY_IN_FLIGHT`] turns, and holds it
-    /// until its answer is decoded and handed to this loop, which writes it next.
+    /// A request with a large answer runs in one of the socket's turns (see [`in_turn`]).
     fn start(&mut self, request_id: String, frame: ClientFrame) {
         let awaited = match &frame {
             ClientFrame::SendMessage { id, request } => self.registration.await_send(request, id),
             _ => None,
         };
-        let heavy = has_large_answer(&frame).then(|| self.heavy.clone());
+        let turn = has_large_answer(&frame).then(|| Turn {
+            slots: self.heavy.clone(),
+            closer: self.closer.clone(),
+            id: frame.id().unwrap_or_default().to_owned(),
+            deadline: Instant::now() + self.state.settings().rpc_timeout,
+        });
         let caller = dispatch::Caller { user: self.user.clone(), token: self.token.clone() };
         let handled = dispatch::handle(self.state.clone(), caller, request_id, frame);
-        self.in_flight.push(Box::pin(async move {
-            // The semaphore is never closed; were it, the request would simply run.
-            let _turn = match heavy {
-                Some(heavy) => heavy.acquire_owned().await.ok(),
-                None => None,
-            };
-            match awaited {
-                Some(awaited) => awaited.race(handled).await,
-                None => Some(handled.await),
-            }
-        }));
+        self.in_flight.push(match (turn, awaited) {
+            (Some(turn), _) => Box::pin(async move { Some(in_turn(turn, handled).await) }),
+            (None, Some(awaited)) => Box::pin(awaited.race(handled)),
+            (None, None) => Box::pin(async move { Some(handled.await) }),
+        });
     }
 
     /// At the in-flight limit, takes out the requests that are already answered before a new frame is counted. A
@@ -435,6 +433,39 @@ impl Session<'_> {
         let closer = (!self.closing).then_some(self.closer);
         send(self.socket, closer, self.state.settings().ws.write_timeout, message).await
     }
+}
+
+/// What a request with a large answer needs to wait for its turn.
+struct Turn {
+    /// The socket's turns ([`HEAVY_IN_FLIGHT`]).
+    slots: Arc<Semaphore>,
+    closer: Closer,
+    /// The request frame's `id`, for an error frame.
+    id: String,
+    /// Its arrival plus the RPC timeout.
+    deadline: Instant,
+}
+
+/// Runs a request with a large answer once one of the socket's turns is free, and keeps the turn until its answer
+/// is decoded and handed to the socket's loop, which writes it next. Its time counts from its arrival, as a
+/// send's does: a request that waited its turn is still answered `timeout` within the RPC timeout, not a full
+/// timeout after it started. A request still waiting when the socket starts closing (the gateway shutting down)
+/// is answered `unavailable` at once: it was never sent, and the client asks again elsewhere.
+async fn in_turn(turn: Turn, handled: impl Future<Output = ServerFrame>) -> ServerFrame {
+    let Turn { slots, closer, id, deadline } = turn;
+    let refused = |error| ServerFrame::Error { id: Some(id.clone()), error };
+    let timed_out = || ApiError::timeout("the request did not get an answer in time");
+    let _turn = tokio::select! {
+        // Checked first: a turn that frees up after the deadline must not start the request.
+        biased;
+        () = tokio::time::sleep_until(deadline) => return refused(timed_out()),
+        _ = closer.closed() => {
+            return refused(ApiError::unavailable("the gateway is shutting down; ask again"));
+        }
+        // The semaphore is never closed; were it, the request would simply run.
+        turn = slots.acquire_owned() => turn.ok(),
+    };
+    tokio::time::timeout_at(deadline, handled).await.unwrap_or_else(|_| refused(timed_out()))
 }
 
 /// Whether a request's answer can run to megabytes (see [`HEAVY_IN_FLIGHT`]).
