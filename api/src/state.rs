@@ -74,6 +74,21 @@ impl AppState {
         self.inner.rpc.call::<O>(request, &ctx).await
     }
 
+    /// Calls a service operation that must be answered by `deadline` (a request that waited before its call
+    /// started); the service is told the same deadline, so it drops the request unexecuted once it has passed.
+    pub async fn call_until<O: Operation>(
+        &self,
+        request_id: &str,
+        request: &O::Request,
+        deadline: tokio::time::Instant,
+    ) -> Result<O::Response, ApiError> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(ApiError::timeout(format!("{} did not answer in time", O::ROUTING_KEY)));
+        }
+        self.inner.rpc.call::<O>(request, &CallContext::new(request_id, left)).await
+    }
+
     /// Sends a message on behalf of `user_id`, batched with whatever else is being sent through this gateway.
     pub async fn send_message(
         &self,

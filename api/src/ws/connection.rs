@@ -268,6 +268,9 @@ impl Session<'_> {
     async fn ending(&mut self, reason: CloseReason) -> End {
         if reason == CloseReason::SHUTTING_DOWN && !self.in_flight.is_empty() {
             self.closing = true;
+            // Requests still waiting for a turn were never sent: they are answered `unavailable` now (see
+            // [`in_turn`]), inside the loop below, whose writes no longer give way to the closer.
+            self.heavy.close();
             // The writes too are inside the time: a client that stopped reading cannot stretch it.
             match timeout(IN_FLIGHT_WAIT, self.answer_in_flight()).await {
                 Ok(Ok(())) => {}
@@ -305,13 +308,15 @@ impl Session<'_> {
             ClientFrame::SendMessage { id, request } => self.registration.await_send(request, id),
             _ => None,
         };
-        let turn = has_large_answer(&frame).then(|| Turn {
+        // A request's time counts from its arrival, whatever it waits for before its call starts.
+        let deadline = Instant::now() + self.state.settings().rpc_timeout;
+        let turn = large_answer_operation(&frame).map(|operation| Turn {
             slots: self.heavy.clone(),
-            closer: self.closer.clone(),
+            operation,
             id: frame.id().unwrap_or_default().to_owned(),
-            deadline: Instant::now() + self.state.settings().rpc_timeout,
+            deadline,
         });
-        let caller = dispatch::Caller { user: self.user.clone(), token: self.token.clone() };
+        let caller = dispatch::Caller { user: self.user.clone(), token: self.token.clone(), deadline };
         let handled = dispatch::handle(self.state.clone(), caller, request_id, frame);
         self.in_flight.push(match (turn, awaited) {
             (Some(turn), _) => Box::pin(async move { Some(in_turn(turn, handled).await) }),
@@ -437,40 +442,47 @@ impl Session<'_> {
 
 /// What a request with a large answer needs to wait for its turn.
 struct Turn {
-    /// The socket's turns ([`HEAVY_IN_FLIGHT`]).
+    /// The socket's turns ([`HEAVY_IN_FLIGHT`]); closed when the socket closes for shutdown.
     slots: Arc<Semaphore>,
-    closer: Closer,
+    /// The operation's name, for a `timeout` error.
+    operation: &'static str,
     /// The request frame's `id`, for an error frame.
     id: String,
-    /// Its arrival plus the RPC timeout.
+    /// Its arrival plus the RPC timeout; the call itself carries the same deadline to the service.
     deadline: Instant,
 }
 
 /// Runs a request with a large answer once one of the socket's turns is free, and keeps the turn until its answer
 /// is decoded and handed to the socket's loop, which writes it next. Its time counts from its arrival, as a
 /// send's does: a request that waited its turn is still answered `timeout` within the RPC timeout, not a full
-/// timeout after it started. A request still waiting when the socket starts closing (the gateway shutting down)
-/// is answered `unavailable` at once: it was never sent, and the client asks again elsewhere.
+/// timeout after it started (its call gets what is left). A request still waiting when the gateway shuts down is
+/// answered `unavailable`: it was never sent, and the client asks again elsewhere.
 async fn in_turn(turn: Turn, handled: impl Future<Output = ServerFrame>) -> ServerFrame {
-    let Turn { slots, closer, id, deadline } = turn;
-    let refused = |error| ServerFrame::Error { id: Some(id.clone()), error };
-    let timed_out = || ApiError::timeout("the request did not get an answer in time");
+    let Turn { slots, operation, id, deadline } = turn;
+    let refused = |error| ServerFrame::Error { id: Some(id), error };
     let _turn = tokio::select! {
         // Checked first: a turn that frees up after the deadline must not start the request.
         biased;
-        () = tokio::time::sleep_until(deadline) => return refused(timed_out()),
-        _ = closer.closed() => {
-            return refused(ApiError::unavailable("the gateway is shutting down; ask again"));
+        () = tokio::time::sleep_until(deadline) => {
+            tracing::warn!(operation, "a request timed out waiting for its turn");
+            return refused(ApiError::timeout(format!("{operation} did not answer in time")));
         }
-        // The semaphore is never closed; were it, the request would simply run.
-        turn = slots.acquire_owned() => turn.ok(),
+        turn = slots.acquire_owned() => match turn {
+            Ok(turn) => turn,
+            Err(_) => return refused(ApiError::unavailable("the gateway is shutting down; ask again")),
+        },
     };
-    tokio::time::timeout_at(deadline, handled).await.unwrap_or_else(|_| refused(timed_out()))
+    handled.await
 }
 
-/// Whether a request's answer can run to megabytes (see [`HEAVY_IN_FLIGHT`]).
-fn has_large_answer(frame: &ClientFrame) -> bool {
-    matches!(frame, ClientFrame::GetMessages { .. } | ClientFrame::Sync { .. } | ClientFrame::ListConversations { .. })
+/// The operation of a request whose answer can run to megabytes (see [`HEAVY_IN_FLIGHT`]).
+fn large_answer_operation(frame: &ClientFrame) -> Option<&'static str> {
+    match frame {
+        ClientFrame::GetMessages { .. } => Some("getMessages"),
+        ClientFrame::Sync { .. } => Some("sync"),
+        ClientFrame::ListConversations { .. } => Some("listConversations"),
+        _ => None,
+    }
 }
 
 enum Admitted {
@@ -496,6 +508,10 @@ async fn bounded(
         }
     };
     tokio::select! {
+        // A write that can go at once goes, even when the socket is closing: at shutdown the answers of requests
+        // in flight are still to be written (see `Session::ending`), and losing the race to the closer here would
+        // end the socket before them.
+        biased;
         written = timeout(limit, write) => match written {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => {

@@ -20,20 +20,22 @@ use common::{
 use super::connection::unix_now;
 use crate::{state::AppState, validate::Bounded};
 
-/// Who sent a request: the socket's verified token, and the token itself (which `refreshToken` forwards).
+/// Who sent a request: the socket's verified token, and the token itself (which `refreshToken` forwards); and
+/// until when the request may take (its arrival plus the RPC timeout).
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub user: VerifiedUser,
     pub token: std::sync::Arc<str>,
+    pub deadline: tokio::time::Instant,
 }
 
 /// Runs one request. Never fails: every error becomes an error frame naming the request's `id`.
 #[tracing::instrument(skip_all, fields(request_id = %request_id, user_id = caller.user.user_id, op))]
 pub async fn handle(state: AppState, caller: Caller, request_id: String, frame: ClientFrame) -> ServerFrame {
     let id = frame.id().unwrap_or_default().to_owned();
-    let Caller { user, token } = caller;
+    let Caller { user, token, deadline } = caller;
     let user_id = user.user_id;
-    let call = Call { state: &state, request_id: &request_id, user_id };
+    let call = Call { state: &state, request_id: &request_id, user_id, deadline };
     let result = match frame {
         ClientFrame::Auth { .. } => Err(ApiError::bad_request("already authenticated")),
         ClientFrame::Ping { .. } => Ok(ReplyData::Ping(Pong { server_time: chrono::Utc::now().timestamp_millis() })),
@@ -88,12 +90,13 @@ struct Call<'a> {
     state: &'a AppState,
     request_id: &'a str,
     user_id: i64,
+    deadline: tokio::time::Instant,
 }
 
 impl Call<'_> {
     async fn plain<O: Operation>(&self, request: O::Request) -> Result<O::Response, ApiError> {
         tracing::Span::current().record("op", O::ROUTING_KEY);
-        self.state.call::<O>(self.request_id, &request).await
+        self.state.call_until::<O>(self.request_id, &request, self.deadline).await
     }
 
     async fn as_user<O, T>(&self, request: T) -> Result<O::Response, ApiError>

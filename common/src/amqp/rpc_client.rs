@@ -227,9 +227,14 @@ impl RpcClient {
         presence.get(routing_key).filter(|(_, at)| at.elapsed() < PRESENCE_TTL).copied()
     }
 
+    /// Records what the broker said at `at`, unless something it said later is already recorded (an "unroutable"
+    /// confirmed after a probe that started later).
     fn remember_at(&self, routing_key: &str, count: u32, at: Instant) {
         if let Ok(mut presence) = self.inner.presence.lock() {
-            presence.insert(routing_key.to_owned(), (count, at));
+            let known = presence.entry(routing_key.to_owned()).or_insert((count, at));
+            if known.1 <= at {
+                *known = (count, at);
+            }
         }
     }
 
