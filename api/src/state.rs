@@ -70,8 +70,8 @@ impl AppState {
 
     /// Calls a service operation with the gateway's timeout, logging under the request id.
     pub async fn call<O: Operation>(&self, request_id: &str, request: &O::Request) -> Result<O::Response, ApiError> {
-        let ctx = CallContext::new(request_id, self.inner.settings.rpc_timeout);
-        self.inner.rpc.call::<O>(request, &ctx).await
+        let deadline = tokio::time::Instant::now() + self.inner.settings.rpc_timeout;
+        self.call_until::<O>(request_id, request, deadline).await
     }
 
     /// Calls a service operation that must be answered by `deadline` (a request that waited before its call

@@ -108,16 +108,13 @@ struct Entry {
 
 impl Entry {
     /// Queues a frame unless the queue is full in frames or in bytes.
-    fn queue(&self, text: &Utf8Bytes) -> Result<(), mpsc::error::TrySendError<()>> {
+    fn queue(&self, text: &Utf8Bytes) -> Result<(), mpsc::error::TrySendError<Utf8Bytes>> {
         // Counted before it is queued, so the socket never takes off more than was added.
         let queued = self.queued.fetch_add(text.len(), Ordering::Relaxed) + text.len();
         let sent = if queued > MAX_QUEUED_BYTES {
-            Err(mpsc::error::TrySendError::Full(()))
+            Err(mpsc::error::TrySendError::Full(text.clone()))
         } else {
-            self.outbound.try_send(text.clone()).map_err(|error| match error {
-                mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
-                mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
-            })
+            self.outbound.try_send(text.clone())
         };
         if sent.is_err() {
             self.queued.fetch_sub(text.len(), Ordering::Relaxed);
@@ -477,15 +474,14 @@ impl Hub {
                     Some((socket, instead)) if socket == entry.id => instead,
                     _ => text,
                 };
-                let sent = entry.queue(text);
-                match sent {
+                match entry.queue(text) {
                     Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(())) => {
+                    Err(mpsc::error::TrySendError::Full(_)) => {
                         entry.closer.close(CloseReason::SLOW_CONSUMER);
                         slow.push((user_id, entry.id));
                     }
                     // The socket's task has ended; its registration is being dropped.
-                    Err(mpsc::error::TrySendError::Closed(())) => {}
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
             }
         };

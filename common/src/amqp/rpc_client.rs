@@ -189,12 +189,12 @@ impl RpcClient {
     /// re-checked, by a probe that started after this call asked, so a freshly started service is not turned away.
     /// `None` when it cannot be told.
     pub async fn consumer_count(&self, routing_key: &str) -> Option<u32> {
-        let asked = Instant::now();
         if let Some((count, _)) = self.cached(routing_key)
             && count > 0
         {
             return Some(count);
         }
+        let asked = Instant::now();
         let slot = self.probe_slot(routing_key)?;
         let mut channel = slot.lock().await;
         // A probe that started after this call asked (while it waited for the slot) answers it as well as its own.
