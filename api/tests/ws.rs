@@ -498,6 +498,17 @@ impl HeldPages {
         HeldPages { broker, arrived, release, stop, serving }
     }
 
+    /// A gateway with the given RPC timeout, the stand-in, and an authenticated socket of a new user.
+    async fn with_socket(rpc_timeout: Duration, username: &str) -> (support::TestApp, HeldPages, WsClient) {
+        let mut options = Options::default();
+        options.gateway.rpc_timeout = rpc_timeout;
+        let app = spawn_app_with(options).await;
+        let (token, _) = app.register(username).await;
+        let pages = HeldPages::start(&app).await;
+        let (client, _) = WsClient::authenticated(&app, &token).await;
+        (app, pages, client)
+    }
+
     fn arrivals(&self) -> usize {
         self.arrived.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -528,13 +539,8 @@ fn get_messages(id: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_with_large_answers_run_a_few_at_a_time_per_socket_and_all_are_answered() {
     use api::ws::connection::HEAVY_IN_FLIGHT;
-    let mut options = Options::default();
     // Nothing here waits for a timeout; a slow machine must not make one.
-    options.gateway.rpc_timeout = Duration::from_secs(60);
-    let app = spawn_app_with(options).await;
-    let (token, _) = app.register("maya").await;
-    let pages = HeldPages::start(&app).await;
-    let (mut client, _) = WsClient::authenticated(&app, &token).await;
+    let (app, pages, mut client) = HeldPages::with_socket(Duration::from_secs(60), "maya").await;
 
     let asked = 3 * HEAVY_IN_FLIGHT;
     for i in 0..asked {
@@ -573,12 +579,7 @@ async fn requests_with_large_answers_run_a_few_at_a_time_per_socket_and_all_are_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_waiting_for_its_turn_times_out_counting_from_its_arrival() {
     use api::ws::connection::HEAVY_IN_FLIGHT;
-    let mut options = Options::default();
-    options.gateway.rpc_timeout = Duration::from_secs(2);
-    let app = spawn_app_with(options).await;
-    let (token, _) = app.register("nils").await;
-    let pages = HeldPages::start(&app).await;
-    let (mut client, _) = WsClient::authenticated(&app, &token).await;
+    let (app, pages, mut client) = HeldPages::with_socket(Duration::from_secs(2), "nils").await;
     for i in 0..HEAVY_IN_FLIGHT {
         client.send_json(&get_messages(&format!("held{i}"))).await;
     }
@@ -610,12 +611,7 @@ async fn a_request_waiting_for_its_turn_times_out_counting_from_its_arrival() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutting_down_answers_requests_still_waiting_for_their_turn_unavailable_without_sending_them() {
     use api::ws::connection::HEAVY_IN_FLIGHT;
-    let mut options = Options::default();
-    options.gateway.rpc_timeout = Duration::from_secs(60);
-    let app = spawn_app_with(options).await;
-    let (token, _) = app.register("olga").await;
-    let pages = HeldPages::start(&app).await;
-    let (mut client, _) = WsClient::authenticated(&app, &token).await;
+    let (app, pages, mut client) = HeldPages::with_socket(Duration::from_secs(60), "olga").await;
     for i in 0..HEAVY_IN_FLIGHT + 2 {
         client.send_json(&get_messages(&format!("m{i}"))).await;
     }
