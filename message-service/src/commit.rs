@@ -15,14 +15,16 @@
 //!    message of theirs in that conversation (removed after the first attempt was stored, its answer lost): every
 //!    attempt of an acknowledged send gets the same message (migration 4);
 //! 4. allocate seqs from each conversation's `last_seq` in arrival order, insert all rows with one `unnest`, move
-//!    `last_seq` forward.
+//!    `last_seq` forward. The rows' time is the database's clock, read once the locks are held, and never earlier
+//!    than the conversation's last activity, so within a conversation times grow with seqs whichever replica (and
+//!    whichever replica's clock) committed them (migration 5).
 //!
 //! Two replicas racing on the same client id for the same conversation serialise on the conversation lock, and
 //! the second finds the first's row in step 3. For different conversations (a client reusing an id) the second
 //! insert hits the unique index; the batch is rolled back and retried, and step 3 then finds the winner.
 //!
-//! All four steps run in PostgreSQL, as one call of the function `messages.commit_sends` (migrations 2 and 4, the
-//! second replacing the first) outside an explicit transaction: one round trip and one statement per batch.
+//! All four steps run in PostgreSQL, as one call of the function `messages.commit_sends` (migrations 2, 4 and 5,
+//! each replacing the one before) outside an explicit transaction: one round trip and one statement per batch.
 //! Each statement of a PL/pgSQL function takes a fresh snapshot, so the members and the stored sends are still read
 //! after the locks are held (tested: a member removed while the batch waits for the lock is refused). It runs on a
 //! connection of its own ([`CommitConnection`]). Measured on the benchmark machine against the two pipelined round
@@ -319,7 +321,7 @@ pub async fn commit_with_retries(connection: &CommitConnection, sends: &[Send]) 
     }
 }
 
-/// The whole batch as one call of `messages.commit_sends` (migrations 2 and 4), outside an explicit
+/// The whole batch as one call of `messages.commit_sends` (migrations 2, 4 and 5), outside an explicit
 /// transaction: PostgreSQL runs it as one implicit transaction and answers only after that transaction committed
 /// (tokio-postgres ends the rows at `ReadyForQuery`, which follows the commit), so an answer here means durable.
 /// One row per send, in send order; the message's columns come first, in `MESSAGE_COLUMNS` order, so
@@ -338,7 +340,8 @@ pub async fn commit(connection: &CommitConnection, sends: &[Send]) -> anyhow::Re
     let senders: Vec<i64> = sends.iter().map(|s| s.sender_id).collect();
     let client_ids: Vec<&str> = sends.iter().map(|s| s.client_message_id.as_str()).collect();
     let bodies: Vec<&str> = sends.iter().map(|s| s.body.as_str()).collect();
-    // PostgreSQL keeps microseconds; round here so the answer equals what a later read returns.
+    // The function's last argument has been unused since migration 5, which stamps messages with the database's
+    // clock once the locks are held; it stays for the signature replicas of earlier releases call.
     let now: DateTime<Utc> = Utc::now().trunc_subsecs(6);
     let rows = client
         .query(&statement, &[&conversations, &senders, &client_ids, &bodies, &now])

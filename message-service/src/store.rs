@@ -9,7 +9,7 @@
 //! exists before or after is arithmetic, not another query.
 
 use anyhow::Context;
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use common::protocol::messages::{Conversation, ConversationEntry, ConversationKind, Message, MessagesPage};
 use deadpool_postgres::{GenericClient, Pool};
 use tokio_postgres::{Row, error::SqlState};
@@ -428,12 +428,13 @@ impl Store {
                 // Joining is activity: the group goes to the top of its lists, where a new member looks for it
                 // (a quiet group would otherwise land below every recent chat, or past the first page of a long
                 // list, for someone who was offline when added). A repeated add changes nothing.
+                // The database's clock, read under the conversation's lock, as a message's time is (migration 5).
                 if added > 0 {
-                    let now: DateTime<Utc> = Utc::now().trunc_subsecs(6);
                     tx.execute(
-                        "UPDATE messages.conversations SET last_activity_at = greatest(last_activity_at, $2)
+                        "UPDATE messages.conversations
+                            SET last_activity_at = greatest(last_activity_at, clock_timestamp())
                           WHERE id = $1",
-                        &[&conversation_id, &now],
+                        &[&conversation_id],
                     )
                     .await
                     .context("marking the group active")?;

@@ -4,6 +4,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
+use chrono::{DateTime, Utc};
 use common::{config::AmqpSettings, testing};
 use message_service::{
     commit::{CommitConnection, Committed, Committer, Send, commit, commit_with_retries},
@@ -310,6 +311,76 @@ async fn a_member_removed_while_the_batch_waits_for_the_lock_is_refused() {
         panic!("a message event: {:?}", committed.events)
     };
     assert_eq!(recipients, &[1], "the removed member no longer receives");
+}
+/// The stored time of a message and its conversation's last activity, as PostgreSQL has them (microseconds).
+async fn times(db: &Db, conversation: i64, seq: i64) -> (DateTime<Utc>, DateTime<Utc>) {
+    let row = raw(db)
+        .await
+        .query_one(
+            "SELECT m.sent_at, c.last_activity_at FROM messages.messages m
+               JOIN messages.conversations c ON c.id = m.conversation_id
+              WHERE m.conversation_id = $1 AND m.seq = $2",
+            &[&conversation, &seq],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test]
+async fn a_batch_that_waited_for_the_lock_is_stamped_after_the_writer_it_waited_for() {
+    let db = database().await;
+    let group = db.store.create_group(1, "g", &[2]).await.unwrap().id;
+    // Another writer of the conversation (a second replica's batch, a member add) holds its lock.
+    let holder = raw(&db).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder.query("SELECT 1 FROM messages.conversations WHERE id = $1 FOR UPDATE", &[&group]).await.unwrap();
+
+    let connection = CommitConnection::open(&db.store).await.unwrap();
+    let batch = [send(1, group, "waited", "queued behind the lock")];
+    let waiting = tokio::spawn(async move { commit(&connection, &batch).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the batch waits for the conversation's lock");
+    // The other writer's last moment: whatever it stamped is at or before this.
+    let released: DateTime<Utc> = holder.query_one("SELECT clock_timestamp()", &[]).await.unwrap().get(0);
+    holder.batch_execute("COMMIT").await.unwrap();
+
+    let message = waiting.await.unwrap().unwrap().results.remove(0).unwrap();
+    let (sent_at, active_at) = times(&db, group, message.seq).await;
+    assert!(sent_at > released, "stamped {sent_at} when it got the lock, not before it queued ({released} released)");
+    assert_eq!(active_at, sent_at, "the conversation's activity is its last message");
+    assert_eq!(message.sent_at, sent_at.timestamp_millis(), "the answer carries the stored time");
+}
+
+#[tokio::test]
+async fn times_in_a_conversation_never_move_back() {
+    let db = database().await;
+    let group = db.store.create_group(1, "g", &[2]).await.unwrap().id;
+    let other = db.store.create_group(1, "h", &[]).await.unwrap().id;
+    // Activity stamped later than this batch's clock reads: a database clock stepped back, or a replica of an
+    // earlier release that stamped with its own, faster clock.
+    let ahead: DateTime<Utc> = raw(&db)
+        .await
+        .query_one(
+            "UPDATE messages.conversations SET last_activity_at = clock_timestamp() + interval '1 hour'
+              WHERE id = $1 RETURNING last_activity_at",
+            &[&group],
+        )
+        .await
+        .unwrap()
+        .get(0);
+
+    let batch = [send(1, group, "a", "one"), send(2, group, "b", "two"), send(1, other, "c", "three")];
+    let stored: Vec<_> =
+        commit_once(&db.store, &batch).await.unwrap().results.into_iter().map(|r| r.unwrap()).collect();
+    for message in &stored[..2] {
+        let (sent_at, active_at) = times(&db, group, message.seq).await;
+        assert_eq!(sent_at, ahead, "message {} is not stamped before the activity already stored", message.seq);
+        assert_eq!(active_at, ahead, "the conversation's activity did not move back");
+    }
+    // The batch's other conversation has no such activity: it is stamped with the clock, not with that time.
+    let (sent_at, _) = times(&db, other, stored[2].seq).await;
+    assert!(sent_at < ahead, "{sent_at} comes from the clock");
 }
 
 #[tokio::test]

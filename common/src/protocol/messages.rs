@@ -67,7 +67,8 @@ pub struct Message {
     /// The id the sending client chose; sending it again returns this message instead of storing another.
     pub client_message_id: String,
     pub body: String,
-    /// When the message was committed, in milliseconds since the Unix epoch.
+    /// When the message was committed, by the database's clock, in milliseconds since the Unix epoch. Within a
+    /// conversation it never decreases as `seq` grows.
     pub sent_at: i64,
 }
 

@@ -9,6 +9,7 @@ export type Message = { conversationId: number, seq: number, senderId: number,
  */
 clientMessageId: string, body: string, 
 /**
- * When the message was committed, in milliseconds since the Unix epoch.
+ * When the message was committed, by the database's clock, in milliseconds since the Unix epoch. Within a
+ * conversation it never decreases as `seq` grows.
  */
 sentAt: number, };
