@@ -259,6 +259,42 @@ impl Store {
         Ok((rows.iter().map(entry_from).collect(), next))
     }
 
+    /// The conversations among `heads` (conversation id, seq) that `user_id` is a member of and that have messages
+    /// after their head, leaving out `listed`, most recently active first: what a `sync` adds to the recent list for
+    /// a client that holds conversations beyond it (see `handlers::sync`).
+    pub async fn behind(&self, user_id: i64, heads: &[(i64, i64)], listed: &[i64]) -> anyhow::Result<Vec<i64>> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT c.id
+                   FROM unnest($2::bigint[], $3::bigint[]) AS h (conversation_id, seq)
+                   JOIN messages.conversations c ON c.id = h.conversation_id
+                   JOIN messages.members m ON m.conversation_id = c.id AND m.user_id = $1
+                  WHERE c.last_seq > h.seq AND NOT (c.id = ANY ($4::bigint[]))
+                  ORDER BY c.last_activity_at DESC, c.id DESC",
+            )
+            .await?;
+        let (ids, seqs): (Vec<i64>, Vec<i64>) = heads.iter().copied().unzip();
+        let rows = client
+            .query(&statement, &[&user_id, &ids, &seqs, &listed])
+            .await
+            .context("finding the conversations behind a sync's heads")?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    /// The conversations `ids` that `user_id` is a member of, as they see them, most recently active first.
+    pub async fn entries(&self, user_id: i64, ids: &[i64]) -> anyhow::Result<Vec<ConversationEntry>> {
+        let client = self.client().await?;
+        let sql = format!(
+            "{ENTRY_SELECT}
+              WHERE m.user_id = $1 AND c.id = ANY ($2::bigint[])
+              ORDER BY c.last_activity_at DESC, c.id DESC"
+        );
+        let statement = client.prepare_cached(&sql).await?;
+        let rows = client.query(&statement, &[&user_id, &ids]).await.context("reading conversations")?;
+        Ok(rows.iter().map(entry_from).collect())
+    }
+
     /// One conversation as `user_id` sees it, if they are a member.
     pub async fn entry(&self, user_id: i64, conversation_id: i64) -> anyhow::Result<Option<ConversationEntry>> {
         let client = self.client().await?;

@@ -226,6 +226,50 @@ async fn sync_returns_exactly_what_the_client_lacks() {
     s.stop().await;
 }
 
+/// A user in more conversations than one list holds: the ones the client holds that spoke while it was away but
+/// have since been pushed out of the most recent ones by others still come back with what they lack.
+#[tokio::test]
+async fn sync_answers_for_held_conversations_beyond_the_recent_list() {
+    let s = Stack::start().await;
+    let (ann, ben) = (s.user("ann").await, s.user("ben").await);
+    let behind = SYNC_CONVERSATIONS_BEHIND as usize;
+    // Held by ben's client at seq 0; each gets a message he missed.
+    let mut missed = Vec::new();
+    for i in 0..=behind {
+        let group = s.group(ann, &format!("missed {i}"), vec![ben]).await;
+        s.send(ann, group.id, &format!("m{i}"), "while you were away").await.unwrap();
+        missed.push(group.id);
+    }
+    // Held too, up to date.
+    let quiet = s.group(ann, "quiet", vec![ben]).await.id;
+    // Then a full list of conversations more recent than all of them.
+    for chunk in (0..MAX_CONVERSATIONS_PAGE).collect::<Vec<_>>().chunks(20) {
+        let titles: Vec<String> = chunk.iter().map(|i| format!("recent {i}")).collect();
+        futures_util::future::join_all(titles.iter().map(|title| s.group(ann, title, vec![ben]))).await;
+    }
+    // Not ben's: a head for it brings nothing.
+    let foreign = s.group(ann, "not his", vec![]).await;
+    s.send(ann, foreign.id, "f", "private").await.unwrap();
+
+    let mut heads: Vec<Head> = missed.iter().map(|&id| Head { conversation_id: id, seq: 0 }).collect();
+    heads.push(Head { conversation_id: quiet, seq: 0 });
+    heads.push(Head { conversation_id: foreign.id, seq: 0 });
+    let synced = s.call::<Sync>(as_user(ben, SyncRequest { heads })).await.unwrap();
+
+    let listed: Vec<i64> = synced.conversations.iter().map(|e| e.conversation.id).collect();
+    assert_eq!(listed.len(), MAX_CONVERSATIONS_PAGE as usize + behind, "the recent list, then those behind");
+    assert!(listed[..MAX_CONVERSATIONS_PAGE as usize].iter().all(|id| !missed.contains(id)), "pushed out");
+    // The most recently active of those behind come with their entry (newest first) and their messages.
+    let with_entries: Vec<i64> = missed[1..].iter().rev().copied().collect();
+    assert_eq!(listed[MAX_CONVERSATIONS_PAGE as usize..], with_entries[..]);
+    let got: Vec<(i64, i64)> = synced.messages.iter().map(|m| (m.conversation_id, m.seq)).collect();
+    assert_eq!(got, missed[1..].iter().map(|&id| (id, 1)).collect::<Vec<_>>(), "by conversation, then seq");
+    // The one left over is named, for the client to page.
+    assert_eq!(synced.truncated, [missed[0]]);
+    assert!(!listed.contains(&quiet) && !listed.contains(&foreign.id), "{listed:?}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn members_are_added_removed_and_leave_and_only_members_may_act() {
     let s = Stack::start().await;

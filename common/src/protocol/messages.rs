@@ -26,13 +26,17 @@ pub const SYNC_MESSAGES_PER_CONVERSATION: u32 = 200;
 /// Most heads one `sync` may carry (a thousand heads is ~41 KB of JSON, inside the 64 KiB frame limit; `sync`
 /// answers for the most recently active `MAX_CONVERSATIONS_PAGE` conversations anyway).
 pub const MAX_SYNC_HEADS: usize = 1_000;
+/// Most conversations outside the recent list (`MAX_CONVERSATIONS_PAGE`, for users in more conversations than
+/// that) that one `sync` returns with their entry: those the client sent a head for and that have messages after
+/// it, most recently active first. Any more such are listed in `truncated` only, for paging with `getMessages`.
+pub const SYNC_CONVERSATIONS_BEHIND: u32 = 50;
 /// Most missed messages one `sync` returns in all; conversations past the budget are listed in `truncated`.
 pub const SYNC_MESSAGES_TOTAL: u32 = 1_000;
 /// Most bytes of message bodies one `sync` returns in all, counted as they are written in JSON (a control
 /// character takes six bytes there, so counting raw bytes would let a reply grow sixfold): a thousand maximal
-/// messages would be ~16 MB in UTF-8 and up to ~24 MB in JSON. With the conversation list (at most ~7 MB:
-/// `MAX_CONVERSATIONS_PAGE` entries with their last message and up to `MAX_GROUP_MEMBERS` member ids) a reply stays
-/// well inside the gateway's 16 MiB frame limit.
+/// messages would be ~16 MB in UTF-8 and up to ~24 MB in JSON. With the conversation list (at most ~9 MB:
+/// `MAX_CONVERSATIONS_PAGE` + `SYNC_CONVERSATIONS_BEHIND` entries with their last message and up to
+/// `MAX_GROUP_MEMBERS` member ids, ~35 KB each) a reply stays inside the gateway's 16 MiB frame limit.
 pub const SYNC_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 /// How many bytes `text` takes inside a JSON string as `serde_json` writes it (without the quotes).
@@ -266,11 +270,13 @@ pub struct SyncRequest {
 #[serde(rename_all = "camelCase")]
 #[ts(export)]
 pub struct SyncResponse {
-    /// Every conversation of the user (most recently active first, up to `MAX_CONVERSATIONS_PAGE`).
+    /// The user's most recently active conversations (up to `MAX_CONVERSATIONS_PAGE`), newest first, then up to
+    /// `SYNC_CONVERSATIONS_BEHIND` others that have messages after the client's head.
     pub conversations: Vec<ConversationEntry>,
     /// The messages the client lacks, by conversation then seq, at most `SYNC_MESSAGES_PER_CONVERSATION` each.
     pub messages: Vec<Message>,
-    /// Conversations with more missed messages than returned: page the rest with `getMessages` `after`.
+    /// Conversations with more missed messages than returned (some of them not in `conversations`): page the rest
+    /// with `getMessages` `after`.
     pub truncated: Vec<i64>,
 }
 

@@ -5,8 +5,8 @@ use common::{
     protocol::{
         ApiError,
         messages::{
-            AsUser, MAX_CONVERSATIONS_PAGE, MAX_SYNC_HEADS, SYNC_BODY_BYTES, SYNC_MESSAGES_PER_CONVERSATION,
-            SYNC_MESSAGES_TOTAL, SyncRequest, SyncResponse, json_string_len,
+            AsUser, MAX_CONVERSATIONS_PAGE, MAX_SYNC_HEADS, SYNC_BODY_BYTES, SYNC_CONVERSATIONS_BEHIND,
+            SYNC_MESSAGES_PER_CONVERSATION, SYNC_MESSAGES_TOTAL, SyncRequest, SyncResponse, json_string_len,
         },
     },
 };
@@ -14,8 +14,9 @@ use common::{
 use super::{Shared, internal};
 use crate::domain::positive_id;
 
-/// The resume contract: given the newest seq the client holds per conversation, return every conversation of the
-/// user and the messages it lacks, in order, at most `SYNC_MESSAGES_PER_CONVERSATION` per conversation and
+/// The resume contract: given the newest seq the client holds per conversation, return the user's most recently
+/// active conversations (at most `MAX_CONVERSATIONS_PAGE`), and every other one with messages after its head, and
+/// the messages it lacks, in order, at most `SYNC_MESSAGES_PER_CONVERSATION` per conversation and
 /// `SYNC_MESSAGES_TOTAL` / `SYNC_BODY_BYTES` in all (the rest flagged `truncated`, for paging with
 /// `getMessages after`: what was returned of a conversation is always a prefix of what it lacks, so the client's
 /// new head is exact). Whatever replica or gateway a client reconnects to, the answer comes from the database,
@@ -41,11 +42,26 @@ pub async fn sync(
         // message skipped is lost to it.
         heads.entry(conversation_id).and_modify(|seq: &mut i64| *seq = (*seq).min(head.seq)).or_insert(head.seq);
     }
-    let (conversations, _) = service.store.list(user_id, None, MAX_CONVERSATIONS_PAGE).await.map_err(internal)?;
+    let (mut conversations, more) =
+        service.store.list(user_id, None, MAX_CONVERSATIONS_PAGE).await.map_err(internal)?;
+    // A user in more conversations than the list holds: a conversation the client holds can have fallen out of it
+    // (others spoke since), and its news would never come. Those with messages after their head follow the recent
+    // ones, the most recently active with their entry, any more in `truncated` only (the client pages them).
+    let mut truncated = Vec::new();
+    if more.is_some() {
+        let listed: Vec<i64> = conversations.iter().map(|e| e.conversation.id).collect();
+        let unlisted: Vec<(i64, i64)> =
+            heads.iter().filter(|(id, _)| !listed.contains(id)).map(|(&id, &seq)| (id, seq)).collect();
+        if !unlisted.is_empty() {
+            let mut behind = service.store.behind(user_id, &unlisted, &listed).await.map_err(internal)?;
+            let rest = behind.split_off(behind.len().min(SYNC_CONVERSATIONS_BEHIND as usize));
+            conversations.extend(service.store.entries(user_id, &behind).await.map_err(internal)?);
+            truncated.extend(rest);
+        }
+    }
     let per = i64::from(SYNC_MESSAGES_PER_CONVERSATION);
     let mut budget = i64::from(SYNC_MESSAGES_TOTAL);
     let mut ranges = Vec::new();
-    let mut truncated = Vec::new();
     for entry in &conversations {
         let conversation = &entry.conversation;
         // A conversation the client does not know yet: it gets the newest messages and pages back for older.

@@ -4,7 +4,8 @@ import type { Message } from "./Message";
 
 export type SyncResponse = { 
 /**
- * Every conversation of the user (most recently active first, up to `MAX_CONVERSATIONS_PAGE`).
+ * The user's most recently active conversations (up to `MAX_CONVERSATIONS_PAGE`), newest first, then up to
+ * `SYNC_CONVERSATIONS_BEHIND` others that have messages after the client's head.
  */
 conversations: Array<ConversationEntry>, 
 /**
@@ -12,6 +13,7 @@ conversations: Array<ConversationEntry>,
  */
 messages: Array<Message>, 
 /**
- * Conversations with more missed messages than returned: page the rest with `getMessages` `after`.
+ * Conversations with more missed messages than returned (some of them not in `conversations`): page the rest
+ * with `getMessages` `after`.
  */
 truncated: Array<number>, };
