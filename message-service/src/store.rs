@@ -72,9 +72,11 @@ fn entry_from(row: &Row) -> ConversationEntry {
 ///
 /// Microseconds, as PostgreSQL stores them: one group commit gives every conversation it touches the same
 /// `last_activity_at`, and a cursor rounded to milliseconds would skip the rows between the rounded instant and
-/// the true one. The `u` tells them from the earlier `<ms>:<id>` cursors, which are still read (as the
-/// millisecond they name) so a list paged across an upgrade goes on, while a replica from before refuses a new
-/// cursor rather than misread it.
+/// the true one. The `u` tells them from the earlier `<ms>:<id>` cursors, which are still read so a list paged
+/// across an upgrade goes on, while a replica from before refuses a new cursor rather than misread it. An earlier
+/// cursor names the millisecond its row's time was rounded down to, so it is read as that millisecond's last
+/// microsecond: the next page may repeat a few rows of the one before (a client places entries by id), where
+/// reading it as the first would skip the rows between.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListCursor {
     pub last_activity_us: i64,
@@ -91,7 +93,7 @@ impl ListCursor {
         let (at, id) = text.split_once(':')?;
         let last_activity_us = match at.strip_prefix('u') {
             Some(us) => us.parse().ok()?,
-            None => at.parse::<i64>().ok()?.saturating_mul(1_000),
+            None => at.parse::<i64>().ok()?.saturating_mul(1_000).saturating_add(999),
         };
         Some(Self { last_activity_us, id: id.parse().ok()? })
     }
@@ -677,10 +679,11 @@ mod tests {
         assert_eq!(cursor.encode(), "u1700000000123456:42");
         assert_eq!(ListCursor::parse(&cursor.encode()), Some(cursor));
         assert_eq!(cursor.at().timestamp_micros(), 1_700_000_000_123_456);
-        // A cursor from before microseconds names its millisecond.
+        // A cursor from before microseconds names the millisecond its row's time was rounded down to: read as
+        // that millisecond's end, so a row at .123456 with a lower id is not skipped.
         assert_eq!(
             ListCursor::parse("1700000000123:42"),
-            Some(ListCursor { last_activity_us: 1_700_000_000_123_000, id: 42 })
+            Some(ListCursor { last_activity_us: 1_700_000_000_123_999, id: 42 })
         );
         for bad in ["nope", "12:", ":3", "1.5:3", "u:3", "uu1:3", "99999999999999999999:1"] {
             assert_eq!(ListCursor::parse(bad), None, "{bad}");
