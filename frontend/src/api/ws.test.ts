@@ -205,6 +205,40 @@ describe('WarrenSocket', () => {
     expect(socket.queued).toBe(0);
   });
 
+  it('keeps at most 4 requests with large answers on the wire; a page the user asks for goes next, others go past', async () => {
+    const { server, socket } = setup({ requestTimeoutMs: 60_000 });
+    socket.start();
+    const ws = server.accept(alice);
+    // A catch-up: six conversations' missing messages.
+    const catchUp = [1, 2, 3, 4, 5, 6].map((n) => socket.request('getMessages', { conversationId: n, after: 0 }));
+    expect(ws.requests('getMessages')).toHaveLength(4);
+    // Requests with small answers are not held behind them.
+    const users = socket.request('getUsers', {});
+    expect(ws.requests('getUsers')).toHaveLength(1);
+    // A page the user scrolled to waits for the next turn, ahead of the catch-up's.
+    const page = socket.request('getMessages', { conversationId: 9, limit: 50 }, { priority: 'high' });
+    const sync = socket.request('sync', { heads: [] });
+    expect(ws.requests('getMessages')).toHaveLength(4);
+    expect(ws.requests('sync')).toHaveLength(0);
+    expect(socket.queued).toBe(4);
+
+    const empty = { messages: [], hasMoreBefore: false, hasMoreAfter: false };
+    ws.reply(ws.requests('getMessages')[0]!, 'getMessages', empty);
+    await expect(catchUp[0]).resolves.toEqual(empty);
+    expect(ws.requests('getMessages')).toHaveLength(5);
+    expect(ws.lastRequest('getMessages')).toMatchObject({ conversationId: 9, limit: 50 });
+    // An error frees a turn too; the rest go in the order they were asked for.
+    ws.fail(ws.requests('getMessages')[1]!, { code: 'forbidden', message: 'not a member' });
+    await expect(catchUp[1]).rejects.toMatchObject({ code: 'forbidden' });
+    expect(ws.lastRequest('getMessages')).toMatchObject({ conversationId: 5 });
+    expect(ws.requests('sync')).toHaveLength(0);
+    expect(socket.queued).toBe(2);
+    ws.serverClose(1006);
+    for (const request of [...catchUp.slice(2), users, page, sync]) {
+      await expect(request).rejects.toMatchObject({ code: 'disconnected' });
+    }
+  });
+
   it('pings the gateway while open; an unanswered ping drops the socket and reconnects at once', async () => {
     const { server, socket, statuses, disconnects } = setup({ keepAliveIntervalMs: 15_000, keepAliveTimeoutMs: 10_000 });
     socket.start();

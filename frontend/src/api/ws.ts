@@ -12,6 +12,13 @@ export type ReplyOf<O extends Op> = Extract<ReplyData, { op: O }>['data'];
 export type ReadyFrame = Extract<ServerFrame, { type: 'ready' }>;
 export type LiveFrame = Extract<ServerFrame, { type: 'message' | 'conversation' | 'read' | 'resync' }>;
 
+/**
+ * Operations whose answers can run to megabytes, and how many of them the gateway works on at once per socket
+ * (`HEAVY_IN_FLIGHT` in api/src/ws/connection.rs; docs/PROTOCOL.md, "Requests").
+ */
+export const LARGE_ANSWER_OPS: ReadonlySet<Op> = new Set<Op>(['getMessages', 'sync', 'listConversations']);
+export const LARGE_ANSWERS_AT_ONCE = 4;
+
 /** Close codes the gateway uses besides the standard ones (common/src/protocol/ws.rs `close`). */
 export const CloseCode = {
   NORMAL: 1000,
@@ -63,6 +70,13 @@ export interface WarrenSocketOptions {
    * (`WARREN_WS_MAX_IN_FLIGHT`, default 32) and closes a socket that keeps trying, so stay well below it.
    */
   maxInFlight?: number;
+  /**
+   * Of those, requests whose answers can be large (`getMessages`, `sync`, `listConversations`) on the wire at once.
+   * The gateway works on 4 of them per socket at a time and makes the rest wait in arrival order (docs/PROTOCOL.md),
+   * so more on the wire would only queue there, where a page the user asked for cannot go first. Keeping the rest
+   * here lets the queue's priorities decide, while the socket's other requests go past them.
+   */
+  maxLargeInFlight?: number;
   /**
    * How long a connection attempt may take, from opening the socket to the gateway's `ready` (a gateway that
    * accepts TCP but never completes the handshake, e.g. frozen, must not hold the client forever).
@@ -129,6 +143,7 @@ export class WarrenSocket {
       | 'now'
       | 'createSocket'
       | 'maxInFlight'
+      | 'maxLargeInFlight'
     >
   > &
     WarrenSocketOptions;
@@ -162,6 +177,7 @@ export class WarrenSocket {
       keepAliveIntervalMs: 15_000,
       keepAliveTimeoutMs: 10_000,
       maxInFlight: 16,
+      maxLargeInFlight: LARGE_ANSWERS_AT_ONCE,
       backoff: DEFAULT_BACKOFF,
       random: Math.random,
       now: Date.now,
@@ -277,11 +293,25 @@ export class WarrenSocket {
 
   private readonly highPriority = new Set<string>();
 
-  /** Moves queued requests onto the wire while there is room. */
+  /**
+   * Moves queued requests onto the wire while there is room, in queue order, except that a request with a large
+   * answer waits (keeping its place) while `maxLargeInFlight` of them are out, and the requests behind it go.
+   */
   private pump(): void {
     const socket = this.socket;
-    while (socket && this.isOpen && this.inFlight.size < this.options.maxInFlight && this.queue.length > 0) {
-      const next = this.queue.shift()!;
+    if (!socket || !this.isOpen) return;
+    let large = 0;
+    for (const request of this.inFlight.values()) if (LARGE_ANSWER_OPS.has(request.op)) large += 1;
+    let i = 0;
+    while (this.isOpen && this.inFlight.size < this.options.maxInFlight && i < this.queue.length) {
+      const next = this.queue[i]!;
+      const isLarge = LARGE_ANSWER_OPS.has(next.op);
+      if (isLarge && large >= this.options.maxLargeInFlight) {
+        i += 1;
+        continue;
+      }
+      this.queue.splice(i, 1);
+      if (isLarge) large += 1;
       this.highPriority.delete(next.frame.id);
       this.inFlight.set(next.frame.id, next);
       try {
@@ -289,6 +319,7 @@ export class WarrenSocket {
       } catch {
         clearTimeout(next.timer);
         this.inFlight.delete(next.frame.id);
+        if (isLarge) large -= 1;
         next.reject(new ApiRequestError('disconnected', 'the connection closed'));
       }
     }
