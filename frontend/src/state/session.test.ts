@@ -700,6 +700,59 @@ describe('session: sending', () => {
     expect(t.seqs(7).slice(-1)).toEqual([13]);
   });
 
+  it('a send typed while an earlier one waits to be resent goes after it, not before', async () => {
+    const t = setup([dm(12, 12)], { resendDelayMs: 40 });
+    await connectAndOpen(t);
+    const ws = t.server.current;
+    let down = true;
+    let seq = 12;
+    t.server.handlers.sendMessage = (f) => (down ? { error: { code: 'unavailable', message: 'down' } } : own(++seq, f.clientMessageId));
+    t.session.send('first');
+    await flush();
+    expect(t.state().pending['cm-1']).toMatchObject({ status: 'failed', autoResend: true });
+    // The service is back, but the first send waits out its pause: the second waits behind it.
+    down = false;
+    t.session.send('second');
+    t.session.send('third');
+    await flush();
+    expect(ws.requests('sendMessage').map((s) => s.clientMessageId)).toEqual(['cm-1']);
+    expect(t.state().pending['cm-2']).toMatchObject({ status: 'failed', autoResend: true });
+    for (let i = 0; i < 100 && Object.keys(t.state().pending).length > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(t.state().pending).toEqual({});
+    expect(ws.requests('sendMessage').map((s) => s.clientMessageId)).toEqual(['cm-1', 'cm-1', 'cm-2', 'cm-3']);
+    expect(visibleMessages(t.state().timelines[7]!).map((m) => [m.seq, m.clientMessageId]).slice(-3)).toEqual([
+      [13, 'cm-1'],
+      [14, 'cm-2'],
+      [15, 'cm-3'],
+    ]);
+    // Another conversation's sends are not held behind this one's.
+    t.server.handlers.sendMessage = (f) => (f.conversationId === 7 ? { error: { code: 'unavailable', message: 'down' } } : undefined);
+    t.session.send('stuck');
+    await flush();
+    t.session.send('elsewhere', { conversationId: 8 });
+    await flush();
+    expect(ws.lastRequest('sendMessage')).toMatchObject({ conversationId: 8, clientMessageId: 'cm-5' });
+  });
+
+  it('discarding a send that others wait behind lets them go at once, in order', async () => {
+    const t = setup([dm(12, 12)], { resendDelayMs: 10_000 });
+    await connectAndOpen(t);
+    const ws = t.server.current;
+    let seq = 12;
+    t.server.handlers.sendMessage = (f) =>
+      f.clientMessageId === 'cm-1' ? { error: { code: 'unavailable', message: 'down' } } : own(++seq, f.clientMessageId);
+    t.session.send('first');
+    await flush();
+    t.session.send('second');
+    t.session.send('third');
+    await flush();
+    expect(ws.requests('sendMessage')).toHaveLength(1);
+    t.session.discard('cm-1');
+    await flush();
+    expect(ws.requests('sendMessage').map((s) => s.clientMessageId)).toEqual(['cm-1', 'cm-2', 'cm-3']);
+    expect(t.state().pending).toEqual({});
+  });
+
   it('a discarded send is not sent again', async () => {
     const t = setup([dm(12, 12)], { resendDelayMs: 20 });
     await connectAndOpen(t);

@@ -40,6 +40,7 @@ import {
   markSending,
   removePending,
   splitBySendTarget,
+  targetKey,
   toResend,
 } from './pending';
 import { type ChatState, type ChatStore, type Selection, createChatStore } from './store';
@@ -284,6 +285,8 @@ export class ChatSession {
   /** Between a reconnect and the resend of the interrupted sends (after its sync): new sends queue behind them. */
   private resuming = false;
   private readonly resendAttempts = new Map<string, number>();
+  /** The `createdAt` of this tab's last send (see `send`). */
+  private lastCreatedAt = 0;
   private readonly now: () => number;
   private readonly newId: () => string;
   private readonly pageSize: number;
@@ -995,17 +998,20 @@ export class ChatSession {
     if (isBlankText(body) || messageLength(body) > MAX_MESSAGE_CHARS) return null;
     const resolved = target ?? this.selectedTarget();
     if (!resolved) return null;
+    // Strictly after this tab's previous send, even within one millisecond: sends are resent in this order.
+    const createdAt = Math.max(this.now(), this.lastCreatedAt + 1);
+    this.lastCreatedAt = createdAt;
     const send: PendingSend = {
       clientMessageId: this.newId(),
       target: resolved,
       body,
-      createdAt: this.now(),
+      createdAt,
       status: 'sending',
       autoResend: false,
     };
-    if (this.resuming) {
-      // The sends a drop interrupted go out after the reconnect's sync; this one goes with them, after them, so
-      // the user's messages are stored in the order typed.
+    if (this.resuming || this.waitsBehind(send)) {
+      // The sends a drop interrupted go out after the reconnect's sync, and one that failed for a passing reason
+      // after its pause; this one goes with them, after them, so the user's messages are stored in the order typed.
       this.store.setState((s) => ({
         pending: addPending(s.pending, {
           ...send,
@@ -1014,11 +1020,32 @@ export class ChatSession {
           autoResend: true,
         }),
       }));
+      if (!this.resuming) this.scheduleResend(send.clientMessageId);
       return send.clientMessageId;
     }
     this.store.setState((s) => ({ pending: addPending(s.pending, send) }));
     void this.transmit(send.clientMessageId);
     return send.clientMessageId;
+  }
+
+  /**
+   * Whether an earlier send to the same place waits to be resent by itself (failed for a passing reason, or cut
+   * off by a drop): a later one must not overtake it, or the user's messages would be stored out of the order typed.
+   */
+  private waitsBehind(send: PendingSend): boolean {
+    const place = targetKey(send.target);
+    return Object.values(this.store.getState().pending).some(
+      (p) => p.status === 'failed' && p.autoResend && p.createdAt < send.createdAt && targetKey(p.target) === place,
+    );
+  }
+
+  /** Sends `first` again, and after it every later send to the same place that waits to be resent, in order. */
+  private resendFrom(first: PendingSend): void {
+    const place = targetKey(first.target);
+    const followers = toResend(this.store.getState().pending).filter(
+      (p) => p.createdAt > first.createdAt && targetKey(p.target) === place,
+    );
+    for (const send of [first, ...followers]) void this.transmit(send.clientMessageId);
   }
 
   /** Sends a failed message again with the same client message id: the server stores it at most once. */
@@ -1027,9 +1054,19 @@ export class ChatSession {
   }
 
   discard(clientMessageId: string): void {
+    const discarded = this.store.getState().pending[clientMessageId];
     // For every tab of the user (see `heldPending`); written before the record, so no tab takes it up again meanwhile.
-    if (clientMessageId in this.store.getState().pending) this.recordDiscarded(clientMessageId);
+    if (discarded) this.recordDiscarded(clientMessageId);
     this.forget([clientMessageId]);
+    // The sends that waited behind it go now (the first of them might have been due a pause of its own: the user
+    // acted, so it goes now all the same).
+    if (!discarded || !this.socket.isOpen || this.resuming) return;
+    const place = targetKey(discarded.target);
+    const next = toResend(this.store.getState().pending).find((p) => targetKey(p.target) === place);
+    if (!next) return;
+    clearTimeout(this.resendTimers.get(next.clientMessageId));
+    this.resendTimers.delete(next.clientMessageId);
+    this.resendFrom(next);
   }
 
   private forget(clientMessageIds: readonly string[]): void {
@@ -1126,7 +1163,13 @@ export class ChatSession {
       // Resent meanwhile (a reconnect), confirmed, discarded, or offline or mid-reconnect (the reconnect's resend
       // takes it, in the order typed).
       if (send?.status !== 'failed' || !send.autoResend || !this.socket.isOpen || this.resuming) return;
-      void this.transmit(clientMessageId);
+      // An earlier send to the same place still waits: it takes this one with it when it goes. Until then this one
+      // keeps a pause of its own, in case that one is discarded or settled by another tab.
+      if (this.waitsBehind(send)) {
+        this.scheduleResend(clientMessageId);
+        return;
+      }
+      this.resendFrom(send);
     }, delay);
     this.resendTimers.set(clientMessageId, timer);
   }
