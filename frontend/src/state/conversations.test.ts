@@ -74,6 +74,22 @@ describe('conversations', () => {
     expect(unreadCount(list[4]!)).toBe(0);
   });
 
+  it("that guess gives way to the server's read position, lower or not; a known one never moves back", () => {
+    const framed = conv(4, [alice.id, bob.id, carol.id], 12, { kind: 'group', title: 'g' });
+    // A conversation the user was in all along, framed before any entry of it came.
+    let list = applyConversation({}, framed, carol.id);
+    list = applyConversation(list, { ...framed, title: 'renamed' }, carol.id);
+    list = upsertEntry(list, entry(framed, 7));
+    expect(unreadCount(list[4]!)).toBe(5);
+    list = upsertEntry(list, entry(framed, 3));
+    expect(list[4]!.readSeq).toBe(7);
+    // A read position replaces the guess too.
+    list = applyRead(applyConversation({}, framed, carol.id), { conversationId: 4, readSeq: 9 });
+    expect(unreadCount(list[4]!)).toBe(3);
+    list = applyRead(list, { conversationId: 4, readSeq: 8 });
+    expect(list[4]!.readSeq).toBe(9);
+  });
+
   it('finds the direct conversation with a person', () => {
     let list = upsertEntry({}, entry(conv(1, [alice.id, bob.id], 1), 1));
     list = upsertEntry(list, entry(conv(2, [alice.id, bob.id, carol.id], 1, { kind: 'group' }), 1));

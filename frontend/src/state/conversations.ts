@@ -8,6 +8,11 @@ export interface ConversationState {
   readonly conversation: Conversation;
   /** The highest seq this user has read. */
   readonly readSeq: number;
+  /**
+   * `readSeq` is a guess: the conversation came in a `conversation` frame before any entry of it (see
+   * `applyConversation`). The server's next word on it (an entry, a read position) replaces it, lower or not.
+   */
+  readonly readGuessed?: true;
   readonly lastMessage?: Message;
 }
 
@@ -36,7 +41,7 @@ export function upsertEntry(conversations: Conversations, entry: ConversationEnt
   const lastMessage = newerMessage(existing?.lastMessage, entry.lastMessage);
   const next: ConversationState = {
     conversation: mergeConversation(existing?.conversation, entry.conversation),
-    readSeq: Math.max(existing?.readSeq ?? 0, entry.readSeq),
+    readSeq: existing?.readGuessed ? entry.readSeq : Math.max(existing?.readSeq ?? 0, entry.readSeq),
     ...(lastMessage ? { lastMessage } : {}),
   };
   return { ...conversations, [id]: next };
@@ -44,8 +49,10 @@ export function upsertEntry(conversations: Conversations, entry: ConversationEnt
 
 /**
  * A `conversation` frame (or a group operation's reply). A conversation the user is no longer a member of
- * leaves the list. An unknown conversation is one the user was just added to (or created): new members start
- * with the history read, so it is added with `readSeq = lastSeq`; callers fetch the entry for the true one.
+ * leaves the list. An unknown conversation is most likely one the user was just added to (or created): new
+ * members start with the history read, so it is added with `readSeq = lastSeq`, as a guess (`readGuessed`): it
+ * may also be one the user has been in all along, not listed here yet (the page's first sync has not answered,
+ * or the list is longer than one answer), and callers fetch the entry for the true read position.
  */
 export function applyConversation(conversations: Conversations, conversation: Conversation, meId: number): Conversations {
   if (!conversation.members.includes(meId)) return removeConversation(conversations, conversation.id);
@@ -53,6 +60,7 @@ export function applyConversation(conversations: Conversations, conversation: Co
   const next: ConversationState = {
     conversation: mergeConversation(existing?.conversation, conversation),
     readSeq: existing?.readSeq ?? conversation.lastSeq,
+    ...(!existing || existing.readGuessed ? { readGuessed: true as const } : {}),
     ...(existing?.lastMessage ? { lastMessage: existing.lastMessage } : {}),
   };
   return { ...conversations, [conversation.id]: next };
@@ -97,11 +105,12 @@ export function applyMessages(
   return next ?? conversations;
 }
 
-/** A read position from `markRead`'s reply or a `read` frame; it never moves backwards. */
+/** A read position from `markRead`'s reply or a `read` frame; it never moves backwards, but replaces a guess. */
 export function applyRead(conversations: Conversations, position: ReadPosition): Conversations {
   const current = conversations[position.conversationId];
-  if (!current || position.readSeq <= current.readSeq) return conversations;
-  return { ...conversations, [position.conversationId]: { ...current, readSeq: position.readSeq } };
+  if (!current || (!current.readGuessed && position.readSeq <= current.readSeq)) return conversations;
+  const { readGuessed: _guessed, ...known } = current;
+  return { ...conversations, [position.conversationId]: { ...known, readSeq: position.readSeq } };
 }
 
 export function unreadCount(state: ConversationState): number {

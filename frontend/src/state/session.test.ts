@@ -270,6 +270,23 @@ describe('session: sync', () => {
     expect(unreadCount(t.state().conversations[8]!)).toBe(1);
   });
 
+  it('a membership frame for a group not listed yet does not erase its unread messages', async () => {
+    const t = setup([]);
+    // The page's first sync has not answered yet when someone joins a group the user has 3 unread messages in.
+    t.server.handlers.sync = () => undefined;
+    const ws = t.server.accept(alice);
+    await flush();
+    const team = conv(8, [alice.id, bob.id, carol.id], 5, { kind: 'group', title: 'Team' });
+    t.server.handlers.getConversation = () => entry(team, 2);
+    ws.receive({ type: 'conversation', conversation: team });
+    await flush();
+    expect(ws.lastRequest('getConversation').conversationId).toBe(8);
+    expect(unreadCount(t.state().conversations[8]!)).toBe(3);
+    ws.reply(ws.lastRequest('sync'), 'sync', { conversations: [entry(team, 2)], messages: [], truncated: [] });
+    await flush();
+    expect(unreadCount(t.state().conversations[8]!)).toBe(3);
+  });
+
   it('read frames and markRead move the unread count', async () => {
     const t = setup([dm(12, 4)]);
     await connectAndOpen(t);
