@@ -134,6 +134,31 @@ describe('session: sync', () => {
     expect(t.seqs(7)).toEqual([3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
   });
 
+  it('a conversation never opened that fell far behind follows its tail again instead of fetching the backlog', async () => {
+    const t = setup([dm(12, 12)]);
+    const ws = t.server.accept(alice);
+    await flush();
+    // Never opened, but it holds live messages.
+    ws.receive({ type: 'message', message: msg(7, 13, bob.id) });
+    await flush();
+    expect(t.state().timelines[7]).toMatchObject({ head: 13, lo: null });
+    // After a long time away: 5,000 more, and the answer is cut short.
+    const behind = entry(conv(7, [alice.id, bob.id], 5_013), 12, msg(7, 5_013, bob.id));
+    t.server.handlers.sync = () => ({ conversations: [behind], messages: page(14, 213).messages, truncated: [7] });
+    ws.receive({ type: 'resync', reason: 'test' });
+    await flush(5);
+    expect(ws.requests('getMessages')).toHaveLength(0);
+    expect(t.state().timelines[7]).toMatchObject({ head: 5_013, lo: null });
+    expect(t.state().timelines[7]!.bySeq.size).toBe(0);
+    expect(unreadCount(t.state().conversations[7]!)).toBe(5_001);
+    // Opening loads the newest page; a live message after it is kept.
+    t.server.handlers.getMessages = (f) => (f.before === undefined && f.after === undefined ? page(4_964, 5_013) : undefined);
+    t.session.select({ kind: 'conversation', id: 7 });
+    await flush();
+    ws.receive({ type: 'message', message: msg(7, 5_014, bob.id) });
+    expect(t.seqs(7)).toEqual(Array.from({ length: 51 }, (_, i) => 4_964 + i));
+  });
+
   it('with more conversations than sync answers for, the rest are listed once', async () => {
     const many = Array.from({ length: 200 }, (_, i) => entry(conv(100 + i, [alice.id, bob.id], 0, { kind: 'group' }), 0));
     const t = setup(many);

@@ -44,7 +44,16 @@ import {
   toResend,
 } from './pending';
 import { type ChatState, type ChatStore, type Selection, createChatStore } from './store';
-import { type PageKind, type Timeline, applyPage, emptyTimeline, mergeMessages, newestSeq, setBaseline } from './timeline';
+import {
+  type PageKind,
+  type Timeline,
+  applyPage,
+  emptyTimeline,
+  mergeMessages,
+  newestSeq,
+  setBaseline,
+  skipBacklog,
+} from './timeline';
 import { displayName, idBatches, mergeUsers, missingIds } from './users';
 
 /** Protocol limits (common/src/protocol/messages.rs). */
@@ -754,7 +763,19 @@ export class ChatSession {
         const first = list[0]!;
         this.applyPageToStore(cid, { messages: list, hasMoreBefore: first.seq > 1, hasMoreAfter: false }, 'newest');
       }
-      for (const cid of truncated) if (inHeads.has(cid)) void this.catchUp(cid);
+      // A known conversation cut short is caught up, unless it was never opened: then it follows its tail again
+      // (a busy group never looked at would otherwise have its whole backlog fetched after a night away).
+      const lastSeqs = new Map(response.conversations.map((e) => [e.conversation.id, e.conversation.lastSeq]));
+      for (const cid of truncated) {
+        if (!inHeads.has(cid)) continue;
+        const lastSeq = lastSeqs.get(cid);
+        const st = this.store.getState();
+        if (lastSeq !== undefined && st.timelines[cid]?.lo === null && !st.loadingNewest[cid]) {
+          this.store.setState((s2) => ({ timelines: { ...s2.timelines, [cid]: skipBacklog(s2.timelines[cid]!, lastSeq) } }));
+        } else {
+          void this.catchUp(cid);
+        }
+      }
       this.store.setState({ synced: true });
     } catch (error) {
       const e = asApiRequestError(error);

@@ -56,6 +56,17 @@ export function setBaseline(timeline: Timeline, lastSeq: number): Timeline {
   return { ...timeline, head: lastSeq, hasMoreBefore: lastSeq > 0 };
 }
 
+/**
+ * `setBaseline` for a never-opened conversation that holds messages already (live ones, or a sync's): behind by
+ * more than one answer carries, it follows the tail again rather than fetch the backlog. Messages up to `lastSeq`
+ * are let go (nothing shows them; opening loads the newest page), later ones kept. An opened one is unchanged.
+ */
+export function skipBacklog(timeline: Timeline, lastSeq: number): Timeline {
+  if (timeline.lo !== null || lastSeq <= timeline.head) return timeline;
+  const bySeq = new Map([...timeline.bySeq].filter(([seq]) => seq > lastSeq));
+  return { ...timeline, bySeq, head: advance(bySeq, lastSeq), hasMoreBefore: true };
+}
+
 export type PageKind = 'newest' | 'before' | 'after';
 
 /** Applies a `getMessages` page; `kind` says which cursor asked for it. */
