@@ -159,6 +159,26 @@ describe('session: sync', () => {
     expect(t.seqs(7)).toEqual(Array.from({ length: 51 }, (_, i) => 4_964 + i));
   });
 
+  it('a never-opened conversation named in truncated without an entry gets its entry and follows its tail', async () => {
+    const many = Array.from({ length: 200 }, (_, i) => entry(conv(100 + i, [alice.id, bob.id], 0, { kind: 'group' }), 0));
+    const team = (lastSeq: number) => entry(conv(8, [alice.id, bob.id, carol.id], lastSeq, { kind: 'group', title: 'Team' }), 10);
+    const t = setup([...many, team(10)]);
+    const ws = t.server.accept(alice);
+    await flush();
+    ws.receive({ type: 'message', message: msg(8, 11, bob.id) });
+    await flush();
+    expect(t.state().timelines[8]).toMatchObject({ head: 11, lo: null });
+    // More of the user's conversations were behind than the answer has entries for: this one is only named.
+    t.server.handlers.sync = () => ({ conversations: many, messages: [], truncated: [8] });
+    t.server.handlers.getConversation = (f) => (f.conversationId === 8 ? team(900) : undefined);
+    ws.receive({ type: 'resync', reason: 'test' });
+    await flush(5);
+    expect(ws.requests('getMessages')).toHaveLength(0);
+    expect(ws.lastRequest('getConversation').conversationId).toBe(8);
+    expect(t.state().timelines[8]).toMatchObject({ head: 900, lo: null });
+    expect(unreadCount(t.state().conversations[8]!)).toBe(890);
+  });
+
   it('with more conversations than sync answers for, the rest are listed once', async () => {
     const many = Array.from({ length: 200 }, (_, i) => entry(conv(100 + i, [alice.id, bob.id], 0, { kind: 'group' }), 0));
     const t = setup(many);

@@ -52,7 +52,6 @@ import {
   mergeMessages,
   newestSeq,
   setBaseline,
-  skipBacklog,
 } from './timeline';
 import { displayName, idBatches, mergeUsers, missingIds } from './users';
 
@@ -300,7 +299,10 @@ export class ChatSession {
   private readonly newId: () => string;
   private readonly pageSize: number;
 
-  /** The whole conversation list is known: `sync` answers for the most recent `MAX_CONVERSATIONS_PAGE` only. */
+  /**
+   * The whole conversation list is known: `sync` lists the most recent `MAX_CONVERSATIONS_PAGE` only (and, past
+   * them, only conversations this tab sent a head for that have news).
+   */
   private listed = false;
   private syncing: Promise<void> | null = null;
   private syncAgain = false;
@@ -747,8 +749,13 @@ export class ChatSession {
       this.store.setState((s) => ({ pending: confirmPending(s.pending, response.messages, s.me.id) }));
       const byConversation = groupByConversation(response.messages);
       const known: Message[] = [];
+      const timelines = this.store.getState().timelines;
       for (const [cid, list] of byConversation) {
-        if (inHeads.has(cid)) known.push(...list);
+        if (!inHeads.has(cid)) continue;
+        // A conversation never opened follows its tail from the baseline its entry set above: what lies below it
+        // would be held for nothing (the newest page is loaded on opening).
+        const timeline = timelines[cid];
+        known.push(...(timeline?.lo === null ? list.filter((m) => m.seq > timeline.head) : list));
       }
       this.ingest(known);
       // A conversation new to this client comes with its newest messages: they are its newest page, so it opens
@@ -763,18 +770,15 @@ export class ChatSession {
         const first = list[0]!;
         this.applyPageToStore(cid, { messages: list, hasMoreBefore: first.seq > 1, hasMoreAfter: false }, 'newest');
       }
-      // A known conversation cut short is caught up, unless it was never opened: then it follows its tail again
-      // (a busy group never looked at would otherwise have its whole backlog fetched after a night away).
-      const lastSeqs = new Map(response.conversations.map((e) => [e.conversation.id, e.conversation.lastSeq]));
+      // A known conversation cut short is caught up, unless it was never opened: then it follows its tail (its
+      // entry set the baseline above; one named without an entry, past the 50 the answer has entries for, gets
+      // it from its entry), so a busy group never looked at is not fetched whole after a night away.
+      const listed = new Set(response.conversations.map((e) => e.conversation.id));
       for (const cid of truncated) {
         if (!inHeads.has(cid)) continue;
-        const lastSeq = lastSeqs.get(cid);
         const st = this.store.getState();
-        if (lastSeq !== undefined && st.timelines[cid]?.lo === null && !st.loadingNewest[cid]) {
-          this.store.setState((s2) => ({ timelines: { ...s2.timelines, [cid]: skipBacklog(s2.timelines[cid]!, lastSeq) } }));
-        } else {
-          void this.catchUp(cid);
-        }
+        if (st.timelines[cid]?.lo !== null || st.loadingNewest[cid]) void this.catchUp(cid);
+        else if (!listed.has(cid)) void this.fetchConversation(cid);
       }
       this.store.setState({ synced: true });
     } catch (error) {
@@ -821,7 +825,8 @@ export class ChatSession {
         if (!entry.conversation.members.includes(s.me.id)) continue;
         conversations = upsertEntry(conversations, entry);
         const id = entry.conversation.id;
-        timelines[id] = setBaseline(timelines[id] ?? emptyTimeline(entry.conversation.lastSeq), entry.conversation.lastSeq);
+        const timeline = timelines[id] ?? emptyTimeline(entry.conversation.lastSeq);
+        timelines[id] = s.loadingNewest[id] ? timeline : setBaseline(timeline, entry.conversation.lastSeq);
       }
       return { conversations, timelines };
     });

@@ -39,7 +39,14 @@ describe('timeline', () => {
     expect(t.lo).toBeNull();
     expect(visibleMessages(t)).toEqual([]);
     expect(setBaseline(t, 50).head).toBe(50);
-    // Once history is held, the baseline never skips what sync must deliver.
+    // Messages it holds (live ones) are let go up to the new head; later ones are kept.
+    const live = mergeMessages(t, [msg(1, 41, 1), msg(1, 42, 1), msg(1, 52, 1)]);
+    expect(live.head).toBe(42);
+    const rebased = setBaseline(live, 50);
+    expect([rebased.head, [...rebased.bySeq.keys()], rebased.lo]).toEqual([50, [52], null]);
+    expect(setBaseline(rebased, 51)).toMatchObject({ head: 52 });
+    expect(setBaseline(rebased, 49)).toBe(rebased);
+    // Once history is shown, the baseline never skips what sync must deliver.
     const held = mergeMessages(emptyTimeline(0), [msg(1, 1, 1)]);
     expect(setBaseline(held, 9)).toBe(held);
   });

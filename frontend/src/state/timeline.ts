@@ -49,21 +49,16 @@ export function mergeMessages(timeline: Timeline, messages: readonly Message[]):
 
 /**
  * A conversation whose history was never loaded only needs to follow its tail: take the server's `lastSeq` as
- * the head, so `sync` does not fetch a backlog nobody looked at (the newest page is loaded on opening).
+ * the head, so neither `sync` nor a catch-up fetches a backlog nobody looked at (the newest page is loaded on
+ * opening). What it holds up to `lastSeq` (live messages, a sync's) is let go, since nothing shows it; later
+ * messages are kept. An opened conversation is left as it is. Not to be applied while the conversation's newest
+ * page is loading: that page, asked earlier, may end before `lastSeq`, and the messages between would be lost
+ * from view.
  */
 export function setBaseline(timeline: Timeline, lastSeq: number): Timeline {
-  if (timeline.lo !== null || timeline.bySeq.size > 0 || lastSeq <= timeline.head) return timeline;
-  return { ...timeline, head: lastSeq, hasMoreBefore: lastSeq > 0 };
-}
-
-/**
- * `setBaseline` for a never-opened conversation that holds messages already (live ones, or a sync's): behind by
- * more than one answer carries, it follows the tail again rather than fetch the backlog. Messages up to `lastSeq`
- * are let go (nothing shows them; opening loads the newest page), later ones kept. An opened one is unchanged.
- */
-export function skipBacklog(timeline: Timeline, lastSeq: number): Timeline {
   if (timeline.lo !== null || lastSeq <= timeline.head) return timeline;
-  const bySeq = new Map([...timeline.bySeq].filter(([seq]) => seq > lastSeq));
+  const bySeq =
+    timeline.bySeq.size > 0 ? new Map([...timeline.bySeq].filter(([seq]) => seq > lastSeq)) : timeline.bySeq;
   return { ...timeline, bySeq, head: advance(bySeq, lastSeq), hasMoreBefore: true };
 }
 
