@@ -83,6 +83,10 @@ describe('conversations', () => {
     expect(unreadCount(list[4]!)).toBe(5);
     list = upsertEntry(list, entry(framed, 3));
     expect(list[4]!.readSeq).toBe(7);
+    // A message before the entry ("welcome!" right after the add) keeps it a guess.
+    list = applyMessages(applyConversation({}, framed, carol.id), [msg(4, 13, bob.id)], carol.id);
+    list = upsertEntry(list, entry({ ...framed, lastSeq: 13 }, 7));
+    expect(unreadCount(list[4]!)).toBe(6);
     // A read position replaces the guess too.
     list = applyRead(applyConversation({}, framed, carol.id), { conversationId: 4, readSeq: 9 });
     expect(unreadCount(list[4]!)).toBe(3);

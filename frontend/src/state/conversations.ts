@@ -97,6 +97,7 @@ export function applyMessages(
         lastActivityAt: Math.max(c.lastActivityAt, message.sentAt),
       },
       readSeq: message.senderId === meId ? Math.max(current.readSeq, message.seq) : current.readSeq,
+      ...(current.readGuessed ? { readGuessed: true as const } : {}),
       ...(lastMessage ? { lastMessage } : {}),
     };
     next ??= { ...conversations };
