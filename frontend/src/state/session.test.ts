@@ -809,6 +809,12 @@ describe('session: sending', () => {
     t.session.send('third');
     await flush();
     expect(ws.requests('sendMessage')).toHaveLength(1);
+    // Discarding one that waits behind lets nothing go: the first still waits out its pause.
+    t.session.send('fourth');
+    t.session.discard('cm-4');
+    await flush();
+    expect(ws.requests('sendMessage')).toHaveLength(1);
+    expect(t.state().pending['cm-2']).toMatchObject({ status: 'failed', autoResend: true, error: { code: 'unavailable' } });
     t.session.discard('cm-1');
     await flush();
     expect(ws.requests('sendMessage').map((s) => s.clientMessageId)).toEqual(['cm-1', 'cm-2', 'cm-3']);
@@ -1009,6 +1015,31 @@ describe('session: sending', () => {
     expect(tabA.server.current.requests('sendMessage')).toEqual([]);
     expect(tabA.state().pending).toEqual({});
     expect(visibleMessages(tabA.state().timelines[7]!).filter((m) => m.clientMessageId === 'from-a')).toHaveLength(1);
+  });
+
+  it("another tab's message taken up here waits behind this tab's earlier one that waits to be resent", async () => {
+    const storage = memoryStorage();
+    const tabB = setup([dm(12, 12)], { storage, newId: () => 'from-b', resendDelayMs: 60 });
+    await connectAndOpen(tabB);
+    const ws = tabB.server.current;
+    let down = true;
+    let seq = 12;
+    tabB.server.handlers.sendMessage = (f) =>
+      down ? { error: { code: 'unavailable', message: 'down' } } : own(++seq, f.clientMessageId, f.body);
+    tabB.session.send('first');
+    await flush();
+    expect(tabB.state().pending['from-b']).toMatchObject({ status: 'failed', autoResend: true });
+    down = false;
+    await new Promise((r) => setTimeout(r, 5));
+    // Typed later in an offline tab, and taken up here while the first still waits out its pause.
+    const tabA = setup([dm(12, 12)], { storage, newId: () => 'from-a' });
+    tabA.session.send('second', { conversationId: 7 });
+    storageEvent(tabB);
+    expect(tabB.state().pending['from-a']).toMatchObject({ status: 'failed', autoResend: true });
+    expect(ws.requests('sendMessage').map((f) => f.clientMessageId)).toEqual(['from-b']);
+    for (let i = 0; i < 100 && Object.keys(tabB.state().pending).length > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(ws.requests('sendMessage').map((f) => f.clientMessageId)).toEqual(['from-b', 'from-b', 'from-a']);
+    expect(tabB.seqs(7).slice(-2)).toEqual([13, 14]);
   });
 
   it("a message one tab gave up on is not brought back by another tab that holds it, told or not", async () => {

@@ -1038,15 +1038,14 @@ export class ChatSession {
     if (this.resuming || this.waitsBehind(send)) {
       // The sends a drop interrupted go out after the reconnect's sync, and one that failed for a passing reason
       // after its pause; this one goes with them, after them, so the user's messages are stored in the order typed.
+      const online = this.socket.isOpen && !this.resuming;
+      const error = online
+        ? { code: 'unavailable' as const, message: 'waiting for the message before it' }
+        : { code: 'disconnected' as const, message: 'Not sent yet' };
       this.store.setState((s) => ({
-        pending: addPending(s.pending, {
-          ...send,
-          status: 'failed',
-          error: { code: 'disconnected', message: 'Not sent yet' },
-          autoResend: true,
-        }),
+        pending: addPending(s.pending, { ...send, status: 'failed', error, autoResend: true }),
       }));
-      if (!this.resuming) this.scheduleResend(send.clientMessageId);
+      if (online) this.scheduleResend(send.clientMessageId);
       return send.clientMessageId;
     }
     this.store.setState((s) => ({ pending: addPending(s.pending, send) }));
@@ -1084,12 +1083,11 @@ export class ChatSession {
     // For every tab of the user (see `heldPending`); written before the record, so no tab takes it up again meanwhile.
     if (discarded) this.recordDiscarded(clientMessageId);
     this.forget([clientMessageId]);
-    // The sends that waited behind it go now (the first of them might have been due a pause of its own: the user
-    // acted, so it goes now all the same).
-    if (!discarded || !this.socket.isOpen || this.resuming) return;
+    // The sends that waited behind it (it waited to be resent, and was the first to) go now.
+    if (!discarded?.autoResend || discarded.status !== 'failed' || !this.socket.isOpen || this.resuming) return;
     const place = targetKey(discarded.target);
     const next = toResend(this.store.getState().pending).find((p) => targetKey(p.target) === place);
-    if (!next) return;
+    if (!next || next.createdAt < discarded.createdAt) return;
     clearTimeout(this.resendTimers.get(next.clientMessageId));
     this.resendTimers.delete(next.clientMessageId);
     this.resendFrom(next);
@@ -1192,6 +1190,7 @@ export class ChatSession {
       // An earlier send to the same place still waits: it takes this one with it when it goes. Until then this one
       // keeps a pause of its own, in case that one is discarded or settled by another tab.
       if (this.waitsBehind(send)) {
+        this.resendAttempts.set(clientMessageId, attempt); // waiting is not an attempt: the same pause again
         this.scheduleResend(clientMessageId);
         return;
       }
@@ -1270,7 +1269,9 @@ export class ChatSession {
     this.store.setState((st) => ({ pending: takenUp.reduce(addPending, st.pending) }));
     if (!this.socket.isOpen || this.resuming) return;
     for (const send of takenUp.filter((p) => p.autoResend).sort((a, b) => a.createdAt - b.createdAt)) {
-      void this.transmit(send.clientMessageId);
+      // Behind one of this tab's that waits to be resent: it goes with that one (see `send`).
+      if (this.waitsBehind(send)) this.scheduleResend(send.clientMessageId);
+      else void this.transmit(send.clientMessageId);
     }
   }
 
