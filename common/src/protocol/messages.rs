@@ -23,8 +23,9 @@ pub const MAX_CONVERSATIONS_PAGE: u32 = 200;
 /// Most missed messages `sync` returns per conversation; past it the conversation is marked truncated and the
 /// client pages the rest with `getMessages`.
 pub const SYNC_MESSAGES_PER_CONVERSATION: u32 = 200;
-/// Most heads one `sync` may carry (a thousand heads is ~41 KB of JSON, inside the 64 KiB frame limit; `sync`
-/// answers for the most recently active `MAX_CONVERSATIONS_PAGE` conversations anyway).
+/// Most heads one `sync` may carry (a thousand heads is ~41 KB of JSON, inside the 64 KiB frame limit). Heads
+/// matter for the most recently active `MAX_CONVERSATIONS_PAGE` conversations and for those beyond them with
+/// messages after their head (`SYNC_CONVERSATIONS_BEHIND`).
 pub const MAX_SYNC_HEADS: usize = 1_000;
 /// Most conversations outside the recent list (`MAX_CONVERSATIONS_PAGE`, for users in more conversations than
 /// that) that one `sync` returns with their entry: those the client sent a head for and that have messages after

@@ -15,7 +15,8 @@ use super::{Shared, internal};
 use crate::domain::positive_id;
 
 /// The resume contract: given the newest seq the client holds per conversation, return the user's most recently
-/// active conversations (at most `MAX_CONVERSATIONS_PAGE`), and every other one with messages after its head, and
+/// active conversations (at most `MAX_CONVERSATIONS_PAGE`), then the others the client sent a head for that have
+/// messages after it (up to `SYNC_CONVERSATIONS_BEHIND` with their entry, any more named in `truncated`), and
 /// the messages it lacks, in order, at most `SYNC_MESSAGES_PER_CONVERSATION` per conversation and
 /// `SYNC_MESSAGES_TOTAL` / `SYNC_BODY_BYTES` in all (the rest flagged `truncated`, for paging with
 /// `getMessages after`: what was returned of a conversation is always a prefix of what it lacks, so the client's
