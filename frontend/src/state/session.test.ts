@@ -179,6 +179,42 @@ describe('session: sync', () => {
     expect(unreadCount(t.state().conversations[8]!)).toBe(890);
   });
 
+  it('an entry that moves past a newest page still loading leaves no hole in what is shown', async () => {
+    const t = setup([dm(12, 12)]);
+    const ws = t.server.accept(alice);
+    await flush();
+    t.session.select({ kind: 'conversation', id: 7 });
+    await flush();
+    const newest = ws.lastRequest('getMessages');
+    // Asked before 13–15 were sent; a sync brings them, with an entry at 15, before the page is answered.
+    t.server.handlers.sync = () => ({ conversations: [dm(15, 12)], messages: page(13, 15).messages, truncated: [] });
+    ws.receive({ type: 'resync', reason: 'test' });
+    await flush();
+    ws.reply(newest, 'getMessages', page(3, 12));
+    await flush();
+    expect(t.seqs(7)).toEqual(Array.from({ length: 13 }, (_, i) => 3 + i));
+  });
+
+  it('a catch-up of a conversation whose newest page failed to load stops: nothing would show it', async () => {
+    const t = setup([dm(12, 12)]);
+    const ws = t.server.accept(alice);
+    await flush();
+    t.session.select({ kind: 'conversation', id: 7 });
+    await flush();
+    const newest = ws.lastRequest('getMessages');
+    t.server.handlers.sync = () => ({ conversations: [dm(5_013, 12)], messages: page(13, 212).messages, truncated: [7] });
+    ws.receive({ type: 'resync', reason: 'test' });
+    await flush();
+    // Its newest page is loading, so the cut-short conversation is caught up, from 212.
+    const after = ws.lastRequest('getMessages');
+    expect(after).toMatchObject({ conversationId: 7, after: 212 });
+    ws.fail(newest, { code: 'unavailable', message: 'down' });
+    await flush();
+    ws.reply(after, 'getMessages', page(213, 312, { hasMoreBefore: true, hasMoreAfter: true }));
+    await flush();
+    expect(ws.requests('getMessages')).toHaveLength(2);
+  });
+
   it('with more conversations than sync answers for, the rest are listed once', async () => {
     const many = Array.from({ length: 200 }, (_, i) => entry(conv(100 + i, [alice.id, bob.id], 0, { kind: 'group' }), 0));
     const t = setup(many);

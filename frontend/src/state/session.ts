@@ -914,8 +914,11 @@ export class ChatSession {
     try {
       for (let round = 0; round < 10_000; round++) {
         this.catchUpAgain.delete(conversationId);
-        const timeline = this.store.getState().timelines[conversationId];
-        if (!timeline) break;
+        const st = this.store.getState();
+        const timeline = st.timelines[conversationId];
+        // Gone, or never opened (its newest page failed to load, say): nothing shows what this would fetch, and
+        // the next sync moves its baseline.
+        if (!timeline || (timeline.lo === null && !st.loadingNewest[conversationId])) break;
         asked = this.removals;
         const page = await this.request('getMessages', { conversationId, after: timeline.head, limit: MAX_PAGE });
         this.applyPageToStore(conversationId, page, 'after');
