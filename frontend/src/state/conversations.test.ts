@@ -87,6 +87,14 @@ describe('conversations', () => {
     list = applyMessages(applyConversation({}, framed, carol.id), [msg(4, 13, bob.id)], carol.id);
     list = upsertEntry(list, entry({ ...framed, lastSeq: 13 }, 7));
     expect(unreadCount(list[4]!)).toBe(6);
+    // The user's own message past the guess is read on the server too: an entry asked before it cannot lower it.
+    list = applyMessages(applyConversation({}, framed, carol.id), [msg(4, 13, carol.id)], carol.id);
+    list = upsertEntry(list, entry(framed, 7));
+    expect(unreadCount(list[4]!)).toBe(0);
+    // An older one of the user's does not make the guess true.
+    list = applyMessages(applyConversation({}, framed, carol.id), [msg(4, 3, carol.id)], carol.id);
+    list = upsertEntry(list, entry(framed, 7));
+    expect(unreadCount(list[4]!)).toBe(5);
     // A read position replaces the guess too.
     list = applyRead(applyConversation({}, framed, carol.id), { conversationId: 4, readSeq: 9 });
     expect(unreadCount(list[4]!)).toBe(3);

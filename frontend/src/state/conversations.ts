@@ -97,7 +97,10 @@ export function applyMessages(
         lastActivityAt: Math.max(c.lastActivityAt, message.sentAt),
       },
       readSeq: message.senderId === meId ? Math.max(current.readSeq, message.seq) : current.readSeq,
-      ...(current.readGuessed ? { readGuessed: true as const } : {}),
+      // The user's own message at or past the guess is read by the server too: the guess becomes known.
+      ...(current.readGuessed && !(message.senderId === meId && message.seq >= current.readSeq)
+        ? { readGuessed: true as const }
+        : {}),
       ...(lastMessage ? { lastMessage } : {}),
     };
     next ??= { ...conversations };
