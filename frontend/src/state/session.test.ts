@@ -832,6 +832,42 @@ describe('session: sending', () => {
     expect(ws.lastRequest('sendMessage')).toMatchObject({ conversationId: 8, clientMessageId: 'cm-5' });
   });
 
+  it('a held send goes only once the one before it is stored, not with a resend that is refused again', async () => {
+    const t = setup([dm(12, 12)], { resendDelayMs: 20 });
+    await connectAndOpen(t);
+    const ws = t.server.current;
+    let refusals = 3;
+    let seq = 12;
+    t.server.handlers.sendMessage = (f) =>
+      f.clientMessageId === 'cm-1' && refusals-- > 0 ? { error: { code: 'unavailable', message: 'busy' } } : own(++seq, f.clientMessageId);
+    t.session.send('first');
+    await flush();
+    t.session.send('second');
+    for (let i = 0; i < 100 && Object.keys(t.state().pending).length > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(ws.requests('sendMessage').map((f) => f.clientMessageId)).toEqual(['cm-1', 'cm-1', 'cm-1', 'cm-1', 'cm-2']);
+    expect(visibleMessages(t.state().timelines[7]!).map((m) => m.clientMessageId).slice(-2)).toEqual(['cm-1', 'cm-2']);
+  });
+
+  it('a send held behind one that is settled some other way goes after its first pause, however long it waited', async () => {
+    const t = setup([dm(12, 12)], { resendDelayMs: 20 });
+    await connectAndOpen(t);
+    const ws = t.server.current;
+    t.server.handlers.sendMessage = (f) => (f.clientMessageId === 'cm-1' ? { error: { code: 'unavailable', message: 'down' } } : own(14, f.clientMessageId));
+    t.session.send('first');
+    await flush();
+    t.session.send('second');
+    // The first keeps failing, its pause doubling (20, 40, 80, 160, 320 ms); the second looks again every 20 ms.
+    await new Promise((r) => setTimeout(r, 650));
+    expect(ws.requests('sendMessage').filter((f) => f.clientMessageId === 'cm-2')).toHaveLength(0);
+    // Another device's copy of the first is stored (a live frame confirms it): the second goes within a pause or so,
+    // not after a pause that doubled each time it looked.
+    ws.receive({ type: 'message', message: own(13, 'cm-1') });
+    for (let i = 0; i < 30 && !ws.requests('sendMessage').some((f) => f.clientMessageId === 'cm-2'); i++) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    expect(ws.requests('sendMessage').filter((f) => f.clientMessageId === 'cm-2')).toHaveLength(1);
+  });
+
   it('discarding a send that others wait behind lets them go at once, in order', async () => {
     const t = setup([dm(12, 12)], { resendDelayMs: 10_000 });
     await connectAndOpen(t);
@@ -1071,7 +1107,8 @@ describe('session: sending', () => {
     const tabA = setup([dm(12, 12)], { storage, newId: () => 'from-a' });
     tabA.session.send('second', { conversationId: 7 });
     storageEvent(tabB);
-    expect(tabB.state().pending['from-a']).toMatchObject({ status: 'failed', autoResend: true });
+    // Shown as going with the first (not as waiting for a connection that is there).
+    expect(tabB.state().pending['from-a']).toMatchObject({ status: 'failed', autoResend: true, error: { code: 'unavailable' } });
     expect(ws.requests('sendMessage').map((f) => f.clientMessageId)).toEqual(['from-b']);
     for (let i = 0; i < 100 && Object.keys(tabB.state().pending).length > 0; i++) await new Promise((r) => setTimeout(r, 10));
     expect(ws.requests('sendMessage').map((f) => f.clientMessageId)).toEqual(['from-b', 'from-b', 'from-a']);

@@ -236,9 +236,14 @@ function discardedKey(userId: number): string {
  * good (not a member, too long) still waits for the user's Retry or Delete; everything else goes again after the
  * next sync.
  */
+/** A send that waits for the connection. */
+const NOT_SENT_YET = { code: 'disconnected', message: 'Not sent yet' } as const;
+/** A send held behind an earlier one to the same place that waits to be resent (`ChatSession.waitsBehind`). */
+const WAITING_BEHIND = { code: 'unavailable', message: 'waiting for the message before it' } as const;
+
 function asTakenUp(p: PendingSend): PendingSend {
   const waitsForUser = p.status === 'failed' && p.autoResend === false && p.error !== undefined;
-  return waitsForUser ? p : { ...p, status: 'failed', error: { code: 'disconnected', message: 'Not sent yet' }, autoResend: true };
+  return waitsForUser ? p : { ...p, status: 'failed', error: NOT_SENT_YET, autoResend: true };
 }
 
 /**
@@ -1040,15 +1045,12 @@ export class ChatSession {
     };
     if (this.resuming || this.waitsBehind(send)) {
       // The sends a drop interrupted go out after the reconnect's sync, and one that failed for a passing reason
-      // after its pause; this one goes with them, after them, so the user's messages are stored in the order typed.
-      const online = this.socket.isOpen && !this.resuming;
-      const error = online
-        ? { code: 'unavailable' as const, message: 'waiting for the message before it' }
-        : { code: 'disconnected' as const, message: 'Not sent yet' };
+      // after its pause; this one goes after them (once the one before it is stored), so the user's messages are
+      // stored in the order typed.
       this.store.setState((s) => ({
-        pending: addPending(s.pending, { ...send, status: 'failed', error, autoResend: true }),
+        pending: addPending(s.pending, { ...send, status: 'failed', error: NOT_SENT_YET, autoResend: true }),
       }));
-      if (online) this.scheduleResend(send.clientMessageId);
+      if (this.socket.isOpen && !this.resuming) this.holdBehind(send.clientMessageId);
       return send.clientMessageId;
     }
     this.store.setState((s) => ({ pending: addPending(s.pending, send) }));
@@ -1067,13 +1069,29 @@ export class ChatSession {
     );
   }
 
-  /** Sends `first` again, and after it every later send to the same place that waits to be resent, in order. */
-  private resendFrom(first: PendingSend): void {
-    const place = targetKey(first.target);
-    const followers = toResend(this.store.getState().pending).filter(
-      (p) => p.createdAt > first.createdAt && targetKey(p.target) === place,
-    );
-    for (const send of [first, ...followers]) void this.transmit(send.clientMessageId);
+  /**
+   * Keeps a send (connected) waiting behind an earlier one to the same place: shown as going with it, with its
+   * own pause to look again in case that one is settled some other way (confirmed, discarded, taken by a tab).
+   */
+  private holdBehind(clientMessageId: string): void {
+    this.store.setState((s) => ({ pending: markFailed(s.pending, clientMessageId, WAITING_BEHIND, true) }));
+    this.scheduleResend(clientMessageId);
+  }
+
+  /**
+   * A send to `target` made at `createdAt` is settled (stored, or discarded): the first send to the same place that
+   * waits to be resent goes now, if it came after it (one before it waits out its own pause). One at a time, each
+   * after the one before it is stored: sent together, a later one could be stored while the one before it is
+   * refused again.
+   */
+  private sendNextWaiting(target: SendTarget, createdAt: number): void {
+    if (!this.socket.isOpen || this.resuming) return;
+    const place = targetKey(target);
+    const next = toResend(this.store.getState().pending).find((p) => targetKey(p.target) === place);
+    if (!next || next.createdAt < createdAt) return;
+    clearTimeout(this.resendTimers.get(next.clientMessageId));
+    this.resendTimers.delete(next.clientMessageId);
+    void this.transmit(next.clientMessageId);
   }
 
   /** Sends a failed message again with the same client message id: the server stores it at most once. */
@@ -1086,14 +1104,8 @@ export class ChatSession {
     // For every tab of the user (see `heldPending`); written before the record, so no tab takes it up again meanwhile.
     if (discarded) this.recordDiscarded(clientMessageId);
     this.forget([clientMessageId]);
-    // The sends that waited behind it (it waited to be resent, and was the first to) go now.
-    if (!discarded?.autoResend || discarded.status !== 'failed' || !this.socket.isOpen || this.resuming) return;
-    const place = targetKey(discarded.target);
-    const next = toResend(this.store.getState().pending).find((p) => targetKey(p.target) === place);
-    if (!next || next.createdAt < discarded.createdAt) return;
-    clearTimeout(this.resendTimers.get(next.clientMessageId));
-    this.resendTimers.delete(next.clientMessageId);
-    this.resendFrom(next);
+    // The sends that waited behind it (it waited to be resent itself) go now, one after another.
+    if (discarded?.status === 'failed' && discarded.autoResend) this.sendNextWaiting(discarded.target, discarded.createdAt);
   }
 
   private forget(clientMessageIds: readonly string[]): void {
@@ -1175,6 +1187,7 @@ export class ChatSession {
       return;
     }
     this.resendAttempts.delete(clientMessageId);
+    this.sendNextWaiting(send.target, send.createdAt);
   }
 
   /** Sends a failed message again by itself after a pause that doubles with each attempt (to 30 s). */
@@ -1190,14 +1203,15 @@ export class ChatSession {
       // Resent meanwhile (a reconnect), confirmed, discarded, or offline or mid-reconnect (the reconnect's resend
       // takes it, in the order typed).
       if (send?.status !== 'failed' || !send.autoResend || !this.socket.isOpen || this.resuming) return;
-      // An earlier send to the same place still waits: it takes this one with it when it goes. Until then this one
-      // keeps a pause of its own, in case that one is discarded or settled by another tab.
+      // An earlier send to the same place still waits: this one goes once that one is stored (`sendNextWaiting`).
+      // Until then it keeps a pause of its own, in case that one is settled some other way (a live frame or a sync
+      // confirms it, another tab discards it).
       if (this.waitsBehind(send)) {
         this.resendAttempts.set(clientMessageId, attempt); // waiting is not an attempt: the same pause again
         this.scheduleResend(clientMessageId);
         return;
       }
-      this.resendFrom(send);
+      void this.transmit(clientMessageId);
     }, delay);
     this.resendTimers.set(clientMessageId, timer);
   }
@@ -1273,7 +1287,7 @@ export class ChatSession {
     if (!this.socket.isOpen || this.resuming) return;
     for (const send of takenUp.filter((p) => p.autoResend).sort((a, b) => a.createdAt - b.createdAt)) {
       // Behind one of this tab's that waits to be resent: it goes with that one (see `send`).
-      if (this.waitsBehind(send)) this.scheduleResend(send.clientMessageId);
+      if (this.waitsBehind(send)) this.holdBehind(send.clientMessageId);
       else void this.transmit(send.clientMessageId);
     }
   }
