@@ -56,6 +56,14 @@ async fn raw(db: &Db) -> tokio_postgres::Client {
     client
 }
 
+/// A connection in a transaction that holds `conversation`'s row lock, as a writer of it does until it commits.
+async fn holding_the_lock(db: &Db, conversation: i64) -> tokio_postgres::Client {
+    let holder = raw(db).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder.query("SELECT 1 FROM messages.conversations WHERE id = $1 FOR UPDATE", &[&conversation]).await.unwrap();
+    holder
+}
+
 async fn seqs(db: &Db, conversation: i64) -> Vec<i64> {
     raw(db)
         .await
@@ -292,9 +300,7 @@ async fn a_member_removed_while_the_batch_waits_for_the_lock_is_refused() {
     let db = database().await;
     let group = db.store.create_group(1, "g", &[2]).await.unwrap().id;
     // A membership change in progress: it holds the conversation's lock, as the real ones do.
-    let holder = raw(&db).await;
-    holder.batch_execute("BEGIN").await.unwrap();
-    holder.query("SELECT 1 FROM messages.conversations WHERE id = $1 FOR UPDATE", &[&group]).await.unwrap();
+    let holder = holding_the_lock(&db, group).await;
     holder.execute("DELETE FROM messages.members WHERE conversation_id = $1 AND user_id = 2", &[&group]).await.unwrap();
 
     let connection = CommitConnection::open(&db.store).await.unwrap();
@@ -332,9 +338,7 @@ async fn a_batch_that_waited_for_the_lock_is_stamped_after_the_writer_it_waited_
     let db = database().await;
     let group = db.store.create_group(1, "g", &[2]).await.unwrap().id;
     // Another writer of the conversation (a second replica's batch, a member add) holds its lock.
-    let holder = raw(&db).await;
-    holder.batch_execute("BEGIN").await.unwrap();
-    holder.query("SELECT 1 FROM messages.conversations WHERE id = $1 FOR UPDATE", &[&group]).await.unwrap();
+    let holder = holding_the_lock(&db, group).await;
 
     let connection = CommitConnection::open(&db.store).await.unwrap();
     let batch = [send(1, group, "waited", "queued behind the lock")];

@@ -179,13 +179,18 @@ describe('session: sync', () => {
     expect(unreadCount(t.state().conversations[8]!)).toBe(890);
   });
 
-  it('an entry that moves past a newest page still loading leaves no hole in what is shown', async () => {
+  /** Conversation 7, never opened, is opened; its newest page is asked for and left unanswered. */
+  async function openingWithNewestPageUnanswered() {
     const t = setup([dm(12, 12)]);
     const ws = t.server.accept(alice);
     await flush();
     t.session.select({ kind: 'conversation', id: 7 });
     await flush();
-    const newest = ws.lastRequest('getMessages');
+    return { t, ws, newest: ws.lastRequest('getMessages') };
+  }
+
+  it('an entry that moves past a newest page still loading leaves no hole in what is shown', async () => {
+    const { t, ws, newest } = await openingWithNewestPageUnanswered();
     // Asked before 13–15 were sent; a sync brings them, with an entry at 15, before the page is answered.
     t.server.handlers.sync = () => ({ conversations: [dm(15, 12)], messages: page(13, 15).messages, truncated: [] });
     ws.receive({ type: 'resync', reason: 'test' });
@@ -196,12 +201,7 @@ describe('session: sync', () => {
   });
 
   it('a catch-up of a conversation whose newest page failed to load stops: nothing would show it', async () => {
-    const t = setup([dm(12, 12)]);
-    const ws = t.server.accept(alice);
-    await flush();
-    t.session.select({ kind: 'conversation', id: 7 });
-    await flush();
-    const newest = ws.lastRequest('getMessages');
+    const { t, ws, newest } = await openingWithNewestPageUnanswered();
     t.server.handlers.sync = () => ({ conversations: [dm(5_013, 12)], messages: page(13, 212).messages, truncated: [7] });
     ws.receive({ type: 'resync', reason: 'test' });
     await flush();
