@@ -76,7 +76,7 @@ export function pendingFor(
     .sort((a, b) => a.createdAt - b.createdAt);
 }
 
-/** Where a send goes, as one string: two sends with the same key are stored in one conversation, in order. */
+/** Where a send goes, as one string: sends with the same key go to the same conversation. */
 export function targetKey(target: SendTarget): string {
   return 'conversationId' in target ? `c${target.conversationId}` : `u${target.toUserId}`;
 }

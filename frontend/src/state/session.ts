@@ -231,16 +231,16 @@ function discardedKey(userId: number): string {
   return `warren.pending.${userId}.discarded`;
 }
 
-/**
- * A stored unsent message as this tab takes it up (after a reload, or from another tab): one the server refused for
- * good (not a member, too long) still waits for the user's Retry or Delete; everything else goes again after the
- * next sync.
- */
 /** A send that waits for the connection. */
 const NOT_SENT_YET = { code: 'disconnected', message: 'Not sent yet' } as const;
 /** A send held behind an earlier one to the same place that waits to be resent (`ChatSession.waitsBehind`). */
 const WAITING_BEHIND = { code: 'unavailable', message: 'waiting for the message before it' } as const;
 
+/**
+ * A stored unsent message as this tab takes it up (after a reload, or from another tab): one the server refused for
+ * good (not a member, too long) still waits for the user's Retry or Delete; everything else goes again after the
+ * next sync.
+ */
 function asTakenUp(p: PendingSend): PendingSend {
   const waitsForUser = p.status === 'failed' && p.autoResend === false && p.error !== undefined;
   return waitsForUser ? p : { ...p, status: 'failed', error: NOT_SENT_YET, autoResend: true };
@@ -1070,8 +1070,8 @@ export class ChatSession {
   }
 
   /**
-   * Keeps a send (connected) waiting behind an earlier one to the same place: shown as going with it, with its
-   * own pause to look again in case that one is settled some other way (confirmed, discarded, taken by a tab).
+   * Keeps a send (connected) waiting behind an earlier one to the same place, shown as waiting its turn, with a
+   * pause of its own to look again in case that one is settled some other way (confirmed, discarded in a tab).
    */
   private holdBehind(clientMessageId: string): void {
     this.store.setState((s) => ({ pending: markFailed(s.pending, clientMessageId, WAITING_BEHIND, true) }));
@@ -1286,7 +1286,7 @@ export class ChatSession {
     this.store.setState((st) => ({ pending: takenUp.reduce(addPending, st.pending) }));
     if (!this.socket.isOpen || this.resuming) return;
     for (const send of takenUp.filter((p) => p.autoResend).sort((a, b) => a.createdAt - b.createdAt)) {
-      // Behind one of this tab's that waits to be resent: it goes with that one (see `send`).
+      // Behind one of this tab's that waits to be resent: it goes once that one is stored (see `send`).
       if (this.waitsBehind(send)) this.holdBehind(send.clientMessageId);
       else void this.transmit(send.clientMessageId);
     }
