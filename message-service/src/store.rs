@@ -262,9 +262,9 @@ impl Store {
     }
 
     /// The conversations among `heads` (conversation id, seq) that `user_id` is a member of and that have messages
-    /// after their head, leaving out `listed`, most recently active first: what a `sync` adds to the recent list for
-    /// a client that holds conversations beyond it (see `handlers::sync`).
-    pub async fn behind(&self, user_id: i64, heads: &[(i64, i64)], listed: &[i64]) -> anyhow::Result<Vec<i64>> {
+    /// after their head, most recently active first: what a `sync` adds to the recent list for a client that holds
+    /// conversations beyond it (see `handlers::sync`).
+    pub async fn behind(&self, user_id: i64, heads: &[(i64, i64)]) -> anyhow::Result<Vec<i64>> {
         let client = self.client().await?;
         let statement = client
             .prepare_cached(
@@ -272,13 +272,13 @@ impl Store {
                    FROM unnest($2::bigint[], $3::bigint[]) AS h (conversation_id, seq)
                    JOIN messages.conversations c ON c.id = h.conversation_id
                    JOIN messages.members m ON m.conversation_id = c.id AND m.user_id = $1
-                  WHERE c.last_seq > h.seq AND NOT (c.id = ANY ($4::bigint[]))
+                  WHERE c.last_seq > h.seq
                   ORDER BY c.last_activity_at DESC, c.id DESC",
             )
             .await?;
         let (ids, seqs): (Vec<i64>, Vec<i64>) = heads.iter().copied().unzip();
         let rows = client
-            .query(&statement, &[&user_id, &ids, &seqs, &listed])
+            .query(&statement, &[&user_id, &ids, &seqs])
             .await
             .context("finding the conversations behind a sync's heads")?;
         Ok(rows.iter().map(|row| row.get(0)).collect())

@@ -54,7 +54,7 @@ pub async fn sync(
         let unlisted: Vec<(i64, i64)> =
             heads.iter().filter(|(id, _)| !listed.contains(id)).map(|(&id, &seq)| (id, seq)).collect();
         if !unlisted.is_empty() {
-            let mut behind = service.store.behind(user_id, &unlisted, &listed).await.map_err(internal)?;
+            let mut behind = service.store.behind(user_id, &unlisted).await.map_err(internal)?;
             let rest = behind.split_off(behind.len().min(SYNC_CONVERSATIONS_BEHIND as usize));
             conversations.extend(service.store.entries(user_id, &behind).await.map_err(internal)?);
             truncated.extend(rest);
