@@ -76,11 +76,6 @@ export function pendingFor(
     .sort((a, b) => a.createdAt - b.createdAt);
 }
 
-/** Where a send goes, as one string: sends with the same key go to the same conversation. */
-export function targetKey(target: SendTarget): string {
-  return 'conversationId' in target ? `c${target.conversationId}` : `u${target.toUserId}`;
-}
-
 /** Sends that lost their connection, oldest first, to resend after a sync. */
 export function toResend(pending: PendingSends): PendingSend[] {
   return Object.values(pending)

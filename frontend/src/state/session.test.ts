@@ -832,6 +832,21 @@ describe('session: sending', () => {
     expect(ws.lastRequest('sendMessage')).toMatchObject({ conversationId: 8, clientMessageId: 'cm-5' });
   });
 
+  it('a send to a direct conversation waits behind one made to the person before the conversation was known', async () => {
+    const t = setup([dm(12, 12)], { resendDelayMs: 10_000 });
+    await connectAndOpen(t);
+    const ws = t.server.current;
+    t.server.handlers.sendMessage = (f) => ('toUserId' in f && f.toUserId !== undefined ? { error: { code: 'unavailable', message: 'down' } } : undefined);
+    t.session.send('first', { toUserId: bob.id });
+    await flush();
+    expect(t.state().pending['cm-1']).toMatchObject({ status: 'failed', autoResend: true });
+    t.session.send('second', { conversationId: 7 });
+    t.session.send('elsewhere', { conversationId: 8 });
+    await flush();
+    expect(ws.requests('sendMessage').map((f) => f.clientMessageId)).toEqual(['cm-1', 'cm-3']);
+    expect(t.state().pending['cm-2']).toMatchObject({ status: 'failed', error: { code: 'unavailable' } });
+  });
+
   it('a held send goes only once the one before it is stored, not with a resend that is refused again', async () => {
     const t = setup([dm(12, 12)], { resendDelayMs: 20 });
     await connectAndOpen(t);

@@ -40,7 +40,6 @@ import {
   markSending,
   removePending,
   splitBySendTarget,
-  targetKey,
   toResend,
 } from './pending';
 import { type ChatState, type ChatStore, type Selection, createChatStore } from './store';
@@ -1063,10 +1062,22 @@ export class ChatSession {
    * off by a drop): a later one must not overtake it, or the user's messages would be stored out of the order typed.
    */
   private waitsBehind(send: PendingSend): boolean {
-    const place = targetKey(send.target);
+    const place = this.placeOf(send.target);
     return Object.values(this.store.getState().pending).some(
-      (p) => p.status === 'failed' && p.autoResend && p.createdAt < send.createdAt && targetKey(p.target) === place,
+      (p) => p.status === 'failed' && p.autoResend && p.createdAt < send.createdAt && this.placeOf(p.target) === place,
     );
+  }
+
+  /**
+   * Where a send goes, as one string. A direct conversation is its peer's: a send made to the person before the
+   * conversation existed (`toUserId`) and one made to the conversation go to the same place.
+   */
+  private placeOf(target: SendTarget): string {
+    if ('toUserId' in target) return `u${target.toUserId}`;
+    const s = this.store.getState();
+    const conversation = s.conversations[target.conversationId]?.conversation;
+    const peer = conversation?.kind === 'direct' ? conversation.members.find((id) => id !== s.me.id) : undefined;
+    return peer === undefined ? `c${target.conversationId}` : `u${peer}`;
   }
 
   /**
@@ -1086,8 +1097,8 @@ export class ChatSession {
    */
   private sendNextWaiting(target: SendTarget, createdAt: number): void {
     if (!this.socket.isOpen || this.resuming) return;
-    const place = targetKey(target);
-    const next = toResend(this.store.getState().pending).find((p) => targetKey(p.target) === place);
+    const place = this.placeOf(target);
+    const next = toResend(this.store.getState().pending).find((p) => this.placeOf(p.target) === place);
     if (!next || next.createdAt < createdAt) return;
     clearTimeout(this.resendTimers.get(next.clientMessageId));
     this.resendTimers.delete(next.clientMessageId);
