@@ -100,12 +100,29 @@ async fn a_wrong_password_and_an_unknown_user_get_byte_identical_answers() {
 #[tokio::test]
 async fn registering_a_taken_name_in_any_case_is_a_conflict() {
     let app = spawn_app().await;
-    app.register("dave").await;
+    let (_, dave) = app.register("dave").await;
 
     let again = app.post("/api/register", &json!({ "username": "DaVe", "password": "another password" })).await;
 
     assert_eq!(again.status(), 409);
     assert_eq!(error_code(again).await, "conflict");
+
+    // The same name and password again, as a client asks after its first register timed out (the account was
+    // created after the gateway gave up): answered as the first was, not "taken".
+    let repeat = app.post("/api/register", &json!({ "username": "dave", "password": "correct horse battery" })).await;
+    assert_eq!(repeat.status(), 201);
+    let body: Value = repeat.json().await.unwrap();
+    assert_eq!((&body["user"]["id"], body["token"].is_string()), (&json!(dave), true), "{body}");
+
+    // Not once the account is older than the window: then the name is simply taken.
+    use sqlx::Connection;
+    let mut db = sqlx::PgConnection::connect(&app.db.url()).await.unwrap();
+    sqlx::query("UPDATE users.users SET created_at = now() - interval '11 minutes' WHERE lower(username) = 'dave'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let late = app.post("/api/register", &json!({ "username": "dave", "password": "correct horse battery" })).await;
+    assert_eq!(late.status(), 409);
     app.shutdown().await;
 }
 

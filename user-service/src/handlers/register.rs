@@ -28,26 +28,39 @@ pub async fn register_user(
     })?;
     let record = match service.store.create(&username, &hash).await {
         Ok(record) => record,
-        Err(StoreError::UsernameTaken) if ctx.attempt > 1 => return replayed(&service, &username, &password).await,
-        Err(StoreError::UsernameTaken) => return Err(ApiError::conflict("username is taken")),
+        Err(StoreError::UsernameTaken) => return repeated(&service, &username, &password, ctx.attempt).await,
         Err(other) => return Err(internal(other)),
     };
     tracing::info!(user_id = record.id, "registered");
     service.session_for(to_user(record))
 }
 
-/// A redelivered `register` (its first attempt committed, then the replica died before replying) must not tell
-/// the person their own new name is taken: if the stored account has this very password, answer as the first
-/// attempt would have.
-async fn replayed(service: &Shared, username: &Username, password: &Password) -> Result<AuthResponse, ApiError> {
+/// How long after an account is created a `register` repeated with its name and password is answered as the
+/// first one was. A client whose `register` timed out (the account was created after the gateway gave up) asks
+/// again, often by the user's hand, seconds or minutes later.
+pub const REPEAT_WINDOW: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
+/// The name is taken. A repeat of the `register` that took it must not tell the person their own new name is
+/// taken: one redelivered (its first attempt committed, then the replica died before replying), or one the client
+/// sent again after a timeout (the first was answered too late). If the stored account has this very password,
+/// answer as the first attempt would have, when the request is a redelivery or the account is at most
+/// [`REPEAT_WINDOW`] old: no more than a `login` with that password would give, and `conflict` already says the
+/// name exists. The password is checked for every taken name, so the answer's time does not tell old accounts from
+/// new ones.
+async fn repeated(
+    service: &Shared,
+    username: &Username,
+    password: &Password,
+    attempt: u32,
+) -> Result<AuthResponse, ApiError> {
+    let taken = || ApiError::conflict("username is taken");
     let credentials = service.store.find_credentials(username).await.map_err(internal)?;
-    let Some(credentials) = credentials else { return Err(ApiError::conflict("username is taken")) };
-    let same = service.hasher.verify(password, Some(&credentials.password_hash)).await.unwrap_or(false);
-    if !same {
-        return Err(ApiError::conflict("username is taken"));
+    let same = service.hasher.verify(password, credentials.as_ref().map(|c| &c.password_hash)).await.unwrap_or(false);
+    let Some(credentials) = credentials.filter(|_| same) else { return Err(taken()) };
+    let record = service.store.find_by_id(credentials.id).await.map_err(internal)?.ok_or_else(taken)?;
+    if attempt == 1 && chrono::Utc::now() - record.created_at > REPEAT_WINDOW {
+        return Err(taken());
     }
-    let record = service.store.find_by_id(credentials.id).await.map_err(internal)?;
-    let record = record.ok_or_else(|| ApiError::conflict("username is taken"))?;
-    tracing::info!(user_id = record.id, "register redelivered after it committed; answering as the first attempt");
+    tracing::info!(user_id = record.id, attempt, "register repeated after it committed; answering as the first did");
     service.session_for(to_user(record))
 }
