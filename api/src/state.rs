@@ -107,9 +107,10 @@ impl AppState {
         })
     }
 
-    /// Counts one register/login attempt from `client`; `Err` with a retry delay when over the limit.
+    /// Counts one register/login attempt from `client` (see [`rate_key`]); `Err` with a retry delay when over the
+    /// limit.
     pub fn check_auth_rate(&self, client: IpAddr) -> Result<(), HttpError> {
-        self.inner.auth_limiter.check_key(&client).map_err(|not_until| {
+        self.inner.auth_limiter.check_key(&rate_key(client)).map_err(|not_until| {
             let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
             HttpError::rate_limited(wait.as_secs() + 1)
         })
@@ -119,5 +120,40 @@ impl AppState {
     pub fn prune_rate_limiter(&self) {
         self.inner.auth_limiter.retain_recent();
         self.inner.auth_limiter.shrink_to_fit();
+    }
+}
+
+/// Whom a rate limit counts an address against. An IPv6 client is given a whole /64 (the prefix a single
+/// network gets; within it a host picks any of 2^64 addresses, so counting each would not limit it at all), as an
+/// IPv4 household behind one address is counted as one; an IPv4 address written as IPv6 (`::ffff:a.b.c.d`) is
+/// that IPv4 address.
+pub fn rate_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !(u128::MAX >> 64))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::rate_key;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn an_ipv6_network_counts_as_one_client_and_ipv4_as_itself() {
+        assert_eq!(rate_key(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(rate_key(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")), ip("2001:db8:1:2::"));
+        assert_ne!(rate_key(ip("2001:db8:1:3::1")), rate_key(ip("2001:db8:1:2::1")));
+        assert_eq!(rate_key(ip("203.0.113.7")), ip("203.0.113.7"));
+        assert_eq!(rate_key(ip("::ffff:203.0.113.7")), ip("203.0.113.7"));
+        assert_ne!(rate_key(ip("203.0.113.7")), rate_key(ip("203.0.113.8")));
     }
 }

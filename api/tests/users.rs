@@ -276,6 +276,32 @@ async fn register_and_login_are_rate_limited_per_client() {
     app.shutdown().await;
 }
 
+/// Behind a trusted proxy the limit counts the forwarded address; an IPv6 client counts as its whole /64, which
+/// it could otherwise walk through one address per attempt.
+#[tokio::test]
+async fn the_limit_counts_an_ipv6_network_as_one_client() {
+    let mut options = Options::default();
+    options.gateway.auth_rate_per_minute = 1;
+    options.gateway.auth_rate_burst = 2;
+    options.gateway.trust_forwarded_for = true;
+    let app = spawn_app_with(options).await;
+    let login = |from: &'static str| {
+        app.http
+            .post(app.url("/api/login"))
+            .header("x-forwarded-for", from)
+            .json(&json!({ "username": "ida", "password": "whatever it is" }))
+            .send()
+    };
+
+    let mut statuses = Vec::new();
+    for from in ["2001:db8:5:6::1", "2001:db8:5:6::2", "2001:db8:5:6:ffff::3", "2001:db8:5:7::1", "198.51.100.1"] {
+        statuses.push(login(from).await.unwrap().status().as_u16());
+    }
+
+    assert_eq!(statuses, [401, 401, 429, 401, 401], "one /64 shares a limit; another network has its own");
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn with_no_user_service_running_requests_fail_as_unavailable_at_once() {
     let app = spawn_app_with(Options { user_services: 0, ..Options::default() }).await;
