@@ -431,6 +431,99 @@ async fn shutting_down_answers_the_requests_in_flight_before_closing() {
     app.shutdown().await;
 }
 
+/// Messages published by [`stall_writes_to`]: ~6 MB, more than a socket's buffers hold, so the gateway's writes
+/// to a client that does not read stall, with the rest still queued at the hub (under its 8 MiB bound).
+const STALLING_MESSAGES: i64 = 1_500;
+
+/// A gateway whose sockets may queue more than [`STALLING_MESSAGES`] frames without counting as too slow.
+fn roomy_queues() -> Options {
+    let mut options = Options::default();
+    options.gateway.ws.outbound_queue = 10_000;
+    options
+}
+
+/// Publishes [`STALLING_MESSAGES`] messages of 4,000 characters for `user_id`, then one for a witness on another
+/// socket: once the witness has it, every earlier batch has reached the hub, so the gateway is writing to
+/// `user_id`'s socket with the rest queued, and (if its client is not reading) the write has stalled.
+async fn stall_writes_to(app: &support::TestApp, user_id: i64) {
+    let (witness_token, witness_id) = app.register("witness").await;
+    let (mut witness, _) = WsClient::authenticated(app, &witness_token).await;
+    let (broker, publisher) = common::testing::connected_publisher(&app.amqp).await;
+    let body = "x".repeat(4_000);
+    for first in (1..=STALLING_MESSAGES).step_by(25) {
+        let events = (first..first + 25).map(|seq| message_event(seq, &body, vec![user_id])).collect();
+        publisher.publish(&EventBatch { events }).await.unwrap();
+    }
+    publisher.publish(&EventBatch { events: vec![message_event(1, "after them", vec![witness_id])] }).await.unwrap();
+    assert_eq!(witness.next_frame().await["message"]["body"], "after them");
+    broker.close().await;
+}
+
+/// The `seq`s of the `message` frames among `frames`, in the order they came.
+fn message_seqs(frames: &[Value]) -> Vec<i64> {
+    frames
+        .iter()
+        .filter(|frame| frame["type"] == "message")
+        .filter_map(|frame| frame["message"]["seq"].as_i64())
+        .collect()
+}
+
+/// Asserts that `frames` hold the messages [`stall_writes_to`] published, each once, in order.
+fn assert_every_stalling_message(frames: &[Value]) {
+    let seqs = message_seqs(frames);
+    assert!(
+        seqs.iter().copied().eq(1..=STALLING_MESSAGES),
+        "expected messages 1 to {STALLING_MESSAGES} in order; got {} messages, up to {:?}",
+        seqs.len(),
+        seqs.last()
+    );
+}
+
+/// A shutdown that finds a socket's write stalled (its client is not reading) lets the write finish and still
+/// answers the requests in flight, within its time: giving way to the shutdown mid-write dropped the frames being
+/// written and ended the socket without the answers.
+#[tokio::test]
+async fn shutting_down_during_a_stalled_write_finishes_it_and_still_answers_the_requests_in_flight() {
+    let app = spawn_app_with(roomy_queues()).await;
+    let (token, user_id) = app.register("stalled").await;
+    let pages = HeldPages::start(&app).await;
+    let (mut client, _) = WsClient::authenticated_with_small_window(&app, &token).await;
+    client.send_json(&get_messages("g1")).await;
+    pages.until_arrived(1).await;
+    stall_writes_to(&app, user_id).await;
+
+    app.gateway_stop.cancel();
+    // The shutdown reaches the socket while its write is stalled; then the service answers, and the client reads.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pages.release.add_permits(1);
+    let (frames, ending) = client.frames_until_end(Duration::from_secs(10)).await;
+
+    assert_eq!(ending, Ending::Closed { code: 1001, reason: "server shutting down".to_owned() });
+    assert_every_stalling_message(&frames);
+    let answer = frames.iter().find(|frame| frame["id"] == "g1").expect("the request in flight is answered");
+    assert_eq!(answer["type"], "reply", "{answer}");
+    pages.stop().await;
+    app.shutdown().await;
+}
+
+/// A socket with nothing in flight still gets, before its 1001, every frame queued for it when the shutdown came
+/// (the answer to a send can be among them); it used to be closed with them unwritten.
+#[tokio::test]
+async fn shutting_down_writes_every_frame_already_queued_for_a_socket() {
+    let app = spawn_app_with(roomy_queues()).await;
+    let (token, user_id) = app.register("backlogged").await;
+    let (mut client, _) = WsClient::authenticated_with_small_window(&app, &token).await;
+    stall_writes_to(&app, user_id).await;
+
+    app.gateway_stop.cancel();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (frames, ending) = client.frames_until_end(Duration::from_secs(10)).await;
+
+    assert_eq!(ending, Ending::Closed { code: 1001, reason: "server shutting down".to_owned() });
+    assert_every_stalling_message(&frames);
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn requests_over_the_in_flight_limit_are_refused_as_rate_limited() {
     let mut options = Options::default();

@@ -38,8 +38,9 @@ use crate::state::AppState;
 /// write buffer refuses any frame above its cap, see `max_write_buffer_size`).
 pub const MAX_OUTBOUND_FRAME_BYTES: usize = 16 << 20;
 
-/// How long a socket closing for shutdown waits for its requests in flight to be answered (inside the gateway's
-/// [`crate::startup::WS_CLOSE_WAIT`], which follows the HTTP drain).
+/// How long a socket closing for shutdown has for its last writes, counted from when it was asked to close: the
+/// write under way, the answers of its requests in flight and the frames already queued for it (see
+/// [`Session::ending`]). Inside the gateway's [`crate::startup::WS_CLOSE_WAIT`], which follows the HTTP drain.
 pub const IN_FLIGHT_WAIT: Duration = Duration::from_secs(3);
 
 /// How long a close handshake may take before the connection is dropped.
@@ -262,27 +263,32 @@ impl Session<'_> {
     }
 
     /// How the socket ends when the hub closes it. When the gateway shuts down, the requests already running are
-    /// answered first (for up to [`IN_FLIGHT_WAIT`]): each was sent on to a service that will act on it, and a
-    /// client told nothing cannot know whether a `removeMember` or a group create without `clientGroupId`
-    /// happened. A slow socket (4008) is closed at once: it is not reading.
+    /// answered first: each was sent on to a service that will act on it, and a client told nothing cannot know
+    /// whether a `removeMember` or a group create without `clientGroupId` happened. The frames already queued for
+    /// the socket go out too (a send's answer can be among them). All of it within [`IN_FLIGHT_WAIT`] of the
+    /// shutdown. A slow socket (4008) is closed at once: it is not reading.
     async fn ending(&mut self, reason: CloseReason) -> End {
-        if reason == CloseReason::SHUTTING_DOWN && !self.in_flight.is_empty() {
+        if reason == CloseReason::SHUTTING_DOWN {
             self.closing = true;
             // Requests still waiting for a turn were never sent: they are answered `unavailable` now (see
             // [`in_turn`]), inside the loop below, whose writes no longer give way to the closer.
             self.heavy.close();
             // The writes too are inside the time: a client that stopped reading cannot stretch it.
-            match timeout(IN_FLIGHT_WAIT, self.answer_in_flight()).await {
+            match tokio::time::timeout_at(last_writes_deadline(self.closer), self.write_last()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(end)) => return end,
-                Err(_) => tracing::info!(requests = self.in_flight.len(), "closing with requests still unanswered"),
+                Err(_) => tracing::info!(
+                    requests = self.in_flight.len(),
+                    frames = self.registration.outbound.len(),
+                    "closing with requests unanswered or frames unwritten"
+                ),
             }
         }
         reason.into()
     }
 
-    /// Writes the answers of the requests in flight as they come.
-    async fn answer_in_flight(&mut self) -> Result<(), End> {
+    /// Writes the answers of the requests in flight as they come, then whatever is left in the socket's queue.
+    async fn write_last(&mut self) -> Result<(), End> {
         while !self.in_flight.is_empty() {
             tokio::select! {
                 Some(reply) = self.in_flight.next() => if let Some(reply) = reply {
@@ -291,8 +297,7 @@ impl Session<'_> {
                 Some(first) = self.registration.outbound.recv() => self.write_queued(first).await?,
             }
         }
-        // A send answered by its event in the last moment: its reply is in the hub's queue.
-        if let Some(first) = self.registration.outbound.try_recv() {
+        while let Some(first) = self.registration.outbound.try_recv() {
             self.write_queued(first).await?;
         }
         Ok(())
@@ -495,7 +500,11 @@ async fn send(socket: &mut WebSocket, closer: Option<&Closer>, limit: Duration, 
 }
 
 /// Runs a write, giving up when the client does not take it in time (it is too slow) or the hub closes the
-/// socket meanwhile (`closer`; `None` for the last writes of a socket the hub already closed).
+/// socket as too slow meanwhile (`closer`; `None` for the last writes of a socket the hub already closed).
+///
+/// When the gateway shuts down during the write, the write goes on (until [`last_writes_deadline`]) and the
+/// socket then ends through [`Session::ending`]. Dropping it would lose the frames it was writing, and end the
+/// socket without the answers of its requests in flight or the frames still queued.
 async fn bounded(
     write: impl Future<Output = Result<(), axum::Error>>,
     closer: Option<&Closer>,
@@ -507,21 +516,34 @@ async fn bounded(
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
-        // A write that can go at once goes, even when the socket is closing: at shutdown the answers of requests
-        // in flight are still to be written (see `Session::ending`), and losing the race to the closer here would
-        // end the socket before them.
+    let mut write = pin!(timeout(limit, write));
+    let written = tokio::select! {
+        // A write that can go at once goes, even when the socket is closing.
         biased;
-        written = timeout(limit, write) => match written {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "write failed");
-                Err(End::Drop)
+        written = &mut write => written,
+        reason = closed => match closer {
+            Some(closer) if reason == CloseReason::SHUTTING_DOWN => {
+                match tokio::time::timeout_at(last_writes_deadline(closer), write).await {
+                    Ok(written) => written,
+                    Err(_) => return Err(reason.into()),
+                }
             }
-            Err(_) => Err(CloseReason::SLOW_CONSUMER.into()),
+            _ => return Err(reason.into()),
         },
-        reason = closed => Err(reason.into()),
+    };
+    match written {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "write failed");
+            Err(End::Drop)
+        }
+        Err(_) => Err(CloseReason::SLOW_CONSUMER.into()),
     }
+}
+
+/// Until when a socket closing for shutdown may write: [`IN_FLIGHT_WAIT`] after it was asked to close.
+fn last_writes_deadline(closer: &Closer) -> Instant {
+    closer.closed_at().unwrap_or_else(Instant::now) + IN_FLIGHT_WAIT
 }
 
 /// The close reason for a first frame that could not be read as `auth`, within the 123 bytes a close reason may

@@ -41,7 +41,10 @@ use common::{
         ws::{ReplyData, ServerFrame, close},
     },
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
+    time::Instant,
+};
 use tokio_util::{
     sync::CancellationToken,
     task::{TaskTracker, task_tracker::TaskTrackerToken},
@@ -65,28 +68,37 @@ impl CloseReason {
 #[derive(Debug, Clone)]
 pub struct Closer {
     token: CancellationToken,
-    reason: Arc<OnceLock<CloseReason>>,
+    /// The reason, and when the socket was asked to close (or, at shutdown, when its task first saw it).
+    closed: Arc<OnceLock<(CloseReason, Instant)>>,
 }
 
 impl Closer {
     /// Asks the socket to close. The first reason given wins.
     pub fn close(&self, reason: CloseReason) {
-        let _ = self.reason.set(reason);
+        let _ = self.closed.set((reason, Instant::now()));
         self.token.cancel();
     }
 
     /// Resolves once the socket was asked to close, with the reason.
     pub async fn closed(&self) -> CloseReason {
         self.token.cancelled().await;
-        self.reason()
+        self.reason_and_time().0
     }
 
     pub fn is_closed(&self) -> bool {
         self.token.is_cancelled()
     }
 
-    fn reason(&self) -> CloseReason {
-        self.reason.get().copied().unwrap_or(CloseReason::SHUTTING_DOWN)
+    /// When the socket was asked to close; `None` while it was not. The socket's last writes are timed from it,
+    /// so that they share one deadline however many of them there are.
+    pub fn closed_at(&self) -> Option<Instant> {
+        self.is_closed().then(|| self.reason_and_time().1)
+    }
+
+    /// The shutdown cancels every socket's token at once, through their parent, without a reason: the first one
+    /// to look records it, with the time it looked.
+    fn reason_and_time(&self) -> (CloseReason, Instant) {
+        *self.closed.get_or_init(|| (CloseReason::SHUTTING_DOWN, Instant::now()))
     }
 }
 
@@ -198,6 +210,15 @@ impl Outbound {
     pub fn try_recv(&mut self) -> Option<Utf8Bytes> {
         let frame = self.frames.try_recv().ok();
         self.taken(frame)
+    }
+
+    /// Frames queued and not yet taken.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
     }
 
     fn taken(&self, frame: Option<Utf8Bytes>) -> Option<Utf8Bytes> {
@@ -330,7 +351,7 @@ impl Hub {
 
     /// A closer for a new socket; already closed if the gateway is shutting down.
     pub fn closer(&self) -> Closer {
-        Closer { token: self.inner.shutdown.child_token(), reason: Arc::new(OnceLock::new()) }
+        Closer { token: self.inner.shutdown.child_token(), closed: Arc::new(OnceLock::new()) }
     }
 
     /// Counts a socket as running until the token is dropped, so shutdown waits for its close handshake. Taken

@@ -64,6 +64,26 @@ impl WsClient {
         Self::authenticated_to(&app.address, token).await
     }
 
+    /// Connects and authenticates with `token` over a TCP connection whose receive buffer is a few KiB, where
+    /// loopback's would grow to tens of MiB: while such a client does not read, the gateway's writes to it
+    /// stall after a few MiB (its own send buffer).
+    pub async fn authenticated_with_small_window(app: &TestApp, token: &str) -> (WsClient, Value) {
+        let address: std::net::SocketAddr =
+            app.address.trim_start_matches("http://").parse().expect("the gateway's address is host:port");
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        // Set before connecting, so the window is small from the handshake on and never grows.
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let tcp = socket.connect(address).await.expect("the gateway accepts the connection");
+        let request = format!("ws://{address}/ws").into_client_request().expect("a WebSocket request");
+        let (stream, _) =
+            tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp)).await.expect("the upgrade succeeds");
+        let mut client = WsClient { stream, pending: VecDeque::new(), next_id: 0 };
+        client.send_json(&json!({ "type": "auth", "token": token })).await;
+        let ready = client.next_frame().await;
+        assert_eq!(ready["type"], "ready", "expected ready, got {ready}");
+        (client, ready)
+    }
+
     /// Connects to the gateway at `address` and authenticates with `token`.
     pub async fn authenticated_to(address: &str, token: &str) -> (WsClient, Value) {
         let mut client = Self::try_connect_to(address, None).await.expect("the WebSocket upgrade succeeds");
@@ -164,6 +184,20 @@ impl WsClient {
         })
         .await;
         ending.unwrap_or_else(|_| panic!("the socket did not end within {wait:?}"))
+    }
+
+    /// Reads every frame until the socket ends, within `wait`: the frames, and how it ended.
+    pub async fn frames_until_end(&mut self, wait: Duration) -> (Vec<Value>, Ending) {
+        let mut frames: Vec<Value> = self.pending.drain(..).collect();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.try_next_frame(left).await {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => panic!("the socket did not end within {wait:?} ({} frames read)", frames.len()),
+                Err(ending) => return (frames, ending),
+            }
+        }
     }
 
     /// Reads until the close frame (within [`FRAME_WAIT`]); its code and reason.
