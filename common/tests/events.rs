@@ -105,7 +105,7 @@ async fn a_gateway_queue_at_its_length_limit_drops_the_oldest_batches() {
     let session = broker.current().expect("connected");
     let channel = session.channel().await.unwrap();
     // The declaration the subscriber makes, without a consumer, so the queue fills up.
-    let queue = topology.declare_gateway_event_queue_with_max_length(&channel, "gw-slow", 10).await.unwrap();
+    let queue = topology.declare_gateway_event_queue_with_max_length(&channel, "gw-slow", 10).await.unwrap().events;
 
     for n in 1..=25 {
         publisher.publish(&batch(&[n])).await.expect("published");
@@ -138,6 +138,69 @@ async fn a_gateway_queue_at_its_length_limit_drops_the_oldest_batches() {
     }
     assert_eq!(left, (16..=25).map(event).collect::<Vec<_>>());
     broker.close().await;
+    testing::delete_topology(&settings.prefix).await;
+}
+
+async fn next(received: &mut mpsc::UnboundedReceiver<Received>) -> Received {
+    tokio::time::timeout(Duration::from_secs(10), received.recv()).await.expect("in time").expect("running")
+}
+
+/// A gateway that falls so far behind that its queue drops batches is told so (the broker dead-letters them to its
+/// `dropped` queue), where it used to lose them without a word; the batches that were kept still come in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_whose_queue_dropped_batches_is_told_so_and_gets_the_rest_in_order() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    common::telemetry::init_for_tests();
+    let settings = testing::unique_amqp_settings();
+    // The gateway's callback blocks on the first event, like a gateway too busy to take the next: with a prefetch
+    // of one, everything published meanwhile waits in its queue of 10.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let held = std::sync::Mutex::new(held);
+    let first = AtomicBool::new(true);
+    let (tx, mut received) = mpsc::unbounded_channel();
+    let behind = Broker::start(&settings, "gw-behind".to_owned());
+    let options = SubscriberOptions { prefetch: 1, max_length: 10 };
+    let subscriber = EventSubscriber::start(behind.clone(), "gw-behind", options, move |r| {
+        let is_event = matches!(r, Received::Event(_));
+        let _ = tx.send(r);
+        if is_event && first.swap(false, Ordering::SeqCst) {
+            let _ = held.lock().unwrap().recv();
+        }
+    });
+    // Another gateway that keeps up: once it has a batch, the broker has routed that batch to both queues.
+    let mut witness = Gateway::start(&settings, "gw-witness", SubscriberOptions::default());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !subscriber.is_live() {
+        assert!(Instant::now() < deadline, "the subscriber never went live");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    witness.until_live().await;
+    let (publishing, publisher) = testing::connected_publisher(&settings).await;
+
+    assert!(matches!(next(&mut received).await, Received::Attached { .. }));
+    publisher.publish(&batch(&[1])).await.expect("published");
+    assert_eq!(number(&next(&mut received).await), Some(1), "the gateway now holds the first batch");
+    for n in 2..=30 {
+        publisher.publish(&batch(&[n])).await.expect("published");
+    }
+    assert!(matches!(witness.next().await, Received::Attached { .. }));
+    for n in 1..=30 {
+        assert_eq!(number(&witness.next().await), Some(n));
+    }
+    release.send(()).unwrap();
+
+    let (mut events, mut dropped) = (Vec::new(), 0);
+    while events.last() != Some(&30) || dropped == 0 {
+        match next(&mut received).await {
+            Received::Dropped => dropped += 1,
+            other => events.push(number(&other).unwrap_or_else(|| panic!("unexpected {other:?}"))),
+        }
+    }
+    assert_eq!(events, (21..=30).collect::<Vec<_>>(), "the ten newest were kept, in order");
+    for broker in [behind, witness.broker, publishing] {
+        broker.close().await;
+    }
     testing::delete_topology(&settings.prefix).await;
 }
 

@@ -166,21 +166,23 @@ struct Inner {
     connections: Arc<Semaphore>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
-    /// When events could not be read: the last `resync` for that, and whether one is waiting to go.
-    unreadable: Mutex<UnreadableResync>,
+    /// When events were lost (unreadable, or dropped by the queue): the last `resync` for that, and whether one
+    /// is waiting to go.
+    losses: Mutex<LossResync>,
 }
 
-/// `resync`s for unreadable events go at most once per [`UNREADABLE_RESYNC_GAP`]: a message-service of a newer
-/// release may publish an unknown kind with every commit, and a `resync` of every socket per commit would have
-/// every client syncing back to back. Losses inside a gap are covered by a `resync` at its end.
+/// `resync`s for lost events go at most once per [`LOSS_RESYNC_GAP`]: a message-service of a newer release may
+/// publish an unknown kind with every commit, and a gateway that fell behind its queue loses batches for as long
+/// as it stays behind; a `resync` of every socket per batch would have every client syncing back to back. Losses
+/// inside a gap are covered by a `resync` at its end.
 #[derive(Debug, Default)]
-struct UnreadableResync {
-    last: Option<tokio::time::Instant>,
+struct LossResync {
+    last: Option<Instant>,
     waiting: bool,
 }
 
-/// The shortest time between two `resync`s for unreadable events.
-pub const UNREADABLE_RESYNC_GAP: Duration = Duration::from_secs(5);
+/// The shortest time between two `resync`s for lost events.
+pub const LOSS_RESYNC_GAP: Duration = Duration::from_secs(5);
 
 /// A socket's membership in the hub; dropping it (when the socket's task ends) removes the socket.
 #[derive(Debug)]
@@ -335,7 +337,7 @@ impl Hub {
                 connections: Arc::new(Semaphore::new(max_connections)),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
-                unreadable: Mutex::new(UnreadableResync::default()),
+                losses: Mutex::new(LossResync::default()),
             }),
         }
     }
@@ -391,7 +393,12 @@ impl Hub {
                 }
                 self.resync_all("live events may have been lost; sync to catch up");
             }
-            Received::Unreadable { .. } => self.resync_for_unreadable(),
+            Received::Unreadable { .. } => self.resync_for_lost_events(
+                "dropped events this gateway cannot read (a newer message-service?); asking every socket to sync",
+            ),
+            Received::Dropped => self.resync_for_lost_events(
+                "this gateway fell behind and its event queue dropped the oldest events; asking every socket to sync",
+            ),
         }
     }
 
@@ -427,35 +434,33 @@ impl Hub {
         Self::offer(&mut sockets, Some(&recipients), &text, reply.as_ref().map(|(socket, text)| (*socket, text)));
     }
 
-    /// A `resync` of every socket now, or at the end of the current [`UNREADABLE_RESYNC_GAP`]; logged when sent.
-    fn resync_for_unreadable(&self) {
+    /// A `resync` of every socket now, or at the end of the current [`LOSS_RESYNC_GAP`]; logged (`why`) when sent.
+    fn resync_for_lost_events(&self, why: &'static str) {
         const REASON: &str = "live events may have been lost; sync to catch up";
-        const WHY: &str =
-            "dropped events this gateway cannot read (a newer message-service?); asking every socket to sync";
-        let now = tokio::time::Instant::now();
-        let mut state = self.inner.unreadable.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let mut state = self.inner.losses.lock().unwrap_or_else(PoisonError::into_inner);
         if state.waiting {
             return;
         }
         match state.last {
-            Some(last) if now < last + UNREADABLE_RESYNC_GAP => {
+            Some(last) if now < last + LOSS_RESYNC_GAP => {
                 state.waiting = true;
                 let hub = self.clone();
                 tokio::spawn(async move {
-                    tokio::time::sleep_until(last + UNREADABLE_RESYNC_GAP).await;
+                    tokio::time::sleep_until(last + LOSS_RESYNC_GAP).await;
                     {
-                        let mut state = hub.inner.unreadable.lock().unwrap_or_else(PoisonError::into_inner);
+                        let mut state = hub.inner.losses.lock().unwrap_or_else(PoisonError::into_inner);
                         state.waiting = false;
-                        state.last = Some(tokio::time::Instant::now());
+                        state.last = Some(Instant::now());
                     }
-                    tracing::warn!(sockets = hub.len(), "{WHY}");
+                    tracing::warn!(sockets = hub.len(), "{why}");
                     hub.resync_all(REASON);
                 });
             }
             _ => {
                 state.last = Some(now);
                 drop(state);
-                tracing::warn!(sockets = self.len(), "{WHY}");
+                tracing::warn!(sockets = self.len(), "{why}");
                 self.resync_all(REASON);
             }
         }
@@ -732,14 +737,34 @@ mod tests {
             hub.receive(Received::Unreadable { events: 1 });
         }
         assert!(alice.outbound.try_recv().is_none(), "not one per batch");
-        tokio::time::sleep(UNREADABLE_RESYNC_GAP).await;
+        tokio::time::sleep(LOSS_RESYNC_GAP).await;
         tokio::task::yield_now().await;
         assert_eq!(frame_type(&alice.outbound.try_recv().unwrap()), "resync");
         assert!(alice.outbound.try_recv().is_none());
         // After a quiet gap, at once again.
-        tokio::time::sleep(UNREADABLE_RESYNC_GAP).await;
+        tokio::time::sleep(LOSS_RESYNC_GAP).await;
         hub.receive(Received::Unreadable { events: 1 });
         assert_eq!(frame_type(&alice.outbound.try_recv().unwrap()), "resync");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_the_event_queue_dropped_batches_every_socket_is_told_to_resync_within_the_same_gap() {
+        let hub = Hub::new(8, 100);
+        let mut alice = hub.register(1, hub.closer());
+        let mut bob = hub.register(2, hub.closer());
+
+        hub.receive(Received::Dropped);
+
+        assert_eq!(frame_type(&alice.outbound.try_recv().unwrap()), "resync");
+        assert_eq!(frame_type(&bob.outbound.try_recv().unwrap()), "resync");
+        // A gateway that stays behind keeps losing batches, unreadable ones too: one resync at the gap's end.
+        hub.receive(Received::Dropped);
+        hub.receive(Received::Unreadable { events: 1 });
+        assert!(alice.outbound.try_recv().is_none(), "not one per notice");
+        tokio::time::sleep(LOSS_RESYNC_GAP).await;
+        tokio::task::yield_now().await;
+        assert_eq!(frame_type(&alice.outbound.try_recv().unwrap()), "resync");
+        assert!(alice.outbound.try_recv().is_none());
     }
 
     #[tokio::test]

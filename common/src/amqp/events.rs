@@ -11,7 +11,9 @@
 //! every time the subscriber attaches to a connection (the first time too, since events committed before the queue
 //! was bound are just as missing), it reports [`Received::Attached`], and the gateway tells its clients to `sync`.
 //! Events it cannot read (a kind added by a newer message-service during a rolling upgrade) are dropped one by one,
-//! the rest of their batch delivered, and reported as [`Received::Unreadable`], with the same effect.
+//! the rest of their batch delivered, and reported as [`Received::Unreadable`], with the same effect. A batch the
+//! queue drops at its length limit is dead-lettered to the gateway's `dropped` queue, which the subscriber consumes
+//! too, and reported as [`Received::Dropped`], again with the same effect.
 //!
 //! Deliveries are acknowledged manually, after they were handed on, with a `basic_qos` prefetch: lapin's consumer
 //! buffer is unbounded, so the prefetch is the only thing that keeps a slow gateway's memory bounded; past it,
@@ -68,6 +70,9 @@ pub enum Received {
     /// Events of a batch could not be read (a newer publisher's event kind during a rolling upgrade, or a garbled
     /// batch) and were dropped: clients must `sync`. Reported after the batch's readable events.
     Unreadable { events: usize },
+    /// The queue dropped batches at its length limit: the gateway fell that far behind, and clients must `sync`.
+    /// Reported once per notice the broker kept (the `dropped` queue holds one), so not once per batch dropped.
+    Dropped,
 }
 
 /// A running subscription. Cheap to clone; it follows the broker across reconnects and stops when the broker is
@@ -116,11 +121,11 @@ async fn follow<F>(
         let Some(session) = broker.next_session(generation).await else { break };
         generation = session.generation;
         match attach(broker.topology(), &session, &instance_id, options).await {
-            Ok((channel, consumer)) => {
+            Ok((channel, consumers)) => {
                 live.store(true, Ordering::Release);
                 tracing::info!(generation, "event subscription live");
                 on_receive(Received::Attached { generation });
-                consume(&session, consumer, &on_receive).await;
+                consume(&session, consumers, &on_receive).await;
                 live.store(false, Ordering::Release);
                 if session.connection.status().connected() {
                     // Only the consumer or its channel went (the queue was deleted, a channel error): attach again
@@ -145,53 +150,77 @@ async fn follow<F>(
     tracing::debug!("event subscription stopped");
 }
 
+/// The two consumers of a subscription.
+struct Consumers {
+    events: lapin::Consumer,
+    dropped: lapin::Consumer,
+}
+
 async fn attach(
     topology: &Topology,
     session: &Session,
     instance_id: &str,
     options: SubscriberOptions,
-) -> lapin::Result<(Channel, lapin::Consumer)> {
+) -> lapin::Result<(Channel, Consumers)> {
     let channel = session.channel().await?;
-    let queue = topology.declare_gateway_event_queue_with_max_length(&channel, instance_id, options.max_length).await?;
+    let queues =
+        topology.declare_gateway_event_queue_with_max_length(&channel, instance_id, options.max_length).await?;
+    let consume = |queue: String| {
+        let channel = channel.clone();
+        async move {
+            let options = BasicConsumeOptions { exclusive: true, ..Default::default() };
+            channel.basic_consume(queue.as_str().into(), queue.as_str().into(), options, FieldTable::default()).await
+        }
+    };
+    // A prefetch applies to each consumer started after it on the channel.
     channel.basic_qos(options.prefetch, BasicQosOptions::default()).await?;
-    let consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            queue.as_str().into(),
-            BasicConsumeOptions { exclusive: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok((channel, consumer))
+    let events = consume(queues.events).await?;
+    // One notice at a time: a gateway that falls behind gets one delivery, not a copy of every batch it lost.
+    channel.basic_qos(1, BasicQosOptions::default()).await?;
+    let dropped = consume(queues.dropped).await?;
+    Ok((channel, Consumers { events, dropped }))
 }
 
-async fn consume<F>(session: &Session, mut consumer: lapin::Consumer, on_receive: &F)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queue {
+    Events,
+    Dropped,
+}
+
+async fn consume<F>(session: &Session, consumers: Consumers, on_receive: &F)
 where
     F: Fn(Received),
 {
+    let Consumers { events: mut batches, mut dropped } = consumers;
     let mut lost = pin!(session_lost(session));
     loop {
-        let delivery = tokio::select! {
+        let (delivery, queue) = tokio::select! {
             _ = &mut lost => return,
-            delivery = consumer.next() => delivery,
+            delivery = batches.next() => (delivery, Queue::Events),
+            delivery = dropped.next() => (delivery, Queue::Dropped),
         };
         let delivery = match delivery {
             Some(Ok(delivery)) => delivery,
             Some(Err(error)) => {
-                tracing::warn!(%error, "event consumer failed");
+                tracing::warn!(%error, ?queue, "event consumer failed");
                 return;
             }
             None => return,
         };
-        // Acknowledged however it reads: a batch that cannot be read now never will be, and `sync` repairs what
-        // was dropped.
-        let (events, unreadable) = read_batch(&delivery.data);
-        events.into_iter().for_each(|event| on_receive(Received::Event(event)));
-        if unreadable > 0 {
-            on_receive(Received::Unreadable { events: unreadable });
+        if queue == Queue::Events {
+            // Acknowledged however it reads: a batch that cannot be read now never will be, and `sync` repairs
+            // what was dropped.
+            let (events, unreadable) = read_batch(&delivery.data);
+            events.into_iter().for_each(|event| on_receive(Received::Event(event)));
+            if unreadable > 0 {
+                on_receive(Received::Unreadable { events: unreadable });
+            }
+        } else {
+            tracing::warn!("the event queue dropped batches at its length limit: this gateway fell behind");
+            on_receive(Received::Dropped);
         }
         if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
-            tracing::warn!(%error, "cannot acknowledge an event batch");
+            tracing::warn!(%error, ?queue, "cannot acknowledge a delivery");
             return;
         }
     }

@@ -10,6 +10,7 @@
 //! | `<p>.dlx` / `<p>.dead-letters` | fanout exchange / quorum queue, length-limited | everyone | requests that failed [`DELIVERY_LIMIT`] times, kept for inspection (the newest [`DEAD_LETTER_MAX_LENGTH`]) |
 //! | `<p>.events` | fanout exchange, durable | everyone | committed chat messages and conversation events, one copy per gateway |
 //! | `<p>.api.<instance>.events` | classic queue, exclusive, length-limited | each gateway | that gateway's copy of every event |
+//! | `<p>.api.<instance>.dropped` | classic queue, exclusive, holds one | each gateway | the events queue dead-letters what it drops here, so the gateway learns it fell behind |
 //! | `<p>.api.<instance>.replies` | classic queue, exclusive | each RPC caller | RPC replies for that caller |
 //!
 //! Why classic queues for requests, not quorum queues: a quorum queue appends every request to its Raft log and
@@ -42,6 +43,8 @@ pub const RPC_QUEUE_MAX_LENGTH: u32 = 100_000;
 pub const DEAD_LETTER_MAX_LENGTH: u32 = 100_000;
 
 /// Most events a gateway's queue holds. Past it the oldest are dropped: live push may lose, `sync` repairs.
+/// Each dropped batch is dead-lettered to the gateway's `dropped` queue, which keeps only the newest one: the
+/// gateway needs to know that it lost events (it then asks its sockets to `sync`), not which.
 pub const GATEWAY_EVENT_QUEUE_MAX_LENGTH: u32 = 50_000;
 
 /// The service that owns (consumes) an RPC operation. Queue names carry it so the UI shows who serves what.
@@ -133,6 +136,11 @@ impl Topology {
     /// The event queue of one gateway instance.
     pub fn gateway_event_queue(&self, instance_id: &str) -> String {
         format!("{}.api.{}.events", self.prefix, instance_id)
+    }
+
+    /// Where one gateway instance's event queue dead-letters the batches it drops at its length limit.
+    pub fn gateway_dropped_queue(&self, instance_id: &str) -> String {
+        format!("{}.api.{}.dropped", self.prefix, instance_id)
     }
 
     /// Declares what every component shares: the RPC and event exchanges and the dead-letter pair.
@@ -245,41 +253,62 @@ impl Topology {
             .map(|_| ())
     }
 
-    /// Declares a gateway's exclusive, length-limited event queue and binds it to the fanout exchange.
-    pub async fn declare_gateway_event_queue(&self, channel: &Channel, instance_id: &str) -> lapin::Result<String> {
+    /// Declares a gateway's exclusive, length-limited event queue, bound to the fanout exchange, and the queue it
+    /// dead-letters dropped batches to.
+    pub async fn declare_gateway_event_queue(
+        &self,
+        channel: &Channel,
+        instance_id: &str,
+    ) -> lapin::Result<GatewayQueues> {
         self.declare_gateway_event_queue_with_max_length(channel, instance_id, GATEWAY_EVENT_QUEUE_MAX_LENGTH).await
     }
 
     /// [`Self::declare_gateway_event_queue`] with another length limit (tests use a small one to see the oldest
-    /// events dropped). The queue is exclusive to one connection, so no two declarations ever disagree.
+    /// events dropped). The queues are exclusive to one connection, so no two declarations ever disagree.
     pub async fn declare_gateway_event_queue_with_max_length(
         &self,
         channel: &Channel,
         instance_id: &str,
         max_length: u32,
-    ) -> lapin::Result<String> {
-        let queue = self.gateway_event_queue(instance_id);
+    ) -> lapin::Result<GatewayQueues> {
+        let exclusive = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+        // Declared first, so no batch the events queue drops finds it missing. Holding one is enough to say that
+        // events were dropped; past it the broker discards the older notice (it has no dead-letter exchange).
+        let dropped = self.gateway_dropped_queue(instance_id);
+        let mut args = FieldTable::default();
+        args.insert("x-max-length".into(), AMQPValue::LongInt(1));
+        args.insert("x-overflow".into(), AMQPValue::LongString("drop-head".into()));
+        channel.queue_declare(dropped.as_str().into(), exclusive, args).await?;
+
+        let events = self.gateway_event_queue(instance_id);
         let mut args = FieldTable::default();
         args.insert("x-max-length".into(), AMQPValue::LongInt(i32::try_from(max_length).unwrap_or(i32::MAX)));
         args.insert("x-overflow".into(), AMQPValue::LongString("drop-head".into()));
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
-                args,
-            )
-            .await?;
+        // The default exchange routes by queue name: each dropped batch goes straight to this gateway's own
+        // `dropped` queue, and no other gateway's.
+        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(dropped.as_str().into()));
+        channel.queue_declare(events.as_str().into(), exclusive, args).await?;
         channel
             .queue_bind(
-                queue.as_str().into(),
+                events.as_str().into(),
                 self.events_exchange().into(),
                 ShortString::from(""),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await?;
-        Ok(queue)
+        Ok(GatewayQueues { events, dropped })
     }
+}
+
+/// The names of one gateway's queues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayQueues {
+    /// Its copy of every event batch.
+    pub events: String,
+    /// The batches `events` dropped at its length limit (the newest one only).
+    pub dropped: String,
 }
 
 #[cfg(test)]
