@@ -443,6 +443,66 @@ describe('session: sync', () => {
   });
 });
 
+describe('session: memory of conversations not shown', () => {
+  const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+
+  it('a conversation left keeps its newest 200 messages, and scrolling back in it pages the rest in again', async () => {
+    const t = setup([dm(1_000, 1_000), group]);
+    await connectAndOpen(t, 1, 1_000);
+    expect(t.seqs(7)).toHaveLength(1_000);
+
+    t.session.select({ kind: 'conversation', id: 8 });
+    await flush();
+
+    expect(t.seqs(7)).toEqual(range(801, 1_000));
+    expect(t.state().timelines[7]).toMatchObject({ head: 1_000, lo: 801, hasMoreBefore: true });
+    t.session.select({ kind: 'conversation', id: 7 });
+    await flush();
+    expect(t.server.current.requests('getMessages')).toHaveLength(1);
+    t.server.handlers.getMessages = (f) => (f.before === 801 ? page(751, 800) : undefined);
+    await t.session.loadOlder(7);
+    expect(t.seqs(7)).toEqual(range(751, 1_000));
+  });
+
+  it('a conversation not shown stops growing with its live messages; the one shown keeps them all', async () => {
+    const t = setup([dm(12, 12), group]);
+    await connectAndOpen(t);
+    const ws = t.server.current;
+    t.session.select({ kind: 'conversation', id: 8 });
+    await flush();
+
+    for (let seq = 13; seq <= 1_012; seq++) ws.receive({ type: 'message', message: msg(7, seq, bob.id) });
+    await flush();
+
+    const hidden = t.state().timelines[7]!;
+    expect(hidden.bySeq.size).toBeLessThan(400);
+    expect(hidden.head).toBe(1_012);
+    expect(t.seqs(7).slice(-3)).toEqual([1_010, 1_011, 1_012]);
+    expect(ws.requests('getMessages')).toHaveLength(1);
+    // The conversation shown holds everything that came while it was shown.
+    t.session.select({ kind: 'conversation', id: 8 });
+    for (let seq = 1; seq <= 500; seq++) ws.receive({ type: 'message', message: msg(8, seq, carol.id) });
+    await flush();
+    expect(visibleMessages(t.state().timelines[8]!)).toHaveLength(500);
+  });
+
+  it('an older page that comes after the user left the conversation leaves no hole in it', async () => {
+    const t = setup([dm(1_000, 1_000), group]);
+    await connectAndOpen(t, 501, 1_000);
+    const ws = t.server.current;
+    const older = t.session.loadOlder(7);
+    await flush();
+    const asked = ws.lastRequest('getMessages');
+    expect(asked.before).toBe(501);
+    t.session.select({ kind: 'conversation', id: 8 });
+    ws.reply(asked, 'getMessages', page(451, 500));
+    await older;
+
+    expect(t.seqs(7)).toEqual(range(801, 1_000));
+    expect(t.state().timelines[7]).toMatchObject({ lo: 801, hasMoreBefore: true });
+  });
+});
+
 describe('session: a page refused as forbidden', () => {
   const forbidden = { error: { code: 'forbidden' as const, message: 'you are not a member of that conversation' } };
   // With messages: an empty conversation has no page to ask for.

@@ -51,6 +51,7 @@ import {
   mergeMessages,
   newestSeq,
   setBaseline,
+  trimTimeline,
 } from './timeline';
 import { displayName, idBatches, mergeUsers, missingIds } from './users';
 
@@ -74,6 +75,24 @@ function readPendingRecord(storage: SessionOptions['storage'], key: string): Pen
   } catch {
     return [];
   }
+}
+
+/**
+ * Messages kept of a conversation that is not shown: the newest four pages (see `trimTimeline`). A conversation is
+ * trimmed when the user leaves it, and whenever one not shown has grown to `HIDDEN_TRIM_AT`, so the cost is one
+ * copy per 200 messages rather than a growing timeline copied with every message.
+ */
+const HIDDEN_KEEP = 200;
+const HIDDEN_TRIM_AT = 400;
+
+/** Whether `cid` is the conversation shown. */
+function isShown(selected: Selection | null, cid: number): boolean {
+  return selected?.kind === 'conversation' && selected.id === cid;
+}
+
+/** `timeline`, trimmed if its conversation is not shown and has grown past `HIDDEN_TRIM_AT`. */
+function fitHidden(timeline: Timeline, cid: number, selected: Selection | null): Timeline {
+  return !isShown(selected, cid) && timeline.bySeq.size >= HIDDEN_TRIM_AT ? trimTimeline(timeline, HIDDEN_KEEP) : timeline;
 }
 
 /** How long, and how many, discarded sends are remembered for the user's other tabs (see `ChatSession`). */
@@ -660,7 +679,7 @@ export class ChatSession {
         if (!first) continue;
         // For a conversation we know nothing about, follow it from here: its history loads when it is opened.
         const current = timelines[cid] ?? emptyTimeline(known ? 0 : first.seq - 1);
-        const merged = mergeMessages(current, list);
+        const merged = fitHidden(mergeMessages(current, list), cid, s.selected);
         timelines[cid] = merged;
         if (newestSeq(merged) > merged.head) gaps.push(cid);
         if (!known) unknown.push(cid);
@@ -944,7 +963,7 @@ export class ChatSession {
     this.store.setState((s) => {
       const current = s.timelines[conversationId] ?? emptyTimeline(0);
       return {
-        timelines: { ...s.timelines, [conversationId]: applyPage(current, page, kind) },
+        timelines: { ...s.timelines, [conversationId]: fitHidden(applyPage(current, page, kind), conversationId, s.selected) },
         conversations: applyMessages(s.conversations, page.messages, s.me.id),
         pending: confirmPending(s.pending, page.messages, s.me.id),
       };
@@ -1334,7 +1353,13 @@ export class ChatSession {
   // ---- selection ---------------------------------------------------------------------------------------------
 
   select(selection: Selection | null): void {
-    this.store.setState({ selected: selection });
+    this.store.setState((s) => {
+      const left = s.selected?.kind === 'conversation' ? s.selected.id : null;
+      const timeline = left === null || isShown(selection, left) ? undefined : s.timelines[left];
+      const trimmed = timeline && trimTimeline(timeline, HIDDEN_KEEP);
+      if (left === null || !trimmed || trimmed === timeline) return { selected: selection };
+      return { selected: selection, timelines: { ...s.timelines, [left]: trimmed } };
+    });
     if (selection?.kind === 'conversation') void this.ensureLoaded(selection.id);
     if (selection?.kind === 'draft') {
       void this.resolveUsers([selection.userId]);

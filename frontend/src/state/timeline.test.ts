@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { msg } from '../test/fixtures';
-import { applyPage, emptyTimeline, isGap, mergeMessages, newestSeq, setBaseline, visibleMessages } from './timeline';
+import { applyPage, emptyTimeline, isGap, mergeMessages, newestSeq, setBaseline, trimTimeline, visibleMessages } from './timeline';
 
 const seqs = (t: ReturnType<typeof emptyTimeline>) => visibleMessages(t).map((m) => m.seq);
 
@@ -32,6 +32,38 @@ describe('timeline', () => {
     const filled = mergeMessages(t, [msg(1, 3, 1)]);
     expect(filled.head).toBe(4);
     expect(seqs(filled)).toEqual([1, 2, 3, 4]);
+  });
+
+  it('trims to the newest messages up to the head, keeps those past a gap, and pages the rest in again', () => {
+    const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => msg(1, from + i, 1));
+    const opened = applyPage(emptyTimeline(0), { messages: range(1, 10), hasMoreBefore: false, hasMoreAfter: false }, 'newest');
+    const t = mergeMessages(opened, [msg(1, 12, 1)]);
+    expect(t.head).toBe(10);
+
+    const trimmed = trimTimeline(t, 3);
+    expect(seqs(trimmed)).toEqual([8, 9, 10, 12]);
+    expect(trimmed).toMatchObject({ head: 10, lo: 8, hasMoreBefore: true });
+    expect(isGap(trimmed, 12)).toBe(true);
+    // Already that short, or never opened: the same object, so nothing re-renders.
+    expect(trimTimeline(trimmed, 3)).toBe(trimmed);
+    expect(trimTimeline(t, 100)).toBe(t);
+    const neverOpened = mergeMessages(emptyTimeline(40), [msg(1, 41, 1), msg(1, 42, 1)]);
+    expect(trimTimeline(neverOpened, 1)).toBe(neverOpened);
+    // Scrolling back pages in what was let go, from the new bottom of the window.
+    const back = applyPage(trimmed, { messages: range(5, 7), hasMoreBefore: true, hasMoreAfter: false }, 'before');
+    expect(seqs(back)).toEqual([5, 6, 7, 8, 9, 10, 12]);
+    expect(back.lo).toBe(5);
+  });
+
+  it('drops an older page that no longer reaches the window (it was trimmed while the page was on its way)', () => {
+    const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => msg(1, from + i, 1));
+    const opened = applyPage(emptyTimeline(0), { messages: range(51, 100), hasMoreBefore: true, hasMoreAfter: false }, 'newest');
+    // The page before 51 was asked for; meanwhile the window became 91..100.
+    const trimmed = trimTimeline(opened, 10);
+    const late = applyPage(trimmed, { messages: range(1, 50), hasMoreBefore: false, hasMoreAfter: false }, 'before');
+    expect(late).toBe(trimmed);
+    expect(seqs(late)).toEqual(range(91, 100).map((m) => m.seq));
+    expect(late.hasMoreBefore).toBe(true);
   });
 
   it('follows only the tail of a conversation never opened', () => {

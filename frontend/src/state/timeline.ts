@@ -62,6 +62,20 @@ export function setBaseline(timeline: Timeline, lastSeq: number): Timeline {
   return { ...timeline, bySeq, head: advance(bySeq, lastSeq), hasMoreBefore: true };
 }
 
+/**
+ * Lets go of all but the newest `keep` messages up to the head (messages past a gap stay): the window then starts
+ * `keep` below the head, and what was let go is paged in again if the user scrolls back to it. For conversations
+ * that are not shown, so that a tab left open for hours in busy conversations neither holds everything they said
+ * nor copies it all with every new message. A timeline never opened, or no longer than that, is returned as it is.
+ */
+export function trimTimeline(timeline: Timeline, keep: number): Timeline {
+  if (timeline.lo === null) return timeline;
+  const lo = Math.max(timeline.lo, timeline.head - Math.max(keep, 1) + 1);
+  if (lo === timeline.lo) return timeline;
+  const bySeq = new Map([...timeline.bySeq].filter(([seq]) => seq >= lo));
+  return { ...timeline, bySeq, lo, hasMoreBefore: true };
+}
+
 export type PageKind = 'newest' | 'before' | 'after';
 
 /** Applies a `getMessages` page; `kind` says which cursor asked for it. */
@@ -78,6 +92,9 @@ export function applyPage(timeline: Timeline, page: MessagesPage, kind: PageKind
       return { ...merged, head, lo, hasMoreBefore: first ? page.hasMoreBefore && first.seq > 1 : false };
     }
     case 'before': {
+      // A page that no longer ends where the window starts (the window was trimmed while the page was on its
+      // way) would leave a hole in what is shown: it is dropped, and scrolling back asks again from the window.
+      if (last && timeline.lo !== null && last.seq + 1 < timeline.lo) return timeline;
       if (!first) return { ...merged, hasMoreBefore: false };
       const lo = Math.min(first.seq, merged.lo ?? first.seq);
       return { ...merged, lo, hasMoreBefore: page.hasMoreBefore && lo > 1 };
