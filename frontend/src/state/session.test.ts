@@ -1051,6 +1051,34 @@ describe('session: sending', () => {
     expect(t.seqs(7).slice(-1)).toEqual([13]);
   });
 
+  it('sends cut off by a drop are resent one at a time per conversation: one refused again is not overtaken', async () => {
+    const t = setup([dm(12, 12), group], { resendDelayMs: 20 });
+    await connectAndOpen(t);
+    t.session.send('first');
+    t.session.send('second');
+    t.session.send('to the group', { conversationId: 8 });
+    t.server.current.serverClose(1006);
+    await flush(1);
+    await reconnected(t);
+    let refusals = 2;
+    let seq = 12;
+    t.server.handlers.sendMessage = (f) =>
+      f.clientMessageId === 'cm-1' && refusals-- > 0
+        ? { error: { code: 'unavailable', message: 'busy' } }
+        : f.conversationId === 8
+          ? msg(8, 1, alice.id, f.body, { clientMessageId: f.clientMessageId })
+          : own(++seq, f.clientMessageId, f.body);
+    const ws2 = t.server.accept(alice);
+    await flush();
+
+    // The first to each conversation goes; the second waits behind the first, which is refused again.
+    expect(ws2.requests('sendMessage').map((f) => f.clientMessageId)).toEqual(['cm-1', 'cm-3']);
+    expect(t.state().pending['cm-2']).toMatchObject({ status: 'failed', error: { code: 'unavailable' } });
+    for (let i = 0; i < 100 && Object.keys(t.state().pending).length > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(ws2.requests('sendMessage').map((f) => f.clientMessageId)).toEqual(['cm-1', 'cm-3', 'cm-1', 'cm-1', 'cm-2']);
+    expect(visibleMessages(t.state().timelines[7]!).map((m) => m.clientMessageId).slice(-2)).toEqual(['cm-1', 'cm-2']);
+  });
+
   it('a message typed while the reconnect syncs goes after the ones the drop interrupted', async () => {
     const t = setup([dm(12, 12)]);
     await connectAndOpen(t);

@@ -1246,9 +1246,23 @@ export class ChatSession {
     this.resendTimers.set(clientMessageId, timer);
   }
 
-  /** After a reconnect's sync (which confirmed whatever had been stored), resend what is still unconfirmed. */
+  /**
+   * After a reconnect's sync (which confirmed whatever had been stored), resend what is still unconfirmed: the
+   * first send to each place now, and each one after it once the one before it is stored (`sendNextWaiting`).
+   * Sent together, a later one could be stored while the one before it is refused again (its batch failed, and the
+   * next batch did not), and the user's messages would be stored out of the order typed.
+   */
   private resendInterrupted(): void {
-    for (const send of toResend(this.store.getState().pending)) void this.transmit(send.clientMessageId);
+    const going = new Set<string>();
+    for (const send of toResend(this.store.getState().pending)) {
+      const place = this.placeOf(send.target);
+      if (going.has(place)) {
+        this.holdBehind(send.clientMessageId);
+      } else {
+        going.add(place);
+        void this.transmit(send.clientMessageId);
+      }
+    }
   }
 
   private loadPersistedPending(userId: number): PendingSends {
