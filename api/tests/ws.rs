@@ -435,27 +435,42 @@ async fn shutting_down_answers_the_requests_in_flight_before_closing() {
 /// to a client that does not read stall, with the rest still queued at the hub (under its 8 MiB bound).
 const STALLING_MESSAGES: i64 = 1_500;
 
-/// A gateway whose sockets may queue more than [`STALLING_MESSAGES`] frames without counting as too slow.
+/// A gateway whose sockets may queue more than [`STALLING_MESSAGES`] frames without counting as too slow, and
+/// whose requests in flight wait for their answers however slow a busy machine makes the test.
 fn roomy_queues() -> Options {
     let mut options = Options::default();
     options.gateway.ws.outbound_queue = 10_000;
+    options.gateway.rpc_timeout = Duration::from_secs(60);
     options
 }
 
-/// Publishes [`STALLING_MESSAGES`] messages of 4,000 characters for `user_id`, then one for a witness on another
-/// socket: once the witness has it, every earlier batch has reached the hub, so the gateway is writing to
-/// `user_id`'s socket with the rest queued, and (if its client is not reading) the write has stalled.
-async fn stall_writes_to(app: &support::TestApp, user_id: i64) {
-    let (witness_token, witness_id) = app.register("witness").await;
-    let (mut witness, _) = WsClient::authenticated(app, &witness_token).await;
+/// A socket of another user, to see when the hub has routed what came before.
+struct Witness {
+    client: WsClient,
+    user_id: i64,
+}
+
+impl Witness {
+    async fn connect(app: &support::TestApp) -> Witness {
+        let (token, user_id) = app.register("witness").await;
+        let (client, _) = WsClient::authenticated(app, &token).await;
+        Witness { client, user_id }
+    }
+}
+
+/// Publishes [`STALLING_MESSAGES`] messages of 4,000 characters for `user_id`, then one for the witness: once the
+/// witness has it, every earlier batch has reached the hub, so the gateway is writing to `user_id`'s socket with
+/// the rest queued, and (if its client is not reading) the write has stalled.
+async fn stall_writes_to(app: &support::TestApp, user_id: i64, witness: &mut Witness) {
     let (broker, publisher) = common::testing::connected_publisher(&app.amqp).await;
     let body = "x".repeat(4_000);
     for first in (1..=STALLING_MESSAGES).step_by(25) {
         let events = (first..first + 25).map(|seq| message_event(seq, &body, vec![user_id])).collect();
         publisher.publish(&EventBatch { events }).await.unwrap();
     }
-    publisher.publish(&EventBatch { events: vec![message_event(1, "after them", vec![witness_id])] }).await.unwrap();
-    assert_eq!(witness.next_frame().await["message"]["body"], "after them");
+    let after = message_event(1, "after them", vec![witness.user_id]);
+    publisher.publish(&EventBatch { events: vec![after] }).await.unwrap();
+    assert_eq!(witness.client.next_frame().await["message"]["body"], "after them");
     broker.close().await;
 }
 
@@ -486,11 +501,12 @@ fn assert_every_stalling_message(frames: &[Value]) {
 async fn shutting_down_during_a_stalled_write_finishes_it_and_still_answers_the_requests_in_flight() {
     let app = spawn_app_with(roomy_queues()).await;
     let (token, user_id) = app.register("stalled").await;
+    let mut witness = Witness::connect(&app).await;
     let pages = HeldPages::start(&app).await;
     let (mut client, _) = WsClient::authenticated_with_small_window(&app, &token).await;
     client.send_json(&get_messages("g1")).await;
     pages.until_arrived(1).await;
-    stall_writes_to(&app, user_id).await;
+    stall_writes_to(&app, user_id, &mut witness).await;
 
     app.gateway_stop.cancel();
     // The shutdown reaches the socket while its write is stalled; then the service answers, and the client reads.
@@ -512,8 +528,9 @@ async fn shutting_down_during_a_stalled_write_finishes_it_and_still_answers_the_
 async fn shutting_down_writes_every_frame_already_queued_for_a_socket() {
     let app = spawn_app_with(roomy_queues()).await;
     let (token, user_id) = app.register("backlogged").await;
+    let mut witness = Witness::connect(&app).await;
     let (mut client, _) = WsClient::authenticated_with_small_window(&app, &token).await;
-    stall_writes_to(&app, user_id).await;
+    stall_writes_to(&app, user_id, &mut witness).await;
 
     app.gateway_stop.cancel();
     tokio::time::sleep(Duration::from_millis(300)).await;

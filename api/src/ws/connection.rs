@@ -46,6 +46,15 @@ pub const IN_FLIGHT_WAIT: Duration = Duration::from_secs(3);
 /// How long a close handshake may take before the connection is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// At shutdown, how long after the last writes' time ([`IN_FLIGHT_WAIT`]) the close frame and the client's answer
+/// to it may take: every socket's close then ends inside the gateway's wait for them.
+const SHUTDOWN_CLOSE_WAIT: Duration = Duration::from_millis(1_500);
+
+const _: () = assert!(
+    IN_FLIGHT_WAIT.as_millis() + SHUTDOWN_CLOSE_WAIT.as_millis() < crate::startup::WS_CLOSE_WAIT.as_millis(),
+    "a socket closing for shutdown must be done before the gateway stops waiting for it"
+);
+
 /// Most queued frames written before one flush.
 const MAX_BATCH: usize = 64;
 
@@ -128,7 +137,8 @@ pub async fn run(mut socket: WebSocket, connection: Connection) {
             Err(end) => end,
         };
         tracing::debug!(?end, "socket closing");
-        finish(socket, end, state.settings().ws.write_timeout).await;
+        let close_by = closer.shutdown_at().map(|at| at + IN_FLIGHT_WAIT + SHUTDOWN_CLOSE_WAIT);
+        finish(socket, end, state.settings().ws.write_timeout, close_by).await;
         drop((permit, task));
     }
     .instrument(span)
@@ -366,6 +376,14 @@ impl Session<'_> {
             Ok(frame) => frame,
             Err(rejected) => return Ok(Admitted::Refused(rejected.into())),
         };
+        // Read after the socket was asked to close (a write under way at shutdown finished first): not started,
+        // since its answer could not be awaited, and answered so, so the client knows it did not happen.
+        if self.closer.is_closed() {
+            return Ok(Admitted::Refused(ServerFrame::Error {
+                id: frame.id().map(str::to_owned),
+                error: ApiError::unavailable("the gateway is closing this socket; ask again after reconnecting"),
+            }));
+        }
         let max = self.state.settings().ws.max_in_flight;
         if self.in_flight.len() < max {
             *strikes = 0;
@@ -524,8 +542,9 @@ async fn bounded(
         reason = closed => match closer {
             Some(closer) if reason == CloseReason::SHUTTING_DOWN => {
                 match tokio::time::timeout_at(last_writes_deadline(closer), write).await {
+                    // A write that runs out of time now ends the socket for the shutdown (1001), not as too slow.
+                    Ok(Err(_)) | Err(_) => return Err(reason.into()),
                     Ok(written) => written,
-                    Err(_) => return Err(reason.into()),
                 }
             }
             _ => return Err(reason.into()),
@@ -605,11 +624,16 @@ fn is_invalid_text(error: &axum::Error) -> bool {
 /// Sends the close frame (if any) and reads until the client's close ends the stream.
 ///
 /// The close frame gets the whole write timeout: a client closed for being slow has a full buffer to read
-/// before it reaches the reason. Its answer then gets [`CLOSE_GRACE`].
-async fn finish(mut socket: WebSocket, end: End, write_timeout: Duration) {
+/// before it reaches the reason. Its answer then gets [`CLOSE_GRACE`]. Neither goes past `close_by`, set when the
+/// gateway is shutting down.
+async fn finish(mut socket: WebSocket, end: End, write_timeout: Duration, close_by: Option<Instant>) {
+    let by = |limit: Duration| {
+        let at = Instant::now() + limit;
+        close_by.map_or(at, |close_by| at.min(close_by))
+    };
     if let End::Close(code, reason) = &end {
         let frame = Message::Close(Some(CloseFrame { code: *code, reason: Utf8Bytes::from(reason.as_ref()) }));
-        if !matches!(timeout(write_timeout, socket.send(frame)).await, Ok(Ok(()))) {
+        if !matches!(tokio::time::timeout_at(by(write_timeout), socket.send(frame)).await, Ok(Ok(()))) {
             tracing::debug!("the close frame could not be delivered");
             return;
         }
@@ -617,7 +641,7 @@ async fn finish(mut socket: WebSocket, end: End, write_timeout: Duration) {
     if matches!(end, End::Drop) {
         return;
     }
-    let _ = timeout(CLOSE_GRACE, async { while let Some(Ok(_)) = socket.recv().await {} }).await;
+    let _ = tokio::time::timeout_at(by(CLOSE_GRACE), async { while let Some(Ok(_)) = socket.recv().await {} }).await;
 }
 
 fn text_of(frame: &ServerFrame) -> Utf8Bytes {

@@ -68,8 +68,10 @@ impl CloseReason {
 #[derive(Debug, Clone)]
 pub struct Closer {
     token: CancellationToken,
-    /// The reason, and when the socket was asked to close (or, at shutdown, when its task first saw it).
+    /// The reason, and when the socket was asked to close.
     closed: Arc<OnceLock<(CloseReason, Instant)>>,
+    /// When the gateway began to shut down (the hub's, shared by every socket).
+    shutdown_at: Arc<OnceLock<Instant>>,
 }
 
 impl Closer {
@@ -95,10 +97,16 @@ impl Closer {
         self.is_closed().then(|| self.reason_and_time().1)
     }
 
-    /// The shutdown cancels every socket's token at once, through their parent, without a reason: the first one
-    /// to look records it, with the time it looked.
+    /// When the gateway began to shut down; `None` while it has not. Every socket's close is timed from it,
+    /// whatever closed the socket, so that all of them end inside the gateway's wait for them.
+    pub fn shutdown_at(&self) -> Option<Instant> {
+        self.shutdown_at.get().copied()
+    }
+
+    /// The shutdown cancels every socket's token at once, through their parent, without a reason: the reason is
+    /// then the shutdown's, at the time the hub recorded.
     fn reason_and_time(&self) -> (CloseReason, Instant) {
-        *self.closed.get_or_init(|| (CloseReason::SHUTTING_DOWN, Instant::now()))
+        *self.closed.get_or_init(|| (CloseReason::SHUTTING_DOWN, self.shutdown_at().unwrap_or_else(Instant::now)))
     }
 }
 
@@ -165,24 +173,61 @@ struct Inner {
     queue_capacity: usize,
     connections: Arc<Semaphore>,
     shutdown: CancellationToken,
+    /// When `shutdown` was cancelled.
+    shutdown_at: Arc<OnceLock<Instant>>,
     tasks: TaskTracker,
-    /// When events were lost (unreadable, or dropped by the queue): the last `resync` for that, and whether one
-    /// is waiting to go.
-    losses: Mutex<LossResync>,
+    /// For each [`Loss`]: the last `resync` for it, and whether one is waiting to go.
+    losses: [Mutex<LossResync>; 2],
 }
 
-/// `resync`s for lost events go at most once per [`LOSS_RESYNC_GAP`]: a message-service of a newer release may
-/// publish an unknown kind with every commit, and a gateway that fell behind its queue loses batches for as long
-/// as it stays behind; a `resync` of every socket per batch would have every client syncing back to back. Losses
-/// inside a gap are covered by a `resync` at its end.
+/// Why live events were lost, other than a lost broker connection: each kind has its own pace of `resync`s.
+///
+/// `resync`s for a loss go at most once per its [`Loss::gap`], since losses come in runs: a message-service of a
+/// newer release may publish an unknown kind with every commit, and a gateway that fell behind its queue loses
+/// batches for as long as it stays behind. A `resync` of every socket per batch would have every client syncing
+/// back to back. Losses inside a gap are covered by a `resync` at its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loss {
+    /// Events this gateway cannot read (see [`Received::Unreadable`]).
+    Unreadable,
+    /// The gateway's event queue dropped batches at its length limit (see [`Received::Dropped`]).
+    Dropped,
+}
+
+impl Loss {
+    /// The shortest time between two `resync`s for this loss.
+    fn gap(self) -> Duration {
+        match self {
+            Loss::Unreadable => UNREADABLE_RESYNC_GAP,
+            Loss::Dropped => DROPPED_RESYNC_GAP,
+        }
+    }
+
+    fn why(self) -> &'static str {
+        match self {
+            Loss::Unreadable => {
+                "dropped events this gateway cannot read (a newer message-service?); asking every socket to sync"
+            }
+            Loss::Dropped => {
+                "this gateway fell behind and its event queue dropped the oldest events; asking every socket to sync"
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct LossResync {
     last: Option<Instant>,
     waiting: bool,
 }
 
-/// The shortest time between two `resync`s for lost events.
-pub const LOSS_RESYNC_GAP: Duration = Duration::from_secs(5);
+/// The shortest time between two `resync`s for unreadable events.
+pub const UNREADABLE_RESYNC_GAP: Duration = Duration::from_secs(5);
+
+/// The shortest time between two `resync`s for events the queue dropped. Longer: a gateway that falls that far
+/// behind is short of capacity, and every `resync` has each of its clients ask for a `sync` (up to 2 MiB); at
+/// this pace they add no more than the clients' own periodic syncs (every 30 s by default).
+pub const DROPPED_RESYNC_GAP: Duration = Duration::from_secs(30);
 
 /// A socket's membership in the hub; dropping it (when the socket's task ends) removes the socket.
 #[derive(Debug)]
@@ -336,8 +381,9 @@ impl Hub {
                 queue_capacity: queue_capacity.max(1),
                 connections: Arc::new(Semaphore::new(max_connections)),
                 shutdown: CancellationToken::new(),
+                shutdown_at: Arc::new(OnceLock::new()),
                 tasks: TaskTracker::new(),
-                losses: Mutex::new(LossResync::default()),
+                losses: Default::default(),
             }),
         }
     }
@@ -353,7 +399,11 @@ impl Hub {
 
     /// A closer for a new socket; already closed if the gateway is shutting down.
     pub fn closer(&self) -> Closer {
-        Closer { token: self.inner.shutdown.child_token(), closed: Arc::new(OnceLock::new()) }
+        Closer {
+            token: self.inner.shutdown.child_token(),
+            closed: Arc::new(OnceLock::new()),
+            shutdown_at: self.inner.shutdown_at.clone(),
+        }
     }
 
     /// Counts a socket as running until the token is dropped, so shutdown waits for its close handshake. Taken
@@ -393,12 +443,8 @@ impl Hub {
                 }
                 self.resync_all("live events may have been lost; sync to catch up");
             }
-            Received::Unreadable { .. } => self.resync_for_lost_events(
-                "dropped events this gateway cannot read (a newer message-service?); asking every socket to sync",
-            ),
-            Received::Dropped => self.resync_for_lost_events(
-                "this gateway fell behind and its event queue dropped the oldest events; asking every socket to sync",
-            ),
+            Received::Unreadable { .. } => self.resync_for(Loss::Unreadable),
+            Received::Dropped => self.resync_for(Loss::Dropped),
         }
     }
 
@@ -434,36 +480,41 @@ impl Hub {
         Self::offer(&mut sockets, Some(&recipients), &text, reply.as_ref().map(|(socket, text)| (*socket, text)));
     }
 
-    /// A `resync` of every socket now, or at the end of the current [`LOSS_RESYNC_GAP`]; logged (`why`) when sent.
-    fn resync_for_lost_events(&self, why: &'static str) {
+    /// A `resync` of every socket for `loss` now, or at the end of its current gap ([`Loss::gap`]); logged when
+    /// sent.
+    fn resync_for(&self, loss: Loss) {
         const REASON: &str = "live events may have been lost; sync to catch up";
         let now = Instant::now();
-        let mut state = self.inner.losses.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.losses(loss);
         if state.waiting {
             return;
         }
         match state.last {
-            Some(last) if now < last + LOSS_RESYNC_GAP => {
+            Some(last) if now < last + loss.gap() => {
                 state.waiting = true;
                 let hub = self.clone();
                 tokio::spawn(async move {
-                    tokio::time::sleep_until(last + LOSS_RESYNC_GAP).await;
+                    tokio::time::sleep_until(last + loss.gap()).await;
                     {
-                        let mut state = hub.inner.losses.lock().unwrap_or_else(PoisonError::into_inner);
+                        let mut state = hub.losses(loss);
                         state.waiting = false;
                         state.last = Some(Instant::now());
                     }
-                    tracing::warn!(sockets = hub.len(), "{why}");
+                    tracing::warn!(sockets = hub.len(), "{}", loss.why());
                     hub.resync_all(REASON);
                 });
             }
             _ => {
                 state.last = Some(now);
                 drop(state);
-                tracing::warn!(sockets = self.len(), "{why}");
+                tracing::warn!(sockets = self.len(), "{}", loss.why());
                 self.resync_all(REASON);
             }
         }
+    }
+
+    fn losses(&self, loss: Loss) -> MutexGuard<'_, LossResync> {
+        self.inner.losses[loss as usize].lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Sends `resync` to every socket.
@@ -475,6 +526,8 @@ impl Hub {
 
     /// Starts closing every socket with 1001 and refuses new ones.
     pub fn shut_down(&self) {
+        // Recorded before any socket can see the cancellation.
+        let _ = self.inner.shutdown_at.set(Instant::now());
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
     }
@@ -737,18 +790,18 @@ mod tests {
             hub.receive(Received::Unreadable { events: 1 });
         }
         assert!(alice.outbound.try_recv().is_none(), "not one per batch");
-        tokio::time::sleep(LOSS_RESYNC_GAP).await;
+        tokio::time::sleep(UNREADABLE_RESYNC_GAP).await;
         tokio::task::yield_now().await;
         assert_eq!(frame_type(&alice.outbound.try_recv().unwrap()), "resync");
         assert!(alice.outbound.try_recv().is_none());
         // After a quiet gap, at once again.
-        tokio::time::sleep(LOSS_RESYNC_GAP).await;
+        tokio::time::sleep(UNREADABLE_RESYNC_GAP).await;
         hub.receive(Received::Unreadable { events: 1 });
         assert_eq!(frame_type(&alice.outbound.try_recv().unwrap()), "resync");
     }
 
     #[tokio::test(start_paused = true)]
-    async fn after_the_event_queue_dropped_batches_every_socket_is_told_to_resync_within_the_same_gap() {
+    async fn after_the_event_queue_dropped_batches_every_socket_is_told_to_resync_at_its_own_slower_pace() {
         let hub = Hub::new(8, 100);
         let mut alice = hub.register(1, hub.closer());
         let mut bob = hub.register(2, hub.closer());
@@ -757,11 +810,16 @@ mod tests {
 
         assert_eq!(frame_type(&alice.outbound.try_recv().unwrap()), "resync");
         assert_eq!(frame_type(&bob.outbound.try_recv().unwrap()), "resync");
-        // A gateway that stays behind keeps losing batches, unreadable ones too: one resync at the gap's end.
+        // A gateway that stays behind keeps losing batches: one resync at the end of the gap, not one per notice.
         hub.receive(Received::Dropped);
+        hub.receive(Received::Dropped);
+        tokio::time::sleep(UNREADABLE_RESYNC_GAP).await;
+        tokio::task::yield_now().await;
+        assert!(alice.outbound.try_recv().is_none(), "not one per notice, nor at the shorter gap");
+        // Unreadable events keep their own pace meanwhile.
         hub.receive(Received::Unreadable { events: 1 });
-        assert!(alice.outbound.try_recv().is_none(), "not one per notice");
-        tokio::time::sleep(LOSS_RESYNC_GAP).await;
+        assert_eq!(frame_type(&alice.outbound.try_recv().unwrap()), "resync");
+        tokio::time::sleep(DROPPED_RESYNC_GAP - UNREADABLE_RESYNC_GAP).await;
         tokio::task::yield_now().await;
         assert_eq!(frame_type(&alice.outbound.try_recv().unwrap()), "resync");
         assert!(alice.outbound.try_recv().is_none());

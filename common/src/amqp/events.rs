@@ -216,7 +216,9 @@ where
                 on_receive(Received::Unreadable { events: unreadable });
             }
         } else {
-            tracing::warn!("the event queue dropped batches at its length limit: this gateway fell behind");
+            // One notice per batch the broker could deliver while the gateway is behind: the gateway logs what it
+            // does about them, at its own pace.
+            tracing::debug!("the event queue dropped batches at its length limit: this gateway fell behind");
             on_receive(Received::Dropped);
         }
         if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
