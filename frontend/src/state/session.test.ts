@@ -1079,6 +1079,50 @@ describe('session: sending', () => {
     expect(visibleMessages(t.state().timelines[7]!).map((m) => m.clientMessageId).slice(-2)).toEqual(['cm-1', 'cm-2']);
   });
 
+  it('a held send does not go while the one before it is still on its way, however long its answer takes', async () => {
+    const t = setup([dm(12, 12)], { resendDelayMs: 20 });
+    await connectAndOpen(t);
+    t.session.send('first');
+    t.session.send('second');
+    t.server.current.serverClose(1006);
+    await flush(1);
+    await reconnected(t);
+    const ws2 = t.server.accept(alice);
+    await flush();
+    const first = ws2.lastRequest('sendMessage');
+    expect(first.clientMessageId).toBe('cm-1');
+
+    // The first is not answered for many of the second's pauses.
+    await new Promise((r) => setTimeout(r, 200));
+    expect(ws2.requests('sendMessage').map((f) => f.clientMessageId)).toEqual(['cm-1']);
+    // Refused again: the second still waits; once the first is stored, it goes.
+    ws2.fail(first, { code: 'unavailable', message: 'busy' });
+    t.server.handlers.sendMessage = (f) => own(f.clientMessageId === 'cm-1' ? 13 : 14, f.clientMessageId, f.body);
+    for (let i = 0; i < 100 && Object.keys(t.state().pending).length > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(ws2.requests('sendMessage').map((f) => f.clientMessageId)).toEqual(['cm-1', 'cm-1', 'cm-2']);
+    expect(visibleMessages(t.state().timelines[7]!).map((m) => m.clientMessageId).slice(-2)).toEqual(['cm-1', 'cm-2']);
+  });
+
+  it("of two sends refused together, the later one's pause waits for the earlier one's resend to be stored", async () => {
+    const t = setup([dm(12, 12)], { resendDelayMs: 20 });
+    await connectAndOpen(t);
+    const ws = t.server.current;
+    let refusals = 2;
+    t.server.handlers.sendMessage = () => (refusals-- > 0 ? { error: { code: 'unavailable', message: 'busy' } } : undefined);
+    t.session.send('first');
+    t.session.send('second');
+    await flush();
+
+    // Both refused; after the pauses the first goes again and is not answered for a long while.
+    await new Promise((r) => setTimeout(r, 200));
+    expect(ws.requests('sendMessage').map((f) => f.clientMessageId)).toEqual(['cm-1', 'cm-2', 'cm-1']);
+    t.server.handlers.sendMessage = (f) => own(14, f.clientMessageId, f.body);
+    ws.reply(ws.lastRequest('sendMessage'), 'sendMessage', own(13, 'cm-1', 'first'));
+    for (let i = 0; i < 100 && Object.keys(t.state().pending).length > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(ws.requests('sendMessage').map((f) => f.clientMessageId)).toEqual(['cm-1', 'cm-2', 'cm-1', 'cm-2']);
+    expect(visibleMessages(t.state().timelines[7]!).map((m) => m.clientMessageId).slice(-2)).toEqual(['cm-1', 'cm-2']);
+  });
+
   it('a message typed while the reconnect syncs goes after the ones the drop interrupted', async () => {
     const t = setup([dm(12, 12)]);
     await connectAndOpen(t);

@@ -1079,11 +1079,17 @@ export class ChatSession {
   /**
    * Whether an earlier send to the same place waits to be resent by itself (failed for a passing reason, or cut
    * off by a drop): a later one must not overtake it, or the user's messages would be stored out of the order typed.
+   * With `orOnItsWay`, an earlier one still waiting for its answer counts too (for a send whose own pause is over:
+   * it goes once the one before it is stored, `sendNextWaiting`, however long that one's answer takes). Not for a
+   * new send, which goes at once behind one on its way: sends in flight keep their order on the socket.
    */
-  private waitsBehind(send: PendingSend): boolean {
+  private waitsBehind(send: PendingSend, orOnItsWay = false): boolean {
     const place = this.placeOf(send.target);
     return Object.values(this.store.getState().pending).some(
-      (p) => p.status === 'failed' && p.autoResend && p.createdAt < send.createdAt && this.placeOf(p.target) === place,
+      (p) =>
+        p.createdAt < send.createdAt &&
+        this.placeOf(p.target) === place &&
+        ((p.status === 'failed' && p.autoResend) || (orOnItsWay && p.status === 'sending')),
     );
   }
 
@@ -1236,7 +1242,7 @@ export class ChatSession {
       // An earlier send to the same place still waits: this one goes once that one is stored (`sendNextWaiting`).
       // Until then it keeps a pause of its own, in case that one is settled some other way (a live frame or a sync
       // confirms it, another tab discards it).
-      if (this.waitsBehind(send)) {
+      if (this.waitsBehind(send, true)) {
         this.resendAttempts.set(clientMessageId, attempt); // waiting is not an attempt: the same pause again
         this.scheduleResend(clientMessageId);
         return;
