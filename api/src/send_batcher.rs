@@ -30,6 +30,13 @@
 //! semantics: a failed batch answers every send with the batch's (retryable) error, and a client retrying with the
 //! same client message id gets the original message back.
 //!
+//! **No send overtakes one refused before it from the same socket to the same place** (a [`Lane`]). A socket
+//! pipelines its sends, so the next one is often already queued when the batch holding the one before it fails.
+//! Sent on, it would be stored while the one before it waits to be resent, and the user's messages would be
+//! stored out of the order typed. So a send queued behind one of its lane that was refused for a passing reason
+//! (its batch failed, or it timed out before leaving) is refused with the same error, unsent, and the client
+//! resends both in order. REST sends have no lane: HTTP requests are independent.
+//!
 //! **One deadline per send, from the moment it reaches the batcher**: a send waits at most the RPC timeout in
 //! all, queue included, and is then answered `timeout`. A send whose caller stopped waiting (its socket closed) or
 //! whose deadline has passed before its batch leaves is not sent at all. A batch's request carries the latest
@@ -38,7 +45,7 @@
 //! on time by its own timer; it may still be stored, and its retry with the same client message id returns it).
 //! Without this a send queued behind a slow batch waited for that batch and then a full timeout of its own.
 
-use std::{panic::AssertUnwindSafe, time::Duration};
+use std::{collections::HashMap, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use common::{
     amqp::{CallContext, RpcClient},
@@ -59,11 +66,25 @@ const QUEUE: usize = 4 * MAX_SEND_BATCH;
 
 struct Pending {
     request: AsUser<SendMessageRequest>,
+    /// `None` for a send whose order nothing else depends on (REST).
+    lane: Option<Lane>,
     request_id: String,
     /// When the caller stops waiting.
     deadline: Instant,
     reply: oneshot::Sender<Result<Message, ApiError>>,
 }
+
+/// One socket's sends to one place (a conversation, or a person before their direct conversation exists): they
+/// are stored in the order the socket sent them, or not at all.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Lane {
+    stream: Arc<str>,
+    conversation_id: Option<i64>,
+    to_user_id: Option<i64>,
+}
+
+/// Lanes with a send refused for a passing reason, and the error it got.
+type Refused = HashMap<Lane, ApiError>;
 
 /// The handle handlers use. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -81,11 +102,22 @@ impl SendBatcher {
     }
 
     /// Sends one message (in whatever batch it joins) and returns the stored message, or `timeout` once the RPC
-    /// timeout has passed since the call, however long the send queued.
-    pub async fn send(&self, request_id: &str, request: AsUser<SendMessageRequest>) -> Result<Message, ApiError> {
+    /// timeout has passed since the call, however long the send queued. `stream`: the socket it came on (see
+    /// [`Lane`]).
+    pub async fn send(
+        &self,
+        request_id: &str,
+        stream: Option<&Arc<str>>,
+        request: AsUser<SendMessageRequest>,
+    ) -> Result<Message, ApiError> {
         let deadline = Instant::now() + self.timeout;
         let (reply, answer) = oneshot::channel();
-        let pending = Pending { request, request_id: request_id.to_owned(), deadline, reply };
+        let lane = stream.map(|stream| Lane {
+            stream: stream.clone(),
+            conversation_id: request.request.conversation_id,
+            to_user_id: request.request.to_user_id,
+        });
+        let pending = Pending { request, lane, request_id: request_id.to_owned(), deadline, reply };
         let sent = async {
             self.queue.send(pending).await.map_err(|_| ApiError::unavailable("the gateway is shutting down"))?;
             answer.await.map_err(|_| ApiError::internal())?
@@ -97,6 +129,8 @@ impl SendBatcher {
 async fn run(rpc: RpcClient, interval: Duration, mut queue: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_SEND_BATCH);
     let mut last_start: Option<Instant> = None;
+    // The lanes whose sends the batch before refused: what queued behind them meanwhile is refused too.
+    let mut refused = Refused::new();
     // Whatever queued while the last batch was out goes next, in arrival order.
     while queue.recv_many(&mut batch, MAX_SEND_BATCH).await > 0 {
         if let Some(next_start) = last_start.map(|start| start + interval)
@@ -112,61 +146,164 @@ async fn run(rpc: RpcClient, interval: Duration, mut queue: mpsc::Receiver<Pendi
         if !interval.is_zero() {
             last_start = Some(Instant::now());
         }
-        // A caller that stopped waiting, or is about to, no longer needs its send: unacknowledged, it is retried
-        // by the client with the same client message id.
-        let now = Instant::now();
-        for late in batch.extract_if(.., |pending| pending.reply.is_closed() || pending.deadline <= now) {
-            let _ = late.reply.send(Err(timed_out()));
-        }
+        refuse_behind(&mut batch, std::mem::take(&mut refused), Instant::now());
         if batch.is_empty() {
             continue;
         }
         // A panic in one batch fails that batch (its callers' answers are dropped, which they read as `internal`),
         // not the batcher: a dead batcher would leave a gateway that refuses every send until it is restarted.
         // No panic path is known; this is the same guard the message-service's committer has.
-        if let Err(panic) = AssertUnwindSafe(forward(&rpc, std::mem::take(&mut batch))).catch_unwind().await {
-            let panic = common::telemetry::panic_message(panic.as_ref());
-            tracing::error!(panic, "forwarding a batch of sends panicked");
+        match AssertUnwindSafe(forward(&rpc, std::mem::take(&mut batch))).catch_unwind().await {
+            Ok(lanes) => refused = lanes,
+            Err(panic) => {
+                let panic = common::telemetry::panic_message(panic.as_ref());
+                tracing::error!(panic, "forwarding a batch of sends panicked");
+            }
         }
     }
+}
+
+/// Answers, and takes out of `batch`, the sends that are not to go:
+/// - a send whose caller stopped waiting, or is about to, no longer needs to be sent: unacknowledged, it is retried
+///   by the client with the same client message id;
+/// - a send behind one of its lane that was refused for a passing reason (in `refused`, from the batch before, or
+///   one answered here) gets the same answer (see the module documentation).
+fn refuse_behind(batch: &mut Vec<Pending>, mut refused: Refused, now: Instant) {
+    let mut error_for = |pending: &Pending| {
+        let error = if pending.reply.is_closed() || pending.deadline <= now {
+            timed_out()
+        } else {
+            pending.lane.as_ref().and_then(|lane| refused.get(lane)).cloned()?
+        };
+        if let Some(lane) = &pending.lane {
+            refused.entry(lane.clone()).or_insert_with(|| error.clone());
+        }
+        Some(error)
+    };
+    let mut kept = Vec::with_capacity(batch.len());
+    for pending in batch.drain(..) {
+        match error_for(&pending) {
+            Some(error) => drop(pending.reply.send(Err(error))),
+            None => kept.push(pending),
+        }
+    }
+    *batch = kept;
 }
 
 fn timed_out() -> ApiError {
     ApiError::timeout("sendMessage did not answer in time")
 }
 
-/// Forwards one batch and hands each send its own answer.
-async fn forward(rpc: &RpcClient, batch: Vec<Pending>) {
+/// Forwards one batch and hands each send its own answer. Returns the lanes of the sends refused for a passing
+/// reason, with their errors.
+async fn forward(rpc: &RpcClient, batch: Vec<Pending>) -> Refused {
     // The batch is worth running while any of its sends still waits.
     let deadline = batch.iter().map(|p| p.deadline).max().unwrap_or_else(Instant::now);
     let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
     // The batch is logged under its first send's request id; each send's id is in the gateway's own log line.
     let request_id = batch.first().map(|p| p.request_id.clone()).unwrap_or_default();
     tracing::debug!(%request_id, sends = batch.len(), "forwarding a batch of sends");
-    let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.request, p.reply)).unzip();
+    let mut requests = Vec::with_capacity(batch.len());
+    let mut waiting = Vec::with_capacity(batch.len());
+    for Pending { request, lane, reply, .. } in batch {
+        requests.push(request);
+        waiting.push((lane, reply));
+    }
     let count = requests.len();
     let ctx = CallContext::new(request_id, timeout);
-    match rpc.call::<SendMessages>(&SendBatch { sends: requests }, &ctx).await {
-        Ok(result) if result.results.len() == count => {
-            for (reply, outcome) in replies.into_iter().zip(result.results) {
-                let _ = reply.send(outcome.into());
-            }
-        }
+    let outcomes: Vec<Result<Message, ApiError>> = match rpc
+        .call::<SendMessages>(&SendBatch { sends: requests }, &ctx)
+        .await
+    {
+        Ok(result) if result.results.len() == count => result.results.into_iter().map(Into::into).collect(),
         Ok(result) => {
             tracing::error!(sent = count, answered = result.results.len(), "a batch came back with the wrong count");
-            replies.into_iter().for_each(|reply| drop(reply.send(Err(ApiError::internal()))));
+            vec![Err(ApiError::internal()); count]
         }
         Err(mut error) => {
             // Each caller sent a `sendMessage`; the batch operation is the gateway's own business.
             error.message =
                 error.message.replace(<SendMessages as common::protocol::Operation>::ROUTING_KEY, "sendMessage");
-            replies.into_iter().for_each(|reply| drop(reply.send(Err(error.clone()))));
+            vec![Err(error); count]
         }
+    };
+    let mut refused = Refused::new();
+    for ((lane, reply), outcome) in waiting.into_iter().zip(outcomes) {
+        if let (Some(lane), Err(error)) = (lane, &outcome)
+            && error.code.is_retryable()
+        {
+            refused.entry(lane).or_insert_with(|| error.clone());
+        }
+        let _ = reply.send(outcome);
     }
+    refused
 }
 
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pending").field("request_id", &self.request_id).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Answer = oneshot::Receiver<Result<Message, ApiError>>;
+
+    /// A send, and its caller's end (dropping it counts as a caller that stopped waiting).
+    fn pending(stream: Option<&str>, conversation_id: i64, deadline: Instant) -> (Pending, Answer) {
+        let (reply, answer) = oneshot::channel();
+        let request = SendMessageRequest {
+            conversation_id: Some(conversation_id),
+            to_user_id: None,
+            client_message_id: "c".into(),
+            body: "b".into(),
+        };
+        let lane = stream.map(|stream| Lane {
+            stream: stream.into(),
+            conversation_id: Some(conversation_id),
+            to_user_id: None,
+        });
+        (Pending { request: AsUser { user_id: 1, request }, lane, request_id: "r".into(), deadline, reply }, answer)
+    }
+
+    fn code(mut answer: Answer) -> Option<common::protocol::ErrorCode> {
+        answer.try_recv().ok().map(|result| result.expect_err("refused").code)
+    }
+
+    #[test]
+    fn a_send_that_ran_out_of_time_in_the_queue_takes_the_later_sends_of_its_lane_with_it_and_no_others() {
+        let now = Instant::now();
+        let fresh = now + Duration::from_secs(5);
+        let (late, late_answer) = pending(Some("s1"), 1, now);
+        let (behind, behind_answer) = pending(Some("s1"), 1, fresh);
+        let (elsewhere, _elsewhere_answer) = pending(Some("s1"), 2, fresh);
+        let (other_socket, _other_answer) = pending(Some("s2"), 1, fresh);
+        let (rest, _rest_answer) = pending(None, 1, fresh);
+        let mut batch = vec![late, behind, elsewhere, other_socket, rest];
+
+        refuse_behind(&mut batch, Refused::new(), now);
+
+        let left: Vec<_> =
+            batch.iter().map(|p| p.lane.as_ref().map(|l| (l.stream.to_string(), l.conversation_id))).collect();
+        assert_eq!(left, [Some(("s1".into(), Some(2))), Some(("s2".into(), Some(1))), None]);
+        assert_eq!(code(late_answer), Some(common::protocol::ErrorCode::Timeout));
+        assert_eq!(code(behind_answer), Some(common::protocol::ErrorCode::Timeout));
+    }
+
+    #[test]
+    fn lanes_the_batch_before_refused_refuse_what_queued_behind_them_with_the_same_error() {
+        let now = Instant::now();
+        let fresh = now + Duration::from_secs(5);
+        let (behind, behind_answer) = pending(Some("s1"), 1, fresh);
+        let (unrelated, _unrelated_answer) = pending(Some("s1"), 2, fresh);
+        let mut batch = vec![behind, unrelated];
+        let lane = Lane { stream: "s1".into(), conversation_id: Some(1), to_user_id: None };
+
+        refuse_behind(&mut batch, Refused::from([(lane, ApiError::unavailable("down"))]), now);
+
+        assert_eq!(batch.len(), 1);
+        assert_eq!(code(behind_answer), Some(common::protocol::ErrorCode::Unavailable));
     }
 }

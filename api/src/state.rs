@@ -90,13 +90,16 @@ impl AppState {
     }
 
     /// Sends a message on behalf of `user_id`, batched with whatever else is being sent through this gateway.
+    /// `stream`: the socket it came on, whose sends to one place keep their order (`None` for REST, whose
+    /// requests are independent).
     pub async fn send_message(
         &self,
         request_id: &str,
+        stream: Option<&std::sync::Arc<str>>,
         user_id: i64,
         request: SendMessageRequest,
     ) -> Result<Message, ApiError> {
-        self.inner.sends.send(request_id, AsUser { user_id, request }).await
+        self.inner.sends.send(request_id, stream, AsUser { user_id, request }).await
     }
 
     /// Verifies a bearer token. Every refusal looks the same to the client; the reason is logged.

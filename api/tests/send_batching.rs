@@ -21,7 +21,8 @@ use support::{Options, spawn_app_with, ws::WsClient};
 use tokio_util::sync::CancellationToken;
 
 /// The stand-in message-service: answers every `sendMessages` batch after a delay (20 ms unless told; refusing
-/// bodies "refuse me") and records each batch's size and arrival time.
+/// bodies "refuse me", and failing as a whole a batch with a body "fail the batch") and records each batch's
+/// size and arrival time.
 struct StandIn {
     broker: Broker,
     /// Each batch's arrival time and size, in arrival order.
@@ -87,6 +88,9 @@ fn send_to_one(id: &str) -> serde_json::Value {
 async fn answer(batch: common::protocol::messages::SendBatch, delay: Duration) -> Result<SendBatchResult, ApiError> {
     // A commit takes a moment; sends arriving meanwhile must queue for the next batch.
     tokio::time::sleep(delay).await;
+    if batch.sends.iter().any(|s| s.request.body == "fail the batch") {
+        return Err(ApiError::unavailable("the database is unreachable; try again shortly"));
+    }
     let results = batch
         .sends
         .into_iter()
@@ -305,6 +309,43 @@ async fn a_send_whose_socket_closed_before_its_batch_left_is_not_sent() {
         stays.call("sendMessage", json!({ "conversationId": 1, "clientMessageId": "later", "body": "x" })).await;
     assert_eq!(later["result"]["data"]["clientMessageId"], "later", "{later}");
     assert_eq!(stand_in.sizes(), [1, 1]);
+    stand_in.stop().await;
+    app.shutdown().await;
+}
+
+/// A socket pipelines its sends: when the batch holding one fails, the next send to the same conversation is
+/// often already queued. It is refused with the same error rather than sent, so it cannot be stored before the
+/// one in front of it, which the client resends first. Other conversations, and other sockets, are not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_queued_behind_a_refused_one_of_its_socket_and_conversation_is_refused_with_it() {
+    let app = spawn_app_with(Options::default()).await;
+    let stand_in = StandIn::answering_after(&app, Duration::from_millis(300)).await;
+    let (token, _) = app.register("pipeliner").await;
+    let (mut socket, _) = WsClient::authenticated(&app, &token).await;
+    let (mut other_device, _) = WsClient::authenticated(&app, &token).await;
+    let send = |id: &str, conversation: i64, body: &str| json!({ "type": "sendMessage", "id": id, "conversationId": conversation, "clientMessageId": id, "body": body });
+
+    socket.send_json(&send("a", 1, "fail the batch")).await;
+    stand_in.first_batch_arrived().await;
+    socket.send_json(&send("b", 1, "after a")).await;
+    socket.send_json(&send("c", 2, "elsewhere")).await;
+    other_device.send_json(&send("d", 1, "from another device")).await;
+
+    let mut answers = std::collections::HashMap::new();
+    for _ in 0..3 {
+        let frame = socket.next_frame().await;
+        answers.insert(frame["id"].as_str().unwrap().to_owned(), frame);
+    }
+    let code = |id: &str| answers[id]["error"]["code"].as_str().map(str::to_owned);
+    assert_eq!(code("a").as_deref(), Some("unavailable"), "{:?}", answers["a"]);
+    assert_eq!(code("b").as_deref(), Some("unavailable"), "refused with the one before it: {:?}", answers["b"]);
+    assert_eq!(answers["c"]["result"]["data"]["clientMessageId"], "c", "{:?}", answers["c"]);
+    let d = other_device.next_frame().await;
+    assert_eq!(d["result"]["data"]["clientMessageId"], "d", "{d}");
+    assert_eq!(stand_in.sizes(), [1, 2], "b was never sent");
+    // The lane is open again: b resent now is stored.
+    let again = socket.request(&send("b", 1, "after a")).await;
+    assert_eq!(again["result"]["data"]["clientMessageId"], "b", "{again}");
     stand_in.stop().await;
     app.shutdown().await;
 }

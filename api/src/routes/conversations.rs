@@ -143,7 +143,7 @@ pub async fn send_to_conversation(
         body: message.body,
     };
     request.check_bounds()?;
-    Ok((StatusCode::CREATED, ApiJson(state.send_message(&id.0, user.0.user_id, request).await?)))
+    Ok((StatusCode::CREATED, ApiJson(state.send_message(&id.0, None, user.0.user_id, request).await?)))
 }
 
 #[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id), err(Debug, level = "info"))]
@@ -160,7 +160,7 @@ pub async fn send_direct(
         body: message.body,
     };
     request.check_bounds()?;
-    Ok((StatusCode::CREATED, ApiJson(state.send_message(&id.0, user.0.user_id, request).await?)))
+    Ok((StatusCode::CREATED, ApiJson(state.send_message(&id.0, None, user.0.user_id, request).await?)))
 }
 
 #[tracing::instrument(skip_all, fields(request_id = %id.0, user_id = user.0.user_id, conversation_id), err(Debug, level = "info"))]

@@ -238,7 +238,7 @@ impl Session<'_> {
                                     Ok(Admitted::Request(frame)) => {
                                         requests += 1;
                                         let request_id = format!("{connection}-{requests}");
-                                        self.start(request_id, frame);
+                                        self.start(connection, request_id, frame);
                                         Ok(())
                                     }
                                     Ok(Admitted::Refused(error)) => self.write_frame(&error).await,
@@ -318,7 +318,7 @@ impl Session<'_> {
     /// answer was written, and the service's answer is written only if the hub has not written one.
     ///
     /// A request with a large answer runs in one of the socket's turns (see [`in_turn`]).
-    fn start(&mut self, request_id: String, frame: ClientFrame) {
+    fn start(&mut self, connection: &str, request_id: String, frame: ClientFrame) {
         let awaited = match &frame {
             ClientFrame::SendMessage { id, request } => self.registration.await_send(request, id),
             _ => None,
@@ -331,7 +331,12 @@ impl Session<'_> {
             id: frame.id().unwrap_or_default().to_owned(),
             deadline,
         });
-        let caller = dispatch::Caller { user: self.user.clone(), token: self.token.clone(), deadline };
+        let caller = dispatch::Caller {
+            user: self.user.clone(),
+            token: self.token.clone(),
+            deadline,
+            connection: connection.into(),
+        };
         let handled = dispatch::handle(self.state.clone(), caller, request_id, frame);
         self.in_flight.push(match (turn, awaited) {
             (Some(turn), _) => Box::pin(async move { Some(in_turn(turn, handled).await) }),

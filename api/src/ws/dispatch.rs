@@ -27,15 +27,17 @@ pub struct Caller {
     pub user: VerifiedUser,
     pub token: std::sync::Arc<str>,
     pub deadline: tokio::time::Instant,
+    /// The socket's id: its sends to one place keep their order (see [`crate::send_batcher`]).
+    pub connection: std::sync::Arc<str>,
 }
 
 /// Runs one request. Never fails: every error becomes an error frame naming the request's `id`.
 #[tracing::instrument(skip_all, fields(request_id = %request_id, user_id = caller.user.user_id, op))]
 pub async fn handle(state: AppState, caller: Caller, request_id: String, frame: ClientFrame) -> ServerFrame {
     let id = frame.id().unwrap_or_default().to_owned();
-    let Caller { user, token, deadline } = caller;
+    let Caller { user, token, deadline, connection } = caller;
     let user_id = user.user_id;
-    let call = Call { state: &state, request_id: &request_id, user_id, deadline };
+    let call = Call { state: &state, request_id: &request_id, user_id, deadline, connection: &connection };
     let result = match frame {
         ClientFrame::Auth { .. } => Err(ApiError::bad_request("already authenticated")),
         ClientFrame::Ping { .. } => Ok(ReplyData::Ping(Pong { server_time: chrono::Utc::now().timestamp_millis() })),
@@ -91,6 +93,7 @@ struct Call<'a> {
     request_id: &'a str,
     user_id: i64,
     deadline: tokio::time::Instant,
+    connection: &'a std::sync::Arc<str>,
 }
 
 impl Call<'_> {
@@ -110,7 +113,7 @@ impl Call<'_> {
     async fn send(&self, request: SendMessageRequest) -> Result<Message, ApiError> {
         tracing::Span::current().record("op", "sendMessage");
         request.check_bounds()?;
-        self.state.send_message(self.request_id, self.user_id, request).await
+        self.state.send_message(self.request_id, Some(self.connection), self.user_id, request).await
     }
 
     async fn checked<O, T>(&self, request: T) -> Result<O::Response, ApiError>
