@@ -140,7 +140,8 @@ impl Settings {
             allowed_origins: parse_origins(&env_or(
                 "WARREN_ALLOWED_ORIGINS",
                 "http://127.0.0.1:8080,http://localhost:8080,http://127.0.0.1:5173,http://localhost:5173",
-            )),
+            ))
+            .context("WARREN_ALLOWED_ORIGINS")?,
             rpc_timeout: env_millis("WARREN_RPC_TIMEOUT_MS", 5_000)?,
             send_batch_interval: send_batch_interval(env_millis("WARREN_SEND_BATCH_INTERVAL_MS", 0)?)?,
             auth_rate_per_minute: env_parse("WARREN_AUTH_RATE_PER_MINUTE", 30)?,
@@ -187,8 +188,31 @@ fn send_batch_interval(interval: Duration) -> anyhow::Result<Duration> {
     Ok(interval)
 }
 
-fn parse_origins(list: &str) -> Vec<String> {
-    list.split(',').map(|o| o.trim().trim_end_matches('/').to_owned()).filter(|o| !o.is_empty()).collect()
+/// A comma-separated list of origins, each `http(s)://host[:port]` as browsers send them, kept lowercased
+/// without a trailing slash (how [`origin_allowed`] compares). Anything else is refused at start-up rather than
+/// never matching: a wildcard (every page on the web could use a signed-in user's token), a path, a query.
+fn parse_origins(list: &str) -> anyhow::Result<Vec<String>> {
+    let mut origins = Vec::new();
+    for origin in list.split(',').map(|o| o.trim().trim_end_matches('/')).filter(|o| !o.is_empty()) {
+        let uri: axum::http::Uri = origin.parse().with_context(|| format!("{origin:?} is not an origin"))?;
+        let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+        let host_ok = uri.host().is_some_and(|host| !host.is_empty() && !host.contains('*'));
+        let bare = uri.path_and_query().is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/");
+        if !(scheme_ok && host_ok && bare) || origin.contains('@') {
+            bail!(
+                "{origin:?} is not an origin: write scheme://host[:port], such as https://chat.example.com (no wildcard, path or query)"
+            );
+        }
+        origins.push(origin.to_ascii_lowercase());
+    }
+    Ok(origins)
+}
+
+/// Whether a request's `Origin` is one of `allowed` (as [`parse_origins`] keeps them): the same rule for CORS
+/// and for the WebSocket upgrade. Host names are case-insensitive, so the comparison is too.
+pub fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
+    let origin = origin.trim_end_matches('/');
+    allowed.iter().any(|allowed| allowed.eq_ignore_ascii_case(origin))
 }
 
 pub fn default_instance_id() -> String {
@@ -220,8 +244,35 @@ mod tests {
     #[test]
     fn origins_are_trimmed_and_normalised() {
         assert_eq!(
-            parse_origins(" http://a.example/ ,,https://b.example"),
-            vec!["http://a.example", "https://b.example"]
+            parse_origins(" http://a.example/ ,,https://B.Example:8443").unwrap(),
+            vec!["http://a.example", "https://b.example:8443"]
         );
+    }
+
+    #[test]
+    fn what_is_not_an_origin_is_refused_at_start_up_with_the_value_named() {
+        for bad in [
+            "*",
+            "https://*.example.com",
+            "chat.example.com",
+            "ftp://chat.example.com",
+            "https://a.example/app",
+            "https://a.example?x=1",
+            "https://user@a.example",
+            "http://:80",
+        ] {
+            let error = parse_origins(&format!("http://ok.example,{bad}")).expect_err(bad);
+            assert!(format!("{error:#}").contains(bad), "{bad}: {error:#}");
+        }
+    }
+
+    #[test]
+    fn only_listed_origins_pass() {
+        let allowed = vec!["http://localhost:5173".to_owned()];
+        assert!(origin_allowed("http://localhost:5173", &allowed));
+        assert!(origin_allowed("http://LOCALHOST:5173/", &allowed));
+        assert!(!origin_allowed("http://localhost:5174", &allowed));
+        assert!(!origin_allowed("null", &allowed));
+        assert!(!origin_allowed("http://localhost:5173.evil.example", &allowed));
     }
 }

@@ -28,7 +28,7 @@ use tower_http::{
 };
 
 use crate::{
-    config::Settings,
+    config::{Settings, origin_allowed},
     error::HttpError,
     request_id,
     routes::{conversations, health, users},
@@ -188,11 +188,14 @@ async fn wrong_method() -> HttpError {
     HttpError::from(ApiError::new(ErrorCode::MethodNotAllowed, "this endpoint does not take that method"))
 }
 
+/// CORS for the listed origins, matched as the WebSocket upgrade matches them ([`origin_allowed`]).
 fn cors(origins: &[String]) -> CorsLayer {
-    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    let origins = origins.to_vec();
     CorsLayer::new()
-        .allow_origin(AllowOrigin::list(origins))
-        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+        .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+            origin.to_str().is_ok_and(|origin| origin_allowed(origin, &origins))
+        }))
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static(request_id::HEADER)])
         .expose_headers([HeaderName::from_static(request_id::HEADER), header::RETRY_AFTER])
         .max_age(Duration::from_secs(600))

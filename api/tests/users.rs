@@ -371,10 +371,16 @@ async fn cors_allows_only_the_configured_web_origins() {
     };
 
     let allowed = preflight("http://localhost:5173").await.unwrap();
+    // Host names are case-insensitive: the same rule as the WebSocket upgrade, which accepts this origin too.
+    let other_case = preflight("http://LocalHost:5173").await.unwrap();
     let refused = preflight("https://evil.example").await.unwrap();
 
     assert_eq!(allowed.headers()["access-control-allow-origin"], "http://localhost:5173");
+    assert_eq!(other_case.headers()["access-control-allow-origin"], "http://LocalHost:5173");
     assert!(refused.headers().get("access-control-allow-origin").is_none());
+    // No endpoint takes PATCH: the preflight does not offer it.
+    let methods = allowed.headers()["access-control-allow-methods"].to_str().unwrap().to_owned();
+    assert!(!methods.contains("PATCH"), "{methods}");
     app.shutdown().await;
 }
 

@@ -27,7 +27,7 @@ use common::protocol::ApiError;
 
 pub use hub::{CloseReason, Closer, Hub};
 
-use crate::{error::HttpError, state::AppState};
+use crate::{config::origin_allowed, error::HttpError, state::AppState};
 
 /// Bytes read from the socket at a time; frames larger than this are assembled across reads.
 pub const READ_BUFFER_BYTES: usize = 4 * 1024;
@@ -68,25 +68,4 @@ pub async fn upgrade(
         .max_write_buffer_size(connection::MAX_OUTBOUND_FRAME_BYTES + 2 * WRITE_BUFFER_BYTES)
         .on_failed_upgrade(|error| tracing::info!(%error, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| connection::run(socket, connection))
-}
-
-/// Browsers send `scheme://host[:port]`; the allowed list is normalised the same way (no trailing slash).
-fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
-    let origin = origin.trim_end_matches('/');
-    allowed.iter().any(|allowed| allowed.eq_ignore_ascii_case(origin))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_listed_origins_pass() {
-        let allowed = vec!["http://localhost:5173".to_owned()];
-        assert!(origin_allowed("http://localhost:5173", &allowed));
-        assert!(origin_allowed("http://LOCALHOST:5173/", &allowed));
-        assert!(!origin_allowed("http://localhost:5174", &allowed));
-        assert!(!origin_allowed("null", &allowed));
-        assert!(!origin_allowed("http://localhost:5173.evil.example", &allowed));
-    }
 }
