@@ -302,6 +302,35 @@ async fn the_limit_counts_an_ipv6_network_as_one_client() {
     app.shutdown().await;
 }
 
+/// A proxy that appends to `X-Forwarded-For` keeps what the client sent before its own entry: the limit counts
+/// the address the proxy saw (the last entry), so a client naming a new address with each attempt is still
+/// limited, and one it names cannot use up another client's attempts.
+#[tokio::test]
+async fn the_limit_counts_the_address_the_proxy_wrote_not_those_the_client_claimed() {
+    let mut options = Options::default();
+    options.gateway.auth_rate_per_minute = 1;
+    options.gateway.auth_rate_burst = 2;
+    options.gateway.trust_forwarded_for = true;
+    let app = spawn_app_with(options).await;
+    let login = |forwarded: &'static str| {
+        app.http
+            .post(app.url("/api/login"))
+            .header("x-forwarded-for", forwarded)
+            .json(&json!({ "username": "ivo", "password": "whatever it is" }))
+            .send()
+    };
+
+    let mut statuses = Vec::new();
+    for forwarded in
+        ["192.0.2.1, 203.0.113.9", "192.0.2.2, 203.0.113.9", "junk, 203.0.113.9", "203.0.113.9, 198.51.100.4"]
+    {
+        statuses.push(login(forwarded).await.unwrap().status().as_u16());
+    }
+
+    assert_eq!(statuses, [401, 401, 429, 401], "203.0.113.9 is limited however it dresses; 198.51.100.4 is not");
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn with_no_user_service_running_requests_fail_as_unavailable_at_once() {
     let app = spawn_app_with(Options { user_services: 0, ..Options::default() }).await;

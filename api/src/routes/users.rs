@@ -74,14 +74,17 @@ pub async fn refresh_token(
     Ok(ApiJson(state.call::<RefreshToken>(&id.0, &request).await?))
 }
 
-/// The client's address for rate limiting: the peer, or the first `X-Forwarded-For` hop when configured to
-/// trust the proxy in front.
+/// The client's address for rate limiting: the peer, or, when configured to trust the proxy in front, the last
+/// `X-Forwarded-For` entry: the one that proxy wrote. Entries before it are whatever the client sent (a proxy that
+/// appends keeps them), so counting the first would let a client name a new address with each attempt.
 fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
     if state.settings().trust_forwarded_for
         && let Some(ip) = headers
-            .get("x-forwarded-for")
+            .get_all("x-forwarded-for")
+            .iter()
+            .next_back()
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.rsplit(',').next())
             .and_then(|v| v.trim().parse().ok())
     {
         return ip;
