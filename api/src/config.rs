@@ -23,6 +23,10 @@ pub struct Settings {
     pub allowed_origins: Vec<String>,
     /// `WARREN_RPC_TIMEOUT_MS`, default 5000: how long a request waits for a service.
     pub rpc_timeout: Duration,
+    /// `WARREN_HTTP_BODY_TIMEOUT_MS`, default 30000: how long an HTTP request's body may take to arrive, in all.
+    /// A client that announces a body and sends it slowly, or never, is answered 408 instead of holding a
+    /// connection and its task for as long as it likes.
+    pub http_body_timeout: Duration,
     /// `WARREN_SEND_BATCH_INTERVAL_MS`, default 0: least time between the starts of two `sendMessages` batches
     /// (see `send_batcher`). 0 sends the next batch as soon as the last was answered; more trades up to this much
     /// latency per send for fewer, larger batches (less CPU per message) while sends keep coming. A send after a
@@ -143,6 +147,7 @@ impl Settings {
             ))
             .context("WARREN_ALLOWED_ORIGINS")?,
             rpc_timeout: env_millis("WARREN_RPC_TIMEOUT_MS", 5_000)?,
+            http_body_timeout: env_millis("WARREN_HTTP_BODY_TIMEOUT_MS", 30_000)?,
             send_batch_interval: send_batch_interval(env_millis("WARREN_SEND_BATCH_INTERVAL_MS", 0)?)?,
             auth_rate_per_minute: env_parse("WARREN_AUTH_RATE_PER_MINUTE", 30)?,
             auth_rate_burst: env_parse("WARREN_AUTH_RATE_BURST", 10)?,
@@ -164,6 +169,7 @@ impl Settings {
             jwt_public_key_pem: DEV_PUBLIC_KEY_PEM.to_owned(),
             allowed_origins: vec!["http://localhost:5173".to_owned()],
             rpc_timeout: Duration::from_secs(5),
+            http_body_timeout: Duration::from_secs(30),
             send_batch_interval: Duration::ZERO,
             auth_rate_per_minute: 6_000,
             auth_rate_burst: 1_000,

@@ -19,6 +19,9 @@ pub struct HttpError {
     pub error: ApiError,
     /// Seconds after which a rate-limited client may retry.
     pub retry_after: Option<u64>,
+    /// A status other than the code's own ([`status_of`]): 408 for a body that did not arrive in time, which is
+    /// `bad_request` to a client that reads only the code.
+    pub status: Option<StatusCode>,
 }
 
 impl HttpError {
@@ -26,13 +29,14 @@ impl HttpError {
         Self {
             error: ApiError::new(ErrorCode::RateLimited, "too many attempts, try again later"),
             retry_after: Some(retry_after.max(1)),
+            status: None,
         }
     }
 }
 
 impl From<ApiError> for HttpError {
     fn from(error: ApiError) -> Self {
-        Self { error, retry_after: None }
+        Self { error, retry_after: None, status: None }
     }
 }
 
@@ -60,7 +64,7 @@ struct Body<'a> {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let status = status_of(self.error.code);
+        let status = self.status.unwrap_or_else(|| status_of(self.error.code));
         if status.is_server_error() {
             tracing::warn!(code = ?self.error.code, message = %self.error.message, "request failed");
         }
@@ -85,10 +89,29 @@ impl From<JsonRejection> for HttpError {
             JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 ApiError::new(ErrorCode::PayloadTooLarge, "the body is too large")
             }
+            JsonRejection::BytesRejection(e) if body_timed_out(e) => {
+                return HttpError {
+                    error: ApiError::bad_request("the request body did not arrive in time"),
+                    retry_after: None,
+                    status: Some(StatusCode::REQUEST_TIMEOUT),
+                };
+            }
             other => ApiError::bad_request(other.body_text()),
         };
         error.into()
     }
+}
+
+/// Whether reading a body failed because it ran past the gateway's body deadline (`http_body_timeout`).
+fn body_timed_out(rejection: &dyn std::error::Error) -> bool {
+    let mut source = rejection.source();
+    while let Some(error) = source {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 impl From<QueryRejection> for HttpError {

@@ -24,6 +24,7 @@ use tower_http::{
     cors::{AllowOrigin, CorsLayer},
     request_id::PropagateRequestIdLayer,
     services::{ServeDir, ServeFile},
+    timeout::RequestBodyDeadlineLayer,
     trace::TraceLayer,
 };
 
@@ -169,6 +170,7 @@ pub fn router(state: AppState) -> Router {
     }
     router
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(RequestBodyDeadlineLayer::new(state.settings().http_body_timeout))
         .layer(cors(&state.settings().allowed_origins))
         .layer(PropagateRequestIdLayer::new(HeaderName::from_static(request_id::HEADER)))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {

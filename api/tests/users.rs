@@ -331,6 +331,44 @@ async fn the_limit_counts_the_address_the_proxy_wrote_not_those_the_client_claim
     app.shutdown().await;
 }
 
+/// A client that announces a body and sends it too slowly, or never, is answered 408 with the usual error body
+/// once the body deadline has passed, instead of holding its connection and its task.
+#[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_is_answered_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut options = Options::default();
+    options.gateway.http_body_timeout = Duration::from_millis(300);
+    let app = spawn_app_with(options).await;
+    let mut stalled = tokio::net::TcpStream::connect(app.address.trim_start_matches("http://")).await.unwrap();
+    let head =
+        "POST /api/login HTTP/1.1\r\nHost: warren\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{";
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).contains("}}") {
+            let n = stalled.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(read.is_ok(), "no answer within 10 s");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""code":"bad_request""#) && answer.contains("did not arrive in time"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(300), "answered before the deadline: {:?}", started.elapsed());
+    // A body that arrives in time is read as ever.
+    let response = app.post("/api/login", &json!({ "username": "nobody", "password": "whatever it is" })).await;
+    assert_eq!(response.status(), 401);
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn with_no_user_service_running_requests_fail_as_unavailable_at_once() {
     let app = spawn_app_with(Options { user_services: 0, ..Options::default() }).await;
