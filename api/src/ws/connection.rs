@@ -130,7 +130,7 @@ pub async fn run(mut socket: WebSocket, connection: Connection) {
                     heavy: Arc::new(Semaphore::new(HEAVY_IN_FLIGHT)),
                 };
                 match session.write_frame(&ready).await {
-                    Ok(()) => session.serve(&id).await,
+                    Ok(()) => session.serve(&Arc::from(id.as_str())).await,
                     Err(end) => end,
                 }
             }
@@ -218,7 +218,7 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    async fn serve(&mut self, connection: &str) -> End {
+    async fn serve(&mut self, connection: &Arc<str>) -> End {
         let settings = &self.state.settings().ws;
         let mut idle = pin!(sleep(settings.idle_timeout));
         let mut ping = tokio::time::interval_at(Instant::now() + settings.ping_interval, settings.ping_interval);
@@ -318,7 +318,7 @@ impl Session<'_> {
     /// answer was written, and the service's answer is written only if the hub has not written one.
     ///
     /// A request with a large answer runs in one of the socket's turns (see [`in_turn`]).
-    fn start(&mut self, connection: &str, request_id: String, frame: ClientFrame) {
+    fn start(&mut self, connection: &Arc<str>, request_id: String, frame: ClientFrame) {
         let awaited = match &frame {
             ClientFrame::SendMessage { id, request } => self.registration.await_send(request, id),
             _ => None,
@@ -335,7 +335,7 @@ impl Session<'_> {
             user: self.user.clone(),
             token: self.token.clone(),
             deadline,
-            connection: connection.into(),
+            connection: connection.clone(),
         };
         let handled = dispatch::handle(self.state.clone(), caller, request_id, frame);
         self.in_flight.push(match (turn, awaited) {
