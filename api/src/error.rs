@@ -13,6 +13,19 @@ use axum::{
 use common::protocol::{ApiError, ErrorCode};
 use serde::Serialize;
 
+/// Longest part of a parser's message echoed back to a client: it may quote the client's own values, which can
+/// be tens of kilobytes.
+pub const MAX_DETAIL_CHARS: usize = 200;
+
+/// `message`, cut to [`MAX_DETAIL_CHARS`] characters.
+pub fn detail(message: impl std::fmt::Display) -> String {
+    let message = message.to_string();
+    match message.char_indices().nth(MAX_DETAIL_CHARS) {
+        Some((end, _)) => format!("{}…", &message[..end]),
+        None => message,
+    }
+}
+
 /// An error on its way to an HTTP client.
 #[derive(Debug)]
 pub struct HttpError {
@@ -81,7 +94,7 @@ impl IntoResponse for HttpError {
 impl From<JsonRejection> for HttpError {
     fn from(rejection: JsonRejection) -> Self {
         let error = match &rejection {
-            JsonRejection::JsonDataError(e) => ApiError::bad_request(e.body_text()),
+            JsonRejection::JsonDataError(e) => ApiError::bad_request(detail(e.body_text())),
             JsonRejection::JsonSyntaxError(_) => ApiError::bad_request("the body is not valid JSON"),
             JsonRejection::MissingJsonContentType(_) => {
                 ApiError::bad_request("expected a JSON body with content-type application/json")
@@ -96,7 +109,7 @@ impl From<JsonRejection> for HttpError {
                     status: Some(StatusCode::REQUEST_TIMEOUT),
                 };
             }
-            other => ApiError::bad_request(other.body_text()),
+            other => ApiError::bad_request(detail(other.body_text())),
         };
         error.into()
     }
@@ -116,14 +129,14 @@ fn body_timed_out(rejection: &dyn std::error::Error) -> bool {
 
 impl From<QueryRejection> for HttpError {
     fn from(rejection: QueryRejection) -> Self {
-        ApiError::bad_request(rejection.body_text()).into()
+        ApiError::bad_request(detail(rejection.body_text())).into()
     }
 }
 
 impl From<PathRejection> for HttpError {
     fn from(rejection: PathRejection) -> Self {
         let error = match &rejection {
-            PathRejection::FailedToDeserializePathParams(e) => ApiError::bad_request(e.body_text()),
+            PathRejection::FailedToDeserializePathParams(e) => ApiError::bad_request(detail(e.body_text())),
             // A route/extractor mismatch is a bug, not the client's fault.
             other => {
                 tracing::error!(rejection = %other.body_text(), "path parameters do not fit the route");

@@ -19,7 +19,7 @@ use serde::{
 };
 use serde_json::value::RawValue;
 
-use crate::error::{ApiJson, HttpError};
+use crate::error::{ApiJson, HttpError, detail};
 
 /// The field names a struct's derived `Deserialize` reads (as they appear on the wire), asked of the impl
 /// itself; `None` for a type that is not a struct with named fields.
@@ -91,7 +91,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
         }
         serde_json::from_str(raw.get())
             .map(StrictJson)
-            .map_err(|error| ApiError::bad_request(format!("invalid body: {error}")).into())
+            .map_err(|error| ApiError::bad_request(detail(format_args!("invalid body: {error}"))).into())
     }
 }
 

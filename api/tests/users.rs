@@ -369,6 +369,30 @@ async fn a_body_that_does_not_arrive_in_time_is_answered_408() {
     app.shutdown().await;
 }
 
+/// A parser's message can quote the client's own value, which can be tens of kilobytes: what comes back is cut
+/// short, on REST as on the WebSocket.
+#[tokio::test]
+async fn an_error_quotes_at_most_a_short_part_of_what_the_client_sent() {
+    let app = spawn_app().await;
+    let (token, _) = app.register("quoter").await;
+    let long = "9x".repeat(30_000);
+
+    let response = app
+        .http
+        .post(app.url("/api/conversations/1/read"))
+        .bearer_auth(&token)
+        .json(&json!({ "seq": long }))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 400);
+    let message = response.json::<Value>().await.unwrap()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.starts_with("invalid body: invalid type: string \"9x9x"), "{message}");
+    assert!(message.chars().count() <= 201, "{} characters", message.chars().count());
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn with_no_user_service_running_requests_fail_as_unavailable_at_once() {
     let app = spawn_app_with(Options { user_services: 0, ..Options::default() }).await;

@@ -19,6 +19,8 @@ use common::protocol::{
 };
 use serde_json::Value;
 
+use crate::error::detail;
+
 /// Every `type` a client may send, as [`ClientFrame`] spells it (a test keeps the two in step).
 pub const CLIENT_FRAME_TYPES: &[&str] = &[
     "auth",
@@ -66,9 +68,6 @@ fn request_fields<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
     crate::fields::fields_of::<T>().unwrap_or_default()
 }
 
-/// Longest part of a serde message echoed back (it may quote the client's own values).
-const MAX_DETAIL_CHARS: usize = 200;
-
 /// A frame that could not be read: the error to send back, naming the request when its id was readable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
@@ -85,7 +84,7 @@ impl From<Rejected> for ServerFrame {
 /// Reads one text frame. `Err` is answered with an error frame; the connection stays open.
 pub fn parse(text: &str) -> Result<ClientFrame, Rejected> {
     let UniqueKeys(value) = serde_json::from_str(text).map_err(|e| {
-        let detail: String = e.to_string().chars().take(MAX_DETAIL_CHARS).collect();
+        let detail = detail(&e);
         // `Data` is the one error of ours: a key given twice (valid JSON, but which one did the client mean?).
         let what = if e.is_data() { "the frame is not a valid request" } else { "the frame is not valid JSON" };
         error(id_of_unreadable(text), ApiError::bad_request(format!("{what}: {detail}")))
@@ -110,7 +109,7 @@ pub fn parse(text: &str) -> Result<ClientFrame, Rejected> {
     }
     let kind = kind.to_owned();
     serde_json::from_value(value).map_err(|e| {
-        let detail: String = e.to_string().chars().take(MAX_DETAIL_CHARS).collect();
+        let detail = detail(&e);
         error(id, ApiError::bad_request(format!("invalid {kind} frame: {detail}")))
     })
 }
