@@ -164,13 +164,18 @@ async fn run(rpc: RpcClient, interval: Duration, mut queue: mpsc::Receiver<Pendi
 }
 
 /// Answers, and takes out of `batch`, the sends that are not to go:
-/// - a send whose caller stopped waiting, or is about to, no longer needs to be sent: unacknowledged, it is retried
-///   by the client with the same client message id;
-/// - a send behind one of its lane that was refused for a passing reason (in `refused`, from the batch before, or
-///   one answered here) gets the same answer (see the module documentation).
+/// - a send whose caller stopped waiting no longer needs to be sent: its socket closed (the client resends it with
+///   the same client message id), or the hub already answered it with the stored message of an identical send
+///   (see [`crate::ws::hub`]). Neither is a refusal: the sends behind it go;
+/// - a send whose time ran out in the queue is answered `timeout`, and so is every send behind it in its lane;
+/// - a send behind one of its lane that was refused for a passing reason (in `refused`, from the batch before)
+///   gets the same answer (see the module documentation).
 fn refuse_behind(batch: &mut Vec<Pending>, mut refused: Refused, now: Instant) {
     let mut error_for = |pending: &Pending| {
-        let error = if pending.reply.is_closed() || pending.deadline <= now {
+        if pending.reply.is_closed() {
+            return Some(timed_out());
+        }
+        let error = if pending.deadline <= now {
             timed_out()
         } else {
             pending.lane.as_ref().and_then(|lane| refused.get(lane)).cloned()?
@@ -290,6 +295,22 @@ mod tests {
         assert_eq!(left, [Some(("s1".into(), Some(2))), Some(("s2".into(), Some(1))), None]);
         assert_eq!(code(late_answer), Some(common::protocol::ErrorCode::Timeout));
         assert_eq!(code(behind_answer), Some(common::protocol::ErrorCode::Timeout));
+    }
+
+    #[test]
+    fn a_send_nobody_waits_for_any_more_is_not_sent_but_does_not_hold_back_its_lane() {
+        // Its caller was answered by the hub (an identical send's message), or its socket closed.
+        let now = Instant::now();
+        let fresh = now + Duration::from_secs(5);
+        let (answered, answer) = pending(Some("s1"), 1, fresh);
+        drop(answer);
+        let (behind, _behind_answer) = pending(Some("s1"), 1, fresh);
+        let mut batch = vec![answered, behind];
+
+        refuse_behind(&mut batch, Refused::new(), now);
+
+        assert_eq!(batch.len(), 1, "the send behind it goes");
+        assert!(!batch[0].reply.is_closed());
     }
 
     #[test]
