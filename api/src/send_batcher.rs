@@ -31,11 +31,14 @@
 //! same client message id gets the original message back.
 //!
 //! **No send overtakes one refused before it from the same socket to the same place** (a [`Lane`]). A socket
-//! pipelines its sends, so the next one is often already queued when the batch holding the one before it fails.
-//! Sent on, it would be stored while the one before it waits to be resent, and the user's messages would be
-//! stored out of the order typed. So a send queued behind one of its lane that was refused for a passing reason
-//! (its batch failed, or it timed out before leaving) is refused with the same error, unsent, and the client
-//! resends both in order. REST sends have no lane: HTTP requests are independent.
+//! pipelines its sends, so the next one is often already queued, or on its way, when the batch holding the one
+//! before it fails. Sent on, it would be stored while the one before it waits to be resent, and the user's
+//! messages would be stored out of the order typed. So when a send is refused for a passing reason (its batch
+//! failed, or its time ran out in the queue), its lane is held: the lane's other sends are refused with the same
+//! error, unsent, until that send comes back (its client message id; it goes, and the lane with it) or one RPC
+//! timeout has passed (a client that gave up on it). The client resends them in order. A send nobody waits for any
+//! more because the hub answered it (an identical send was stored) holds nothing. REST sends have no lane: HTTP
+//! requests are independent.
 //!
 //! **One deadline per send, from the moment it reaches the batcher**: a send waits at most the RPC timeout in
 //! all, queue included, and is then answered `timeout`. A send whose caller stopped waiting (its socket closed) or
@@ -83,8 +86,19 @@ struct Lane {
     to_user_id: Option<i64>,
 }
 
-/// Lanes with a send refused for a passing reason, and the error it got.
-type Refused = HashMap<Lane, ApiError>;
+/// A lane held back after one of its sends was refused for a passing reason.
+#[derive(Debug, Clone)]
+struct Hold {
+    /// The refused send: when it comes back, the lane goes again.
+    client_message_id: String,
+    /// What the lane's other sends are answered meanwhile.
+    error: ApiError,
+    /// When the hold lapses by itself.
+    until: Instant,
+}
+
+/// The lanes held back (see the module documentation).
+type Holds = HashMap<Lane, Hold>;
 
 /// The handle handlers use. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -97,7 +111,7 @@ impl SendBatcher {
     /// `interval`: least time between the starts of two batches (zero: none; see the module documentation).
     pub fn start(rpc: RpcClient, timeout: Duration, interval: Duration) -> SendBatcher {
         let (queue, pending) = mpsc::channel(QUEUE);
-        tokio::spawn(run(rpc, interval, pending));
+        tokio::spawn(run(rpc, interval, timeout, pending));
         SendBatcher { queue, timeout }
     }
 
@@ -126,11 +140,11 @@ impl SendBatcher {
     }
 }
 
-async fn run(rpc: RpcClient, interval: Duration, mut queue: mpsc::Receiver<Pending>) {
+/// `hold`: how long a lane stays held when the send that held it does not come back (the RPC timeout).
+async fn run(rpc: RpcClient, interval: Duration, hold: Duration, mut queue: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_SEND_BATCH);
     let mut last_start: Option<Instant> = None;
-    // The lanes whose sends the batch before refused: what queued behind them meanwhile is refused too.
-    let mut refused = Refused::new();
+    let mut holds = Holds::new();
     // Whatever queued while the last batch was out goes next, in arrival order.
     while queue.recv_many(&mut batch, MAX_SEND_BATCH).await > 0 {
         if let Some(next_start) = last_start.map(|start| start + interval)
@@ -146,44 +160,63 @@ async fn run(rpc: RpcClient, interval: Duration, mut queue: mpsc::Receiver<Pendi
         if !interval.is_zero() {
             last_start = Some(Instant::now());
         }
-        refuse_behind(&mut batch, std::mem::take(&mut refused), Instant::now());
+        refuse_behind(&mut batch, &mut holds, Instant::now(), hold);
         if batch.is_empty() {
             continue;
         }
+        let lanes: Vec<(Lane, String)> = batch
+            .iter()
+            .filter_map(|p| p.lane.clone().map(|lane| (lane, p.request.request.client_message_id.clone())))
+            .collect();
         // A panic in one batch fails that batch (its callers' answers are dropped, which they read as `internal`),
         // not the batcher: a dead batcher would leave a gateway that refuses every send until it is restarted.
         // No panic path is known; this is the same guard the message-service's committer has.
-        match AssertUnwindSafe(forward(&rpc, std::mem::take(&mut batch))).catch_unwind().await {
-            Ok(lanes) => refused = lanes,
+        let refused = match AssertUnwindSafe(forward(&rpc, std::mem::take(&mut batch))).catch_unwind().await {
+            Ok(refused) => refused,
             Err(panic) => {
                 let panic = common::telemetry::panic_message(panic.as_ref());
                 tracing::error!(panic, "forwarding a batch of sends panicked");
+                lanes.into_iter().map(|(lane, id)| (lane, id, ApiError::internal())).collect()
             }
+        };
+        let until = Instant::now() + hold;
+        for (lane, client_message_id, error) in refused {
+            // The first refused send of a lane (in batch order) is the one the lane waits for.
+            holds.entry(lane).or_insert(Hold { client_message_id, error, until });
         }
     }
 }
 
-/// Answers, and takes out of `batch`, the sends that are not to go:
-/// - a send whose caller stopped waiting no longer needs to be sent: its socket closed (the client resends it with
-///   the same client message id), or the hub already answered it with the stored message of an identical send
-///   (see [`crate::ws::hub`]). Neither is a refusal: the sends behind it go;
-/// - a send whose time ran out in the queue is answered `timeout`, and so is every send behind it in its lane;
-/// - a send behind one of its lane that was refused for a passing reason (in `refused`, from the batch before)
-///   gets the same answer (see the module documentation).
-fn refuse_behind(batch: &mut Vec<Pending>, mut refused: Refused, now: Instant) {
+/// Answers, and takes out of `batch`, the sends that are not to go, and holds lanes (see the module
+/// documentation):
+/// - a send whose time ran out in the queue is answered `timeout` (its caller has stopped waiting), and holds its
+///   lane for `hold`;
+/// - a send whose caller stopped waiting with time left is not sent either: its socket closed (the client resends
+///   it with the same client message id), or the hub answered it with the stored message of an identical send.
+///   Neither holds its lane;
+/// - a send of a held lane is refused with the hold's error, unless it is the send the lane waits for: that one
+///   goes, and the lane with it.
+fn refuse_behind(batch: &mut Vec<Pending>, holds: &mut Holds, now: Instant, hold: Duration) {
+    holds.retain(|_, held| held.until > now);
     let mut error_for = |pending: &Pending| {
+        let client_message_id = &pending.request.request.client_message_id;
+        if pending.deadline <= now {
+            if let Some(lane) = &pending.lane {
+                let held = Hold { client_message_id: client_message_id.clone(), error: timed_out(), until: now + hold };
+                holds.entry(lane.clone()).or_insert(held);
+            }
+            return Some(timed_out());
+        }
         if pending.reply.is_closed() {
             return Some(timed_out());
         }
-        let error = if pending.deadline <= now {
-            timed_out()
-        } else {
-            pending.lane.as_ref().and_then(|lane| refused.get(lane)).cloned()?
-        };
-        if let Some(lane) = &pending.lane {
-            refused.entry(lane.clone()).or_insert_with(|| error.clone());
+        let lane = pending.lane.as_ref()?;
+        let held = holds.get(lane)?;
+        if held.client_message_id == *client_message_id {
+            holds.remove(lane);
+            return None;
         }
-        Some(error)
+        Some(held.error.clone())
     };
     let mut kept = Vec::with_capacity(batch.len());
     for pending in batch.drain(..) {
@@ -199,9 +232,9 @@ fn timed_out() -> ApiError {
     ApiError::timeout("sendMessage did not answer in time")
 }
 
-/// Forwards one batch and hands each send its own answer. Returns the lanes of the sends refused for a passing
-/// reason, with their errors.
-async fn forward(rpc: &RpcClient, batch: Vec<Pending>) -> Refused {
+/// Forwards one batch and hands each send its own answer. Returns the sends refused for a passing reason whose
+/// callers were still waiting (lane, client message id, error), in batch order.
+async fn forward(rpc: &RpcClient, batch: Vec<Pending>) -> Vec<(Lane, String, ApiError)> {
     // The batch is worth running while any of its sends still waits.
     let deadline = batch.iter().map(|p| p.deadline).max().unwrap_or_else(Instant::now);
     let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
@@ -211,6 +244,7 @@ async fn forward(rpc: &RpcClient, batch: Vec<Pending>) -> Refused {
     let mut requests = Vec::with_capacity(batch.len());
     let mut waiting = Vec::with_capacity(batch.len());
     for Pending { request, lane, reply, .. } in batch {
+        let lane = lane.map(|lane| (lane, request.request.client_message_id.clone()));
         requests.push(request);
         waiting.push((lane, reply));
     }
@@ -232,12 +266,14 @@ async fn forward(rpc: &RpcClient, batch: Vec<Pending>) -> Refused {
             vec![Err(error); count]
         }
     };
-    let mut refused = Refused::new();
+    let mut refused = Vec::new();
     for ((lane, reply), outcome) in waiting.into_iter().zip(outcomes) {
-        if let (Some(lane), Err(error)) = (lane, &outcome)
+        // A caller no longer waiting was answered by the hub (an identical send was stored): nothing to hold.
+        if let (Some((lane, client_message_id)), Err(error)) = (lane, &outcome)
             && error.code.is_retryable()
+            && !reply.is_closed()
         {
-            refused.entry(lane).or_insert_with(|| error.clone());
+            refused.push((lane, client_message_id, error.clone()));
         }
         let _ = reply.send(outcome);
     }
@@ -256,75 +292,117 @@ mod tests {
 
     type Answer = oneshot::Receiver<Result<Message, ApiError>>;
 
+    const HOLD: Duration = Duration::from_secs(5);
+
     /// A send, and its caller's end (dropping it counts as a caller that stopped waiting).
-    fn pending(stream: Option<&str>, conversation_id: i64, deadline: Instant) -> (Pending, Answer) {
+    fn pending(stream: Option<&str>, conversation_id: i64, id: &str, deadline: Instant) -> (Pending, Answer) {
         let (reply, answer) = oneshot::channel();
         let request = SendMessageRequest {
             conversation_id: Some(conversation_id),
             to_user_id: None,
-            client_message_id: "c".into(),
+            client_message_id: id.into(),
             body: "b".into(),
         };
-        let lane = stream.map(|stream| Lane {
-            stream: stream.into(),
-            conversation_id: Some(conversation_id),
-            to_user_id: None,
-        });
+        let lane = stream.map(|stream| lane(stream, conversation_id));
         (Pending { request: AsUser { user_id: 1, request }, lane, request_id: "r".into(), deadline, reply }, answer)
+    }
+
+    fn lane(stream: &str, conversation_id: i64) -> Lane {
+        Lane { stream: stream.into(), conversation_id: Some(conversation_id), to_user_id: None }
     }
 
     fn code(mut answer: Answer) -> Option<common::protocol::ErrorCode> {
         answer.try_recv().ok().map(|result| result.expect_err("refused").code)
     }
 
-    #[test]
-    fn a_send_that_ran_out_of_time_in_the_queue_takes_the_later_sends_of_its_lane_with_it_and_no_others() {
-        let now = Instant::now();
-        let fresh = now + Duration::from_secs(5);
-        let (late, late_answer) = pending(Some("s1"), 1, now);
-        let (behind, behind_answer) = pending(Some("s1"), 1, fresh);
-        let (elsewhere, _elsewhere_answer) = pending(Some("s1"), 2, fresh);
-        let (other_socket, _other_answer) = pending(Some("s2"), 1, fresh);
-        let (rest, _rest_answer) = pending(None, 1, fresh);
-        let mut batch = vec![late, behind, elsewhere, other_socket, rest];
-
-        refuse_behind(&mut batch, Refused::new(), now);
-
-        let left: Vec<_> =
-            batch.iter().map(|p| p.lane.as_ref().map(|l| (l.stream.to_string(), l.conversation_id))).collect();
-        assert_eq!(left, [Some(("s1".into(), Some(2))), Some(("s2".into(), Some(1))), None]);
-        assert_eq!(code(late_answer), Some(common::protocol::ErrorCode::Timeout));
-        assert_eq!(code(behind_answer), Some(common::protocol::ErrorCode::Timeout));
+    fn ids(batch: &[Pending]) -> Vec<&str> {
+        batch.iter().map(|p| p.request.request.client_message_id.as_str()).collect()
     }
 
     #[test]
-    fn a_send_nobody_waits_for_any_more_is_not_sent_but_does_not_hold_back_its_lane() {
+    fn a_send_that_ran_out_of_time_in_the_queue_holds_its_lane_and_no_other() {
+        let now = Instant::now();
+        let fresh = now + Duration::from_secs(5);
+        // Its caller's own timer has fired: it no longer waits either.
+        let (late, late_answer) = pending(Some("s1"), 1, "late", now);
+        drop(late_answer);
+        let (behind, behind_answer) = pending(Some("s1"), 1, "behind", fresh);
+        let (elsewhere, _elsewhere_answer) = pending(Some("s1"), 2, "elsewhere", fresh);
+        let (other_socket, _other_answer) = pending(Some("s2"), 1, "other", fresh);
+        let (rest, _rest_answer) = pending(None, 1, "rest", fresh);
+        let mut batch = vec![late, behind, elsewhere, other_socket, rest];
+        let mut holds = Holds::new();
+
+        refuse_behind(&mut batch, &mut holds, now, HOLD);
+
+        assert_eq!(ids(&batch), ["elsewhere", "other", "rest"]);
+        assert_eq!(code(behind_answer), Some(common::protocol::ErrorCode::Timeout));
+        assert_eq!(holds[&lane("s1", 1)].client_message_id, "late");
+    }
+
+    #[test]
+    fn a_send_nobody_waits_for_any_more_with_time_left_is_not_sent_but_holds_nothing() {
         // Its caller was answered by the hub (an identical send's message), or its socket closed.
         let now = Instant::now();
         let fresh = now + Duration::from_secs(5);
-        let (answered, answer) = pending(Some("s1"), 1, fresh);
+        let (answered, answer) = pending(Some("s1"), 1, "answered", fresh);
         drop(answer);
-        let (behind, _behind_answer) = pending(Some("s1"), 1, fresh);
+        let (behind, _behind_answer) = pending(Some("s1"), 1, "behind", fresh);
         let mut batch = vec![answered, behind];
+        let mut holds = Holds::new();
 
-        refuse_behind(&mut batch, Refused::new(), now);
+        refuse_behind(&mut batch, &mut holds, now, HOLD);
 
-        assert_eq!(batch.len(), 1, "the send behind it goes");
-        assert!(!batch[0].reply.is_closed());
+        assert_eq!(ids(&batch), ["behind"]);
+        assert!(holds.is_empty());
     }
 
     #[test]
-    fn lanes_the_batch_before_refused_refuse_what_queued_behind_them_with_the_same_error() {
+    fn a_held_lane_refuses_its_sends_until_the_one_it_waits_for_comes_back_and_for_no_longer_than_the_hold() {
         let now = Instant::now();
         let fresh = now + Duration::from_secs(5);
-        let (behind, behind_answer) = pending(Some("s1"), 1, fresh);
-        let (unrelated, _unrelated_answer) = pending(Some("s1"), 2, fresh);
-        let mut batch = vec![behind, unrelated];
-        let lane = Lane { stream: "s1".into(), conversation_id: Some(1), to_user_id: None };
+        let mut holds = Holds::from([(
+            lane("s1", 1),
+            Hold { client_message_id: "a".into(), error: ApiError::unavailable("down"), until: now + HOLD },
+        )]);
 
-        refuse_behind(&mut batch, Refused::from([(lane, ApiError::unavailable("down"))]), now);
+        // Batch after batch, until "a" comes back: "b" and "c" are refused, in whatever batch they come.
+        let (b, b_answer) = pending(Some("s1"), 1, "b", fresh);
+        let (unrelated, _unrelated_answer) = pending(Some("s1"), 2, "x", fresh);
+        let mut batch = vec![b, unrelated];
+        refuse_behind(&mut batch, &mut holds, now, HOLD);
+        assert_eq!(ids(&batch), ["x"]);
+        assert_eq!(code(b_answer), Some(common::protocol::ErrorCode::Unavailable));
+        let (c, c_answer) = pending(Some("s1"), 1, "c", fresh);
+        let mut batch = vec![c];
+        refuse_behind(&mut batch, &mut holds, now, HOLD);
+        assert!(batch.is_empty());
+        assert_eq!(code(c_answer), Some(common::protocol::ErrorCode::Unavailable));
 
-        assert_eq!(batch.len(), 1);
-        assert_eq!(code(behind_answer), Some(common::protocol::ErrorCode::Unavailable));
+        // A "b" resent before "a" is still refused; "a" goes, and the lane with it.
+        let (b, _b) = pending(Some("s1"), 1, "b", fresh);
+        let (a, _a) = pending(Some("s1"), 1, "a", fresh);
+        let (c, _c) = pending(Some("s1"), 1, "c", fresh);
+        let mut batch = vec![b, a, c];
+        refuse_behind(&mut batch, &mut holds, now, HOLD);
+        assert_eq!(ids(&batch), ["a", "c"]);
+        assert!(holds.is_empty());
+    }
+
+    #[test]
+    fn a_hold_lapses_by_itself_when_the_send_it_waits_for_never_comes_back() {
+        let now = Instant::now();
+        let mut holds = Holds::from([(
+            lane("s1", 1),
+            Hold { client_message_id: "given up".into(), error: ApiError::unavailable("down"), until: now + HOLD },
+        )]);
+        let later = now + HOLD;
+        let (b, _b) = pending(Some("s1"), 1, "b", later + Duration::from_secs(5));
+        let mut batch = vec![b];
+
+        refuse_behind(&mut batch, &mut holds, later, HOLD);
+
+        assert_eq!(ids(&batch), ["b"]);
+        assert!(holds.is_empty(), "and the lapsed hold is gone");
     }
 }

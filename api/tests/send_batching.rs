@@ -315,7 +315,8 @@ async fn a_send_whose_socket_closed_before_its_batch_left_is_not_sent() {
 
 /// A socket pipelines its sends: when the batch holding one fails, the next send to the same conversation is
 /// often already queued. It is refused with the same error rather than sent, so it cannot be stored before the
-/// one in front of it, which the client resends first. Other conversations, and other sockets, are not held up.
+/// one in front of it, and so is every send of that socket to that conversation until that one is resent. Other
+/// conversations, and other sockets, are not held up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_queued_behind_a_refused_one_of_its_socket_and_conversation_is_refused_with_it() {
     let app = spawn_app_with(Options::default()).await;
@@ -343,9 +344,14 @@ async fn a_send_queued_behind_a_refused_one_of_its_socket_and_conversation_is_re
     let d = other_device.next_frame().await;
     assert_eq!(d["result"]["data"]["clientMessageId"], "d", "{d}");
     assert_eq!(stand_in.sizes(), [1, 2], "b was never sent");
-    // The lane is open again: b resent now is stored.
-    let again = socket.request(&send("b", 1, "after a")).await;
-    assert_eq!(again["result"]["data"]["clientMessageId"], "b", "{again}");
+    // The lane waits for a: b resent first is refused again; a resent is stored, and then b.
+    let early = socket.request(&send("b", 1, "after a")).await;
+    assert_eq!(early["error"]["code"], "unavailable", "{early}");
+    let a = socket.request(&send("a", 1, "a again")).await;
+    assert_eq!(a["result"]["data"]["clientMessageId"], "a", "{a}");
+    let b = socket.request(&send("b", 1, "after a")).await;
+    assert_eq!(b["result"]["data"]["clientMessageId"], "b", "{b}");
+    assert_eq!(stand_in.sizes(), [1, 2, 1, 1], "the early b was never sent");
     stand_in.stop().await;
     app.shutdown().await;
 }

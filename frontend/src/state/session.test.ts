@@ -500,6 +500,29 @@ describe('session: memory of conversations not shown', () => {
 
     expect(t.seqs(7)).toEqual(range(801, 1_000));
     expect(t.state().timelines[7]).toMatchObject({ lo: 801, hasMoreBefore: true });
+    expect(ws.requests('getMessages')).toHaveLength(2);
+  });
+
+  it('an older page dropped because the user left and came back meanwhile is asked for again from the window', async () => {
+    const t = setup([dm(1_000, 1_000), group]);
+    await connectAndOpen(t, 501, 1_000);
+    const ws = t.server.current;
+    const older = t.session.loadOlder(7);
+    await flush();
+    const asked = ws.lastRequest('getMessages');
+    t.session.select({ kind: 'conversation', id: 8 });
+    t.session.select({ kind: 'conversation', id: 7 });
+    await flush();
+    ws.reply(asked, 'getMessages', page(451, 500));
+    await older;
+
+    const again = ws.lastRequest('getMessages');
+    expect(again.before).toBe(801);
+    expect(t.state().loadingOlder[7]).toBe(true);
+    ws.reply(again, 'getMessages', page(751, 800));
+    await flush();
+    expect(t.seqs(7)).toEqual(range(751, 1_000));
+    expect(t.state().loadingOlder[7]).toBeFalsy();
   });
 });
 
@@ -905,6 +928,46 @@ describe('session: sending', () => {
     await flush();
     expect(ws.requests('sendMessage').map((f) => f.clientMessageId)).toEqual(['cm-1', 'cm-3']);
     expect(t.state().pending['cm-2']).toMatchObject({ status: 'failed', error: { code: 'unavailable' } });
+  });
+
+  it('a send to a direct conversation waits while one made to the person is still on its way, then follows it', async () => {
+    const t = setup([dm(12, 12)], { resendDelayMs: 10_000 });
+    await connectAndOpen(t);
+    const ws = t.server.current;
+    t.session.send('first', { toUserId: bob.id });
+    await flush();
+    expect(t.state().pending['cm-1']).toMatchObject({ status: 'sending' });
+
+    // The two forms travel apart (the gateway keeps order per conversation as named), so this one waits.
+    t.session.send('second', { conversationId: 7 });
+    await flush();
+    expect(ws.requests('sendMessage').map((f) => f.clientMessageId)).toEqual(['cm-1']);
+    ws.reply(ws.lastRequest('sendMessage'), 'sendMessage', own(13, 'cm-1', 'first'));
+    await flush();
+    expect(ws.requests('sendMessage').map((f) => f.clientMessageId)).toEqual(['cm-1', 'cm-2']);
+  });
+
+  it('a send held behind one that a live frame confirms goes at once, though that one\'s own request then fails', async () => {
+    const t = setup([dm(12, 12)], { resendDelayMs: 10_000 });
+    await connectAndOpen(t);
+    const ws = t.server.current;
+    t.server.handlers.sendMessage = () => ({ error: { code: 'unavailable', message: 'busy' } });
+    t.session.send('first');
+    await flush();
+    delete t.server.handlers.sendMessage;
+    t.session.send('second');
+    await flush();
+    expect(t.state().pending['cm-2']).toMatchObject({ status: 'failed', error: { code: 'unavailable' } });
+
+    t.session.retry('cm-1');
+    await flush();
+    const resent = ws.lastRequest('sendMessage');
+    ws.receive({ type: 'message', message: own(13, 'cm-1', 'first') });
+    ws.fail(resent, { code: 'timeout', message: 'sendMessage did not answer in time' });
+    await flush();
+
+    expect(t.state().pending['cm-1']).toBeUndefined();
+    expect(ws.requests('sendMessage').map((f) => f.clientMessageId)).toEqual(['cm-1', 'cm-1', 'cm-2']);
   });
 
   it('a held send goes only once the one before it is stored, not with a resend that is refused again', async () => {

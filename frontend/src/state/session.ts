@@ -1016,6 +1016,7 @@ export class ChatSession {
     if (!this.socket.isOpen) return;
     this.setFlag('loadingOlder', conversationId, true);
     const asked = this.removals;
+    let dropped = false;
     try {
       const page = await this.request(
         'getMessages',
@@ -1023,12 +1024,20 @@ export class ChatSession {
         { priority: 'high' },
       );
       this.applyPageToStore(conversationId, page, 'before');
+      // The window was trimmed while the page was on its way (the user left and came back): the page no longer
+      // reaches it and was dropped (`applyPage`).
+      const last = page.messages[page.messages.length - 1];
+      const lo = this.store.getState().timelines[conversationId]?.lo;
+      dropped = last !== undefined && lo !== null && lo !== undefined && last.seq + 1 < lo;
     } catch (error) {
       // The message list sees the page missing and offers Retry (it does not ask again by itself).
       this.removeIfForbidden(conversationId, error, asked);
     } finally {
       this.setFlag('loadingOlder', conversationId, false);
     }
+    // Nothing failed: ask again from the window's new start if it is shown, in the same moment, so the list never
+    // sees the page come back with nothing (which it shows as a failure).
+    if (dropped && isShown(this.store.getState().selected, conversationId)) void this.loadOlder(conversationId);
   }
 
   private setFlag(key: 'loadingOlder' | 'loadingNewest' | 'loadFailed', conversationId: number, value: boolean): void {
@@ -1081,15 +1090,19 @@ export class ChatSession {
    * off by a drop): a later one must not overtake it, or the user's messages would be stored out of the order typed.
    * With `orOnItsWay`, an earlier one still waiting for its answer counts too (for a send whose own pause is over:
    * it goes once the one before it is stored, `sendNextWaiting`, however long that one's answer takes). Not for a
-   * new send, which goes at once behind one on its way: sends in flight keep their order on the socket.
+   * new send, which goes at once behind one on its way: sends in flight keep their order on the socket, since the
+   * gateway refuses those behind one it refused. Except behind one on its way in the other form (to the person,
+   * `toUserId`, and to their conversation): the gateway keeps order per target as named, so that one is waited for.
    */
   private waitsBehind(send: PendingSend, orOnItsWay = false): boolean {
     const place = this.placeOf(send.target);
+    const toPerson = 'toUserId' in send.target;
     return Object.values(this.store.getState().pending).some(
       (p) =>
         p.createdAt < send.createdAt &&
         this.placeOf(p.target) === place &&
-        ((p.status === 'failed' && p.autoResend) || (orOnItsWay && p.status === 'sending')),
+        ((p.status === 'failed' && p.autoResend) ||
+          (p.status === 'sending' && (orOnItsWay || ('toUserId' in p.target) !== toPerson))),
     );
   }
 
@@ -1207,7 +1220,12 @@ export class ChatSession {
       }
     } catch (error) {
       const e = asApiRequestError(error);
-      if (!(clientMessageId in this.store.getState().pending)) return; // confirmed by a live frame meanwhile
+      if (!(clientMessageId in this.store.getState().pending)) {
+        // Confirmed by a live frame or a sync meanwhile: stored, so the sends waiting behind it go now.
+        this.resendAttempts.delete(clientMessageId);
+        this.sendNextWaiting(send.target, send.createdAt);
+        return;
+      }
       // Refused `forbidden`: removed from the conversation without this tab being told, as a page refused so says;
       // the removal discards this send with the conversation's others and says so. (A conversation not listed
       // here has no removal to apply: its send fails like any refusal.)
