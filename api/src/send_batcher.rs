@@ -311,6 +311,12 @@ mod tests {
         Lane { stream: stream.into(), conversation_id: Some(conversation_id), to_user_id: None }
     }
 
+    /// Lane s1/1 held `until`, waiting for the send `client_message_id` (refused `unavailable`).
+    fn held_for(client_message_id: &str, until: Instant) -> Holds {
+        let error = ApiError::unavailable("down");
+        Holds::from([(lane("s1", 1), Hold { client_message_id: client_message_id.into(), error, until })])
+    }
+
     fn code(mut answer: Answer) -> Option<common::protocol::ErrorCode> {
         answer.try_recv().ok().map(|result| result.expect_err("refused").code)
     }
@@ -361,10 +367,7 @@ mod tests {
     fn a_held_lane_refuses_its_sends_until_the_one_it_waits_for_comes_back_and_for_no_longer_than_the_hold() {
         let now = Instant::now();
         let fresh = now + Duration::from_secs(5);
-        let mut holds = Holds::from([(
-            lane("s1", 1),
-            Hold { client_message_id: "a".into(), error: ApiError::unavailable("down"), until: now + HOLD },
-        )]);
+        let mut holds = held_for("a", now + HOLD);
 
         // Batch after batch, until "a" comes back: "b" and "c" are refused, in whatever batch they come.
         let (b, b_answer) = pending(Some("s1"), 1, "b", fresh);
@@ -392,10 +395,7 @@ mod tests {
     #[test]
     fn a_hold_lapses_by_itself_when_the_send_it_waits_for_never_comes_back() {
         let now = Instant::now();
-        let mut holds = Holds::from([(
-            lane("s1", 1),
-            Hold { client_message_id: "given up".into(), error: ApiError::unavailable("down"), until: now + HOLD },
-        )]);
+        let mut holds = held_for("given up", now + HOLD);
         let later = now + HOLD;
         let (b, _b) = pending(Some("s1"), 1, "b", later + Duration::from_secs(5));
         let mut batch = vec![b];

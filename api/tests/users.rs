@@ -276,27 +276,40 @@ async fn register_and_login_are_rate_limited_per_client() {
     app.shutdown().await;
 }
 
-/// Behind a trusted proxy the limit counts the forwarded address; an IPv6 client counts as its whole /64, which
-/// it could otherwise walk through one address per attempt.
-#[tokio::test]
-async fn the_limit_counts_an_ipv6_network_as_one_client() {
+/// A gateway behind a trusted proxy that allows two register/login attempts per client, then one a minute.
+fn two_attempts_behind_a_proxy() -> Options {
     let mut options = Options::default();
     options.gateway.auth_rate_per_minute = 1;
     options.gateway.auth_rate_burst = 2;
     options.gateway.trust_forwarded_for = true;
-    let app = spawn_app_with(options).await;
-    let login = |from: &'static str| {
-        app.http
-            .post(app.url("/api/login"))
-            .header("x-forwarded-for", from)
-            .json(&json!({ "username": "ida", "password": "whatever it is" }))
-            .send()
-    };
+    options
+}
 
+/// A failing login with each `X-Forwarded-For` value in turn: the statuses.
+async fn logins_forwarded_for(app: &support::TestApp, forwarded: &[&str]) -> Vec<u16> {
     let mut statuses = Vec::new();
-    for from in ["2001:db8:5:6::1", "2001:db8:5:6::2", "2001:db8:5:6:ffff::3", "2001:db8:5:7::1", "198.51.100.1"] {
-        statuses.push(login(from).await.unwrap().status().as_u16());
+    for value in forwarded {
+        let response = app
+            .http
+            .post(app.url("/api/login"))
+            .header("x-forwarded-for", *value)
+            .json(&json!({ "username": "nobody", "password": "whatever it is" }))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
     }
+    statuses
+}
+
+/// Behind a trusted proxy the limit counts the forwarded address; an IPv6 client counts as its whole /64, which
+/// it could otherwise walk through one address per attempt.
+#[tokio::test]
+async fn the_limit_counts_an_ipv6_network_as_one_client() {
+    let app = spawn_app_with(two_attempts_behind_a_proxy()).await;
+
+    let forwarded = ["2001:db8:5:6::1", "2001:db8:5:6::2", "2001:db8:5:6:ffff::3", "2001:db8:5:7::1", "198.51.100.1"];
+    let statuses = logins_forwarded_for(&app, &forwarded).await;
 
     assert_eq!(statuses, [401, 401, 429, 401, 401], "one /64 shares a limit; another network has its own");
     app.shutdown().await;
@@ -307,25 +320,11 @@ async fn the_limit_counts_an_ipv6_network_as_one_client() {
 /// limited, and one it names cannot use up another client's attempts.
 #[tokio::test]
 async fn the_limit_counts_the_address_the_proxy_wrote_not_those_the_client_claimed() {
-    let mut options = Options::default();
-    options.gateway.auth_rate_per_minute = 1;
-    options.gateway.auth_rate_burst = 2;
-    options.gateway.trust_forwarded_for = true;
-    let app = spawn_app_with(options).await;
-    let login = |forwarded: &'static str| {
-        app.http
-            .post(app.url("/api/login"))
-            .header("x-forwarded-for", forwarded)
-            .json(&json!({ "username": "ivo", "password": "whatever it is" }))
-            .send()
-    };
+    let app = spawn_app_with(two_attempts_behind_a_proxy()).await;
 
-    let mut statuses = Vec::new();
-    for forwarded in
-        ["192.0.2.1, 203.0.113.9", "192.0.2.2, 203.0.113.9", "junk, 203.0.113.9", "203.0.113.9, 198.51.100.4"]
-    {
-        statuses.push(login(forwarded).await.unwrap().status().as_u16());
-    }
+    let forwarded =
+        ["192.0.2.1, 203.0.113.9", "192.0.2.2, 203.0.113.9", "junk, 203.0.113.9", "203.0.113.9, 198.51.100.4"];
+    let statuses = logins_forwarded_for(&app, &forwarded).await;
 
     assert_eq!(statuses, [401, 401, 429, 401], "203.0.113.9 is limited however it dresses; 198.51.100.4 is not");
     app.shutdown().await;

@@ -73,6 +73,16 @@ async function reconnected(t: ReturnType<typeof setup>, n = 2) {
   expect(t.server.sockets).toHaveLength(n);
 }
 
+/** Waits (bounded) until every send of the session is settled: the resend pauses have run. */
+async function nothingPending(t: ReturnType<typeof setup>) {
+  for (let i = 0; i < 100 && Object.keys(t.state().pending).length > 0; i++) await new Promise((r) => setTimeout(r, 10));
+}
+
+/** The client message ids of the newest `n` messages shown in a conversation, in seq order. */
+function lastStoredIds(t: ReturnType<typeof setup>, cid: number, n: number): string[] {
+  return visibleMessages(t.state().timelines[cid]!).map((m) => m.clientMessageId).slice(-n);
+}
+
 const dm = (lastSeq: number, readSeq: number) => entry(conv(7, [alice.id, bob.id], lastSeq), readSeq, lastSeq ? msg(7, lastSeq, bob.id) : undefined);
 const group = entry(conv(8, [alice.id, bob.id, carol.id], 0, { kind: 'group', title: 'Team' }), 0);
 const page = (from: number, to: number, more = { hasMoreBefore: from > 1, hasMoreAfter: false }) => ({
@@ -873,7 +883,7 @@ describe('session: sending', () => {
     await flush();
     expect(t.state().pending['cm-1']).toMatchObject({ status: 'failed', error: { code: 'unavailable' }, autoResend: true });
     const started = Date.now();
-    for (let i = 0; i < 100 && Object.keys(t.state().pending).length > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    await nothingPending(t);
     expect(t.state().pending).toEqual({});
     expect(ws.requests('sendMessage').map((s) => s.clientMessageId)).toEqual(['cm-1', 'cm-1', 'cm-1', 'cm-1']);
     // Pauses of 20, 40 and 80 ms before the three resends.
@@ -898,7 +908,7 @@ describe('session: sending', () => {
     await flush();
     expect(ws.requests('sendMessage').map((s) => s.clientMessageId)).toEqual(['cm-1']);
     expect(t.state().pending['cm-2']).toMatchObject({ status: 'failed', autoResend: true });
-    for (let i = 0; i < 100 && Object.keys(t.state().pending).length > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    await nothingPending(t);
     expect(t.state().pending).toEqual({});
     expect(ws.requests('sendMessage').map((s) => s.clientMessageId)).toEqual(['cm-1', 'cm-1', 'cm-2', 'cm-3']);
     expect(visibleMessages(t.state().timelines[7]!).map((m) => [m.seq, m.clientMessageId]).slice(-3)).toEqual([
@@ -981,9 +991,9 @@ describe('session: sending', () => {
     t.session.send('first');
     await flush();
     t.session.send('second');
-    for (let i = 0; i < 100 && Object.keys(t.state().pending).length > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    await nothingPending(t);
     expect(ws.requests('sendMessage').map((f) => f.clientMessageId)).toEqual(['cm-1', 'cm-1', 'cm-1', 'cm-1', 'cm-2']);
-    expect(visibleMessages(t.state().timelines[7]!).map((m) => m.clientMessageId).slice(-2)).toEqual(['cm-1', 'cm-2']);
+    expect(lastStoredIds(t, 7, 2)).toEqual(['cm-1', 'cm-2']);
   });
 
   it('a send held behind one that is settled some other way goes after its first pause, however long it waited', async () => {
@@ -1137,9 +1147,9 @@ describe('session: sending', () => {
     // The first to each conversation goes; the second waits behind the first, which is refused again.
     expect(ws2.requests('sendMessage').map((f) => f.clientMessageId)).toEqual(['cm-1', 'cm-3']);
     expect(t.state().pending['cm-2']).toMatchObject({ status: 'failed', error: { code: 'unavailable' } });
-    for (let i = 0; i < 100 && Object.keys(t.state().pending).length > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    await nothingPending(t);
     expect(ws2.requests('sendMessage').map((f) => f.clientMessageId)).toEqual(['cm-1', 'cm-3', 'cm-1', 'cm-1', 'cm-2']);
-    expect(visibleMessages(t.state().timelines[7]!).map((m) => m.clientMessageId).slice(-2)).toEqual(['cm-1', 'cm-2']);
+    expect(lastStoredIds(t, 7, 2)).toEqual(['cm-1', 'cm-2']);
   });
 
   it('a held send does not go while the one before it is still on its way, however long its answer takes', async () => {
@@ -1161,9 +1171,9 @@ describe('session: sending', () => {
     // Refused again: the second still waits; once the first is stored, it goes.
     ws2.fail(first, { code: 'unavailable', message: 'busy' });
     t.server.handlers.sendMessage = (f) => own(f.clientMessageId === 'cm-1' ? 13 : 14, f.clientMessageId, f.body);
-    for (let i = 0; i < 100 && Object.keys(t.state().pending).length > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    await nothingPending(t);
     expect(ws2.requests('sendMessage').map((f) => f.clientMessageId)).toEqual(['cm-1', 'cm-1', 'cm-2']);
-    expect(visibleMessages(t.state().timelines[7]!).map((m) => m.clientMessageId).slice(-2)).toEqual(['cm-1', 'cm-2']);
+    expect(lastStoredIds(t, 7, 2)).toEqual(['cm-1', 'cm-2']);
   });
 
   it("of two sends refused together, the later one's pause waits for the earlier one's resend to be stored", async () => {
@@ -1181,9 +1191,9 @@ describe('session: sending', () => {
     expect(ws.requests('sendMessage').map((f) => f.clientMessageId)).toEqual(['cm-1', 'cm-2', 'cm-1']);
     t.server.handlers.sendMessage = (f) => own(14, f.clientMessageId, f.body);
     ws.reply(ws.lastRequest('sendMessage'), 'sendMessage', own(13, 'cm-1', 'first'));
-    for (let i = 0; i < 100 && Object.keys(t.state().pending).length > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    await nothingPending(t);
     expect(ws.requests('sendMessage').map((f) => f.clientMessageId)).toEqual(['cm-1', 'cm-2', 'cm-1', 'cm-2']);
-    expect(visibleMessages(t.state().timelines[7]!).map((m) => m.clientMessageId).slice(-2)).toEqual(['cm-1', 'cm-2']);
+    expect(lastStoredIds(t, 7, 2)).toEqual(['cm-1', 'cm-2']);
   });
 
   it('a message typed while the reconnect syncs goes after the ones the drop interrupted', async () => {
