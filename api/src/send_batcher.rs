@@ -164,19 +164,16 @@ async fn run(rpc: RpcClient, interval: Duration, hold: Duration, mut queue: mpsc
         if batch.is_empty() {
             continue;
         }
-        let lanes: Vec<(Lane, String)> = batch
-            .iter()
-            .filter_map(|p| p.lane.clone().map(|lane| (lane, p.request.request.client_message_id.clone())))
-            .collect();
         // A panic in one batch fails that batch (its callers' answers are dropped, which they read as `internal`),
         // not the batcher: a dead batcher would leave a gateway that refuses every send until it is restarted.
-        // No panic path is known; this is the same guard the message-service's committer has.
+        // No panic path is known; this is the same guard the message-service's committer has. (Its lanes are not
+        // held: knowing them would cost every batch a copy of its lanes, for a path that is a bug.)
         let refused = match AssertUnwindSafe(forward(&rpc, std::mem::take(&mut batch))).catch_unwind().await {
             Ok(refused) => refused,
             Err(panic) => {
                 let panic = common::telemetry::panic_message(panic.as_ref());
                 tracing::error!(panic, "forwarding a batch of sends panicked");
-                lanes.into_iter().map(|(lane, id)| (lane, id, ApiError::internal())).collect()
+                Vec::new()
             }
         };
         let until = Instant::now() + hold;
@@ -241,19 +238,16 @@ async fn forward(rpc: &RpcClient, batch: Vec<Pending>) -> Vec<(Lane, String, Api
     // The batch is logged under its first send's request id; each send's id is in the gateway's own log line.
     let request_id = batch.first().map(|p| p.request_id.clone()).unwrap_or_default();
     tracing::debug!(%request_id, sends = batch.len(), "forwarding a batch of sends");
-    let mut requests = Vec::with_capacity(batch.len());
+    let mut sends = Vec::with_capacity(batch.len());
     let mut waiting = Vec::with_capacity(batch.len());
     for Pending { request, lane, reply, .. } in batch {
-        let lane = lane.map(|lane| (lane, request.request.client_message_id.clone()));
-        requests.push(request);
+        sends.push(request);
         waiting.push((lane, reply));
     }
-    let count = requests.len();
+    let count = sends.len();
     let ctx = CallContext::new(request_id, timeout);
-    let outcomes: Vec<Result<Message, ApiError>> = match rpc
-        .call::<SendMessages>(&SendBatch { sends: requests }, &ctx)
-        .await
-    {
+    let request = SendBatch { sends };
+    let outcomes: Vec<Result<Message, ApiError>> = match rpc.call::<SendMessages>(&request, &ctx).await {
         Ok(result) if result.results.len() == count => result.results.into_iter().map(Into::into).collect(),
         Ok(result) => {
             tracing::error!(sent = count, answered = result.results.len(), "a batch came back with the wrong count");
@@ -267,13 +261,13 @@ async fn forward(rpc: &RpcClient, batch: Vec<Pending>) -> Vec<(Lane, String, Api
         }
     };
     let mut refused = Vec::new();
-    for ((lane, reply), outcome) in waiting.into_iter().zip(outcomes) {
+    for (((lane, reply), outcome), send) in waiting.into_iter().zip(outcomes).zip(&request.sends) {
         // A caller no longer waiting was answered by the hub (an identical send was stored): nothing to hold.
-        if let (Some((lane, client_message_id)), Err(error)) = (lane, &outcome)
+        if let (Some(lane), Err(error)) = (lane, &outcome)
             && error.code.is_retryable()
             && !reply.is_closed()
         {
-            refused.push((lane, client_message_id, error.clone()));
+            refused.push((lane, send.request.client_message_id.clone(), error.clone()));
         }
         let _ = reply.send(outcome);
     }
