@@ -94,6 +94,7 @@ fn stand_in(server: RpcServer) -> RpcServer {
                 conversations: vec![],
                 messages: vec![],
                 truncated: r.request.heads.iter().map(|h| h.conversation_id * 1000 + h.seq).collect(),
+                removed: vec![r.user_id],
             })
         })
 }
@@ -173,6 +174,7 @@ async fn every_rest_twin_calls_its_operation_as_the_token_user() {
     let (_, synced) =
         send(Method::POST, "/api/sync", Some(json!({ "heads": [{ "conversationId": 10, "seq": 4 }] }))).await;
     assert_eq!(synced["truncated"], json!([10_004]));
+    assert_eq!(synced["removed"], json!([me]));
 
     let (status, _) = send(Method::DELETE, "/api/conversations/10/members/bob", None).await;
     assert_eq!(status, 400, "a non-numeric path parameter is a bad request");

@@ -169,6 +169,15 @@ impl PageRange {
     }
 }
 
+/// What [`Store::unlisted`] finds among a sync's heads.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Unlisted {
+    /// Conversations of the user's with messages after the head, most recently active first.
+    pub behind: Vec<i64>,
+    /// Conversations the user is not a member of (left, removed, never theirs, or no such conversation).
+    pub removed: Vec<i64>,
+}
+
 /// Access to the `messages` schema. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -274,27 +283,32 @@ impl Store {
         Ok((rows.iter().map(entry_from).collect(), next))
     }
 
-    /// The conversations among `heads` (conversation id, seq) that `user_id` is a member of and that have messages
-    /// after their head, most recently active first: what a `sync` adds to the recent list for a client that holds
-    /// conversations beyond it (see `handlers::sync`).
-    pub async fn behind(&self, user_id: i64, heads: &[(i64, i64)]) -> anyhow::Result<Vec<i64>> {
+    /// Of `heads` (conversation id, seq), for a client that holds conversations beyond the recent list (see
+    /// `handlers::sync`): those `user_id` is a member of that have messages after their head, most recently active
+    /// first, and those `user_id` is not a member of (in the order given).
+    pub async fn unlisted(&self, user_id: i64, heads: &[(i64, i64)]) -> anyhow::Result<Unlisted> {
         let client = self.client().await?;
         let statement = client
             .prepare_cached(
-                "SELECT c.id
-                   FROM unnest($2::bigint[], $3::bigint[]) AS h (conversation_id, seq)
-                   JOIN messages.conversations c ON c.id = h.conversation_id
-                   JOIN messages.members m ON m.conversation_id = c.id AND m.user_id = $1
-                  WHERE c.last_seq > h.seq
-                  ORDER BY c.last_activity_at DESC, c.id DESC",
+                "SELECT h.conversation_id, m.user_id IS NOT NULL
+                   FROM unnest($2::bigint[], $3::bigint[]) WITH ORDINALITY AS h (conversation_id, seq, n)
+                   LEFT JOIN messages.members m ON m.conversation_id = h.conversation_id AND m.user_id = $1
+                   LEFT JOIN messages.conversations c ON c.id = m.conversation_id
+                  WHERE m.user_id IS NULL OR c.last_seq > h.seq
+                  ORDER BY c.last_activity_at DESC, c.id DESC, h.n",
             )
             .await?;
         let (ids, seqs): (Vec<i64>, Vec<i64>) = heads.iter().copied().unzip();
         let rows = client
             .query(&statement, &[&user_id, &ids, &seqs])
             .await
-            .context("finding the conversations behind a sync's heads")?;
-        Ok(rows.iter().map(|row| row.get(0)).collect())
+            .context("reading the conversations of a sync's heads beyond the recent list")?;
+        let mut unlisted = Unlisted::default();
+        for row in rows {
+            let id: i64 = row.get(0);
+            if row.get(1) { unlisted.behind.push(id) } else { unlisted.removed.push(id) }
+        }
+        Ok(unlisted)
     }
 
     /// The conversations `ids` that `user_id` is a member of, as they see them, most recently active first.

@@ -194,7 +194,7 @@ async fn sync_returns_exactly_what_the_client_lacks() {
         .unwrap();
 
     assert_eq!(synced.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [3, 4, 5]);
-    assert!(synced.truncated.is_empty());
+    assert!(synced.truncated.is_empty() && synced.removed.is_empty());
     assert_eq!(synced.conversations.len(), 1);
     assert_eq!(synced.conversations[0].conversation.last_seq, 5);
     let fresh = s.call::<Sync>(as_user(ben, SyncRequest::default())).await.unwrap();
@@ -223,6 +223,19 @@ async fn sync_returns_exactly_what_the_client_lacks() {
     let seqs: Vec<i64> = tail.messages.iter().map(|m| m.seq).collect();
     assert_eq!(seqs, (6..=per + 5).collect::<Vec<_>>());
     assert!(tail.truncated.is_empty());
+
+    // Heads for conversations ben is not in (one he left, one never his, one that does not exist) are named in
+    // `removed`, in the order given, and bring nothing else.
+    let left = s.group(ann, "left", vec![ben]).await;
+    s.call::<LeaveConversation>(as_user(ben, LeaveConversationRequest { conversation_id: left.id })).await.unwrap();
+    let foreign = s.group(ann, "not his", vec![]).await;
+    s.send(ann, foreign.id, "f", "private").await.unwrap();
+    let heads = [left.id, group.id, i64::MAX, foreign.id].map(|conversation_id| Head { conversation_id, seq: 0 });
+    let gone = s.call::<Sync>(as_user(ben, SyncRequest { heads: heads.to_vec() })).await.unwrap();
+    assert_eq!(gone.removed, [left.id, i64::MAX, foreign.id]);
+    let listed: Vec<i64> = gone.conversations.iter().map(|e| e.conversation.id).collect();
+    assert_eq!(listed, [long.id, group.id]);
+    assert!(gone.messages.iter().all(|m| m.conversation_id == group.id || m.conversation_id == long.id));
     s.stop().await;
 }
 
@@ -247,13 +260,17 @@ async fn sync_answers_for_held_conversations_beyond_the_recent_list() {
         let titles: Vec<String> = chunk.iter().map(|i| format!("recent {i}")).collect();
         futures_util::future::join_all(titles.iter().map(|title| s.group(ann, title, vec![ben]))).await;
     }
-    // Not ben's: a head for it brings nothing.
+    // Not ben's: a head for it brings nothing but its removal, as does one for a group he has left since.
     let foreign = s.group(ann, "not his", vec![]).await;
     s.send(ann, foreign.id, "f", "private").await.unwrap();
+    let left = s.group(ann, "left", vec![ben]).await;
+    s.send(ann, left.id, "l", "before he left").await.unwrap();
+    s.call::<LeaveConversation>(as_user(ben, LeaveConversationRequest { conversation_id: left.id })).await.unwrap();
 
     let mut heads: Vec<Head> = missed.iter().map(|&id| Head { conversation_id: id, seq: 0 }).collect();
     heads.push(Head { conversation_id: quiet, seq: 0 });
     heads.push(Head { conversation_id: foreign.id, seq: 0 });
+    heads.push(Head { conversation_id: left.id, seq: 0 });
     let synced = s.call::<Sync>(as_user(ben, SyncRequest { heads })).await.unwrap();
 
     let listed: Vec<i64> = synced.conversations.iter().map(|e| e.conversation.id).collect();
@@ -267,6 +284,7 @@ async fn sync_answers_for_held_conversations_beyond_the_recent_list() {
     // The one left over is named, for the client to page.
     assert_eq!(synced.truncated, [missed[0]]);
     assert!(!listed.contains(&quiet) && !listed.contains(&foreign.id), "{listed:?}");
+    assert_eq!(synced.removed, [foreign.id, left.id], "the heads of conversations he is not in, in their order");
     s.stop().await;
 }
 

@@ -279,6 +279,11 @@ pub struct SyncResponse {
     /// Conversations with more missed messages than returned (some of them not in `conversations`): page the rest
     /// with `getMessages` `after`.
     pub truncated: Vec<i64>,
+    /// Conversations the client sent a head for that the user is not a member of (they left or were removed, or
+    /// it never was theirs): drop them. Said whether or not the user is in more conversations than the list
+    /// holds. (A message-service older than this field leaves it out, during a rolling upgrade: read as empty.)
+    #[serde(default)]
+    pub removed: Vec<i64>,
 }
 
 /// What the message-service publishes on the fanout exchange, in batches (one AMQP message per commit).

@@ -27,7 +27,7 @@ function renderApp(entries: ConversationEntry[], options: Partial<SessionOptions
   const server = new FakeServer();
   server.handlers = {
     listConversations: () => ({ conversations: entries }),
-    sync: () => ({ conversations: entries, messages: [], truncated: [] }),
+    sync: () => ({ conversations: entries, messages: [], truncated: [], removed: [] }),
     getUsers: (f) => ({
       users: f.ids
         ? users.filter((u) => f.ids!.includes(u.id))

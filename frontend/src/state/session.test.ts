@@ -33,7 +33,7 @@ function setup(initial: ConversationEntry[], options: Partial<SessionOptions> = 
   let entries = initial;
   server.handlers = {
     listConversations: () => ({ conversations: entries }),
-    sync: () => ({ conversations: entries, messages: [], truncated: [] }),
+    sync: () => ({ conversations: entries, messages: [], truncated: [], removed: [] }),
     getUsers: (f) => {
       if (f.ids) return { users: users.filter((u) => f.ids!.includes(u.id)) };
       const after = f.after ?? 0;
@@ -104,7 +104,7 @@ describe('session: sync', () => {
   it("the first sync sends no heads; each conversation's newest messages become its newest page", async () => {
     const t = setup([dm(12, 10), group]);
     // The server's answer for conversations missing from heads: their newest messages (here 3..12).
-    t.server.handlers.sync = () => ({ conversations: [dm(12, 10), group], messages: page(3, 12).messages, truncated: [] });
+    t.server.handlers.sync = () => ({ conversations: [dm(12, 10), group], messages: page(3, 12).messages, truncated: [], removed: [] });
     const ws = t.server.accept(alice);
     await flush();
     const types = ws.sent.map((f) => f.type).filter((type) => type !== 'getUsers');
@@ -133,7 +133,7 @@ describe('session: sync', () => {
 
   it('a new conversation whose sync answer was cut short follows its tail and loads when opened', async () => {
     const t = setup([dm(12, 12)]);
-    t.server.handlers.sync = () => ({ conversations: [dm(12, 12)], messages: page(3, 5).messages, truncated: [7] });
+    t.server.handlers.sync = () => ({ conversations: [dm(12, 12)], messages: page(3, 5).messages, truncated: [7], removed: [] });
     const ws = t.server.accept(alice);
     await flush();
     expect(t.state().timelines[7]).toMatchObject({ head: 12, lo: null });
@@ -154,7 +154,7 @@ describe('session: sync', () => {
     expect(t.state().timelines[7]).toMatchObject({ head: 13, lo: null });
     // After a long time away: 5,000 more, and the answer is cut short.
     const behind = entry(conv(7, [alice.id, bob.id], 5_013), 12, msg(7, 5_013, bob.id));
-    t.server.handlers.sync = () => ({ conversations: [behind], messages: page(14, 213).messages, truncated: [7] });
+    t.server.handlers.sync = () => ({ conversations: [behind], messages: page(14, 213).messages, truncated: [7], removed: [] });
     ws.receive({ type: 'resync', reason: 'test' });
     await flush(5);
     expect(ws.requests('getMessages')).toHaveLength(0);
@@ -179,7 +179,7 @@ describe('session: sync', () => {
     await flush();
     expect(t.state().timelines[8]).toMatchObject({ head: 11, lo: null });
     // More of the user's conversations were behind than the answer has entries for: this one is only named.
-    t.server.handlers.sync = () => ({ conversations: many, messages: [], truncated: [8] });
+    t.server.handlers.sync = () => ({ conversations: many, messages: [], truncated: [8], removed: [] });
     t.server.handlers.getConversation = (f) => (f.conversationId === 8 ? team(900) : undefined);
     ws.receive({ type: 'resync', reason: 'test' });
     await flush(5);
@@ -202,7 +202,7 @@ describe('session: sync', () => {
   it('an entry that moves past a newest page still loading leaves no hole in what is shown', async () => {
     const { t, ws, newest } = await openingWithNewestPageUnanswered();
     // Asked before 13–15 were sent; a sync brings them, with an entry at 15, before the page is answered.
-    t.server.handlers.sync = () => ({ conversations: [dm(15, 12)], messages: page(13, 15).messages, truncated: [] });
+    t.server.handlers.sync = () => ({ conversations: [dm(15, 12)], messages: page(13, 15).messages, truncated: [], removed: [] });
     ws.receive({ type: 'resync', reason: 'test' });
     await flush();
     ws.reply(newest, 'getMessages', page(3, 12));
@@ -212,7 +212,7 @@ describe('session: sync', () => {
 
   it('a catch-up of a conversation whose newest page failed to load stops: nothing would show it', async () => {
     const { t, ws, newest } = await openingWithNewestPageUnanswered();
-    t.server.handlers.sync = () => ({ conversations: [dm(5_013, 12)], messages: page(13, 212).messages, truncated: [7] });
+    t.server.handlers.sync = () => ({ conversations: [dm(5_013, 12)], messages: page(13, 212).messages, truncated: [7], removed: [] });
     ws.receive({ type: 'resync', reason: 'test' });
     await flush();
     // Its newest page is loading, so the cut-short conversation is caught up, from 212.
@@ -276,6 +276,7 @@ describe('session: sync', () => {
       conversations: [dm(17, 12)],
       messages: [msg(7, 13, bob.id), msg(7, 14, bob.id)],
       truncated: [7],
+      removed: [],
     });
     t.server.handlers.getMessages = (f) => {
       afters.push(f.after ?? -1);
@@ -373,7 +374,7 @@ describe('session: sync', () => {
     await flush();
     expect(ws.lastRequest('getConversation').conversationId).toBe(8);
     expect(unreadCount(t.state().conversations[8]!)).toBe(3);
-    ws.reply(ws.lastRequest('sync'), 'sync', { conversations: [entry(team, 2)], messages: [], truncated: [] });
+    ws.reply(ws.lastRequest('sync'), 'sync', { conversations: [entry(team, 2)], messages: [], truncated: [], removed: [] });
     await flush();
     expect(unreadCount(t.state().conversations[8]!)).toBe(3);
   });
@@ -416,7 +417,7 @@ describe('session: sync', () => {
     ws.receive({ type: 'conversation', conversation: after });
     expect(t.state().conversations[8]).toBeUndefined();
     // The sync's answer was computed while the user was still a member.
-    ws.reply(asked, 'sync', { conversations: [dm(1, 1), group], messages: [], truncated: [] });
+    ws.reply(asked, 'sync', { conversations: [dm(1, 1), group], messages: [], truncated: [], removed: [] });
     await flush();
     expect(t.state().conversations[8]).toBeUndefined();
     expect(t.state().conversations[7]).toBeDefined();
@@ -548,7 +549,8 @@ describe('session: a page refused as forbidden', () => {
     t.server.accept(alice);
     await flush();
     expect(t.state().conversations[8]).toBeDefined();
-    // Offline, the user writes to Team, and is removed from it: the reconnect's sync, incomplete, cannot tell.
+    // Offline, the user writes to Team, and is removed from it; the reconnect's sync, incomplete, does not name it
+    // in `removed` (the removal came after it was answered, or the service predates `removed`).
     t.server.current.serverClose(1006);
     await flush(1);
     t.session.send('written offline', { conversationId: 8 });
@@ -567,6 +569,34 @@ describe('session: a page refused as forbidden', () => {
     expect(t.state().pending).toEqual({});
     expect(t.state().loadFailed).toEqual({});
     expect(t.state().loadingNewest).toEqual({});
+  });
+
+  it('removed from an older conversation than sync answers for: the sync names it, and it is removed with its unsent message', async () => {
+    const recent = Array.from({ length: 200 }, (_, i) => entry(conv(100 + i, [alice.id, bob.id], 1, { kind: 'group' }), 1));
+    const t = setup(recent);
+    t.server.handlers.listConversations = () => ({ conversations: [...recent, team] });
+    t.server.accept(alice);
+    await flush();
+    expect(t.state().conversations[8]).toBeDefined();
+    t.server.current.serverClose(1006);
+    await flush(1);
+    t.session.send('written offline', { conversationId: 8 });
+    await reconnected(t);
+    t.server.handlers.sync = ({ heads }) => ({
+      conversations: recent,
+      messages: [],
+      truncated: [],
+      removed: heads.some((h) => h.conversationId === 8) ? [8] : [],
+    });
+    t.server.accept(alice);
+    await flush();
+    expect(t.server.current.lastRequest('sync').heads).toContainEqual({ conversationId: 8, seq: 5 });
+    expect(t.state().conversations[8]).toBeUndefined();
+    expect(t.state().timelines[8]).toBeUndefined();
+    expect(t.state().notice).toBe('You are no longer a member of Team. Your unsent message to it was discarded.');
+    expect(t.state().pending).toEqual({});
+    expect(t.server.current.requests('sendMessage')).toHaveLength(0);
+    expect(Object.keys(t.state().conversations)).toHaveLength(200);
   });
 
   it('an older page refused as forbidden removes the conversation the same way', async () => {
@@ -617,7 +647,7 @@ describe('session: a page refused as forbidden', () => {
     await flush();
     expect(t.state().conversations[8]).toBeUndefined();
     // The sync's answer was computed while the user was still a member.
-    ws.reply(asked, 'sync', { conversations: [dm(12, 12), team], messages: [], truncated: [] });
+    ws.reply(asked, 'sync', { conversations: [dm(12, 12), team], messages: [], truncated: [], removed: [] });
     await flush();
     expect(t.state().conversations[8]).toBeUndefined();
     expect(t.state().conversations[7]).toBeDefined();
@@ -663,7 +693,7 @@ describe('session: a page refused as forbidden', () => {
     ws.receive({ type: 'conversation', conversation: team.conversation });
     await flush();
     // Computed while the user was briefly out of Team.
-    ws.reply(asked, 'sync', { conversations: [dm(12, 12)], messages: [], truncated: [] });
+    ws.reply(asked, 'sync', { conversations: [dm(12, 12)], messages: [], truncated: [], removed: [] });
     await flush();
     expect(t.state().conversations[8]).toBeDefined();
     expect(t.state().notice).toBeNull();
@@ -740,7 +770,7 @@ describe('session: a sync that gets no answer', () => {
     }
     expect(t.server.sockets.flatMap((ws) => ws.requests('sendMessage'))).toEqual([]);
     // This one answers: the message typed meanwhile goes out.
-    t.server.current.reply(t.server.current.lastRequest('sync'), 'sync', { conversations: [dm(12, 12)], messages: [], truncated: [] });
+    t.server.current.reply(t.server.current.lastRequest('sync'), 'sync', { conversations: [dm(12, 12)], messages: [], truncated: [], removed: [] });
     t.server.handlers.sendMessage = (f) => msg(7, 13, alice.id, f.body, { clientMessageId: f.clientMessageId });
     await settle();
     expect(t.server.current.requests('sendMessage').map((f) => f.body)).toEqual(['typed meanwhile']);
@@ -775,7 +805,7 @@ describe('session: a sync that gets no answer', () => {
     }
     expect(t.server.sockets.flatMap((ws) => ws.requests('sendMessage'))).toEqual([]);
     // This one answers: the message typed meanwhile goes out.
-    t.server.current.reply(t.server.current.lastRequest('sync'), 'sync', { conversations: [dm(12, 12)], messages: [], truncated: [] });
+    t.server.current.reply(t.server.current.lastRequest('sync'), 'sync', { conversations: [dm(12, 12)], messages: [], truncated: [], removed: [] });
     t.server.handlers.sendMessage = (f) => msg(7, 13, alice.id, f.body, { clientMessageId: f.clientMessageId });
     await settle();
     expect(t.server.current.requests('sendMessage').map((f) => f.body)).toEqual(['typed meanwhile']);
@@ -1075,7 +1105,7 @@ describe('session: sending', () => {
     let syncAnswered = false;
     t.server.handlers.sync = () => {
       syncAnswered = true;
-      return { conversations: [dm(12, 12)], messages: [], truncated: [] };
+      return { conversations: [dm(12, 12)], messages: [], truncated: [], removed: [] };
     };
     t.server.handlers.sendMessage = (f) => {
       expect(syncAnswered).toBe(true);
@@ -1115,7 +1145,7 @@ describe('session: sending', () => {
     t.session.send('hello');
     t.server.current.serverClose(1001);
     await reconnected(t);
-    t.server.handlers.sync = () => ({ conversations: [dm(13, 12)], messages: [own(13, 'cm-1')], truncated: [] });
+    t.server.handlers.sync = () => ({ conversations: [dm(13, 12)], messages: [own(13, 'cm-1')], truncated: [], removed: [] });
     const ws2 = t.server.accept(alice);
     await flush();
     expect(ws2.lastRequest('sync').heads).toEqual([{ conversationId: 7, seq: 12 }]);
@@ -1209,7 +1239,7 @@ describe('session: sending', () => {
     t.server.handlers.sendMessage = (f) => own(++seq, f.clientMessageId, f.body);
     const ws2 = t.server.accept(alice);
     await flush();
-    answerSync = () => ws2.reply(ws2.lastRequest('sync'), 'sync', { conversations: [dm(12, 12)], messages: [], truncated: [] });
+    answerSync = () => ws2.reply(ws2.lastRequest('sync'), 'sync', { conversations: [dm(12, 12)], messages: [], truncated: [], removed: [] });
     t.session.send('second, typed during the sync');
     await flush();
     expect(ws2.requests('sendMessage')).toHaveLength(0);
@@ -1301,7 +1331,7 @@ describe('session: sending', () => {
     // reconnect's sync brings the stored message: then it shows once, and is not sent again.
     storageEvent(tabA);
     expect(Object.keys(tabA.state().pending)).toEqual(['from-a']);
-    tabA.server.handlers.sync = () => ({ conversations: [dm(13, 12)], messages: [own(13, 'from-a', 'running late')], truncated: [] });
+    tabA.server.handlers.sync = () => ({ conversations: [dm(13, 12)], messages: [own(13, 'from-a', 'running late')], truncated: [], removed: [] });
     tabA.server.accept(alice);
     await flush();
     expect(tabA.server.current.requests('sendMessage')).toEqual([]);

@@ -763,9 +763,12 @@ export class ChatSession {
         const gone = [...inHeads].filter((id) => !present.has(id) && !this.confirmedSince(id, removalsAsked));
         if (gone.length) this.removeConversations(gone);
         this.dropOrphanedSends(present, asked);
-      } else if (!this.listed) {
-        // More conversations than one sync answers for: list the rest once (they follow their tails from then on).
-        void this.listAllConversations();
+      } else {
+        // More conversations than one sync answers for: the ones we hold that the user is no longer in are named.
+        const gone = response.removed.filter((id) => inHeads.has(id) && !this.confirmedSince(id, removalsAsked));
+        if (gone.length) this.removeConversations(gone);
+        // List the rest once (they follow their tails from then on).
+        if (!this.listed) void this.listAllConversations();
       }
       this.listed = true;
       // Every message returned confirms our own pending sends, whatever happens to it below.

@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use common::{
     amqp::RequestContext,
@@ -12,7 +12,7 @@ use common::{
 };
 
 use super::{Shared, internal};
-use crate::domain::positive_id;
+use crate::{domain::positive_id, store::Unlisted};
 
 /// The resume contract: given the newest seq the client holds per conversation, return the user's most recently
 /// active conversations (at most `MAX_CONVERSATIONS_PAGE`), then the others the client sent a head for that have
@@ -20,8 +20,9 @@ use crate::domain::positive_id;
 /// the messages it lacks, in order, at most `SYNC_MESSAGES_PER_CONVERSATION` per conversation and
 /// `SYNC_MESSAGES_TOTAL` / `SYNC_BODY_BYTES` in all (the rest flagged `truncated`, for paging with
 /// `getMessages after`: what was returned of a conversation is always a prefix of what it lacks, so the client's
-/// new head is exact). Whatever replica or gateway a client reconnects to, the answer comes from the database,
-/// so nothing acknowledged can be missed.
+/// new head is exact), and the conversations it sent a head for that the user is not a member of (`removed`).
+/// Whatever replica or gateway a client reconnects to, the answer comes from the database, so nothing
+/// acknowledged can be missed.
 #[tracing::instrument(skip_all, fields(request_id = %ctx.request_id, user_id = request.user_id), err(Debug, level = "info"))]
 pub async fn sync(
     service: Shared,
@@ -36,8 +37,11 @@ pub async fn sync(
         return Err(ApiError::validation("a seq cannot be negative"));
     }
     let mut heads = HashMap::with_capacity(request.heads.len());
-    for head in &request.heads {
+    // Where each conversation's head first came in the request.
+    let mut order = HashMap::with_capacity(request.heads.len());
+    for (n, head) in request.heads.iter().enumerate() {
         let conversation_id = positive_id(head.conversation_id, "a head's conversationId")?;
+        order.entry(conversation_id).or_insert(n);
         // Two heads for one conversation (a client merging what it holds from two places): the lower is the one
         // that misses nothing, since a message sent twice is harmless to a client that places by seq and a
         // message skipped is lost to it.
@@ -45,21 +49,28 @@ pub async fn sync(
     }
     let (mut conversations, more) =
         service.store.list(user_id, None, MAX_CONVERSATIONS_PAGE).await.map_err(internal)?;
-    // A user in more conversations than the list holds: a conversation the client holds can have fallen out of it
-    // (others spoke since), and its news would never come. Those with messages after their head follow the recent
-    // ones, the most recently active with their entry, any more in `truncated` only (the client pages them).
+    let listed: HashSet<i64> = conversations.iter().map(|e| e.conversation.id).collect();
+    let mut unlisted: Vec<(i64, i64)> =
+        heads.iter().filter(|(id, _)| !listed.contains(id)).map(|(&id, &seq)| (id, seq)).collect();
+    // In the order the client gave them, so the answer does not depend on the map's.
+    unlisted.sort_unstable_by_key(|&(id, _)| order[&id]);
     let mut truncated = Vec::new();
-    if more.is_some() {
-        let listed: Vec<i64> = conversations.iter().map(|e| e.conversation.id).collect();
-        let unlisted: Vec<(i64, i64)> =
-            heads.iter().filter(|(id, _)| !listed.contains(id)).map(|(&id, &seq)| (id, seq)).collect();
-        if !unlisted.is_empty() {
-            let mut behind = service.store.behind(user_id, &unlisted).await.map_err(internal)?;
-            let rest = behind.split_off(behind.len().min(SYNC_CONVERSATIONS_BEHIND as usize));
-            conversations.extend(service.store.entries(user_id, &behind).await.map_err(internal)?);
-            truncated.extend(rest);
-        }
-    }
+    let removed = if more.is_none() {
+        // The list holds every conversation of the user's: a head for any other is one they are not in.
+        unlisted.into_iter().map(|(id, _)| id).collect()
+    } else if unlisted.is_empty() {
+        Vec::new()
+    } else {
+        // A user in more conversations than the list holds: a conversation the client holds can have fallen out
+        // of it (others spoke since), and its news would never come. Those with messages after their head follow
+        // the recent ones, the most recently active with their entry, any more in `truncated` only (the client
+        // pages them); those the user is no longer in are named in `removed`, as the complete list implies them.
+        let Unlisted { mut behind, removed } = service.store.unlisted(user_id, &unlisted).await.map_err(internal)?;
+        let rest = behind.split_off(behind.len().min(SYNC_CONVERSATIONS_BEHIND as usize));
+        conversations.extend(service.store.entries(user_id, &behind).await.map_err(internal)?);
+        truncated.extend(rest);
+        removed
+    };
     let per = i64::from(SYNC_MESSAGES_PER_CONVERSATION);
     let mut budget = i64::from(SYNC_MESSAGES_TOTAL);
     let mut ranges = Vec::new();
@@ -93,5 +104,5 @@ pub async fn sync(
         }
         messages.truncate(cut);
     }
-    Ok(SyncResponse { conversations, messages, truncated })
+    Ok(SyncResponse { conversations, messages, truncated, removed })
 }

@@ -16,4 +16,10 @@ messages: Array<Message>,
  * Conversations with more missed messages than returned (some of them not in `conversations`): page the rest
  * with `getMessages` `after`.
  */
-truncated: Array<number>, };
+truncated: Array<number>, 
+/**
+ * Conversations the client sent a head for that the user is not a member of (they left or were removed, or
+ * it never was theirs): drop them. Said whether or not the user is in more conversations than the list
+ * holds. (A message-service older than this field leaves it out, during a rolling upgrade: read as empty.)
+ */
+removed: Array<number>, };
