@@ -2,6 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use crate::serve::HttpLimits;
 use anyhow::{Context, bail};
 use common::{
     auth::DEV_PUBLIC_KEY_PEM,
@@ -27,6 +28,10 @@ pub struct Settings {
     /// A client that announces a body and sends it slowly, or never, is answered 408 instead of holding a
     /// connection and its task for as long as it likes.
     pub http_body_timeout: Duration,
+    /// `WARREN_HTTP_HEADER_TIMEOUT_MS` (default 30000) and `WARREN_HTTP_MAX_CONNECTIONS` (default 10000): how long
+    /// a request's headers may take to arrive (from the connection's start, or the previous response's end) and
+    /// how many HTTP connections are served at once (see `serve`).
+    pub http: HttpLimits,
     /// `WARREN_SEND_BATCH_INTERVAL_MS`, default 0: least time between the starts of two `sendMessages` batches
     /// (see `send_batcher`). 0 sends the next batch as soon as the last was answered; more trades up to this much
     /// latency per send for fewer, larger batches (less CPU per message) while sends keep coming. A send after a
@@ -148,6 +153,10 @@ impl Settings {
             .context("WARREN_ALLOWED_ORIGINS")?,
             rpc_timeout: env_millis("WARREN_RPC_TIMEOUT_MS", 5_000)?,
             http_body_timeout: env_millis("WARREN_HTTP_BODY_TIMEOUT_MS", 30_000)?,
+            http: http_limits(
+                env_millis("WARREN_HTTP_HEADER_TIMEOUT_MS", 30_000)?,
+                env_parse("WARREN_HTTP_MAX_CONNECTIONS", 10_000)?,
+            )?,
             send_batch_interval: send_batch_interval(env_millis("WARREN_SEND_BATCH_INTERVAL_MS", 0)?)?,
             auth_rate_per_minute: env_parse("WARREN_AUTH_RATE_PER_MINUTE", 30)?,
             auth_rate_burst: env_parse("WARREN_AUTH_RATE_BURST", 10)?,
@@ -170,6 +179,7 @@ impl Settings {
             allowed_origins: vec!["http://localhost:5173".to_owned()],
             rpc_timeout: Duration::from_secs(5),
             http_body_timeout: Duration::from_secs(30),
+            http: HttpLimits { header_timeout: Duration::from_secs(30), max_connections: 10_000 },
             send_batch_interval: Duration::ZERO,
             auth_rate_per_minute: 6_000,
             auth_rate_burst: 1_000,
@@ -179,6 +189,16 @@ impl Settings {
             ws: WsSettings::default(),
         }
     }
+}
+
+fn http_limits(header_timeout: Duration, max_connections: usize) -> anyhow::Result<HttpLimits> {
+    if header_timeout.is_zero() {
+        bail!("WARREN_HTTP_HEADER_TIMEOUT_MS must be more than 0 (it would close every connection at once)");
+    }
+    if max_connections == 0 {
+        bail!("WARREN_HTTP_MAX_CONNECTIONS must be more than 0");
+    }
+    Ok(HttpLimits { header_timeout, max_connections })
 }
 
 /// Most a send may be held for company: beyond this the wait stops being a batching window and becomes lag.
@@ -245,6 +265,16 @@ mod tests {
         assert!(send_batch_interval(MAX_SEND_BATCH_INTERVAL).is_ok());
         let error = send_batch_interval(Duration::from_millis(101)).expect_err("over the bound");
         assert!(error.to_string().contains("WARREN_SEND_BATCH_INTERVAL_MS"), "{error}");
+    }
+
+    #[test]
+    fn http_limits_of_zero_are_refused_at_start_up() {
+        let limits = http_limits(Duration::from_millis(1), 1).unwrap();
+        assert_eq!((limits.header_timeout, limits.max_connections), (Duration::from_millis(1), 1));
+        let no_time = http_limits(Duration::ZERO, 10).unwrap_err().to_string();
+        assert!(no_time.contains("WARREN_HTTP_HEADER_TIMEOUT_MS"), "{no_time}");
+        let no_room = http_limits(Duration::from_secs(30), 0).unwrap_err().to_string();
+        assert!(no_room.contains("WARREN_HTTP_MAX_CONNECTIONS"), "{no_room}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod fields;
 pub mod request_id;
 pub mod routes;
 pub mod send_batcher;
+pub mod serve;
 pub mod startup;
 pub mod state;
 pub mod validate;

@@ -1,8 +1,8 @@
 //! Building and running the gateway: `Application::build(settings)` binds the listener (port 0 in tests),
 //! connects to the broker in the background and subscribes to the event stream; `run_until_stopped(shutdown)`
-//! serves until the future resolves, then closes every WebSocket with 1001 (axum's graceful shutdown does not wait
-//! for upgraded connections, so the hub tracks them itself), drains HTTP requests and closes the broker connection
-//! last.
+//! serves until the future resolves, then closes every WebSocket with 1001 (the HTTP server's graceful shutdown
+//! does not wait for upgraded connections, so the hub tracks them itself), drains HTTP requests and closes the
+//! broker connection last.
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
@@ -12,7 +12,6 @@ use axum::{
     extract::DefaultBodyLimit,
     http::{HeaderName, HeaderValue, Method, header},
     routing::{delete, get, post},
-    serve::ListenerExt,
 };
 use common::{
     amqp::{Broker, EventSubscriber, RpcClient, SubscriberOptions},
@@ -105,16 +104,7 @@ impl Application {
         tokio::spawn(prune_rate_limiter(state.clone(), stop.clone()));
         tracing::info!(address = %listener.local_addr()?, instance = %state.settings().instance_id, "gateway listening");
         let router = router(state.clone());
-        // TCP_NODELAY: a socket often gets two small frames back to back (a sender's own `message` echo, then the
-        // reply to its `sendMessage`); with Nagle the second waits for the client's delayed ACK, ~40 ms.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY");
-            }
-        });
-        let serving = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .into_future();
+        let serving = crate::serve::serve(listener, router, state.settings().http, stop.clone());
         // The HTTP drain waits for every open request, and one whose client stalls (a body announced and never
         // sent) would hold the process forever: past `HTTP_DRAIN_WAIT` after the stop, it is left behind.
         let drained = async {
@@ -122,7 +112,7 @@ impl Application {
             tokio::time::sleep(HTTP_DRAIN_WAIT).await;
         };
         tokio::select! {
-            served = serving => served.context("serving HTTP")?,
+            () = serving => {}
             () = drained => tracing::warn!("HTTP requests still open after the drain time; stopping without them"),
         }
         if !state.hub().wait_closed(WS_CLOSE_WAIT).await {

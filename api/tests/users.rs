@@ -582,3 +582,89 @@ MC4CAQAwBQYDK2VwBCIEIPVRKt7z2KhSeu93Dhk+LDkHk8WgW//HVLXp7MHbAg3J
     broker.close().await;
     app.shutdown().await;
 }
+
+/// Reads until the gateway closes the connection (EOF or reset): what it wrote, or `None` if it is still open
+/// after `within`.
+async fn until_closed(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    tokio::time::timeout(within, async {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut chunk).await
+            && n > 0
+        {
+            got.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .ok()
+    .map(|()| String::from_utf8_lossy(&got).into_owned())
+}
+
+/// Slowloris: a connection that sends no request, or a request's headers too slowly, or that stays open idle after
+/// its answer, is closed once the header timeout has passed, instead of holding a task and a file descriptor for
+/// as long as its client likes. A request whose headers arrive in time is served as ever.
+#[tokio::test]
+async fn connections_whose_headers_do_not_arrive_in_time_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let mut options = Options { user_services: 0, ..Options::default() };
+    options.gateway.http.header_timeout = Duration::from_millis(300);
+    let app = spawn_app_with(options).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let connect = || tokio::net::TcpStream::connect(address.clone());
+    let started = Instant::now();
+    let mut silent = connect().await.unwrap();
+    let mut partial = connect().await.unwrap();
+    partial.write_all(b"GET /healthz HTTP/1.1\r\nHost: warren\r\nX-Slow").await.unwrap();
+    let mut idle = connect().await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: warren\r\n\r\n").await.unwrap();
+
+    let idle_wrote = until_closed(&mut idle, Duration::from_secs(10)).await;
+    let silent_wrote = until_closed(&mut silent, Duration::from_secs(10)).await;
+    let partial_wrote = until_closed(&mut partial, Duration::from_secs(10)).await;
+
+    let idle_wrote = idle_wrote.expect("an idle kept-alive connection is closed");
+    assert!(idle_wrote.starts_with("HTTP/1.1 200"), "its request was answered first: {idle_wrote}");
+    assert!(silent_wrote.is_some(), "a connection that sends nothing is closed");
+    let partial_wrote = partial_wrote.expect("a connection whose headers never end is closed");
+    assert!(!partial_wrote.contains("200"), "nothing is served from half a request: {partial_wrote}");
+    assert!(started.elapsed() >= Duration::from_millis(300), "closed before the timeout: {:?}", started.elapsed());
+    app.shutdown().await;
+}
+
+/// Past `WARREN_HTTP_MAX_CONNECTIONS`, a new connection is not served until one of those being served closes;
+/// then it is, without the client doing anything.
+#[tokio::test]
+async fn past_the_connection_cap_a_new_connection_waits_for_a_free_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut options = Options { user_services: 0, ..Options::default() };
+    options.gateway.http.max_connections = 2;
+    let app = spawn_app_with(options).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let request = b"GET /healthz HTTP/1.1\r\nHost: warren\r\n\r\n";
+    async fn answer(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(within, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => Some(String::from_utf8_lossy(&chunk[..n]).into_owned()),
+            Ok(_) => Some(String::new()),
+            Err(_) => None,
+        }
+    }
+    // Two connections served and kept alive: both slots taken.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let got = answer(&mut stream, Duration::from_secs(10)).await.expect("served");
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        held.push(stream);
+    }
+
+    let mut third = tokio::net::TcpStream::connect(&address).await.unwrap();
+    third.write_all(request).await.unwrap();
+    assert_eq!(answer(&mut third, Duration::from_millis(500)).await, None, "served past the cap");
+    drop(held.pop());
+    let got = answer(&mut third, Duration::from_secs(10)).await.expect("served once a slot is free");
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    app.shutdown().await;
+}
