@@ -509,6 +509,105 @@ describe('App', () => {
     expect(screen.queryByRole('dialog')).toBeNull();
   });
 
+  it('Enter in the members search adds the person typed, and does not create the group', async () => {
+    storedLogin();
+    const { server, user } = renderApp([]);
+    server.handlers.createGroup = (f) => conv(20, [alice.id, ...f.memberIds].sort(), 0, { kind: 'group', title: f.title });
+    await connected(server);
+    await user.click(screen.getByRole('button', { name: 'New group' }));
+    const dialog = screen.getByRole('dialog', { name: 'New group' });
+    await user.type(within(dialog).getByLabelText('Group name'), 'Friday team');
+    const search = within(dialog).getByRole('searchbox', { name: 'Add members' });
+    await user.type(search, 'bob');
+    await within(dialog).findByRole('button', { name: /bob/ });
+    await user.keyboard('{Enter}');
+    expect(server.current.requests('createGroup')).toHaveLength(0);
+    expect(within(dialog).getByRole('list', { name: 'Selected members' }).textContent).toContain('bob');
+    expect((search as HTMLInputElement).value).toBe('');
+    // With several found and none typed in full, Enter goes to the results for the user to choose.
+    server.handlers.getUsers = () => ({ users: [carol, { ...carol, id: 9, username: 'cat' }] });
+    await user.type(search, 'ca');
+    await within(dialog).findByRole('button', { name: /cat/ });
+    await user.keyboard('{Enter}');
+    expect(document.activeElement?.textContent).toContain('carol');
+    expect(within(dialog).getByRole('list', { name: 'Selected members' }).textContent).not.toContain('carol');
+    expect(server.current.requests('createGroup')).toHaveLength(0);
+    await user.click(within(dialog).getByRole('button', { name: 'Create group' }));
+    await act(() => flush());
+    expect(server.current.lastRequest('createGroup')).toMatchObject({ title: 'Friday team', memberIds: [bob.id] });
+  });
+
+  it('a search answered after its box was cleared shows nothing', async () => {
+    storedLogin();
+    const { server, user } = renderApp([]);
+    server.handlers.getUsers = () => undefined;
+    await connected(server);
+    const search = screen.getByRole('searchbox', { name: 'Find people' });
+    await user.type(search, 'b');
+    await waitFor(() => expect(server.current.requests('getUsers').length).toBeGreaterThan(0));
+    await user.keyboard('{Escape}');
+    expect((search as HTMLInputElement).value).toBe('');
+    await act(async () => {
+      server.current.reply(server.current.lastRequest('getUsers'), 'getUsers', { users: [bob] });
+      await flush();
+    });
+    expect(screen.queryByRole('list', { name: 'People' })).toBeNull();
+    expect(screen.queryByRole('button', { name: /Message\s*bob/ })).toBeNull();
+  });
+
+  it('Escape closes a dialog and Tab returns into it after focus fell to the page (a Cancel that disappears)', async () => {
+    storedLogin();
+    const { server, user } = renderApp(entries());
+    await connected(server);
+    await user.click(screen.getByRole('button', { name: /Weekend plans/ }));
+    await user.click(screen.getByRole('button', { name: 'Members' }));
+    const dialog = screen.getByRole('dialog', { name: 'Members of Weekend plans' });
+    await user.click(within(dialog).getByRole('button', { name: 'Leave group…' }));
+    await user.click(within(dialog).getByRole('button', { name: 'Cancel' }));
+    expect(document.activeElement).toBe(document.body);
+    await user.keyboard('{Tab}');
+    expect(dialog.contains(document.activeElement)).toBe(true);
+    (document.activeElement as HTMLElement).blur();
+    await user.keyboard('{Escape}');
+    expect(screen.queryByRole('dialog')).toBeNull();
+  });
+
+  it('after leaving a group, focus is on the pane that replaces it, not lost to the page', async () => {
+    storedLogin();
+    const { server, user } = renderApp(entries());
+    server.handlers.leaveConversation = () => conv(8, [bob.id, carol.id], 0, { kind: 'group', title: 'Weekend plans' });
+    await connected(server);
+    await user.click(screen.getByRole('button', { name: /Weekend plans/ }));
+    await user.click(screen.getByRole('button', { name: 'Members' }));
+    const dialog = screen.getByRole('dialog', { name: 'Members of Weekend plans' });
+    await user.click(within(dialog).getByRole('button', { name: 'Leave group…' }));
+    await user.click(within(dialog).getByRole('button', { name: 'Leave group' }));
+    await act(() => flush());
+    expect(screen.queryByRole('dialog')).toBeNull();
+    await waitFor(() => expect(document.activeElement).toBe(screen.getByRole('heading', { name: 'Pick a conversation' })));
+  });
+
+  it('a window that is visible but not focused does not mark messages read until it gets focus', async () => {
+    const focused = vi.spyOn(document, 'hasFocus').mockReturnValue(false);
+    try {
+      storedLogin();
+      const { server, user } = renderApp(entries());
+      await connected(server);
+      await user.click(screen.getByRole('button', { name: /bob/ }));
+      await act(() => flush());
+      expect(screen.getAllByTestId('message')).toHaveLength(3);
+      expect(server.current.requests('markRead')).toHaveLength(0);
+      focused.mockReturnValue(true);
+      await act(async () => {
+        window.dispatchEvent(new Event('focus'));
+        await flush();
+      });
+      expect(server.current.lastRequest('markRead')).toMatchObject({ conversationId: 7, seq: 3 });
+    } finally {
+      focused.mockRestore();
+    }
+  });
+
   it('a group name of invisible characters only is asked for again, not sent', async () => {
     storedLogin();
     const { server, user } = renderApp([]);

@@ -1,8 +1,9 @@
 const HUES = [12, 35, 150, 190, 215, 245, 275, 310, 340];
 
-function initials(name: string): string {
-  const parts = name.split(/[\s._-]+/).filter(Boolean);
-  const letters = parts.length > 1 ? `${parts[0]![0]}${parts[1]![0]}` : name.slice(0, 2);
+/** The first letters of the first two words (or the first two of one word), whole characters, never half of one. */
+export function initials(name: string): string {
+  const parts = name.split(/[\s._-]+/).filter(Boolean).map((part) => Array.from(part));
+  const letters = parts.length > 1 ? `${parts[0]![0]}${parts[1]![0]}` : (parts[0] ?? []).slice(0, 2).join('');
   return letters.toUpperCase();
 }
 

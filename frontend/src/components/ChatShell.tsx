@@ -1,4 +1,4 @@
-import { useEffect, useState } from 'react';
+import { useEffect, useRef, useState } from 'react';
 import { unreadCount } from '../state/conversations';
 import { Announcer } from './Announcer';
 import { Avatar } from './Avatar';
@@ -25,6 +25,21 @@ export function ChatShell({ onLogout }: { onLogout: () => void }) {
     document.title = totalUnread > 0 ? `(${totalUnread}) Warren` : 'Warren';
   }, [totalUnread]);
   useEffect(() => () => void (document.title = 'Warren'), []);
+
+  // A conversation closed other than by Back (the user left it or was removed; the Members dialog and the
+  // view go together) leaves focus on nothing, the page itself: keyboard and screen-reader users are put on the
+  // pane that replaces it instead.
+  const emptyHeading = useRef<HTMLHeadingElement>(null);
+  const wasSelected = useRef(selected !== null);
+  useEffect(() => {
+    const closed = wasSelected.current && selected === null;
+    wasSelected.current = selected !== null;
+    if (!closed) return;
+    const frame = requestAnimationFrame(() => {
+      if (document.activeElement === null || document.activeElement === document.body) emptyHeading.current?.focus();
+    });
+    return () => cancelAnimationFrame(frame);
+  }, [selected]);
 
   function back() {
     const id = selected?.kind === 'conversation' ? selected.id : undefined;
@@ -75,7 +90,9 @@ export function ChatShell({ onLogout }: { onLogout: () => void }) {
             <svg viewBox="0 0 64 64" width="72" height="72" aria-hidden="true">
               <path d="M12 18c0-4.4 3.6-8 8-8h24c4.4 0 8 3.6 8 8v16c0 4.4-3.6 8-8 8H30l-10 9v-9c-4.4 0-8-3.6-8-8z" fill="none" stroke="currentColor" strokeWidth="3" strokeLinejoin="round" />
             </svg>
-            <h2>Pick a conversation</h2>
+            <h2 ref={emptyHeading} tabIndex={-1}>
+              Pick a conversation
+            </h2>
             <p>Or find someone by name to start a new one.</p>
           </div>
         )}

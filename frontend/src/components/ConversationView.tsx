@@ -50,7 +50,8 @@ export function ConversationView({ onBack, drafts }: { onBack: () => void; draft
   useEffect(() => {
     if (conversationId === undefined || !atBottom || !online || !loaded) return;
     const mark = () => {
-      if (document.visibilityState !== 'hidden') session.markRead(conversationId);
+      // Seen, not merely shown: a window visible beside the one the user works in is not read from.
+      if (document.visibilityState !== 'hidden' && document.hasFocus()) session.markRead(conversationId);
     };
     mark();
     window.addEventListener('focus', mark);

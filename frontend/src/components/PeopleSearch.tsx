@@ -5,7 +5,7 @@ import { useSession } from './SessionContext';
 
 /**
  * Search people by username prefix (`getUsers`). Results are buttons: Tab or the arrow keys reach them, Enter
- * picks one.
+ * picks one. Enter in the box picks the person typed in full, or the only one found.
  */
 export function PeopleSearch({
   label,
@@ -37,6 +37,8 @@ export function PeopleSearch({
   useEffect(() => {
     const prefix = query.trim();
     if (!prefix) {
+      // A search still on its way is for a box that has been cleared since: its answer must not show.
+      latest.current++;
       setResults(null);
       setFailed(false);
       return;
@@ -70,10 +72,21 @@ export function PeopleSearch({
   }
 
   function onInputKey(event: KeyboardEvent<HTMLInputElement>) {
-    if (event.key === 'ArrowDown') {
+    if (event.key === 'Enter') {
+      // Never the enclosing form's submit (New group would be created without the person being typed): Enter
+      // picks the person whose name was typed in full, or the only one found; otherwise it moves to the results.
+      event.preventDefault();
+      if (event.nativeEvent.isComposing) return;
+      const typed = query.trim().toLowerCase();
+      const match = shown?.find((u) => u.username.toLowerCase() === typed) ?? (shown?.length === 1 ? shown[0] : undefined);
+      if (match) pick(match);
+      else focusResult(0);
+    } else if (event.key === 'ArrowDown') {
       event.preventDefault();
       focusResult(0);
     } else if (event.key === 'Escape' && query) {
+      // Clears the box only: a dialog around it stays open.
+      event.preventDefault();
       event.stopPropagation();
       setQuery('');
     }
@@ -87,6 +100,7 @@ export function PeopleSearch({
       event.preventDefault();
       focusResult(index - 1);
     } else if (event.key === 'Escape') {
+      event.preventDefault();
       event.stopPropagation();
       setQuery('');
       inputRef.current?.focus();
