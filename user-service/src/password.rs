@@ -4,7 +4,8 @@
 //! Run on the runtime's worker threads it would stall every other request; run unbounded on the blocking pool a login
 //! storm would queue hundreds of hashes (and hundreds of 19 MiB buffers) at once. So each hash runs on
 //! `spawn_blocking` only after taking a permit from a semaphore sized to the CPU count: excess requests wait in the
-//! semaphore's queue, where the caller's timeout can drop them, instead of on threads.
+//! semaphore's queue instead of on threads, and give up their place when their caller's deadline passes
+//! ([`PasswordError::Expired`]), so a login storm does not spend the CPU on hashes whose answers no one waits for.
 //!
 //! Login must answer an unknown user exactly like a wrong password, in content *and* in time, or response times
 //! reveal which usernames exist. [`PasswordHasher::verify`] therefore takes the stored hash as an `Option` and, for
@@ -13,6 +14,7 @@
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::time::Duration;
 
 use argon2::Argon2;
 use argon2::password_hash::{self, PasswordHasher as _, PasswordVerifier as _};
@@ -62,6 +64,8 @@ pub enum PasswordError {
     Task(#[source] tokio::task::JoinError),
     #[error("password hasher is shut down")]
     Closed,
+    #[error("the caller's deadline passed while the hash waited its turn")]
+    Expired,
 }
 
 /// Hashes and verifies passwords on the blocking pool, at most `permits` at a time. Clone it freely: clones share
@@ -89,10 +93,11 @@ impl PasswordHasher {
         Self { permits: Arc::new(Semaphore::new(max_concurrent.max(1))) }
     }
 
-    /// Hashes a new password with a fresh random salt.
-    pub async fn hash(&self, password: &Password) -> Result<PasswordHash, PasswordError> {
+    /// Hashes a new password with a fresh random salt, unless `deadline_ms` (ms since the Unix epoch, as a
+    /// request's context carries it) passes while it waits its turn.
+    pub async fn hash(&self, password: &Password, deadline_ms: Option<i64>) -> Result<PasswordHash, PasswordError> {
         let secret = password.expose().to_owned();
-        self.run_blocking(move || {
+        self.run_blocking(deadline_ms, move || {
             Argon2::default()
                 .hash_password(secret.as_bytes())
                 .map(|hash| PasswordHash(hash.to_string()))
@@ -102,26 +107,44 @@ impl PasswordHasher {
     }
 
     /// Whether `password` matches `stored`. With `stored = None` (unknown user) it verifies against a dummy hash
-    /// and returns `Ok(false)`, taking as long as a wrong password would.
-    pub async fn verify(&self, password: &Password, stored: Option<&PasswordHash>) -> Result<bool, PasswordError> {
+    /// and returns `Ok(false)`, taking as long as a wrong password would. `deadline_ms` as for [`Self::hash`].
+    pub async fn verify(
+        &self,
+        password: &Password,
+        stored: Option<&PasswordHash>,
+        deadline_ms: Option<i64>,
+    ) -> Result<bool, PasswordError> {
         let secret = password.expose().to_owned();
         let known_user = stored.is_some();
         let hash = stored.map_or_else(|| DUMMY_HASH.to_owned(), |hash| hash.0.clone());
-        self.run_blocking(move || match Argon2::default().verify_password(secret.as_bytes(), hash.as_str()) {
-            Ok(()) => Ok(known_user),
-            Err(password_hash::Error::PasswordInvalid) => Ok(false),
-            Err(error) => Err(PasswordError::CorruptHash(error)),
+        self.run_blocking(deadline_ms, move || {
+            match Argon2::default().verify_password(secret.as_bytes(), hash.as_str()) {
+                Ok(()) => Ok(known_user),
+                Err(password_hash::Error::PasswordInvalid) => Ok(false),
+                Err(error) => Err(PasswordError::CorruptHash(error)),
+            }
         })
         .await
     }
 
-    async fn run_blocking<T, F>(&self, work: F) -> Result<T, PasswordError>
+    async fn run_blocking<T, F>(&self, deadline_ms: Option<i64>, work: F) -> Result<T, PasswordError>
     where
         F: FnOnce() -> Result<T, PasswordError> + Send + 'static,
         T: Send + 'static,
     {
+        let acquire = Arc::clone(&self.permits).acquire_owned();
+        let acquired = match deadline_ms {
+            None => acquire.await,
+            Some(deadline_ms) => {
+                let left = u64::try_from(deadline_ms - chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+                if left == 0 {
+                    return Err(PasswordError::Expired);
+                }
+                tokio::time::timeout(Duration::from_millis(left), acquire).await.map_err(|_| PasswordError::Expired)?
+            }
+        };
         // Only fails if the semaphore is closed, which nothing does; mapped rather than unwrapped all the same.
-        let permit = Arc::clone(&self.permits).acquire_owned().await.map_err(|_| PasswordError::Closed)?;
+        let permit = acquired.map_err(|_| PasswordError::Closed)?;
         // The permit moves into the task: if the caller gives up, the CPU stays busy until the hash finishes, and so
         // does the permit.
         tokio::task::spawn_blocking(move || {
@@ -149,26 +172,26 @@ mod tests {
     #[tokio::test]
     async fn a_hashed_password_verifies() {
         let hasher = PasswordHasher::new();
-        let hash = hasher.hash(&password("correct horse")).await.unwrap();
+        let hash = hasher.hash(&password("correct horse"), None).await.unwrap();
 
         assert!(hash.as_str().starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
-        assert!(hasher.verify(&password("correct horse"), Some(&hash)).await.unwrap());
+        assert!(hasher.verify(&password("correct horse"), Some(&hash), None).await.unwrap());
     }
 
     #[tokio::test]
     async fn a_wrong_password_does_not_verify() {
         let hasher = PasswordHasher::new();
-        let hash = hasher.hash(&password("correct horse")).await.unwrap();
+        let hash = hasher.hash(&password("correct horse"), None).await.unwrap();
 
-        assert!(!hasher.verify(&password("correct horsf"), Some(&hash)).await.unwrap());
+        assert!(!hasher.verify(&password("correct horsf"), Some(&hash), None).await.unwrap());
     }
 
     #[tokio::test]
     async fn hashing_the_same_password_twice_uses_different_salts() {
         let hasher = PasswordHasher::new();
 
-        let first = hasher.hash(&password("same password")).await.unwrap();
-        let second = hasher.hash(&password("same password")).await.unwrap();
+        let first = hasher.hash(&password("same password"), None).await.unwrap();
+        let second = hasher.hash(&password("same password"), None).await.unwrap();
 
         assert_ne!(first, second);
     }
@@ -177,8 +200,8 @@ mod tests {
     async fn an_unknown_user_never_verifies_even_with_the_dummy_password() {
         let hasher = PasswordHasher::new();
 
-        assert!(!hasher.verify(&password("dummy password for unknown users"), None).await.unwrap());
-        assert!(!hasher.verify(&password("anything at all"), None).await.unwrap());
+        assert!(!hasher.verify(&password("dummy password for unknown users"), None, None).await.unwrap());
+        assert!(!hasher.verify(&password("anything at all"), None, None).await.unwrap());
     }
 
     #[tokio::test]
@@ -203,17 +226,17 @@ mod tests {
     #[tokio::test]
     async fn an_unknown_user_takes_as_long_as_a_wrong_password() {
         let hasher = PasswordHasher::with_concurrency(1);
-        let hash = hasher.hash(&password("correct horse")).await.unwrap();
+        let hash = hasher.hash(&password("correct horse"), None).await.unwrap();
         let wrong = password("wrong password");
 
         // Interleaved, and the fastest of several runs of each, so other tests hashing in parallel do not skew it.
         let (mut known, mut unknown) = (Duration::MAX, Duration::MAX);
         for _ in 0..5 {
             let started = Instant::now();
-            hasher.verify(&wrong, Some(&hash)).await.unwrap();
+            hasher.verify(&wrong, Some(&hash), None).await.unwrap();
             known = known.min(started.elapsed());
             let started = Instant::now();
-            hasher.verify(&wrong, None).await.unwrap();
+            hasher.verify(&wrong, None, None).await.unwrap();
             unknown = unknown.min(started.elapsed());
         }
 
@@ -226,7 +249,7 @@ mod tests {
         let hasher = PasswordHasher::new();
         let corrupt = PasswordHash::from_stored("not a phc string".into());
 
-        let result = hasher.verify(&password("correct horse"), Some(&corrupt)).await;
+        let result = hasher.verify(&password("correct horse"), Some(&corrupt), None).await;
 
         assert!(matches!(result, Err(PasswordError::CorruptHash(_))));
     }
@@ -242,7 +265,7 @@ mod tests {
                 let (hasher, in_flight, peak) = (hasher.clone(), Arc::clone(&in_flight), Arc::clone(&peak));
                 tokio::spawn(async move {
                     hasher
-                        .run_blocking(move || {
+                        .run_blocking(None, move || {
                             let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                             peak.fetch_max(now, Ordering::SeqCst);
                             std::thread::sleep(Duration::from_millis(20));
@@ -258,6 +281,37 @@ mod tests {
         }
 
         assert!(peak.load(Ordering::SeqCst) <= 2, "peak {}", peak.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_hash_whose_caller_stopped_waiting_gives_up_its_place_and_never_runs() {
+        let hasher = PasswordHasher::with_concurrency(1);
+        let ran = Arc::new(AtomicUsize::new(0));
+        let run = |deadline_ms: Option<i64>| {
+            let ran = Arc::clone(&ran);
+            hasher.run_blocking(deadline_ms, move || {
+                ran.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+        };
+        let now = || chrono::Utc::now().timestamp_millis();
+        // Every permit is taken (a hash in progress, say).
+        let busy = Arc::clone(&hasher.permits).acquire_owned().await.unwrap();
+
+        let bounded = |work| async move {
+            tokio::time::timeout(Duration::from_secs(10), work).await.expect("still queued 10 s later")
+        };
+        let queued = bounded(run(Some(now() + 100))).await;
+        let late = bounded(run(Some(now() - 1))).await;
+
+        assert!(matches!(queued, Err(PasswordError::Expired)), "{queued:?}");
+        assert!(matches!(late, Err(PasswordError::Expired)), "{late:?}");
+        assert_eq!(ran.load(Ordering::SeqCst), 0, "no work for answers no one reads");
+        // Their places given up, the next one runs as soon as the permit is free.
+        drop(busy);
+        run(Some(now() + 10_000)).await.unwrap();
+        run(None).await.unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 2);
     }
 
     #[test]

@@ -29,10 +29,17 @@ impl BearerToken {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim)
+            .and_then(bearer_credentials)
             .ok_or_else(|| ApiError::unauthorized("missing bearer token"))
     }
+}
+
+/// The token of an `Authorization` value of the Bearer scheme, whose name is case-insensitive (RFC 9110 §11.1):
+/// `Bearer`, `bearer` and `BEARER` alike; one or more spaces before the token.
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 impl FromRequestParts<AppState> for BearerToken {
@@ -40,5 +47,20 @@ impl FromRequestParts<AppState> for BearerToken {
 
     async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
         Ok(BearerToken(BearerToken::of(parts)?.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_credentials;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_ignoring_case() {
+        for value in ["Bearer abc.def", "bearer abc.def", "BEARER abc.def", "bEaReR   abc.def "] {
+            assert_eq!(bearer_credentials(value), Some("abc.def"), "{value:?}");
+        }
+        for value in ["Basic abc.def", "Bearerabc.def", "Bearer ", "Bearer", "", "Token abc"] {
+            assert_eq!(bearer_credentials(value), None, "{value:?}");
+        }
     }
 }

@@ -6,7 +6,7 @@ use common::{
     },
 };
 
-use super::{Shared, internal, to_user};
+use super::{Shared, hashing_failed, internal, to_user};
 use crate::domain::{Password, Username};
 
 /// The one answer for every failed login, whatever the reason: no hint whether the name exists.
@@ -27,14 +27,14 @@ pub async fn log_in(service: Shared, request: LoginRequest, ctx: RequestContext)
     let Some(password) = password else {
         // Too short or long to be anyone's password; still spend the time of a verification.
         let filler = Password::parse("x".repeat(Password::MIN_CHARS)).map_err(|_| ApiError::internal())?;
-        let _ = service.hasher.verify(&filler, None).await;
+        let _ = service.hasher.verify(&filler, None, ctx.deadline_ms).await;
         return Err(invalid_credentials());
     };
-    let valid =
-        service.hasher.verify(&password, credentials.as_ref().map(|c| &c.password_hash)).await.map_err(|error| {
-            tracing::error!(%error, "cannot verify a password");
-            ApiError::internal()
-        })?;
+    let valid = service
+        .hasher
+        .verify(&password, credentials.as_ref().map(|c| &c.password_hash), ctx.deadline_ms)
+        .await
+        .map_err(hashing_failed)?;
     match credentials {
         Some(credentials) if valid => {
             tracing::info!(user_id = credentials.id, "logged in");

@@ -26,7 +26,7 @@ use common::{
 };
 
 use crate::{
-    password::PasswordHasher,
+    password::{PasswordError, PasswordHasher},
     store::{StoreError, UserRecord, UserStore},
 };
 
@@ -74,6 +74,21 @@ impl Service {
 
 pub(crate) fn to_user(record: UserRecord) -> User {
     User { id: record.id, username: record.username, created_at: record.created_at.timestamp_millis() }
+}
+
+/// A hash or verification that did not run: its caller stopped waiting while it queued (answered `timeout`, to no
+/// one, and logged as what it is), or something unexpected (logged as an error; `internal`).
+pub(crate) fn hashing_failed(error: PasswordError) -> ApiError {
+    match error {
+        PasswordError::Expired => {
+            tracing::info!("the caller stopped waiting before a password hash could run");
+            ApiError::timeout("the service was too busy to check the password in time")
+        }
+        other => {
+            tracing::error!(error = %other, "cannot hash or verify a password");
+            ApiError::internal()
+        }
+    }
 }
 
 /// An unexpected store failure: the cause goes to the log, the caller gets `internal`.

@@ -6,9 +6,10 @@ use common::{
     },
 };
 
-use super::{Shared, internal, to_user};
+use super::{Shared, hashing_failed, internal, to_user};
 use crate::{
     domain::{Password, Username},
+    password::PasswordError,
     store::StoreError,
 };
 
@@ -22,13 +23,10 @@ pub async fn register_user(
 ) -> Result<AuthResponse, ApiError> {
     let username = Username::parse(request.username).map_err(|e| ApiError::validation(e.to_string()))?;
     let password = Password::parse(request.password).map_err(|e| ApiError::validation(e.to_string()))?;
-    let hash = service.hasher.hash(&password).await.map_err(|error| {
-        tracing::error!(%error, "cannot hash a password");
-        ApiError::internal()
-    })?;
+    let hash = service.hasher.hash(&password, ctx.deadline_ms).await.map_err(hashing_failed)?;
     let record = match service.store.create(&username, &hash).await {
         Ok(record) => record,
-        Err(StoreError::UsernameTaken) => return repeated(&service, &username, &password, ctx.attempt).await,
+        Err(StoreError::UsernameTaken) => return repeated(&service, &username, &password, &ctx).await,
         Err(other) => return Err(internal(other)),
     };
     tracing::info!(user_id = record.id, "registered");
@@ -51,16 +49,25 @@ async fn repeated(
     service: &Shared,
     username: &Username,
     password: &Password,
-    attempt: u32,
+    ctx: &RequestContext,
 ) -> Result<AuthResponse, ApiError> {
     let taken = || ApiError::conflict("username is taken");
     let credentials = service.store.find_credentials(username).await.map_err(internal)?;
-    let same = service.hasher.verify(password, credentials.as_ref().map(|c| &c.password_hash)).await.unwrap_or(false);
+    let same =
+        match service.hasher.verify(password, credentials.as_ref().map(|c| &c.password_hash), ctx.deadline_ms).await {
+            Ok(same) => same,
+            Err(PasswordError::Expired) => return Err(hashing_failed(PasswordError::Expired)),
+            Err(_) => false,
+        };
     let Some(credentials) = credentials.filter(|_| same) else { return Err(taken()) };
     let record = service.store.find_by_id(credentials.id).await.map_err(internal)?.ok_or_else(taken)?;
-    if attempt == 1 && chrono::Utc::now() - record.created_at > REPEAT_WINDOW {
+    if ctx.attempt == 1 && chrono::Utc::now() - record.created_at > REPEAT_WINDOW {
         return Err(taken());
     }
-    tracing::info!(user_id = record.id, attempt, "register repeated after it committed; answering as the first did");
+    tracing::info!(
+        user_id = record.id,
+        attempt = ctx.attempt,
+        "register repeated after it committed; answering as the first did"
+    );
     service.session_for(to_user(record))
 }

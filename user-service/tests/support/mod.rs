@@ -57,7 +57,7 @@ pub async fn some_hash() -> PasswordHash {
     static HASH: tokio::sync::OnceCell<PasswordHash> = tokio::sync::OnceCell::const_new();
     HASH.get_or_init(|| async {
         let password = Password::parse("correct horse battery").expect("valid password");
-        PasswordHasher::new().hash(&password).await.expect("hash")
+        PasswordHasher::new().hash(&password, None).await.expect("hash")
     })
     .await
     .clone()
