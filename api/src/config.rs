@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use crate::serve::HttpLimits;
 use anyhow::{Context, bail};
 use common::{
-    auth::DEV_PUBLIC_KEY_PEM,
+    auth::{DEV_PUBLIC_KEY_PEM, is_development_key},
     config::{AmqpSettings, Environment, env_millis, env_or, env_parse, env_secret},
 };
 
@@ -136,8 +136,14 @@ impl Settings {
             }
             None => DEV_PUBLIC_KEY_PEM.to_owned(),
         };
-        if environment == Environment::Production && jwt_public_key_pem.trim() == DEV_PUBLIC_KEY_PEM.trim() {
-            bail!("the development JWT key must not be used in production");
+        if is_development_key(&jwt_public_key_pem) {
+            if environment == Environment::Production {
+                bail!("the development JWT key must not be used in production");
+            }
+            tracing::warn!(
+                "accepting tokens signed with the development key, which is public: anyone can forge a token. \
+                 Outside a developer machine set WARREN_ENV=production and WARREN_JWT_PUBLIC_KEY"
+            );
         }
         let web_dir = std::env::var("WARREN_WEB_DIR").ok().filter(|d| !d.trim().is_empty()).map(PathBuf::from);
         Ok(Self {

@@ -37,6 +37,14 @@ MCowBQYDK2VwAyEA9vbb8fsKPFK+P3+9oNsFc+ZplBFLgRivGavZovg7MOw=
 -----END PUBLIC KEY-----
 ";
 
+/// Whether `pem` is one of the development keys, however its lines are broken or ended (a key file saved with
+/// CRLF line endings, or its newlines written as `\n`, is still the development key).
+pub fn is_development_key(pem: &str) -> bool {
+    let bare = |text: &str| text.split_whitespace().collect::<String>();
+    let given = bare(pem);
+    given == bare(DEV_PRIVATE_KEY_PEM) || given == bare(DEV_PUBLIC_KEY_PEM)
+}
+
 /// The claims Warren puts in a session token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -276,6 +284,17 @@ fn map_decode_error(error: jsonwebtoken::errors::Error) -> AuthError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_development_keys_are_recognised_however_their_lines_end() {
+        for pem in [DEV_PRIVATE_KEY_PEM, DEV_PUBLIC_KEY_PEM] {
+            assert!(is_development_key(pem));
+            assert!(is_development_key(&pem.replace('\n', "\r\n")), "CRLF");
+            assert!(is_development_key(&format!("  {}\n\n", pem.trim())), "padded");
+        }
+        assert!(!is_development_key(OTHER_PRIVATE_KEY_PEM));
+        assert!(!is_development_key(""));
+    }
 
     /// A second Ed25519 key pair, standing in for an attacker's key.
     const OTHER_PRIVATE_KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use common::{
-    auth::DEV_PRIVATE_KEY_PEM,
+    auth::{DEV_PRIVATE_KEY_PEM, is_development_key},
     config::{AmqpSettings, Environment, Secret, database_url, env_or, env_parse, env_secret},
 };
 
@@ -38,8 +38,14 @@ impl Settings {
             }
             None => Secret::new(DEV_PRIVATE_KEY_PEM.to_owned()),
         };
-        if environment == Environment::Production && jwt_private_key_pem.expose().trim() == DEV_PRIVATE_KEY_PEM.trim() {
-            bail!("the development JWT key must not be used in production");
+        if is_development_key(jwt_private_key_pem.expose()) {
+            if environment == Environment::Production {
+                bail!("the development JWT key must not be used in production");
+            }
+            tracing::warn!(
+                "signing tokens with the development key, which is public: anyone can forge a token. Outside a \
+                 developer machine set WARREN_ENV=production and WARREN_JWT_PRIVATE_KEY"
+            );
         }
         let token_ttl = lifetime("WARREN_TOKEN_TTL_SECS", 86_400)?;
         let session_max_age = lifetime("WARREN_SESSION_MAX_AGE_SECS", 30 * 86_400)?;
