@@ -537,6 +537,23 @@ describe('App', () => {
     expect(server.current.lastRequest('createGroup')).toMatchObject({ title: 'Friday team', memberIds: [bob.id] });
   });
 
+  it('Enter does not pick from the results of an earlier search still shown while the new one is on its way', async () => {
+    storedLogin();
+    const { server, user } = renderApp([]);
+    await connected(server);
+    await user.click(screen.getByRole('button', { name: 'New group' }));
+    const dialog = screen.getByRole('dialog', { name: 'New group' });
+    const search = within(dialog).getByRole('searchbox', { name: 'Add members' });
+    await user.type(search, 'b');
+    await within(dialog).findByRole('button', { name: /bob/ });
+    server.handlers.getUsers = () => undefined;
+    // "bx" finds no one, but its answer has not come: bob, the one found for "b", is still shown.
+    await user.type(search, 'x{Enter}');
+    expect(within(dialog).getByRole('button', { name: /bob/ })).toBeTruthy();
+    expect(within(dialog).queryByRole('list', { name: 'Selected members' })).toBeNull();
+    expect(server.current.requests('createGroup')).toHaveLength(0);
+  });
+
   it('a search answered after its box was cleared shows nothing', async () => {
     storedLogin();
     const { server, user } = renderApp([]);

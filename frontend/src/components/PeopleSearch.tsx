@@ -27,6 +27,8 @@ export function PeopleSearch({
   const session = useSession();
   const [query, setQuery] = useState('');
   const [results, setResults] = useState<User[] | null>(null);
+  /** The text `results` answer: until the answer for what is typed now comes, they are another search's. */
+  const [resultsFor, setResultsFor] = useState('');
   const [failed, setFailed] = useState(false);
   const inputId = useId();
   const listId = useId();
@@ -50,6 +52,7 @@ export function PeopleSearch({
         .then((users) => {
           if (latest.current !== n) return;
           setResults(users);
+          setResultsFor(prefix);
           setFailed(false);
         })
         .catch(() => {
@@ -77,8 +80,10 @@ export function PeopleSearch({
       // picks the person whose name was typed in full, or the only one found; otherwise it moves to the results.
       event.preventDefault();
       if (event.nativeEvent.isComposing) return;
+      // Only from the answer to what is typed now: the list still shown can be an earlier search's.
+      if (!shown || resultsFor !== query.trim()) return;
       const typed = query.trim().toLowerCase();
-      const match = shown?.find((u) => u.username.toLowerCase() === typed) ?? (shown?.length === 1 ? shown[0] : undefined);
+      const match = shown.find((u) => u.username.toLowerCase() === typed) ?? (shown.length === 1 ? shown[0] : undefined);
       if (match) pick(match);
       else focusResult(0);
     } else if (event.key === 'ArrowDown') {

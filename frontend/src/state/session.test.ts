@@ -1,6 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { RestClient } from '../api/rest';
 import type { AuthResponse } from '../protocol/generated/AuthResponse';
+import type { SyncResponse } from '../protocol/generated/SyncResponse';
 import type { ConversationEntry } from '../protocol/generated/ConversationEntry';
 import type { ErrorCode } from '../protocol/generated/ErrorCode';
 import type { Message } from '../protocol/generated/Message';
@@ -597,6 +598,17 @@ describe('session: a page refused as forbidden', () => {
     expect(t.state().pending).toEqual({});
     expect(t.server.current.requests('sendMessage')).toHaveLength(0);
     expect(Object.keys(t.state().conversations)).toHaveLength(200);
+  });
+
+  it('a sync answer without removed (a gateway older than the field) is applied all the same', async () => {
+    const recent = Array.from({ length: 200 }, (_, i) => entry(conv(100 + i, [alice.id, bob.id], 1, { kind: 'group' }), 1));
+    const t = setup(recent);
+    t.server.handlers.listConversations = () => ({ conversations: [...recent, team] });
+    t.server.handlers.sync = () => ({ conversations: recent, messages: [], truncated: [] }) as unknown as SyncResponse;
+    t.server.accept(alice);
+    await flush();
+    expect(t.state().synced).toBe(true);
+    expect(t.state().conversations[8]).toBeDefined();
   });
 
   it('an older page refused as forbidden removes the conversation the same way', async () => {

@@ -765,7 +765,9 @@ export class ChatSession {
         this.dropOrphanedSends(present, asked);
       } else {
         // More conversations than one sync answers for: the ones we hold that the user is no longer in are named.
-        const gone = response.removed.filter((id) => inHeads.has(id) && !this.confirmedSince(id, removalsAsked));
+        // (Absent from a gateway older than the field, during a rolling upgrade: nothing is named then.)
+        const named: readonly number[] = response.removed ?? [];
+        const gone = named.filter((id) => inHeads.has(id) && !this.confirmedSince(id, removalsAsked));
         if (gone.length) this.removeConversations(gone);
         // List the rest once (they follow their tails from then on).
         if (!this.listed) void this.listAllConversations();
