@@ -8,6 +8,8 @@
 //! from `last_seq` and read from the primary key with `BETWEEN`: no OFFSET, no over-fetching, and whether more
 //! exists before or after is arithmetic, not another query.
 
+use std::sync::LazyLock;
+
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use common::protocol::messages::{Conversation, ConversationEntry, ConversationKind, Message, MessagesPage};
@@ -49,14 +51,21 @@ fn entries_sql(chosen: &str) -> String {
 }
 
 /// What [`Store::list`] runs: `$1` user, `$2`/`$3` the cursor (activity, id) or null, `$4` rows.
-fn list_sql() -> String {
+static LIST_SQL: LazyLock<String> = LazyLock::new(|| {
     entries_sql(
         "WHERE m.user_id = $1
            AND ($2::timestamptz IS NULL OR (c.last_activity_at, c.id) < ($2::timestamptz, $3::bigint))
          ORDER BY c.last_activity_at DESC, c.id DESC
          LIMIT $4",
     )
-}
+});
+
+/// What [`Store::entries`] runs: `$1` user, `$2` conversation ids.
+static ENTRIES_SQL: LazyLock<String> =
+    LazyLock::new(|| entries_sql("WHERE m.user_id = $1 AND c.id = ANY ($2::bigint[])"));
+
+/// One conversation's entry: `$1` user, `$2` conversation.
+static ENTRY_SQL: LazyLock<String> = LazyLock::new(|| entries_sql("WHERE m.user_id = $1 AND c.id = $2"));
 
 fn entry_from(row: &Row) -> ConversationEntry {
     let created_at: DateTime<Utc> = row.get(4);
@@ -265,7 +274,7 @@ impl Store {
         limit: u32,
     ) -> anyhow::Result<(Vec<ConversationEntry>, Option<ListCursor>)> {
         let client = self.client().await?;
-        let statement = client.prepare_cached(&list_sql()).await?;
+        let statement = client.prepare_cached(&LIST_SQL).await?;
         let (at, id) = match before {
             Some(cursor) => (Some(cursor.at()), cursor.id),
             None => (None, 0),
@@ -314,8 +323,7 @@ impl Store {
     /// The conversations `ids` that `user_id` is a member of, as they see them, most recently active first.
     pub async fn entries(&self, user_id: i64, ids: &[i64]) -> anyhow::Result<Vec<ConversationEntry>> {
         let client = self.client().await?;
-        let statement =
-            client.prepare_cached(&entries_sql("WHERE m.user_id = $1 AND c.id = ANY ($2::bigint[])")).await?;
+        let statement = client.prepare_cached(&ENTRIES_SQL).await?;
         let rows = client.query(&statement, &[&user_id, &ids]).await.context("reading conversations")?;
         Ok(rows.iter().map(entry_from).collect())
     }
@@ -620,7 +628,7 @@ async fn entry_with(
     user_id: i64,
     conversation_id: i64,
 ) -> anyhow::Result<Option<ConversationEntry>> {
-    let statement = client.prepare_cached(&entries_sql("WHERE m.user_id = $1 AND c.id = $2")).await?;
+    let statement = client.prepare_cached(&ENTRY_SQL).await?;
     let row = client.query_opt(&statement, &[&user_id, &conversation_id]).await.context("reading a conversation")?;
     Ok(row.as_ref().map(entry_from))
 }
@@ -709,7 +717,7 @@ mod tests {
 
         // The plan: messages are read by a join above the LIMIT (for the 51 rows it keeps), never below it, where
         // they would be read for every conversation the user is in.
-        let explain = format!("EXPLAIN (FORMAT JSON) {}", list_sql());
+        let explain = format!("EXPLAIN (FORMAT JSON) {}", *LIST_SQL);
         let row = client.query_one(&explain, &[&1i64, &None::<DateTime<Utc>>, &0i64, &51i64]).await.unwrap();
         let plan: serde_json::Value = row.get(0);
         let mut all = Vec::new();

@@ -542,13 +542,21 @@ describe('session: a page refused as forbidden', () => {
   const forbidden = { error: { code: 'forbidden' as const, message: 'you are not a member of that conversation' } };
   // With messages: an empty conversation has no page to ask for.
   const team = entry(conv(8, [alice.id, bob.id, carol.id], 5, { kind: 'group', title: 'Team' }), 5, msg(8, 5, bob.id));
+  /** The 200 conversations one sync answers for, all more recent than Team, which only the full list holds. */
+  const recent = Array.from({ length: 200 }, (_, i) => entry(conv(100 + i, [alice.id, bob.id], 1, { kind: 'group' }), 1));
 
-  it('removed from an older conversation than sync answers for: its unsent message, refused, removes it, says so, and is discarded', async () => {
-    const recent = Array.from({ length: 200 }, (_, i) => entry(conv(100 + i, [alice.id, bob.id], 1, { kind: 'group' }), 1));
+  /** Connected, with Team listed only by the full list (the sync's is 200 more recent ones). */
+  async function withTeamBeyondTheSync(sync?: () => SyncResponse) {
     const t = setup(recent);
     t.server.handlers.listConversations = () => ({ conversations: [...recent, team] });
+    if (sync) t.server.handlers.sync = sync;
     t.server.accept(alice);
     await flush();
+    return t;
+  }
+
+  it('removed from an older conversation than sync answers for: its unsent message, refused, removes it, says so, and is discarded', async () => {
+    const t = await withTeamBeyondTheSync();
     expect(t.state().conversations[8]).toBeDefined();
     // Offline, the user writes to Team, and is removed from it; the reconnect's sync, incomplete, does not name it
     // in `removed` (the removal came after it was answered, or the service predates `removed`).
@@ -573,11 +581,7 @@ describe('session: a page refused as forbidden', () => {
   });
 
   it('removed from an older conversation than sync answers for: the sync names it, and it is removed with its unsent message', async () => {
-    const recent = Array.from({ length: 200 }, (_, i) => entry(conv(100 + i, [alice.id, bob.id], 1, { kind: 'group' }), 1));
-    const t = setup(recent);
-    t.server.handlers.listConversations = () => ({ conversations: [...recent, team] });
-    t.server.accept(alice);
-    await flush();
+    const t = await withTeamBeyondTheSync();
     expect(t.state().conversations[8]).toBeDefined();
     t.server.current.serverClose(1006);
     await flush(1);
@@ -601,12 +605,7 @@ describe('session: a page refused as forbidden', () => {
   });
 
   it('a sync answer without removed (a gateway older than the field) is applied all the same', async () => {
-    const recent = Array.from({ length: 200 }, (_, i) => entry(conv(100 + i, [alice.id, bob.id], 1, { kind: 'group' }), 1));
-    const t = setup(recent);
-    t.server.handlers.listConversations = () => ({ conversations: [...recent, team] });
-    t.server.handlers.sync = () => ({ conversations: recent, messages: [], truncated: [] }) as unknown as SyncResponse;
-    t.server.accept(alice);
-    await flush();
+    const t = await withTeamBeyondTheSync(() => ({ conversations: recent, messages: [], truncated: [] }) as unknown as SyncResponse);
     expect(t.state().synced).toBe(true);
     expect(t.state().conversations[8]).toBeDefined();
   });

@@ -37,11 +37,8 @@ pub async fn sync(
         return Err(ApiError::validation("a seq cannot be negative"));
     }
     let mut heads = HashMap::with_capacity(request.heads.len());
-    // Where each conversation's head first came in the request.
-    let mut order = HashMap::with_capacity(request.heads.len());
-    for (n, head) in request.heads.iter().enumerate() {
+    for head in &request.heads {
         let conversation_id = positive_id(head.conversation_id, "a head's conversationId")?;
-        order.entry(conversation_id).or_insert(n);
         // Two heads for one conversation (a client merging what it holds from two places): the lower is the one
         // that misses nothing, since a message sent twice is harmless to a client that places by seq and a
         // message skipped is lost to it.
@@ -50,10 +47,15 @@ pub async fn sync(
     let (mut conversations, more) =
         service.store.list(user_id, None, MAX_CONVERSATIONS_PAGE).await.map_err(internal)?;
     let listed: HashSet<i64> = conversations.iter().map(|e| e.conversation.id).collect();
-    let mut unlisted: Vec<(i64, i64)> =
-        heads.iter().filter(|(id, _)| !listed.contains(id)).map(|(&id, &seq)| (id, seq)).collect();
-    // In the order the client gave them, so the answer does not depend on the map's.
-    unlisted.sort_unstable_by_key(|&(id, _)| order[&id]);
+    // Each once, in the order the client gave them (so the answer does not depend on the map's), with its lower seq.
+    let mut seen = HashSet::with_capacity(heads.len());
+    let unlisted: Vec<(i64, i64)> = request
+        .heads
+        .iter()
+        .map(|head| head.conversation_id)
+        .filter(|id| !listed.contains(id) && seen.insert(*id))
+        .map(|id| (id, heads[&id]))
+        .collect();
     let mut truncated = Vec::new();
     let removed = if more.is_none() {
         // The list holds every conversation of the user's: a head for any other is one they are not in.
