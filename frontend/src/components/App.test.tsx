@@ -71,6 +71,12 @@ async function sendRefusedWith(error: { code: ErrorCode; message: string }) {
   return { server, user, pending: screen.getByTestId('pending-message') };
 }
 
+/** Opens the New group dialog from the sidebar. */
+async function openNewGroup(user: ReturnType<typeof userEvent.setup>) {
+  await user.click(screen.getByRole('button', { name: 'New group' }));
+  return screen.getByRole('dialog', { name: 'New group' });
+}
+
 const entries = () => [
   entry(conv(7, [alice.id, bob.id], 3), 1, msg(7, 3, bob.id, 'how are you?')),
   entry(conv(8, [alice.id, bob.id, carol.id], 0, { kind: 'group', title: 'Weekend plans' }), 0),
@@ -454,8 +460,7 @@ describe('App', () => {
     const { server, user } = renderApp([]);
     server.handlers.createGroup = (f) => conv(20, [alice.id, ...f.memberIds].sort(), 0, { kind: 'group', title: f.title });
     await connected(server);
-    await user.click(screen.getByRole('button', { name: 'New group' }));
-    const dialog = screen.getByRole('dialog', { name: 'New group' });
+    const dialog = await openNewGroup(user);
     await user.type(within(dialog).getByLabelText('Group name'), 'Book club');
     await user.type(within(dialog).getByRole('searchbox', { name: 'Add members' }), 'b');
     await user.click(await within(dialog).findByRole('button', { name: /bob/ }));
@@ -471,8 +476,7 @@ describe('App', () => {
     storedLogin();
     const { server, user } = renderApp([]);
     await connected(server);
-    await user.click(screen.getByRole('button', { name: 'New group' }));
-    const dialog = screen.getByRole('dialog', { name: 'New group' });
+    const dialog = await openNewGroup(user);
     const search = within(dialog).getByRole('searchbox', { name: 'Add members' });
     for (const name of ['bob', 'carol']) {
       await user.type(search, name.slice(0, 2));
@@ -514,8 +518,7 @@ describe('App', () => {
     const { server, user } = renderApp([]);
     server.handlers.createGroup = (f) => conv(20, [alice.id, ...f.memberIds].sort(), 0, { kind: 'group', title: f.title });
     await connected(server);
-    await user.click(screen.getByRole('button', { name: 'New group' }));
-    const dialog = screen.getByRole('dialog', { name: 'New group' });
+    const dialog = await openNewGroup(user);
     await user.type(within(dialog).getByLabelText('Group name'), 'Friday team');
     const search = within(dialog).getByRole('searchbox', { name: 'Add members' });
     await user.type(search, 'bob');
@@ -541,8 +544,7 @@ describe('App', () => {
     storedLogin();
     const { server, user } = renderApp([]);
     await connected(server);
-    await user.click(screen.getByRole('button', { name: 'New group' }));
-    const dialog = screen.getByRole('dialog', { name: 'New group' });
+    const dialog = await openNewGroup(user);
     const search = within(dialog).getByRole('searchbox', { name: 'Add members' });
     await user.type(search, 'b');
     await within(dialog).findByRole('button', { name: /bob/ });
@@ -629,8 +631,7 @@ describe('App', () => {
     storedLogin();
     const { server, user } = renderApp([]);
     await connected(server);
-    await user.click(screen.getByRole('button', { name: 'New group' }));
-    const dialog = screen.getByRole('dialog', { name: 'New group' });
+    const dialog = await openNewGroup(user);
     await user.type(within(dialog).getByLabelText('Group name'), '\u200b\u200d');
     await user.click(within(dialog).getByRole('button', { name: 'Create group' }));
     expect(within(dialog).getByRole('alert').textContent).toBe('Give the group a name.');
@@ -649,8 +650,7 @@ describe('App', () => {
       expect(within(members).getByRole('alert').textContent).toBe('The server did not answer in time. Try again.'),
     );
     await user.click(within(members).getByRole('button', { name: 'Close' }));
-    await user.click(screen.getByRole('button', { name: 'New group' }));
-    const newGroup = screen.getByRole('dialog', { name: 'New group' });
+    const newGroup = await openNewGroup(user);
     await user.type(within(newGroup).getByLabelText('Group name'), 'Book club');
     await user.click(within(newGroup).getByRole('button', { name: 'Create group' }));
     await waitFor(() =>
@@ -662,8 +662,7 @@ describe('App', () => {
     storedLogin();
     const { server, user } = renderApp(entries(), { requestTimeoutMs: 50 });
     await connected(server);
-    await user.click(screen.getByRole('button', { name: 'New group' }));
-    const dialog = screen.getByRole('dialog', { name: 'New group' });
+    const dialog = await openNewGroup(user);
     await user.type(within(dialog).getByLabelText('Group name'), 'Book club');
     await user.click(within(dialog).getByRole('button', { name: 'Create group' }));
     await waitFor(() => expect(within(dialog).getByRole('alert').textContent).toBe('The server did not answer in time. Try again.'));
