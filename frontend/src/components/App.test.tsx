@@ -472,6 +472,28 @@ describe('App', () => {
     expect(screen.getByRole('heading', { name: 'Book club' })).toBeTruthy();
   });
 
+  it('New group takes a name of 100 characters of emoji, refuses 101, and sends half an emoji as the character it shows as', async () => {
+    storedLogin();
+    const { server, user } = renderApp([]);
+    await connected(server);
+    const dialog = await openNewGroup(user);
+    const name = within(dialog).getByLabelText('Group name') as HTMLInputElement;
+    // Each emoji is two UTF-16 units: a `maxLength` of 100 would have cut this name at 50.
+    await user.click(name);
+    await user.paste('🎉'.repeat(101));
+    expect([...name.value]).toHaveLength(101);
+    await user.click(within(dialog).getByRole('button', { name: 'Create group' }));
+    expect(within(dialog).getByRole('alert').textContent).toBe('A group name can be at most 100 characters.');
+    expect(server.current.requests('createGroup')).toHaveLength(0);
+    // 99 emoji and half of one (a cut made by UTF-16 units): 100 characters, the half sent as the replacement
+    // character it shows as, since JSON cannot carry it to the server.
+    await user.clear(name);
+    await user.paste(`${'🎉'.repeat(99)}\ud83c`);
+    await user.click(within(dialog).getByRole('button', { name: 'Create group' }));
+    await act(() => flush());
+    expect(server.current.lastRequest('createGroup')).toMatchObject({ title: `${'🎉'.repeat(99)}\ufffd` });
+  });
+
   it('removing a picked member in New group moves focus to the next one, then to the search, and Escape still closes', async () => {
     storedLogin();
     const { server, user } = renderApp([]);

@@ -2,7 +2,7 @@ import { type FormEvent, useEffect, useId, useRef, useState } from 'react';
 import { asApiRequestError } from '../api/errors';
 import type { User } from '../protocol/generated/User';
 import { newClientId } from '../state/ids';
-import { MAX_TITLE_CHARS, isBlankText } from '../state/session';
+import { MAX_TITLE_CHARS, isBlankText, messageLength } from '../state/session';
 import { requestErrorText } from './format';
 import { Modal } from './Modal';
 import { PeopleSearch } from './PeopleSearch';
@@ -52,6 +52,12 @@ export function NewGroupDialog({ onClose }: { onClose: () => void }) {
       setError('Give the group a name.');
       return;
     }
+    // Counted in characters (code points) after trimming, as the server counts them. The field has no `maxLength`:
+    // that counts UTF-16 units, so it would stop a name of emoji at half the length the server takes.
+    if (messageLength(title.trim()) > MAX_TITLE_CHARS) {
+      setError(`A group name can be at most ${MAX_TITLE_CHARS} characters.`);
+      return;
+    }
     const memberIds = members.map((m) => m.id);
     const request = JSON.stringify([title.trim(), [...memberIds].sort((a, b) => a - b)]);
     if (attempt.current?.request !== request) attempt.current = { request, clientGroupId: newClientId() };
@@ -76,7 +82,6 @@ export function NewGroupDialog({ onClose }: { onClose: () => void }) {
           <input
             id={titleId}
             value={title}
-            maxLength={MAX_TITLE_CHARS}
             onChange={(e) => setTitle(e.target.value)}
             data-autofocus
             autoComplete="off"

@@ -1477,7 +1477,7 @@ export class ChatSession {
   async createGroup(title: string, memberIds: readonly number[], clientGroupId: string): Promise<Conversation> {
     const conversation = await this.request(
       'createGroup',
-      { title: title.trim(), memberIds: [...memberIds], clientGroupId },
+      { title: toWellFormed(title).trim(), memberIds: [...memberIds], clientGroupId },
       { priority: 'high' },
     );
     this.applyOwnConversation(conversation);
