@@ -406,17 +406,24 @@ async fn a_request_whose_replica_dies_is_retried_and_one_that_kills_every_replic
 }
 
 #[tokio::test]
-async fn stopping_one_of_two_replicas_mid_load_loses_no_request() {
+async fn stopping_one_of_two_replicas_mid_load_loses_no_request_and_runs_none_twice() {
     let h = Harness::start().await;
     let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
-    let slow_echo = |s: RpcServer| {
-        s.prefetch(8).handle::<Echo, _, _>(|Text(s), _| async move {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            Ok(Text(s))
-        })
+    let runs: Arc<Vec<AtomicU32>> = Arc::new((0..400).map(|_| AtomicU32::new(0)).collect());
+    let slow_echo = |runs: Arc<Vec<AtomicU32>>| {
+        move |s: RpcServer| {
+            s.prefetch(8).handle::<Echo, _, _>(move |Text(s), _| {
+                let runs = runs.clone();
+                async move {
+                    runs[s.parse::<usize>().unwrap()].fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Ok(Text(s))
+                }
+            })
+        }
     };
-    let a = h.server(&stop_a, slow_echo);
-    let b = h.server(&stop_b, slow_echo);
+    let a = h.server(&stop_a, slow_echo(runs.clone()));
+    let b = h.server(&stop_b, slow_echo(runs.clone()));
     h.wait_for_consumers("getSelf", 2).await;
 
     let calls = (0..400).map(|i| {
@@ -431,8 +438,34 @@ async fn stopping_one_of_two_replicas_mid_load_loses_no_request() {
     for (i, reply) in replies.into_iter().enumerate() {
         assert_eq!(reply, Ok(Text(i.to_string())), "request {i}");
     }
+    // The stopping replica finishes what it holds on the channel it took it on: closing that channel first would
+    // hand those requests to the other replica to run a second time.
+    let twice: Vec<usize> = (0..400).filter(|&i| runs[i].load(Ordering::SeqCst) != 1).collect();
+    assert!(twice.is_empty(), "requests not run exactly once: {twice:?}");
     a.await.unwrap().close().await;
     stop_b.cancel();
     b.await.unwrap().close().await;
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_consumer_the_broker_cancels_is_subscribed_again() {
+    let h = Harness::start().await;
+    let stop = CancellationToken::new();
+    // Two operations: the other consumer keeps running while this one is cancelled.
+    let server = h.server(&stop, |s| echo_server(s).handle::<Slow, _, _>(|Text(s), _| async move { Ok(Text(s)) }));
+    h.wait_for_consumers("getSelf", 1).await;
+    h.wait_for_consumers("getUsers", 1).await;
+
+    // An operator deletes the queue in the management UI: RabbitMQ cancels its consumers.
+    let session = h.broker.current().expect("connected");
+    let channel = session.channel().await.unwrap();
+    channel.queue_delete(h.broker.topology().rpc_queue("getSelf").into(), Default::default()).await.unwrap();
+
+    h.wait_for_consumers("getSelf", 1).await;
+    assert_eq!(h.client.call::<Echo>(&Text("back".into()), &ctx(5_000)).await, Ok(Text("echo back".into())));
+    assert_eq!(h.client.call::<Slow>(&Text("still".into()), &ctx(5_000)).await, Ok(Text("still".into())));
+    stop.cancel();
+    server.await.unwrap().close().await;
     h.finish().await;
 }

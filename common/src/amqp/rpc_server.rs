@@ -13,11 +13,18 @@
 //!   stopped. On the last allowed attempt ([`DELIVERY_LIMIT`]) the caller is answered with an error and the
 //!   request is rejected into the dead-letter queue, so a poison request never loops and never blocks the others.
 //! - Requests whose caller has already given up (past the deadline header) are dropped unexecuted.
-//! - On shutdown the consumers are cancelled (no new requests) and the requests already taken are finished.
+//! - On shutdown the consumers are cancelled (no new requests) and the requests already taken, including those
+//!   still in the client's buffer, are finished and acked on the channel they came on before it is closed: closing
+//!   it earlier would hand them to another replica to run a second time.
+//! - A consumer the broker cancels (its queue was deleted) or a publish channel that dies alone makes the server
+//!   open new channels, declare its queues again and consume again, rather than serve fewer operations.
 
 use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, time::Duration};
 
-use futures_util::{StreamExt, stream::SelectAll};
+use futures_util::{
+    StreamExt, future,
+    stream::{self, SelectAll},
+};
 use lapin::{
     BasicProperties, Channel,
     message::Delivery,
@@ -174,29 +181,71 @@ impl RpcServer {
                 )
                 .await?;
             tags.push(tag);
-            let handler = handler.clone();
-            let queue: Arc<str> = topology.rpc_queue(key).into();
-            streams.push(consumer.map(move |delivery| (key, queue.clone(), handler.clone(), delivery)));
+            let route = Arc::new(Route { key, queue: topology.rpc_queue(key).into(), handler: handler.clone() });
+            // Each stream ends with a `None` of its own, so the end of one consumer is seen, not silently dropped
+            // by `SelectAll`.
+            let end = stream::once(future::ready((route.clone(), None)));
+            streams.push(consumer.map(move |delivery| (route.clone(), Some(delivery))).chain(end).boxed());
         }
         tracing::info!(generation = session.generation, operations = ?self.handlers.keys().collect::<Vec<_>>(), "serving RPC");
-        loop {
+        // The requests taken on this channel, and a token any of them cancels when it cannot publish.
+        let held = TaskTracker::new();
+        let broken = CancellationToken::new();
+        let take = |route: Arc<Route>, delivery: Delivery| {
+            tracker.spawn(held.track_future(process(route, delivery, publish.clone(), broken.clone())));
+        };
+        let result = loop {
             tokio::select! {
                 () = shutdown.cancelled() => {
-                    for tag in tags {
-                        let _ = consume.basic_cancel(tag.into(), BasicCancelOptions::default()).await;
+                    for tag in &tags {
+                        let _ = consume.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
                     }
-                    return Ok(());
+                    // Deliveries already in the client's buffer were handed to this replica: finish them too. Each
+                    // stream ends after them once the broker confirmed its cancel.
+                    let drain = async {
+                        loop {
+                            match streams.next().await {
+                                Some((route, Some(Ok(delivery)))) => take(route, delivery),
+                                Some((_, None)) => {}
+                                Some((_, Some(Err(_)))) | None => break,
+                            }
+                        }
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+                    break Ok(());
+                }
+                () = broken.cancelled() => {
+                    break Err(lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Closed, "cannot publish replies").into());
                 }
                 next = streams.next() => match next {
-                    Some((key, queue, handler, Ok(delivery))) => {
-                        tracker.spawn(process(key, queue, handler, delivery, publish.clone()));
+                    Some((route, Some(Ok(delivery)))) => take(route, delivery),
+                    Some((_, Some(Err(error)))) => break Err(error),
+                    Some((route, None)) => {
+                        tracing::warn!(operation = route.key, "the broker cancelled a consumer (was its queue deleted?); subscribing again");
+                        break Err(lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Closed, "consumer cancelled").into());
                     }
-                    Some((_, _, _, Err(error))) => return Err(error),
-                    None => return Err(lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Closed, "consumers ended").into()),
+                    None => break Err(lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Closed, "consumers ended").into()),
                 }
             }
-        }
+        };
+        // Closing the consume channel hands every request still unacked on it back to the broker, which gives it to
+        // another replica to run a second time. So the channel stays open until the requests taken on it are settled.
+        held.close();
+        tracker.spawn(async move {
+            if tokio::time::timeout(Duration::from_secs(30), held.wait()).await.is_err() {
+                tracing::warn!("gave up waiting for in-flight requests after 30 s; the broker will redeliver them");
+            }
+            drop((consume, publish, streams));
+        });
+        result
     }
+}
+
+/// One operation's queue and handler.
+struct Route {
+    key: &'static str,
+    queue: Arc<str>,
+    handler: Handler,
 }
 
 fn encode<T: serde::Serialize>(result: Result<T, ApiError>) -> Vec<u8> {
@@ -206,8 +255,10 @@ fn encode<T: serde::Serialize>(result: Result<T, ApiError>) -> Vec<u8> {
     })
 }
 
-#[tracing::instrument(name = "rpc", skip_all, fields(operation = key, request_id, attempt))]
-async fn process(key: &'static str, queue: Arc<str>, handler: Handler, delivery: Delivery, publish: Channel) {
+#[tracing::instrument(name = "rpc", skip_all, fields(operation, request_id, attempt))]
+async fn process(route: Arc<Route>, delivery: Delivery, publish: Channel, broken: CancellationToken) {
+    let Route { key, ref queue, ref handler } = *route;
+    tracing::Span::current().record("operation", key);
     let properties = &delivery.properties;
     let ctx = RequestContext {
         request_id: headers::request_id(properties).unwrap_or_default(),
@@ -231,7 +282,7 @@ async fn process(key: &'static str, queue: Arc<str>, handler: Handler, delivery:
             give_up(&publish, &delivery, "its replicas kept dying").await;
         } else {
             tracing::warn!("a replica died holding this request; it will be retried");
-            retry(&publish, &queue, &delivery, next).await;
+            retry(&publish, queue, &delivery, next, &broken).await;
         }
         return;
     }
@@ -239,14 +290,18 @@ async fn process(key: &'static str, queue: Arc<str>, handler: Handler, delivery:
         Outcome::Reply(body) => {
             if reply(&publish, properties, body).await {
                 let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            } else {
+                // The publish channel is gone (the consume channel may live on): hand the request back, and have
+                // the server open new channels.
+                let _ = delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+                broken.cancel();
             }
-            // If the reply could not be published the channel is gone; the request is redelivered elsewhere.
         }
         Outcome::Failed(reason) if attempt >= DELIVERY_LIMIT => give_up(&publish, &delivery, &reason).await,
         Outcome::Failed(reason) => {
             tracing::warn!(%reason, "request failed; it will be retried");
             tokio::time::sleep(retry_pause(attempt)).await;
-            retry(&publish, &queue, &delivery, attempt + 1).await;
+            retry(&publish, queue, &delivery, attempt + 1, &broken).await;
         }
     }
 }
@@ -261,8 +316,9 @@ fn retry_pause(failed_attempt: u32) -> Duration {
 }
 
 /// Puts a copy of the request back on its queue as attempt `next`, then acks this one. If the copy cannot be
-/// published the channel is gone: this one is left to the broker, which redelivers it (and that counts too).
-async fn retry(publish: &Channel, queue: &str, delivery: &Delivery, next: u32) {
+/// published the publish channel is gone: this one goes back to the broker, which redelivers it (and that counts
+/// too), and `broken` tells the server to open new channels.
+async fn retry(publish: &Channel, queue: &str, delivery: &Delivery, next: u32, broken: &CancellationToken) {
     let properties = headers::with_attempt(&delivery.properties, next);
     let published = publish
         .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &delivery.data, properties)
@@ -274,6 +330,7 @@ async fn retry(publish: &Channel, queue: &str, delivery: &Delivery, next: u32) {
         Err(error) => {
             tracing::warn!(%error, "cannot requeue a failed request; the broker will redeliver it");
             let _ = delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+            broken.cancel();
         }
     }
 }
