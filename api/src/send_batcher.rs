@@ -34,11 +34,13 @@
 //! pipelines its sends, so the next one is often already queued, or on its way, when the batch holding the one
 //! before it fails. Sent on, it would be stored while the one before it waits to be resent, and the user's
 //! messages would be stored out of the order typed. So when a send is refused for a passing reason (its batch
-//! failed, or its time ran out in the queue), its lane is held: the lane's other sends are refused with the same
-//! error, unsent, until that send comes back (its client message id; it goes, and the lane with it) or one RPC
-//! timeout has passed (a client that gave up on it). The client resends them in order. A send nobody waits for any
-//! more because the hub answered it (an identical send was stored) holds nothing. REST sends have no lane: HTTP
-//! requests are independent.
+//! failed, or its time ran out — waiting for room in the queue, in the queue, or in a batch whose answer came too
+//! late), its lane is held: the lane's other sends are refused with the same error, unsent, until that send comes
+//! back (its client message id; it goes, and the lane with it) or one RPC timeout has passed (a client that gave
+//! up on it). The client resends them in order. A caller that times out holds its lane itself before it lets go
+//! of its place in the queue, so nothing of its lane queued behind it can slip past. A send nobody waits for any
+//! more because the hub answered it (an identical send was stored) holds nothing, and lifts the hold that waited
+//! for it. REST sends have no lane: HTTP requests are independent.
 //!
 //! **One deadline per send, from the moment it reaches the batcher**: a send waits at most the RPC timeout in
 //! all, queue included, and is then answered `timeout`. A send whose caller stopped waiting (its socket closed) or
@@ -48,7 +50,12 @@
 //! on time by its own timer; it may still be stored, and its retry with the same client message id returns it).
 //! Without this a send queued behind a slow batch waited for that batch and then a full timeout of its own.
 
-use std::{collections::HashMap, panic::AssertUnwindSafe, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    panic::AssertUnwindSafe,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Duration,
+};
 
 use common::{
     amqp::{CallContext, RpcClient},
@@ -100,19 +107,32 @@ struct Hold {
 /// The lanes held back (see the module documentation).
 type Holds = HashMap<Lane, Hold>;
 
+/// [`Holds`] shared by the batcher and the callers whose sends time out: the lock is taken for non-blocking work
+/// only, never across an `.await`, and on the hot path once per batch.
+#[derive(Debug, Clone, Default)]
+struct SharedHolds(Arc<Mutex<Holds>>);
+
+impl SharedHolds {
+    fn lock(&self) -> MutexGuard<'_, Holds> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// The handle handlers use. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SendBatcher {
     queue: mpsc::Sender<Pending>,
     timeout: Duration,
+    holds: SharedHolds,
 }
 
 impl SendBatcher {
     /// `interval`: least time between the starts of two batches (zero: none; see the module documentation).
     pub fn start(rpc: RpcClient, timeout: Duration, interval: Duration) -> SendBatcher {
         let (queue, pending) = mpsc::channel(QUEUE);
-        tokio::spawn(run(rpc, interval, timeout, pending));
-        SendBatcher { queue, timeout }
+        let holds = SharedHolds::default();
+        tokio::spawn(run(rpc, interval, timeout, pending, holds.clone()));
+        SendBatcher { queue, timeout, holds }
     }
 
     /// Sends one message (in whatever batch it joins) and returns the stored message, or `timeout` once the RPC
@@ -125,26 +145,92 @@ impl SendBatcher {
         request: AsUser<SendMessageRequest>,
     ) -> Result<Message, ApiError> {
         let deadline = Instant::now() + self.timeout;
-        let (reply, answer) = oneshot::channel();
         let lane = stream.map(|stream| Lane {
             stream: stream.clone(),
             conversation_id: request.request.conversation_id,
             to_user_id: request.request.to_user_id,
         });
+        let mut watch = lane.clone().map(|lane| LaneWatch {
+            holds: &self.holds,
+            lane,
+            client_message_id: request.request.client_message_id.clone(),
+            armed: true,
+        });
+        let (reply, mut answer) = oneshot::channel();
         let pending = Pending { request, lane, request_id: request_id.to_owned(), deadline, reply };
-        let sent = async {
-            self.queue.send(pending).await.map_err(|_| ApiError::unavailable("the gateway is shutting down"))?;
-            answer.await.map_err(|_| ApiError::internal())?
+        // Both waits keep their end (the queue slot being waited for, the answer) alive until the lane is held:
+        // a later send of the lane must not enter the queue, nor the batcher see this one given up, before the
+        // hold is in place.
+        let room = self.queue.reserve();
+        tokio::pin!(room);
+        let permit = tokio::select! {
+            biased;
+            permit = &mut room => permit,
+            () = tokio::time::sleep_until(deadline) => return Err(self.gave_up(&mut watch)),
         };
-        tokio::time::timeout_at(deadline, sent).await.unwrap_or_else(|_| Err(timed_out()))
+        let Ok(permit) = permit else { return Err(ApiError::unavailable("the gateway is shutting down")) };
+        permit.send(pending);
+        let answer = tokio::select! {
+            biased;
+            answer = &mut answer => answer.unwrap_or_else(|_| Err(ApiError::internal())),
+            () = tokio::time::sleep_until(deadline) => return Err(self.gave_up(&mut watch)),
+        };
+        // Answered: the batcher has settled the lane (lifted its hold when this send reached it, or held it again
+        // if the send was refused).
+        if let Some(watch) = &mut watch {
+            watch.armed = false;
+        }
+        answer
+    }
+
+    /// The caller is answered `timeout`, so its client will resend the send: its lane is held until then.
+    fn gave_up(&self, watch: &mut Option<LaneWatch<'_>>) -> ApiError {
+        if let Some(watch) = watch {
+            let held = Hold {
+                client_message_id: watch.client_message_id.clone(),
+                error: timed_out(),
+                until: Instant::now() + self.timeout,
+            };
+            self.holds.lock().entry(watch.lane.clone()).or_insert(held);
+            watch.armed = false;
+        }
+        timed_out()
+    }
+}
+
+/// A socket's send on its way: dropped unanswered (the hub answered it from the stored message's event, or its
+/// socket closed), it lifts the hold that waited for it, since that send was stored or nobody sends on its lane
+/// any more. The batcher would otherwise lift it only when the send reached it.
+struct LaneWatch<'a> {
+    holds: &'a SharedHolds,
+    lane: Lane,
+    client_message_id: String,
+    /// Still on its way (neither answered nor given up).
+    armed: bool,
+}
+
+impl Drop for LaneWatch<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut holds = self.holds.lock();
+        if holds.get(&self.lane).is_some_and(|held| held.client_message_id == self.client_message_id) {
+            holds.remove(&self.lane);
+        }
     }
 }
 
 /// `hold`: how long a lane stays held when the send that held it does not come back (the RPC timeout).
-async fn run(rpc: RpcClient, interval: Duration, hold: Duration, mut queue: mpsc::Receiver<Pending>) {
+async fn run(
+    rpc: RpcClient,
+    interval: Duration,
+    hold: Duration,
+    mut queue: mpsc::Receiver<Pending>,
+    holds: SharedHolds,
+) {
     let mut batch = Vec::with_capacity(MAX_SEND_BATCH);
     let mut last_start: Option<Instant> = None;
-    let mut holds = Holds::new();
     // Whatever queued while the last batch was out goes next, in arrival order.
     while queue.recv_many(&mut batch, MAX_SEND_BATCH).await > 0 {
         if let Some(next_start) = last_start.map(|start| start + interval)
@@ -160,7 +246,7 @@ async fn run(rpc: RpcClient, interval: Duration, hold: Duration, mut queue: mpsc
         if !interval.is_zero() {
             last_start = Some(Instant::now());
         }
-        refuse_behind(&mut batch, &mut holds, Instant::now(), hold);
+        refuse_behind(&mut batch, &mut holds.lock(), Instant::now(), hold);
         if batch.is_empty() {
             continue;
         }
@@ -177,6 +263,7 @@ async fn run(rpc: RpcClient, interval: Duration, hold: Duration, mut queue: mpsc
             }
         };
         let until = Instant::now() + hold;
+        let mut holds = holds.lock();
         for (lane, client_message_id, error) in refused {
             // The first refused send of a lane (in batch order) is the one the lane waits for.
             holds.entry(lane).or_insert(Hold { client_message_id, error, until });
@@ -186,17 +273,26 @@ async fn run(rpc: RpcClient, interval: Duration, hold: Duration, mut queue: mpsc
 
 /// Answers, and takes out of `batch`, the sends that are not to go, and holds lanes (see the module
 /// documentation):
-/// - a send whose time ran out in the queue is answered `timeout` (its caller has stopped waiting), and holds its
-///   lane for `hold`;
-/// - a send whose caller stopped waiting with time left is not sent either: its socket closed (the client resends
-///   it with the same client message id), or the hub answered it with the stored message of an identical send.
-///   Neither holds its lane;
-/// - a send of a held lane is refused with the hold's error, unless it is the send the lane waits for: that one
-///   goes, and the lane with it.
+/// - a send whose caller stopped waiting is not sent: its own timer answered it `timeout` (and held its lane
+///   before letting go), the hub answered it with the stored message of an identical send, or its socket closed
+///   (the client resends it with the same client message id). Only the first holds its lane; the other two lift
+///   a hold that waited for them as they are dropped ([`LaneWatch`]);
+/// - the send a held lane waits for lifts the hold: it came back;
+/// - a send whose time ran out in the queue, its caller's timer not yet run, is answered `timeout` here and holds
+///   its lane for `hold`;
+/// - a send of a held lane is refused with the hold's error.
 fn refuse_behind(batch: &mut Vec<Pending>, holds: &mut Holds, now: Instant, hold: Duration) {
     holds.retain(|_, held| held.until > now);
     let mut error_for = |pending: &Pending| {
         let client_message_id = &pending.request.request.client_message_id;
+        if pending.reply.is_closed() {
+            return Some(timed_out());
+        }
+        if let Some(lane) = &pending.lane
+            && holds.get(lane).is_some_and(|held| held.client_message_id == *client_message_id)
+        {
+            holds.remove(lane);
+        }
         if pending.deadline <= now {
             if let Some(lane) = &pending.lane {
                 let held = Hold { client_message_id: client_message_id.clone(), error: timed_out(), until: now + hold };
@@ -204,16 +300,8 @@ fn refuse_behind(batch: &mut Vec<Pending>, holds: &mut Holds, now: Instant, hold
             }
             return Some(timed_out());
         }
-        if pending.reply.is_closed() {
-            return Some(timed_out());
-        }
         let lane = pending.lane.as_ref()?;
-        let held = holds.get(lane)?;
-        if held.client_message_id == *client_message_id {
-            holds.remove(lane);
-            return None;
-        }
-        Some(held.error.clone())
+        holds.get(lane).map(|held| held.error.clone())
     };
     let mut kept = Vec::with_capacity(batch.len());
     for pending in batch.drain(..) {
@@ -323,9 +411,8 @@ mod tests {
     fn a_send_that_ran_out_of_time_in_the_queue_holds_its_lane_and_no_other() {
         let now = Instant::now();
         let fresh = now + Duration::from_secs(5);
-        // Its caller's own timer has fired: it no longer waits either.
+        // Its caller's own timer has not run yet: it is answered here.
         let (late, late_answer) = pending(Some("s1"), 1, "late", now);
-        drop(late_answer);
         let (behind, behind_answer) = pending(Some("s1"), 1, "behind", fresh);
         let (elsewhere, _elsewhere_answer) = pending(Some("s1"), 2, "elsewhere", fresh);
         let (other_socket, _other_answer) = pending(Some("s2"), 1, "other", fresh);
@@ -336,8 +423,87 @@ mod tests {
         refuse_behind(&mut batch, &mut holds, now, HOLD);
 
         assert_eq!(ids(&batch), ["elsewhere", "other", "rest"]);
+        assert_eq!(code(late_answer), Some(common::protocol::ErrorCode::Timeout));
         assert_eq!(code(behind_answer), Some(common::protocol::ErrorCode::Timeout));
         assert_eq!(holds[&lane("s1", 1)].client_message_id, "late");
+    }
+
+    #[test]
+    fn a_send_the_hub_answered_before_its_time_ran_out_in_the_queue_holds_nothing() {
+        // Answered with the stored message of an identical send (its caller dropped its end), then the deadline
+        // passed before the batch left: nobody was told `timeout`, so nobody will resend it.
+        let now = Instant::now();
+        let (answered, answer) = pending(Some("s1"), 1, "answered", now);
+        drop(answer);
+        let (behind, _behind_answer) = pending(Some("s1"), 1, "behind", now + Duration::from_secs(5));
+        let mut batch = vec![answered, behind];
+        let mut holds = Holds::new();
+
+        refuse_behind(&mut batch, &mut holds, now, HOLD);
+
+        assert_eq!(ids(&batch), ["behind"]);
+        assert!(holds.is_empty());
+    }
+
+    /// A batcher whose queue nobody takes from, to see what `send` does by itself.
+    fn stalled(capacity: usize) -> (SendBatcher, mpsc::Receiver<Pending>) {
+        let (queue, pending) = mpsc::channel(capacity);
+        (SendBatcher { queue, timeout: Duration::from_millis(100), holds: SharedHolds::default() }, pending)
+    }
+
+    fn send_to(conversation_id: i64, id: &str) -> AsUser<SendMessageRequest> {
+        let (Pending { request, .. }, _) = pending(None, conversation_id, id, Instant::now());
+        request
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_send_that_times_out_waiting_for_room_in_the_queue_holds_its_lane() {
+        let (batcher, _queue) = stalled(1);
+        let (filler, _filler_answer) = pending(Some("s2"), 1, "filler", Instant::now() + HOLD);
+        batcher.queue.try_send(filler).unwrap();
+        let s1: Arc<str> = "s1".into();
+
+        let answer = batcher.send("r", Some(&s1), send_to(1, "a")).await;
+
+        assert_eq!(answer.unwrap_err().code, common::protocol::ErrorCode::Timeout);
+        let holds = batcher.holds.lock();
+        assert_eq!(holds.get(&lane("s1", 1)).map(|h| h.client_message_id.as_str()), Some("a"));
+        assert_eq!(holds.len(), 1, "no other lane is held");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_send_whose_caller_times_out_in_the_queue_holds_its_lane_before_the_batcher_sees_it_given_up() {
+        let (batcher, mut queue) = stalled(8);
+        let s1: Arc<str> = "s1".into();
+
+        let answer = batcher.send("r", Some(&s1), send_to(1, "a")).await;
+
+        assert_eq!(answer.unwrap_err().code, common::protocol::ErrorCode::Timeout);
+        assert_eq!(batcher.holds.lock()[&lane("s1", 1)].client_message_id, "a");
+        // The batcher then finds it given up: not sent, and the hold stays, so "b" behind it is refused.
+        let (b, b_answer) = pending(Some("s1"), 1, "b", Instant::now() + HOLD);
+        let mut batch = vec![queue.try_recv().unwrap(), b];
+        refuse_behind(&mut batch, &mut batcher.holds.lock(), Instant::now(), HOLD);
+        assert!(batch.is_empty());
+        assert_eq!(code(b_answer), Some(common::protocol::ErrorCode::Timeout));
+    }
+
+    #[tokio::test]
+    async fn a_resend_dropped_unanswered_lifts_the_hold_that_waited_for_it_and_no_other() {
+        // The hub answered it from the stored message's event (so it was stored), or its socket closed.
+        let (batcher, _queue) = stalled(8);
+        *batcher.holds.lock() = held_for("a", Instant::now() + HOLD);
+        let s1: Arc<str> = "s1".into();
+
+        let mut other = Box::pin(batcher.send("r", Some(&s1), send_to(1, "b")));
+        assert!(futures_util::poll!(other.as_mut()).is_pending(), "queued");
+        drop(other);
+        assert!(batcher.holds.lock().contains_key(&lane("s1", 1)), "b is not what the lane waits for");
+
+        let mut resend = Box::pin(batcher.send("r", Some(&s1), send_to(1, "a")));
+        assert!(futures_util::poll!(resend.as_mut()).is_pending(), "queued");
+        drop(resend);
+        assert!(batcher.holds.lock().is_empty());
     }
 
     #[test]
