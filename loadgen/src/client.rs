@@ -580,9 +580,10 @@ impl Task {
             },
             InFlight::Job(Job::Page { scheduled_ns, expect, .. }) => {
                 let mut history = self.shared.history();
-                history.latency.record_micros(now.saturating_sub(scheduled_ns) / 1000);
                 match result {
                     Ok(ReplyData::GetMessages(page)) => {
+                        // Pages only: a quick refusal would flatter the latency; errors are counted apart.
+                        history.latency.record_micros(now.saturating_sub(scheduled_ns) / 1000);
                         history.pages += 1;
                         history.messages += page.messages.len() as u64;
                         if !page_holds(&page, expect) {

@@ -328,6 +328,9 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
                 Some(at) => seconds(at, "--storm-at")?,
                 None => traffic.duration / 3,
             });
+            if traffic.storm_at >= Some(traffic.duration) {
+                bail!("--storm-at must fall within --duration, or there is no storm to measure");
+            }
             traffic.offline = Duration::from_millis(offline_ms);
             (limit_for(&traffic) + Duration::from_secs(90), Work::Traffic(traffic))
         }

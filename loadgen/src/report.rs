@@ -90,12 +90,20 @@ impl Report {
         )
     }
 
-    /// Checks a traffic run's counts for what must never happen.
-    pub fn check_counts(&mut self) {
+    /// Checks a traffic run's counts for what must never happen. `connections_dropped`: the run dropped its
+    /// connections on purpose (`storm`), so deliveries found only by the final `sync` are expected; otherwise
+    /// every member was connected throughout, and a delivery that never came live was dropped by the servers.
+    pub fn check_counts(&mut self, connections_dropped: bool) {
         let Some(counts) = &self.counts else { return };
         let mut problems = Vec::new();
         if counts.lost > 0 {
             problems.push(format!("{} deliveries lost", counts.lost));
+        }
+        if counts.repaired > 0 && !connections_dropped {
+            problems.push(format!(
+                "{} deliveries never came live to a connected member (found only by the final sync)",
+                counts.repaired
+            ));
         }
         if counts.duplicated > 0 {
             problems.push(format!("{} duplicated live deliveries", counts.duplicated));
@@ -142,10 +150,22 @@ mod tests {
     fn loss_and_disorder_are_problems() {
         let mut report =
             Report { counts: Some(Counts { lost: 2, out_of_order: 1, ..Counts::default() }), ..Report::default() };
-        report.check_counts();
+        report.check_counts(false);
         assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
         let mut clean = Report { counts: Some(Counts::default()), ..Report::default() };
-        clean.check_counts();
+        clean.check_counts(false);
         assert!(clean.problems.is_empty());
+    }
+
+    #[test]
+    fn a_delivery_found_only_by_sync_is_a_problem_unless_the_run_dropped_its_connections() {
+        let repaired = || Report { counts: Some(Counts { repaired: 3, ..Counts::default() }), ..Report::default() };
+        let mut steady = repaired();
+        steady.check_counts(false);
+        assert_eq!(steady.problems.len(), 1, "{:?}", steady.problems);
+        assert!(steady.problems[0].starts_with("3 deliveries never came live"), "{:?}", steady.problems);
+        let mut storm = repaired();
+        storm.check_counts(true);
+        assert!(storm.problems.is_empty(), "{:?}", storm.problems);
     }
 }

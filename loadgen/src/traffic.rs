@@ -247,7 +247,7 @@ pub async fn run(env: &Env, traffic: Traffic) -> anyhow::Result<Report> {
     }
     report.counts = Some(counts);
     report.latency = Some(latency);
-    report.check_counts();
+    report.check_counts(traffic.storm_at.is_some());
     Ok(report)
 }
 
