@@ -228,6 +228,12 @@ impl RpcServer {
                 }
             }
         };
+        if result.is_err() && consume.status().connected() {
+            // Serving again on new channels: the consumers left here must stop taking requests nobody reads.
+            for tag in &tags {
+                let _ = consume.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+            }
+        }
         // Closing the consume channel hands every request still unacked on it back to the broker, which gives it to
         // another replica to run a second time. So the channel stays open until the requests taken on it are settled.
         held.close();
