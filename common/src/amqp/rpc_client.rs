@@ -118,9 +118,13 @@ impl RpcClient {
             tracing::error!(%error, operation = O::ROUTING_KEY, "cannot encode request");
             ApiError::internal()
         })?;
-        let reply = tokio::time::timeout(ctx.timeout, self.call_raw(O::ROUTING_KEY, body, ctx))
-            .await
-            .map_err(|_| ApiError::timeout(format!("{} did not answer in time", O::ROUTING_KEY)))??;
+        // The caller stops waiting `timeout` after this moment, however long the consumer probe takes: the server
+        // is told that moment, not a later one, so it does not run what nobody waits for.
+        let deadline_ms = headers::deadline_after(ctx.timeout);
+        let reply =
+            tokio::time::timeout(ctx.timeout, self.call_raw(O::ROUTING_KEY, body, &ctx.request_id, deadline_ms))
+                .await
+                .map_err(|_| ApiError::timeout(format!("{} did not answer in time", O::ROUTING_KEY)))??;
         let reply: RpcReply<O::Response> = serde_json::from_slice(&reply).map_err(|error| {
             tracing::error!(%error, operation = O::ROUTING_KEY, "cannot decode reply");
             ApiError::internal()
@@ -128,7 +132,13 @@ impl RpcClient {
         reply.into()
     }
 
-    async fn call_raw(&self, routing_key: &str, body: Vec<u8>, ctx: &CallContext) -> Result<Vec<u8>, ApiError> {
+    async fn call_raw(
+        &self,
+        routing_key: &str,
+        body: Vec<u8>,
+        request_id: &str,
+        deadline_ms: i64,
+    ) -> Result<Vec<u8>, ApiError> {
         let unavailable = || ApiError::unavailable(format!("{routing_key} is unavailable, try again shortly"));
         if self.consumer_count(routing_key).await == Some(0) {
             tracing::warn!(operation = routing_key, "no consumer for the operation");
@@ -149,7 +159,7 @@ impl RpcClient {
             .with_correlation_id(format!("{}.{id}", self.inner.boot).into())
             .with_reply_to(self.inner.reply_queue.as_str().into())
             .with_content_type("application/json".into())
-            .with_headers(headers::request_headers(&ctx.request_id, headers::deadline_after(ctx.timeout)));
+            .with_headers(headers::request_headers(request_id, deadline_ms));
         let confirm = publish
             .basic_publish(
                 self.inner.broker.topology().rpc_exchange().into(),
