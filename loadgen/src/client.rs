@@ -188,10 +188,11 @@ enum Command {
         done: oneshot::Sender<bool>,
     },
     /// Drop the connection without a close handshake (as a lost network does), stay away for `offline`, then
-    /// reconnect and sync.
+    /// reconnect and sync. `at`: when the storm began, which its times count from.
     Drop {
         done: oneshot::Sender<Reconnected>,
         offline: Duration,
+        at: Instant,
     },
     Close {
         done: oneshot::Sender<()>,
@@ -271,10 +272,12 @@ impl Client {
         matches!(timeout(limit, finished).await, Ok(Ok(true)))
     }
 
-    /// Drops the connection at once and reconnects after `offline`; resolves when the client has synced again.
-    pub fn drop_connection(&self, offline: Duration) -> oneshot::Receiver<Reconnected> {
+    /// Drops the connection at once and reconnects after `offline`; resolves when the client has synced again,
+    /// with its times counted from `at` (the storm's start, the same for every client: a client that took its
+    /// turn late is not credited with the wait).
+    pub fn drop_connection(&self, offline: Duration, at: Instant) -> oneshot::Receiver<Reconnected> {
         let (done, finished) = oneshot::channel();
-        let _ = self.commands.send(Command::Drop { done, offline });
+        let _ = self.commands.send(Command::Drop { done, offline, at });
         finished
     }
 
@@ -345,8 +348,8 @@ enum Stop {
     Finished,
     /// The connection broke or the gateway closed it (with this code; 0 without a close frame).
     Lost(u16),
-    /// The run asked for a drop (and how long to stay away).
-    Dropped(oneshot::Sender<Reconnected>, Duration),
+    /// The run asked for a drop (how long to stay away, and when the storm began).
+    Dropped(oneshot::Sender<Reconnected>, Duration, Instant),
 }
 
 struct Task {
@@ -397,7 +400,7 @@ impl Task {
                     self.shared.stats.closed(code);
                     (Instant::now(), None, Duration::ZERO)
                 }
-                Stop::Dropped(done, offline) => (Instant::now(), Some(done), offline),
+                Stop::Dropped(done, offline, at) => (at, Some(done), offline),
             };
             if !self.come_back(started, done, offline).await {
                 return;
@@ -420,7 +423,7 @@ impl Task {
                             self.sync_waiters.push(SyncWaiter::Plain(done));
                             self.start_sync();
                         }
-                        Command::Drop { done, offline } => return Stop::Dropped(done, offline),
+                        Command::Drop { done, offline, at } => return Stop::Dropped(done, offline, at),
                         Command::Close { done } => {
                             self.close().await;
                             let _ = done.send(());
@@ -732,9 +735,8 @@ impl Task {
         self.syncing = 0;
         self.sync_again = false;
 
-        if !offline.is_zero() {
-            sleep(offline).await;
-        }
+        // Away until `offline` after the drop began (for a storm, after the storm began).
+        sleep(offline.saturating_sub(started.elapsed())).await;
         let deadline = started + offline + RECONNECT_DEADLINE;
         let mut backoff = Duration::from_millis(50);
         let socket = loop {

@@ -158,7 +158,8 @@ pub async fn run(env: &Env, traffic: Traffic) -> anyhow::Result<Report> {
                 return Some(start + storm_at);
             }
             eprintln!("loadgen: storm: all {} clients drop their connections now", clients.len());
-            let waits: Vec<_> = clients.iter().map(|c| c.drop_connection(traffic.offline)).collect();
+            let at = Instant::now();
+            let waits: Vec<_> = clients.iter().map(|c| c.drop_connection(traffic.offline, at)).collect();
             storm = Some(
                 runtime
                     .spawn(async move { join_all(waits).await.into_iter().map(|r| r.unwrap_or_default()).collect() }),
