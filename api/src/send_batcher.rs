@@ -254,19 +254,10 @@ async fn run(
         // not the batcher: a dead batcher would leave a gateway that refuses every send until it is restarted.
         // No panic path is known; this is the same guard the message-service's committer has. (Its lanes are not
         // held: knowing them would cost every batch a copy of its lanes, for a path that is a bug.)
-        let refused = match AssertUnwindSafe(forward(&rpc, std::mem::take(&mut batch))).catch_unwind().await {
-            Ok(refused) => refused,
-            Err(panic) => {
-                let panic = common::telemetry::panic_message(panic.as_ref());
-                tracing::error!(panic, "forwarding a batch of sends panicked");
-                Vec::new()
-            }
-        };
-        let until = Instant::now() + hold;
-        let mut holds = holds.lock();
-        for (lane, client_message_id, error) in refused {
-            // The first refused send of a lane (in batch order) is the one the lane waits for.
-            holds.entry(lane).or_insert(Hold { client_message_id, error, until });
+        let forwarded = forward(&rpc, std::mem::take(&mut batch), &holds, hold);
+        if let Err(panic) = AssertUnwindSafe(forwarded).catch_unwind().await {
+            let panic = common::telemetry::panic_message(panic.as_ref());
+            tracing::error!(panic, "forwarding a batch of sends panicked");
         }
     }
 }
@@ -317,9 +308,9 @@ fn timed_out() -> ApiError {
     ApiError::timeout("sendMessage did not answer in time")
 }
 
-/// Forwards one batch and hands each send its own answer. Returns the sends refused for a passing reason whose
-/// callers were still waiting (lane, client message id, error), in batch order.
-async fn forward(rpc: &RpcClient, batch: Vec<Pending>) -> Vec<(Lane, String, ApiError)> {
+/// Forwards one batch and hands each send its own answer. A send refused for a passing reason whose caller still
+/// waits holds its lane for `hold` (the first such send of a lane, in batch order, is the one the lane waits for).
+async fn forward(rpc: &RpcClient, batch: Vec<Pending>, holds: &SharedHolds, hold: Duration) {
     // The batch is worth running while any of its sends still waits.
     let deadline = batch.iter().map(|p| p.deadline).max().unwrap_or_else(Instant::now);
     let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
@@ -348,18 +339,20 @@ async fn forward(rpc: &RpcClient, batch: Vec<Pending>) -> Vec<(Lane, String, Api
             vec![Err(error); count]
         }
     };
-    let mut refused = Vec::new();
+    // Held and answered under one lock: a caller the hub answers meanwhile (its send was stored after all) either
+    // is seen gone here and holds nothing, or finds the hold when it lets go and lifts it.
+    let until = Instant::now() + hold;
+    let mut holds = holds.lock();
     for (((lane, reply), outcome), send) in waiting.into_iter().zip(outcomes).zip(&request.sends) {
-        // A caller no longer waiting was answered by the hub (an identical send was stored): nothing to hold.
         if let (Some(lane), Err(error)) = (lane, &outcome)
             && error.code.is_retryable()
             && !reply.is_closed()
         {
-            refused.push((lane, send.request.client_message_id.clone(), error.clone()));
+            let client_message_id = send.request.client_message_id.clone();
+            holds.entry(lane).or_insert(Hold { client_message_id, error: error.clone(), until });
         }
         let _ = reply.send(outcome);
     }
-    refused
 }
 
 impl std::fmt::Debug for Pending {

@@ -77,23 +77,21 @@ impl Harness {
     async fn wait_for_consumers(&self, key: &str, at_least: u32) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let session = self.broker.current().expect("connected");
-            let channel = session.channel().await.unwrap();
-            let queue = self.broker.topology().rpc_queue(key);
-            if let Ok(q) = channel
-                .queue_declare(
-                    queue.into(),
-                    QueueDeclareOptions { passive: true, ..Default::default() },
-                    Default::default(),
-                )
-                .await
-                && q.consumer_count() >= at_least
-            {
+            if self.consumers(key).await.is_some_and(|count| count >= at_least) {
                 return;
             }
             assert!(Instant::now() < deadline, "server never consumed {key}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// How many consumers the operation's queue has; `None` while it does not exist.
+    async fn consumers(&self, key: &str) -> Option<u32> {
+        let session = self.broker.current().expect("connected");
+        let channel = session.channel().await.unwrap();
+        let queue = self.broker.topology().rpc_queue(key);
+        let options = QueueDeclareOptions { passive: true, ..Default::default() };
+        channel.queue_declare(queue.into(), options, Default::default()).await.ok().map(|q| q.consumer_count())
     }
 
     /// Serves `getSelf` (Echo) until a call went through, then stops every replica: the durable queue stays, with
@@ -465,6 +463,11 @@ async fn a_consumer_the_broker_cancels_is_subscribed_again() {
     h.wait_for_consumers("getSelf", 1).await;
     assert_eq!(h.client.call::<Echo>(&Text("back".into()), &ctx(5_000)).await, Ok(Text("echo back".into())));
     assert_eq!(h.client.call::<Slow>(&Text("still".into()), &ctx(5_000)).await, Ok(Text("still".into())));
+    assert_eq!(
+        h.consumers("getUsers").await,
+        Some(1),
+        "the old channel's consumer was cancelled, not left taking requests"
+    );
     stop.cancel();
     server.await.unwrap().close().await;
     h.finish().await;

@@ -194,44 +194,47 @@ impl RpcServer {
         let take = |route: Arc<Route>, delivery: Delivery| {
             tracker.spawn(held.track_future(process(route, delivery, publish.clone(), broken.clone())));
         };
-        let result = loop {
+        let closed = |why: &'static str| -> lapin::Error {
+            lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Closed, why).into()
+        };
+        // `Ok(None)`: shut down; `Ok(Some(error))`: serve again on new channels, this one still open;
+        // `Err`: this channel is gone.
+        let ending: lapin::Result<Option<lapin::Error>> = loop {
             tokio::select! {
-                () = shutdown.cancelled() => {
-                    for tag in &tags {
-                        let _ = consume.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
-                    }
-                    // Deliveries already in the client's buffer were handed to this replica: finish them too. Each
-                    // stream ends after them once the broker confirmed its cancel.
-                    let drain = async {
-                        loop {
-                            match streams.next().await {
-                                Some((route, Some(Ok(delivery)))) => take(route, delivery),
-                                Some((_, None)) => {}
-                                Some((_, Some(Err(_)))) | None => break,
-                            }
-                        }
-                    };
-                    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
-                    break Ok(());
-                }
-                () = broken.cancelled() => {
-                    break Err(lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Closed, "cannot publish replies").into());
-                }
+                () = shutdown.cancelled() => break Ok(None),
+                () = broken.cancelled() => break Ok(Some(closed("cannot publish replies"))),
                 next = streams.next() => match next {
                     Some((route, Some(Ok(delivery)))) => take(route, delivery),
                     Some((_, Some(Err(error)))) => break Err(error),
                     Some((route, None)) => {
                         tracing::warn!(operation = route.key, "the broker cancelled a consumer (was its queue deleted?); subscribing again");
-                        break Err(lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Closed, "consumer cancelled").into());
+                        break Ok(Some(closed("consumer cancelled")));
                     }
-                    None => break Err(lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Closed, "consumers ended").into()),
+                    None => break Ok(Some(closed("consumers ended"))),
                 }
             }
         };
-        if result.is_err() && consume.status().connected() {
-            // Serving again on new channels: the consumers left here must stop taking requests nobody reads.
-            for tag in &tags {
-                let _ = consume.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+        if ending.is_ok() && consume.status().connected() {
+            // No new requests here. Those already in the client's buffer were handed to this replica: they are
+            // run (or, with no way to reply, handed back at once). Each stream ends after them once the broker
+            // confirmed its cancel.
+            let stop = async {
+                for tag in &tags {
+                    let _ = consume.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                }
+                loop {
+                    match streams.next().await {
+                        Some((route, Some(Ok(delivery)))) if !broken.is_cancelled() => take(route, delivery),
+                        Some((_, Some(Ok(delivery)))) => {
+                            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+                        }
+                        Some((_, None)) => {}
+                        Some((_, Some(Err(_)))) | None => break,
+                    }
+                }
+            };
+            if tokio::time::timeout(Duration::from_secs(5), stop).await.is_err() {
+                tracing::warn!("the broker did not confirm the consumers' cancel within 5 s");
             }
         }
         // Closing the consume channel hands every request still unacked on it back to the broker, which gives it to
@@ -243,7 +246,10 @@ impl RpcServer {
             }
             drop((consume, publish, streams));
         });
-        result
+        match ending {
+            Ok(None) => Ok(()),
+            Ok(Some(error)) | Err(error) => Err(error),
+        }
     }
 }
 
