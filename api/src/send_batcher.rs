@@ -161,19 +161,21 @@ impl SendBatcher {
         // Both waits keep their end (the queue slot being waited for, the answer) alive until the lane is held:
         // a later send of the lane must not enter the queue, nor the batcher see this one given up, before the
         // hold is in place.
+        // One timer for both waits.
+        let expiry = tokio::time::sleep_until(deadline);
         let room = self.queue.reserve();
-        tokio::pin!(room);
+        tokio::pin!(expiry, room);
         let permit = tokio::select! {
             biased;
             permit = &mut room => permit,
-            () = tokio::time::sleep_until(deadline) => return Err(self.gave_up(&mut watch)),
+            () = &mut expiry => return Err(self.gave_up(&mut watch)),
         };
         let Ok(permit) = permit else { return Err(ApiError::unavailable("the gateway is shutting down")) };
         permit.send(pending);
         let answer = tokio::select! {
             biased;
             answer = &mut answer => answer.unwrap_or_else(|_| Err(ApiError::internal())),
-            () = tokio::time::sleep_until(deadline) => return Err(self.gave_up(&mut watch)),
+            () = &mut expiry => return Err(self.gave_up(&mut watch)),
         };
         // Answered: the batcher has settled the lane (lifted its hold when this send reached it, or held it again
         // if the send was refused).
