@@ -1,6 +1,7 @@
 //! The group commit against the real PostgreSQL: dense seqs, exactly-once, no holes, no deadlocks, and batching
 //! that is visible in the database's own transaction ids; and a group create's client id, which gives groups the
-//! same exactly-once effect, under a race.
+//! same exactly-once effect, under a race. Also that every statement of the service reads by key even when its plan
+//! was made on empty tables.
 
 use std::{collections::HashSet, time::Duration};
 
@@ -10,7 +11,7 @@ use message_service::{
     commit::{CommitConnection, Committed, Committer, Send, commit, commit_with_retries},
     domain::{ClientMessageId, MessageBody},
     events::EventSink,
-    store::{GroupCreate, Store},
+    store::{GroupCreate, MemberChange, PageAnchor, PageRange, Store},
 };
 use tokio_postgres::NoTls;
 
@@ -767,4 +768,90 @@ async fn a_create_racing_one_with_the_same_client_id_returns_the_first_group() {
         .unwrap()
         .get(0);
     assert_eq!(groups, 1, "the second create's own group was kept");
+}
+
+/// Sequential scans of the service's tables since the database was created, as the statistics say once every
+/// backend that did them has reported: `flush` is a connection whose own pending counts are pushed first, and the
+/// other backends of the database must have exited (a backend reports on exit, before it leaves
+/// `pg_stat_activity`).
+async fn seq_scans(flush: &tokio_postgres::Client) -> Vec<(String, i64)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let others: i64 = flush
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if others == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{others} other backends still connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    flush.batch_execute("SELECT pg_stat_force_next_flush()").await.unwrap();
+    flush
+        .query(
+            "SELECT relname::text, seq_scan FROM pg_stat_user_tables
+              WHERE schemaname = 'messages' AND relname IN ('conversations', 'members', 'messages')
+              ORDER BY relname",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn plans_made_while_the_tables_are_empty_still_read_rows_by_key() {
+    // A plan is cached for a connection's life, the committer's generic from its first batch. Made while the tables
+    // are empty (a new deployment, or statistics that lag: autovacuum off or behind), it must still read by key:
+    // a plan that scans the table goes on scanning it, for every batch, as it grows. So: the service's own pool,
+    // every statement made generic at once on empty tables, and then the service's statements, each run more than
+    // once.
+    let db = database().await;
+    let watcher = raw(&db).await;
+    let before = seq_scans(&watcher).await;
+    let store = Store::new(message_service::startup::pool(&db.db.url(), 1).unwrap());
+    let committer = CommitConnection::open(&store).await.unwrap();
+    store.pool().get().await.unwrap().batch_execute("SET plan_cache_mode = force_generic_plan").await.unwrap();
+
+    let (direct, _) = store.direct(1, 2).await.unwrap();
+    let group = store.create_group(1, "club", &[2, 3]).await.unwrap();
+    for round in 0..3 {
+        let sends = [
+            send(1, direct.id, &format!("d{round}"), "hello"),
+            send(3, group.id, &format!("g{round}"), "hi all"),
+            send(1, direct.id, &format!("d{round}"), "hello"),
+        ];
+        let committed = commit(&committer, &sends).await.unwrap();
+        assert!(committed.results.iter().all(Result::is_ok), "round {round}: {:?}", committed.results);
+        assert_eq!(committed.fresh, 2, "round {round}: the repeat is the same message");
+        let latest = PageRange::new(PageAnchor::Latest, 50, round + 1);
+        assert_eq!(store.page(group.id, latest).await.unwrap().messages.len(), round as usize + 1);
+        assert_eq!(store.membership(2, direct.id).await.unwrap(), Some((round + 1, 0)));
+        assert_eq!(
+            store.ranges(&[(direct.id, 1, round + 1), (group.id, round + 1, round + 1)]).await.unwrap().len(),
+            round as usize + 2
+        );
+        assert_eq!(store.list(2, None, 50).await.unwrap().0.len(), 2);
+        assert_eq!(store.unlisted(3, &[(direct.id, 0), (group.id, 0)]).await.unwrap().removed, [direct.id]);
+        assert_eq!(store.entries(3, &[group.id]).await.unwrap().len(), 1);
+        assert!(store.entry(2, group.id).await.unwrap().is_some());
+        assert_eq!(store.find_direct(2, 1).await.unwrap(), Some(direct.id));
+        assert_eq!(store.mark_read(2, group.id, round + 1).await.unwrap(), Some(round + 1));
+    }
+    store.change_members(1, group.id, MemberChange::Add(&[4])).await.unwrap().unwrap();
+    store.change_members(1, group.id, MemberChange::Remove(4)).await.unwrap().unwrap();
+    drop(committer);
+    store.pool().close();
+    drop(store);
+
+    let after = seq_scans(&watcher).await;
+    assert_eq!(before.len(), 3, "{before:?}");
+    assert_eq!(after, before, "sequential scans of the message tables");
 }
