@@ -83,17 +83,17 @@ impl Application {
 
 /// The hot-path pool. Two settings are made per connection:
 /// - `synchronous_commit = on`, so "acknowledged means durable" holds even if the server's default was relaxed;
-/// - `enable_seqscan = off`, so a plan made while the tables were small still reads rows by key once they have
-///   grown. Every statement this service runs looks rows up by key, but PostgreSQL keeps a statement's generic
-///   plan for the connection's life (a pooled statement's from its sixth run, the committer's from its first
-///   batch, `CommitConnection`) until something replaces it (an `ANALYZE` or `VACUUM` of the table, a schema
-///   change). Made on a new deployment's empty tables, the cheapest plan scans them, and goes on scanning them for
-///   every batch as they grow; with autovacuum off, for ever. Measured on a fresh database, dm at 2,000 msg/s for
-///   20 s: 2,456 scans of `messages` reading 38.8 million rows; without them PostgreSQL's CPU per message fell
-///   from ~290 to ~155 µs and delivery p50 from 15–16 to 5–6 ms (docs/BENCHMARKS.md, "Plans made on empty
-///   tables"). With sequential scans priced out, the planner takes an index wherever one applies; a statement
-///   that has none would still get its scan. Not covered: tables *analyzed* while empty, whose statistics say
-///   zero rows (see the test `plans_made_on_empty_tables_still_read_by_key_once_the_tables_grow`).
+/// - `enable_seqscan = off`, so a plan made while the tables were small still reads rows by key once they have grown.
+///   Every statement this service runs looks rows up by key, but PostgreSQL keeps a statement's generic plan for the
+///   connection's life (a pooled statement's from its sixth run when it looks no dearer than a fresh one, the
+///   committer's from its first batch, `CommitConnection`) until something replaces it (an `ANALYZE` or `VACUUM` of the
+///   table, a schema change). Made on a new deployment's empty tables, the cheapest plan scans them, and goes on
+///   scanning them for every batch as they grow; with autovacuum off, for ever. Measured on a fresh database, dm at
+///   2,000 msg/s for 20 s: 2,456 scans of `messages` reading 38.8 million rows; without them PostgreSQL's CPU per
+///   message fell from ~290 to ~155 µs and delivery p50 from 15–16 to 5–6 ms (docs/BENCHMARKS.md, "Plans made on empty
+///   tables"). With sequential scans priced out, the planner takes an index wherever one applies; a statement that has
+///   none would still get its scan. Not covered: tables *analyzed* while empty, whose statistics say zero rows (see the
+///   test `plans_made_on_empty_tables_still_read_by_key_once_the_tables_grow`).
 pub fn pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
     let manager = Manager::from_config(
         connection_config(url)?,
