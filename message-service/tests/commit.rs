@@ -818,6 +818,7 @@ async fn reads(flush: &tokio_postgres::Client, everyone: bool) -> Reads {
         .unwrap();
     Reads { rows: row.get(0), message_index_scans: row.get(1), messages_inserted: row.get(2) }
 }
+
 /// Every statement the service runs, a little of each, more than once (a pooled statement's plan turns generic at
 /// its sixth run, the committer's at its first).
 async fn every_statement(store: &Store, committer: &CommitConnection, direct: i64, group: i64, round: i64) {
