@@ -216,10 +216,14 @@ impl Drop for LaneWatch<'_> {
         if !self.armed {
             return;
         }
-        let mut holds = self.holds.lock();
-        if holds.get(&self.lane).is_some_and(|held| held.client_message_id == self.client_message_id) {
-            holds.remove(&self.lane);
-        }
+        lift(&mut self.holds.lock(), &self.lane, &self.client_message_id);
+    }
+}
+
+/// Lifts `lane`'s hold if it waits for the send `client_message_id` (that send came back, or nobody will resend it).
+fn lift(holds: &mut Holds, lane: &Lane, client_message_id: &str) {
+    if holds.get(lane).is_some_and(|held| held.client_message_id == client_message_id) {
+        holds.remove(lane);
     }
 }
 
@@ -281,10 +285,8 @@ fn refuse_behind(batch: &mut Vec<Pending>, holds: &mut Holds, now: Instant, hold
         if pending.reply.is_closed() {
             return Some(timed_out());
         }
-        if let Some(lane) = &pending.lane
-            && holds.get(lane).is_some_and(|held| held.client_message_id == *client_message_id)
-        {
-            holds.remove(lane);
+        if let Some(lane) = &pending.lane {
+            lift(holds, lane, client_message_id);
         }
         if pending.deadline <= now {
             if let Some(lane) = &pending.lane {

@@ -207,7 +207,10 @@ impl RpcServer {
                     Some((route, Some(Ok(delivery)))) => take(route, delivery),
                     Some((_, Some(Err(error)))) => break Err(error),
                     Some((route, None)) => {
-                        tracing::warn!(operation = route.key, "the broker cancelled a consumer (was its queue deleted?); subscribing again");
+                        tracing::warn!(
+                            operation = route.key,
+                            "the broker cancelled a consumer (was its queue deleted?); subscribing again"
+                        );
                         break Ok(Some(closed("consumer cancelled")));
                     }
                     None => break Ok(Some(closed("consumers ended"))),
@@ -226,7 +229,7 @@ impl RpcServer {
                     match streams.next().await {
                         Some((route, Some(Ok(delivery)))) if !broken.is_cancelled() => take(route, delivery),
                         Some((_, Some(Ok(delivery)))) => {
-                            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+                            hand_back(&delivery).await;
                         }
                         Some((_, None)) => {}
                         Some((_, Some(Err(_)))) | None => break,
@@ -238,7 +241,8 @@ impl RpcServer {
             }
         }
         // Closing the consume channel hands every request still unacked on it back to the broker, which gives it to
-        // another replica to run a second time. So the channel stays open until the requests taken on it are settled.
+        // another replica to run a second time. So the channel stays open until the requests taken on it are
+        // settled.
         held.close();
         tracker.spawn(async move {
             if tokio::time::timeout(Duration::from_secs(30), held.wait()).await.is_err() {
@@ -305,7 +309,7 @@ async fn process(route: Arc<Route>, delivery: Delivery, publish: Channel, broken
             } else {
                 // The publish channel is gone (the consume channel may live on): hand the request back, and have
                 // the server open new channels.
-                let _ = delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+                hand_back(&delivery).await;
                 broken.cancel();
             }
         }
@@ -327,6 +331,11 @@ fn retry_pause(failed_attempt: u32) -> Duration {
     Duration::from_millis(100 << failed_attempt.clamp(1, 5).saturating_sub(1))
 }
 
+/// Returns a request to the broker, which delivers it again (to any replica; the redelivery counts as an attempt).
+async fn hand_back(delivery: &Delivery) {
+    let _ = delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+}
+
 /// Puts a copy of the request back on its queue as attempt `next`, then acks this one. If the copy cannot be
 /// published the publish channel is gone: this one goes back to the broker, which redelivers it (and that counts
 /// too), and `broken` tells the server to open new channels.
@@ -341,7 +350,7 @@ async fn retry(publish: &Channel, queue: &str, delivery: &Delivery, next: u32, b
         }
         Err(error) => {
             tracing::warn!(%error, "cannot requeue a failed request; the broker will redeliver it");
-            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+            hand_back(delivery).await;
             broken.cancel();
         }
     }
