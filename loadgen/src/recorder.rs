@@ -78,17 +78,20 @@ struct Stream {
     held: SeqSet,
     /// When the highest live seq arrived (run clock, ns).
     newest_at: u64,
+    /// Live copies beyond the first, by seq (rare: only duplicates land here).
+    copies: HashMap<i64, u32>,
 }
 
 impl Stream {
     fn new(baseline: i64) -> Self {
-        Self { live: SeqSet::new(baseline), held: SeqSet::new(baseline), newest_at: 0 }
+        Self { live: SeqSet::new(baseline), held: SeqSet::new(baseline), newest_at: 0, copies: HashMap::new() }
     }
 
     fn arrive_live(&mut self, seq: i64, now_ns: u64) -> Arrival {
         let newest = self.live.max();
         self.held.insert(seq);
         if !self.live.insert(seq) {
+            *self.copies.entry(seq).or_default() += 1;
             Arrival::Duplicate
         } else if seq < newest {
             Arrival::OutOfOrder
@@ -115,9 +118,11 @@ struct Sent {
     conversation: i64,
     sender: usize,
     written: bool,
-    /// Written again after a reconnect (with the same client message id).
-    resent: bool,
+    /// Times written again after a reconnect (with the same client message id).
+    resends: u32,
     seq: Option<i64>,
+    /// When the acknowledgement came (run clock, ns).
+    acked_ns: u64,
     failed: bool,
     /// Members (other than the sender) it reached live.
     live: u32,
@@ -153,7 +158,8 @@ pub struct Counts {
     /// A seq that reached a socket through `sync` and was then pushed live too (normal around a reconnect).
     pub live_after_sync: u64,
     /// Live copies of a resent message that arrived twice or behind newer seqs: expected, since a resend finds the
-    /// stored message and publishes it again (DESIGN §2.4); clients drop them by seq.
+    /// stored message and publishes it again (DESIGN §2.4); clients drop them by seq. At most one extra copy per
+    /// resend counts here: copies beyond that are `duplicated`.
     pub republished: u64,
     /// Messages whose acknowledged seq or conversation did not match what was sent.
     pub mismatched: u64,
@@ -262,9 +268,11 @@ impl Recorder {
                 sent.written = true;
                 self.counts.sent += 1;
                 self.send_lag.record_micros(now_ns.saturating_sub(sent.scheduled_ns) / 1000);
-            } else if !sent.resent {
-                sent.resent = true;
-                self.counts.resent += 1;
+            } else {
+                if sent.resends == 0 {
+                    self.counts.resent += 1;
+                }
+                sent.resends += 1;
             }
         }
     }
@@ -281,6 +289,7 @@ impl Recorder {
             return;
         }
         sent.seq = Some(message.seq);
+        sent.acked_ns = now_ns;
         if let Some(stream) = self.streams.get_mut(&(sent.sender, sent.conversation)) {
             stream.held.insert(message.seq);
         }
@@ -317,10 +326,12 @@ impl Recorder {
         let held_already = !own && stream.held.contains(message.seq) && !stream.live.contains(message.seq);
         let arrival = stream.arrive_live(message.seq, now_ns);
         let gap_open_ns = now_ns.saturating_sub(stream.newest_at);
-        let resent = self.messages.get(k as usize).is_some_and(|sent| sent.resent);
+        let resends = self.messages.get(k as usize).map_or(0, |sent| sent.resends);
+        let resent = resends > 0;
         match arrival {
             Arrival::Duplicate => {
-                if resent {
+                // Each resend may publish the message once more; a copy beyond those is a real duplicate.
+                if stream.copies.get(&message.seq).is_some_and(|&extra| extra <= resends) {
                     self.counts.republished += 1;
                 } else {
                     self.counts.duplicated += 1;
@@ -369,6 +380,23 @@ impl Recorder {
             .collect();
         heads.sort_by_key(|head| head.conversation_id);
         heads
+    }
+
+    /// The members (user indices, ascending) who lack a message acknowledged at or after `since_ns`, neither
+    /// pushed live nor returned by `sync`. A `sync` that started before an acknowledgement may have read the
+    /// conversation before that message was stored, so these members sync once more before anything is called lost.
+    pub fn lacking_acked_since(&self, since_ns: u64) -> Vec<usize> {
+        let mut lacking = BTreeSet::new();
+        for sent in self.messages.iter().filter(|sent| sent.acked_ns >= since_ns) {
+            let Some(seq) = sent.seq else { continue };
+            let Some(conversation) = self.conversations.get(&sent.conversation) else { continue };
+            for &member in conversation.members.iter().filter(|&&m| m != sent.sender) {
+                if self.streams.get(&(member, sent.conversation)).is_some_and(|stream| !stream.held.contains(seq)) {
+                    lacking.insert(member);
+                }
+            }
+        }
+        lacking.into_iter().collect()
     }
 
     /// Acknowledged messages so far, and sends answered either way.
@@ -594,6 +622,45 @@ mod tests {
         let (counts, _) = r.finish();
         assert_eq!((counts.sent, counts.resent, counts.delivered), (2, 1, 2));
         assert_eq!((counts.republished, counts.out_of_order, counts.duplicated), (2, 0, 1));
+    }
+
+    #[test]
+    fn a_resend_excuses_one_extra_copy_and_no_more() {
+        let mut r = direct();
+        r.schedule(0, 7, 0, 0);
+        r.written(0, 1_000_000);
+        r.written(0, 2_000_000); // resent once
+        let m3 = message(&r, 0, 7, 3, 100, 0);
+        r.acked(0, &m3, 3_000_000);
+        for at in 1..=3 {
+            r.live(1, &m3, at);
+        }
+        let (counts, _) = r.finish();
+        assert_eq!((counts.delivered, counts.republished, counts.duplicated), (1, 1, 1));
+    }
+
+    #[test]
+    fn members_lacking_a_message_acknowledged_after_a_sync_began_are_named() {
+        let mut r = Recorder::new("late", 4);
+        r.add_conversation(7, vec![0, 1], 0);
+        r.add_conversation(8, vec![2, 3, 4], 0);
+        for (k, conversation, sender) in [(0, 7, 0), (1, 8, 2), (2, 8, 3), (3, 7, 1)] {
+            r.schedule(k, conversation, sender, 0);
+            r.written(k, 1);
+        }
+        let m0 = message(&r, 0, 7, 1, 100, 0);
+        let m1 = message(&r, 1, 8, 1, 102, 0);
+        let m2 = message(&r, 2, 8, 2, 103, 0);
+        r.acked(0, &m0, 10); // before the sync began: that sync saw it, whatever it found
+        r.acked(1, &m1, 50);
+        r.acked(2, &m2, 60);
+        r.live(3, &m1, 70); // member 3 has message 1 live; members 4 (both) and 2 (message 2) lack theirs
+        r.synced(4, &m1);
+        assert_eq!(r.lacking_acked_since(50), [2, 4]);
+        r.synced(4, &m2);
+        r.live(2, &m2, 80);
+        assert!(r.lacking_acked_since(50).is_empty());
+        assert!(r.lacking_acked_since(0).contains(&1), "message 0 is still missing for member 1");
     }
 
     #[test]

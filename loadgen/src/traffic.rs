@@ -29,6 +29,13 @@ use crate::{
 /// How long set-up requests and the final `sync` may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a client of a storm may take, beyond its time offline, to reconnect and sync again before it counts as
+/// not back: longer than its own reconnect deadline (60 s) plus a `sync`.
+const STORM_CLIENT_LIMIT: Duration = Duration::from_secs(95);
+
+/// Most rounds of the final `sync` (see [`final_sync`]).
+const FINAL_SYNC_ROUNDS: usize = 3;
+
 #[derive(Debug, Clone)]
 pub struct Traffic {
     pub mode: &'static str,
@@ -159,11 +166,16 @@ pub async fn run(env: &Env, traffic: Traffic) -> anyhow::Result<Report> {
             }
             eprintln!("loadgen: storm: all {} clients drop their connections now", clients.len());
             let at = Instant::now();
-            let waits: Vec<_> = clients.iter().map(|c| c.drop_connection(traffic.offline, at)).collect();
-            storm = Some(
-                runtime
-                    .spawn(async move { join_all(waits).await.into_iter().map(|r| r.unwrap_or_default()).collect() }),
-            );
+            // Each client is waited for on its own clock: one that never syncs again counts as not back.
+            let limit = traffic.offline + STORM_CLIENT_LIMIT;
+            let waits: Vec<_> = clients
+                .iter()
+                .map(|c| {
+                    let back = c.drop_connection(traffic.offline, at);
+                    async move { tokio::time::timeout(limit, back).await.ok().and_then(Result::ok).unwrap_or_default() }
+                })
+                .collect();
+            storm = Some(runtime.spawn(join_all(waits)));
             None
         });
         storm
@@ -194,7 +206,7 @@ pub async fn run(env: &Env, traffic: Traffic) -> anyhow::Result<Report> {
 
     let storm_results = match storm {
         Some(handle) => Some(
-            tokio::time::timeout(Duration::from_secs(90), handle)
+            tokio::time::timeout(traffic.offline + STORM_CLIENT_LIMIT + Duration::from_secs(10), handle)
                 .await
                 .context("the storm's reconnections did not finish")??,
         ),
@@ -202,8 +214,7 @@ pub async fn run(env: &Env, traffic: Traffic) -> anyhow::Result<Report> {
     };
 
     // The final sync: what was missed live is repaired here, or it is lost.
-    let synced = join_all(clients.iter().map(|c| c.sync(REQUEST_TIMEOUT))).await;
-    let failed_syncs = synced.iter().filter(|ok| !**ok).count();
+    let failed_syncs = final_sync(&clients, &shared).await;
     let (counts, latency) = shared.recorder().finish();
     let client_report = shared.stats.report();
     join_all(clients.iter().map(Client::close)).await;
@@ -250,6 +261,28 @@ pub async fn run(env: &Env, traffic: Traffic) -> anyhow::Result<Report> {
     report.latency = Some(latency);
     report.check_counts(traffic.storm_at.is_some());
     Ok(report)
+}
+
+/// Every client syncs, so that what it missed live is told apart from what was lost. A send answered while that
+/// went on (one still outstanding when the bounded wait for answers ended) may have been stored after the
+/// recipient's `sync` read its conversation, and its live push may still be on its way: the members who lack such
+/// a message sync again, up to [`FINAL_SYNC_ROUNDS`] rounds in all. Returns how many clients' syncs failed.
+async fn final_sync(clients: &[Client], shared: &Shared) -> usize {
+    let mut failed = vec![false; clients.len()];
+    let mut who: Vec<usize> = (0..clients.len()).collect();
+    for _ in 0..FINAL_SYNC_ROUNDS {
+        let began_ns = shared.now_ns();
+        let synced = join_all(who.iter().map(|&i| clients[i].sync(REQUEST_TIMEOUT))).await;
+        for (&i, ok) in who.iter().zip(synced) {
+            failed[i] |= !ok;
+        }
+        who = shared.recorder().lacking_acked_since(began_ns);
+        if who.is_empty() {
+            break;
+        }
+        eprintln!("loadgen: {} clients lack a message acknowledged during the final sync; they sync again", who.len());
+    }
+    failed.iter().filter(|&&failed| failed).count()
 }
 
 fn storm_summary(results: &[Reconnected]) -> serde_json::Value {
