@@ -48,9 +48,11 @@ use crate::{
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How long connecting plus authenticating may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a client keeps trying to reconnect before giving up.
-const RECONNECT_DEADLINE: Duration = Duration::from_secs(60);
+pub(crate) const RECONNECT_DEADLINE: Duration = Duration::from_secs(60);
+/// The longest pause between two reconnection attempts, before its jitter (up to half as much again).
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long a close handshake may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most history pages fetched after one `sync` that came back truncated.
@@ -757,7 +759,7 @@ impl Task {
                     }
                     let jitter = Duration::from_millis(rand::random_range(0..=backoff.as_millis() as u64 / 2));
                     sleep(backoff + jitter).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         };

@@ -382,16 +382,18 @@ impl Recorder {
         heads
     }
 
-    /// The members (user indices, ascending) who lack a message acknowledged at or after `since_ns`, neither
-    /// pushed live nor returned by `sync`. A `sync` that started before an acknowledgement may have read the
-    /// conversation before that message was stored, so these members sync once more before anything is called lost.
-    pub fn lacking_acked_since(&self, since_ns: u64) -> Vec<usize> {
+    /// The members (user indices, ascending) who lack a message, neither pushed live nor returned by `sync`, that
+    /// was acknowledged at or after `began[member]` (run clock, ns: when that member's last `sync` began). Such a
+    /// `sync` may have read the conversation before the message was stored; one that began after the
+    /// acknowledgement came cannot have. Members without an entry are not named.
+    pub fn lacking_acked_since(&self, began: &[u64]) -> Vec<usize> {
         let mut lacking = BTreeSet::new();
-        for sent in self.messages.iter().filter(|sent| sent.acked_ns >= since_ns) {
+        for sent in &self.messages {
             let Some(seq) = sent.seq else { continue };
             let Some(conversation) = self.conversations.get(&sent.conversation) else { continue };
             for &member in conversation.members.iter().filter(|&&m| m != sent.sender) {
-                if self.streams.get(&(member, sent.conversation)).is_some_and(|stream| !stream.held.contains(seq)) {
+                let late = began.get(member).is_some_and(|&began| sent.acked_ns >= began);
+                if late && self.streams.get(&(member, sent.conversation)).is_some_and(|s| !s.held.contains(seq)) {
                     lacking.insert(member);
                 }
             }
@@ -640,7 +642,7 @@ mod tests {
     }
 
     #[test]
-    fn members_lacking_a_message_acknowledged_after_a_sync_began_are_named() {
+    fn members_lacking_a_message_acknowledged_after_their_sync_began_are_named() {
         let mut r = Recorder::new("late", 4);
         r.add_conversation(7, vec![0, 1], 0);
         r.add_conversation(8, vec![2, 3, 4], 0);
@@ -651,16 +653,21 @@ mod tests {
         let m0 = message(&r, 0, 7, 1, 100, 0);
         let m1 = message(&r, 1, 8, 1, 102, 0);
         let m2 = message(&r, 2, 8, 2, 103, 0);
-        r.acked(0, &m0, 10); // before the sync began: that sync saw it, whatever it found
-        r.acked(1, &m1, 50);
+        r.acked(0, &m0, 10); // before member 1's sync began: that sync read it, whatever it found
+        r.acked(1, &m1, 50); // the moment the syncs of members 2 to 4 began: perhaps not read
         r.acked(2, &m2, 60);
-        r.live(3, &m1, 70); // member 3 has message 1 live; members 4 (both) and 2 (message 2) lack theirs
+        // Message 3 is never acknowledged: nobody lacks it.
+        r.live(3, &m1, 70);
+        // Member 3 lacks nothing; member 4 lacks both, member 2 message 2.
+        let began = [50, 50, 50, 50, 50];
+        assert_eq!(r.lacking_acked_since(&began), [2, 4]);
         r.synced(4, &m1);
-        assert_eq!(r.lacking_acked_since(50), [2, 4]);
+        assert_eq!(r.lacking_acked_since(&began), [2, 4], "member 4 still lacks message 2");
+        assert_eq!(r.lacking_acked_since(&[50, 50, 61, 50, 61]), [] as [usize; 0], "their syncs began after it");
+        assert_eq!(r.lacking_acked_since(&[0, 0]), [1], "message 0, for member 1; the others are not asked about");
         r.synced(4, &m2);
         r.live(2, &m2, 80);
-        assert!(r.lacking_acked_since(50).is_empty());
-        assert!(r.lacking_acked_since(0).contains(&1), "message 0 is still missing for member 1");
+        assert!(r.lacking_acked_since(&began).is_empty());
     }
 
     #[test]

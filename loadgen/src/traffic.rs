@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::{
     Env,
-    client::{Client, Job, Reconnected, Shared},
+    client::{CONNECT_TIMEOUT, Client, Job, MAX_BACKOFF, RECONNECT_DEADLINE, Reconnected, Shared},
     recorder::Recorder,
     report::{Report, round1},
     schedule::{self, Schedule, sender_of},
@@ -29,12 +29,18 @@ use crate::{
 /// How long set-up requests and the final `sync` may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long a client of a storm may take, beyond its time offline, to reconnect and sync again before it counts as
-/// not back: longer than its own reconnect deadline (60 s) plus a `sync`.
-const STORM_CLIENT_LIMIT: Duration = Duration::from_secs(95);
+/// How long after its time offline a client of a storm may take to reconnect and sync again before it counts as
+/// not back: its own reconnect deadline, the jitter of a last pause begun just before it (at most the longest
+/// pause), a last connection attempt, then a `sync`.
+const STORM_CLIENT_LIMIT: Duration = Duration::from_secs(
+    RECONNECT_DEADLINE.as_secs() + CONNECT_TIMEOUT.as_secs() + MAX_BACKOFF.as_secs() + REQUEST_TIMEOUT.as_secs(),
+);
 
-/// Most rounds of the final `sync` (see [`final_sync`]).
+/// Rounds of the final `sync`, the first included (see [`final_sync`]).
 const FINAL_SYNC_ROUNDS: usize = 3;
+
+/// How long a member who lacks a message acknowledged during a round of the final `sync` waits for its live push.
+const LATE_PUSH_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct Traffic {
@@ -166,15 +172,18 @@ pub async fn run(env: &Env, traffic: Traffic) -> anyhow::Result<Report> {
             }
             eprintln!("loadgen: storm: all {} clients drop their connections now", clients.len());
             let at = Instant::now();
-            // Each client is waited for on its own clock: one that never syncs again counts as not back.
-            let limit = traffic.offline + STORM_CLIENT_LIMIT;
-            let waits: Vec<_> = clients
-                .iter()
-                .map(|c| {
-                    let back = c.drop_connection(traffic.offline, at);
-                    async move { tokio::time::timeout(limit, back).await.ok().and_then(Result::ok).unwrap_or_default() }
-                })
-                .collect();
+            // Each client is waited for on its own: one that never syncs again counts as not back.
+            let limit = tokio::time::Instant::from_std(at + traffic.offline + STORM_CLIENT_LIMIT);
+            let waits: Vec<_> =
+                clients
+                    .iter()
+                    .map(|c| {
+                        let back = c.drop_connection(traffic.offline, at);
+                        async move {
+                            tokio::time::timeout_at(limit, back).await.ok().and_then(Result::ok).unwrap_or_default()
+                        }
+                    })
+                    .collect();
             storm = Some(runtime.spawn(join_all(waits)));
             None
         });
@@ -264,23 +273,43 @@ pub async fn run(env: &Env, traffic: Traffic) -> anyhow::Result<Report> {
 }
 
 /// Every client syncs, so that what it missed live is told apart from what was lost. A send answered while that
-/// went on (one still outstanding when the bounded wait for answers ended) may have been stored after the
-/// recipient's `sync` read its conversation, and its live push may still be on its way: the members who lack such
-/// a message sync again, up to [`FINAL_SYNC_ROUNDS`] rounds in all. Returns how many clients' syncs failed.
+/// went on (one still outstanding when the bounded wait for answers ended) may have been stored after a recipient's
+/// `sync` read its conversation: a member who lacks a message acknowledged after its last `sync` began waits up to
+/// [`LATE_PUSH_WAIT`] for the live push, then syncs again; [`FINAL_SYNC_ROUNDS`] rounds in all. A client whose
+/// `sync` failed is not asked again (the run reports it). Returns how many clients' syncs failed.
 async fn final_sync(clients: &[Client], shared: &Shared) -> usize {
     let mut failed = vec![false; clients.len()];
+    let mut began = vec![0u64; clients.len()];
     let mut who: Vec<usize> = (0..clients.len()).collect();
-    for _ in 0..FINAL_SYNC_ROUNDS {
-        let began_ns = shared.now_ns();
+    for round in 1..=FINAL_SYNC_ROUNDS {
+        let now_ns = shared.now_ns();
+        for &i in &who {
+            began[i] = now_ns;
+        }
         let synced = join_all(who.iter().map(|&i| clients[i].sync(REQUEST_TIMEOUT))).await;
         for (&i, ok) in who.iter().zip(synced) {
             failed[i] |= !ok;
         }
-        who = shared.recorder().lacking_acked_since(began_ns);
+        let waited_until = Instant::now() + LATE_PUSH_WAIT;
+        who = loop {
+            let mut lacking = shared.recorder().lacking_acked_since(&began);
+            lacking.retain(|&i| !failed[i]);
+            if lacking.is_empty() || Instant::now() >= waited_until {
+                break lacking;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         if who.is_empty() {
             break;
         }
-        eprintln!("loadgen: {} clients lack a message acknowledged during the final sync; they sync again", who.len());
+        if round < FINAL_SYNC_ROUNDS {
+            eprintln!(
+                "loadgen: {} clients lack a message acknowledged during the final sync; they sync again",
+                who.len()
+            );
+        } else {
+            eprintln!("loadgen: {} clients still lack a message acknowledged during the final sync", who.len());
+        }
     }
     failed.iter().filter(|&&failed| failed).count()
 }
