@@ -560,6 +560,8 @@ impl Task {
             }
             ServerFrame::Resync { .. } => {
                 self.shared.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+                let now = self.shared.now_ns();
+                self.shared.recorder().stream_broke(self.spec.index, now);
                 self.start_sync();
             }
             ServerFrame::Ready { .. } | ServerFrame::Conversation { .. } | ServerFrame::Read { .. } => {}
@@ -713,6 +715,8 @@ impl Task {
         self.sink = None;
         self.stream = None;
         self.shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        let now = self.shared.now_ns();
+        self.shared.recorder().stream_broke(self.spec.index, now);
 
         // What was admitted but not written goes back first, then what was in flight (oldest first), in front of
         // everything that was waiting.

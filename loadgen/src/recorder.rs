@@ -159,7 +159,9 @@ pub struct Counts {
     pub live_after_sync: u64,
     /// Live copies of a resent message that arrived twice or behind newer seqs: expected, since a resend finds the
     /// stored message and publishes it again (DESIGN §2.4); clients drop them by seq. At most one extra copy per
-    /// resend counts here: copies beyond that are `duplicated`.
+    /// resend counts here: copies beyond that are `duplicated`. A first copy behind newer seqs counts here only when
+    /// the recipient's stream broke after the message was scheduled (it missed the original push); otherwise it is
+    /// `out_of_order`.
     pub republished: u64,
     /// Messages whose acknowledged seq or conversation did not match what was sent.
     pub mismatched: u64,
@@ -194,6 +196,8 @@ pub struct Recorder {
     counts: Counts,
     /// Deliveries expected for the messages acknowledged so far.
     expected_so_far: u64,
+    /// By recipient: when its live stream last broke (it reconnected, or the gateway told it to resync), run clock.
+    stream_broke_ns: HashMap<usize, u64>,
     ack: Latency,
     deliver: Latency,
     last_member: Latency,
@@ -211,6 +215,7 @@ impl Recorder {
             streams: HashMap::new(),
             counts: Counts::default(),
             expected_so_far: 0,
+            stream_broke_ns: HashMap::new(),
             ack: Latency::new(),
             deliver: Latency::new(),
             last_member: Latency::new(),
@@ -338,7 +343,13 @@ impl Recorder {
                 }
                 return Some(arrival);
             }
-            Arrival::OutOfOrder if resent => self.counts.republished += 1,
+            // The first copy of a resent message may come behind newer ones only when the recipient missed the
+            // original push (its stream broke after the message was scheduled) and this is the resend's copy.
+            Arrival::OutOfOrder
+                if resent && self.stream_broke_ns.get(&recipient).is_some_and(|&at| at >= scheduled_ns) =>
+            {
+                self.counts.republished += 1;
+            }
             Arrival::OutOfOrder => {
                 self.counts.out_of_order += 1;
                 self.reorder_gap.record_micros(gap_open_ns / 1000);
@@ -361,6 +372,12 @@ impl Recorder {
             self.last_member.record_micros(latency);
         }
         Some(arrival)
+    }
+
+    /// User `recipient`'s live stream broke at `now_ns`: it lost its connection, or the gateway told it to resync.
+    /// Pushes made meanwhile never reach it.
+    pub fn stream_broke(&mut self, recipient: usize, now_ns: u64) {
+        self.stream_broke_ns.insert(recipient, now_ns);
     }
 
     /// `sync` (or a history page fetched after it) returned `message` to user `recipient`.
@@ -615,6 +632,7 @@ mod tests {
         }
         r.written(0, 1_000_000); // resent after a reconnect
         r.written(0, 1_000_000);
+        r.stream_broke(1, 0); // the recipient missed the original push
         let m3 = message(&r, 0, 7, 3, 100, 0);
         let m4 = message(&r, 1, 7, 4, 100, 0);
         assert_eq!(r.live(1, &m4, 1), Some(Arrival::InOrder));
@@ -624,6 +642,25 @@ mod tests {
         let (counts, _) = r.finish();
         assert_eq!((counts.sent, counts.resent, counts.delivered), (2, 1, 2));
         assert_eq!((counts.republished, counts.out_of_order, counts.duplicated), (2, 0, 1));
+    }
+
+    #[test]
+    fn a_resent_message_first_seen_behind_newer_ones_is_out_of_order_unless_the_recipient_missed_its_push() {
+        for (broke_at, republished) in [(None, 0), (Some(5), 0), (Some(20), 1)] {
+            let mut r = direct();
+            r.schedule(0, 7, 0, 10);
+            r.schedule(1, 7, 0, 30);
+            r.written(0, 11);
+            r.written(0, 40); // resent
+            r.written(1, 31);
+            if let Some(at) = broke_at {
+                r.stream_broke(1, at); // before message 0 was scheduled: it could not have missed that push
+            }
+            r.live(1, &message(&r, 1, 7, 4, 100, 30), 50);
+            assert_eq!(r.live(1, &message(&r, 0, 7, 3, 100, 10), 60), Some(Arrival::OutOfOrder));
+            let (counts, _) = r.finish();
+            assert_eq!((counts.republished, counts.out_of_order), (republished, 1 - republished), "{broke_at:?}");
+        }
     }
 
     #[test]
