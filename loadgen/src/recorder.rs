@@ -102,6 +102,9 @@ impl Stream {
     }
 }
 
+/// Seconds of schedule the timeline covers (`deliver_by_second`); later deliveries count only in the totals.
+const MAX_TIMELINE_SECONDS: usize = 3_600;
+
 /// A conversation the run sends to.
 #[derive(Debug, Clone)]
 struct Conversation {
@@ -184,6 +187,28 @@ pub struct Latencies {
     /// Scheduled send time → the frame handed to the socket (first write only): the load generator's own lateness,
     /// which every other latency here includes.
     pub send_lag: Summary,
+    /// `deliver`, second by second of the schedule (by when each message was scheduled): where in the run the slow
+    /// deliveries were, so that a stall can be matched with the servers' logs. Seconds without deliveries are left
+    /// out.
+    pub deliver_by_second: Vec<SecondSummary>,
+}
+
+/// The live deliveries of the messages scheduled in one second of the run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct SecondSummary {
+    /// Seconds from the first scheduled send.
+    pub second: u64,
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl SecondSummary {
+    /// The second whose p99 was the highest (the earliest of equals), if any.
+    pub fn worst(seconds: &[SecondSummary]) -> Option<&SecondSummary> {
+        seconds.iter().rev().max_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms))
+    }
 }
 
 /// The run's book of every message.
@@ -203,6 +228,8 @@ pub struct Recorder {
     last_member: Latency,
     reorder_gap: Latency,
     send_lag: Latency,
+    /// `deliver` by second of the schedule (from the first message's scheduled time).
+    deliver_by_second: Vec<Latency>,
 }
 
 impl Recorder {
@@ -221,6 +248,7 @@ impl Recorder {
             last_member: Latency::new(),
             reorder_gap: Latency::new(),
             send_lag: Latency::new(),
+            deliver_by_second: Vec::new(),
         }
     }
 
@@ -359,6 +387,7 @@ impl Recorder {
         if held_already {
             self.counts.live_after_sync += 1;
         }
+        let origin_ns = self.messages.first().map_or(0, |first| first.scheduled_ns);
         let Some(sent) = self.messages.get_mut(k as usize) else { return Some(arrival) };
         if sent.sender == recipient {
             return Some(arrival); // the sender's own copy (for its other devices)
@@ -366,6 +395,13 @@ impl Recorder {
         let latency = now_ns.saturating_sub(scheduled_ns) / 1000;
         self.counts.delivered += 1;
         self.deliver.record_micros(latency);
+        let second = usize::try_from(scheduled_ns.saturating_sub(origin_ns) / 1_000_000_000).unwrap_or(usize::MAX);
+        if second < MAX_TIMELINE_SECONDS {
+            if self.deliver_by_second.len() <= second {
+                self.deliver_by_second.resize_with(second + 1, Latency::coarse);
+            }
+            self.deliver_by_second[second].record_micros(latency);
+        }
         sent.live += 1;
         let others = self.conversations.get(&sent.conversation).map_or(0, |c| c.members.len().saturating_sub(1));
         if sent.live as usize == others {
@@ -460,6 +496,22 @@ impl Recorder {
             last_member: self.last_member.summary(),
             reorder_gap: self.reorder_gap.summary(),
             send_lag: self.send_lag.summary(),
+            deliver_by_second: self
+                .deliver_by_second
+                .iter()
+                .enumerate()
+                .filter(|(_, latency)| !latency.is_empty())
+                .map(|(second, latency)| {
+                    let summary = latency.summary();
+                    SecondSummary {
+                        second: second as u64,
+                        count: summary.count,
+                        p50_ms: summary.p50_ms,
+                        p99_ms: summary.p99_ms,
+                        max_ms: summary.max_ms,
+                    }
+                })
+                .collect(),
         };
         (counts, latencies)
     }
@@ -551,6 +603,30 @@ mod tests {
         assert!((latencies.deliver.max_ms - 3.0).abs() < 0.01, "{:?}", latencies.deliver);
         assert_eq!(latencies.last_member.count, 1);
         assert!((latencies.send_lag.max_ms - 0.4).abs() < 0.01, "{:?}", latencies.send_lag);
+    }
+
+    #[test]
+    fn deliveries_are_also_summarised_by_the_second_they_were_scheduled_in() {
+        let mut r = direct();
+        let second = 1_000_000_000;
+        // Scheduled at 5 s (the origin), 5.5 s and 7.2 s on the run's clock; delivered 2, 4 and 30 ms later.
+        for (k, (at, took)) in
+            [(5 * second, 2_000_000), (5 * second + second / 2, 4_000_000), (7_200_000_000, 30_000_000)]
+                .into_iter()
+                .enumerate()
+        {
+            r.schedule(k as u64, 7, 0, at);
+            let m = message(&r, k as u64, 7, k as i64 + 3, 100, at);
+            r.acked(k as u64, &m, at + took);
+            r.live(1, &m, at + took);
+        }
+        let (_, latencies) = r.finish();
+        let seconds = &latencies.deliver_by_second;
+        assert_eq!(seconds.iter().map(|s| (s.second, s.count)).collect::<Vec<_>>(), [(0, 2), (2, 1)]);
+        assert!((seconds[0].max_ms - 4.0).abs() < 0.05, "{seconds:?}");
+        assert!((seconds[1].p99_ms - 30.0).abs() < 0.3, "{seconds:?}");
+        assert_eq!(SecondSummary::worst(seconds).map(|s| s.second), Some(2));
+        assert_eq!(SecondSummary::worst(&[]), None);
     }
 
     #[test]

@@ -25,6 +25,12 @@ impl Latency {
         Self { histogram: Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("valid histogram bounds") }
     }
 
+    /// Two significant figures (±1 %) instead of three: an eighth of the memory, for the one-per-second histograms
+    /// of a run's timeline.
+    pub fn coarse() -> Self {
+        Self { histogram: Histogram::new_with_bounds(1, MAX_MICROS, 2).expect("valid histogram bounds") }
+    }
+
     pub fn record(&mut self, latency: Duration) {
         self.record_micros(u64::try_from(latency.as_micros()).unwrap_or(MAX_MICROS));
     }

@@ -20,7 +20,7 @@ use serde_json::json;
 use crate::{
     Env,
     client::{CONNECT_TIMEOUT, Client, Job, MAX_BACKOFF, RECONNECT_DEADLINE, Reconnected, Shared},
-    recorder::Recorder,
+    recorder::{Recorder, SecondSummary},
     report::{Report, round1},
     schedule::{self, Schedule, sender_of},
     stats::{Latency, millis},
@@ -355,6 +355,11 @@ pub fn summary_line(report: &Report) -> String {
         latency.deliver.short(),
         latency.send_lag.short(),
     );
+    if latency.deliver_by_second.len() > 1
+        && let Some(worst) = SecondSummary::worst(&latency.deliver_by_second)
+    {
+        line.push_str(&format!(" | worst second {}: p99 {}", worst.second, millis(worst.p99_ms)));
+    }
     if report.mode == "group" {
         line.push_str(&format!(
             " | last member {} | {:.0} deliveries/s",
