@@ -25,8 +25,8 @@ impl Latency {
         Self { histogram: Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("valid histogram bounds") }
     }
 
-    /// Two significant figures (±1 %) instead of three: an eighth of the memory, for the one-per-second histograms
-    /// of a run's timeline.
+    /// Two significant figures (±1 %) instead of three: a seventh of the memory (~25 KB), for the one-per-second
+    /// histograms of a run's timeline.
     pub fn coarse() -> Self {
         Self { histogram: Histogram::new_with_bounds(1, MAX_MICROS, 2).expect("valid histogram bounds") }
     }
