@@ -1,0 +1,214 @@
+//! The load generator as an operator runs it: the `loadgen` binary against a real stack (gateways, user-service,
+//! message-service as processes, on the real RabbitMQ and PostgreSQL with a fresh database and queue prefix). What
+//! it reports must match what happened: every message of a clean run accounted for, second by second, and a run
+//! whose servers fail must end with status 2 and name the problem. The service binaries are the workspace's own,
+//! built beside this test (`make test` builds the whole workspace).
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use common::testing;
+use serde_json::Value;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+fn binary(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_loadgen")).with_file_name(name);
+    assert!(path.exists(), "{} is missing: build the workspace first (`make test` does)", path.display());
+    path
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// One stack: a user-service, a message-service and `gateways` gateways, killed when dropped.
+struct Stack {
+    db: testing::TestDb,
+    prefix: String,
+    user_service: Child,
+    message_service: Child,
+    gateways: Vec<(Child, String)>,
+}
+
+impl Stack {
+    async fn start(gateways: usize) -> Stack {
+        let db = testing::TestDb::new().await;
+        let prefix = testing::unique_amqp_settings().prefix;
+        let spawn = |name: &str, instance: String, extra: &[(&str, String)]| {
+            let mut command = Command::new(binary(name));
+            command
+                .env("WARREN_DATABASE_URL", db.url())
+                .env("WARREN_AMQP_URL", testing::amqp_url())
+                .env("WARREN_AMQP_PREFIX", &prefix)
+                .env("WARREN_INSTANCE_ID", instance)
+                .env("WARREN_AUTH_RATE_PER_MINUTE", "100000")
+                .env("WARREN_AUTH_RATE_BURST", "10000")
+                // A send the message-service never answers is refused after a second, not five.
+                .env("WARREN_RPC_TIMEOUT_MS", "1000")
+                .env("RUST_LOG", "error")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true);
+            for (key, value) in extra {
+                command.env(key, value);
+            }
+            command.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"))
+        };
+        let user_service = spawn("user-service", "user-service-0".into(), &[]);
+        let message_service = spawn("message-service", "message-service-0".into(), &[]);
+        let mut started = Vec::new();
+        for i in 0..gateways {
+            let port = free_port();
+            let child = spawn("api", format!("api-{i}"), &[("WARREN_HTTP_ADDR", format!("127.0.0.1:{port}"))]);
+            started.push((child, format!("http://127.0.0.1:{port}")));
+        }
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for (_, address) in &started {
+            loop {
+                let ready = http.get(format!("{address}/readyz")).send().await.is_ok_and(|r| r.status() == 200);
+                if ready {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "gateway {address} not ready after 60 s");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Stack { db, prefix, user_service, message_service, gateways: started }
+    }
+
+    /// `loadgen` against every gateway, writing its JSON report to `report`.
+    fn loadgen(&self, report: &std::path::Path, mode_args: &[&str]) -> Command {
+        let mut command = Command::new(binary("loadgen"));
+        for (_, address) in &self.gateways {
+            command.args(["--gateway", address]);
+        }
+        command
+            .args(["--pg-database", &self.db.name, "--json"])
+            .arg(report)
+            .args(mode_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        command
+    }
+
+    async fn stop(mut self) {
+        for (child, _) in &mut self.gateways {
+            let _ = child.kill().await;
+        }
+        let _ = self.message_service.kill().await;
+        let _ = self.user_service.kill().await;
+        testing::delete_topology(&self.prefix).await;
+    }
+}
+
+fn report_path() -> PathBuf {
+    std::env::temp_dir().join(format!("warren-loadgen-{}.json", uuid::Uuid::new_v4().simple()))
+}
+
+fn read_report(path: &std::path::Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("the report {}: {e}", path.display()));
+    let _ = std::fs::remove_file(path);
+    serde_json::from_str(&text).expect("the report is JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_dm_run_through_two_gateways_accounts_for_every_message_second_by_second() {
+    let stack = Stack::start(2).await;
+    let path = report_path();
+    let output = stack
+        .loadgen(&path, &["dm", "--users", "20", "--rate", "100", "--duration", "2"])
+        .output()
+        .await
+        .expect("run loadgen");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "a clean run exits 0; stderr:\n{stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summary = stdout.lines().next().unwrap_or_default();
+    assert!(summary.starts_with("dm: users=20 members=2 rate=100"), "{summary}");
+    assert!(summary.contains("lost=0 dup=0 ooo=0 failed=0"), "{summary}");
+    assert!(summary.contains("| worst second "), "{summary}");
+
+    let report = read_report(&path);
+    let counts = &report["counts"];
+    for key in ["scheduled", "sent", "acked", "expected_deliveries", "delivered"] {
+        assert_eq!(counts[key], 200, "{key}: {counts}");
+    }
+    for key in ["repaired", "lost", "duplicated", "out_of_order", "unanswered", "mismatched"] {
+        assert_eq!(counts[key], 0, "{key}: {counts}");
+    }
+    assert_eq!(report["problems"], Value::Array(Vec::new()));
+    assert_eq!(report["params"]["gateways"], 2);
+    // 100 messages scheduled in each of the two seconds, each delivered once to the other member.
+    let seconds = report["latency"]["deliver_by_second"].as_array().expect("a timeline");
+    let by_second: Vec<(u64, u64)> =
+        seconds.iter().map(|s| (s["second"].as_u64().unwrap_or(99), s["count"].as_u64().unwrap_or(0))).collect();
+    assert_eq!(by_second, [(0, 100), (1, 100)], "{seconds:?}");
+    for second in seconds {
+        let (p50, p99, max) = (
+            second["p50_ms"].as_f64().unwrap(),
+            second["p99_ms"].as_f64().unwrap(),
+            second["max_ms"].as_f64().unwrap(),
+        );
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{second}");
+    }
+    assert_eq!(report["latency"]["deliver"]["count"], 200);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_message_service_dies_ends_with_status_2_naming_the_problem() {
+    let mut stack = Stack::start(1).await;
+    let path = report_path();
+    let mut run = stack
+        .loadgen(&path, &["dm", "--users", "10", "--rate", "50", "--duration", "4", "--drain", "3", "--grace", "1"])
+        .spawn()
+        .expect("start loadgen");
+    // Once sends are under way, the only message-service dies: later sends cannot be stored.
+    let mut stderr = BufReader::new(run.stderr.take().expect("piped stderr")).lines();
+    let mut seen = String::new();
+    let started = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("sending") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(started, Ok(true), "the run never started sending; stderr:\n{seen}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stack.message_service.kill().await.expect("kill the message-service");
+    let rest = tokio::spawn(async move {
+        let mut rest = String::new();
+        while let Ok(Some(line)) = stderr.next_line().await {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        rest
+    });
+
+    let status = tokio::time::timeout(Duration::from_secs(90), run.wait()).await.expect("loadgen ends").expect("wait");
+    let rest = rest.await.unwrap_or_default();
+    assert_eq!(status.code(), Some(2), "a run with refused sends exits 2; stderr:\n{seen}{rest}");
+    let report = read_report(&path);
+    let counts = &report["counts"];
+    assert!(counts["acked"].as_u64().unwrap_or(0) > 0, "sends before the kill were stored: {counts}");
+    let refused: u64 = counts["failed"].as_object().map_or(0, |codes| codes.values().filter_map(Value::as_u64).sum());
+    assert!(refused + counts["unanswered"].as_u64().unwrap_or(0) > 0, "sends after the kill failed: {counts}");
+    let problems = report["problems"].to_string();
+    assert!(problems.contains("sends refused") || problems.contains("never answered"), "{problems}");
+    stack.stop().await;
+}
