@@ -1,7 +1,8 @@
 //! The load generator as an operator runs it: the `loadgen` binary against a real stack (gateways, user-service,
 //! message-service as processes, on the real RabbitMQ and PostgreSQL with a fresh database and queue prefix). What
-//! it reports must match what happened: every message of a clean run accounted for, second by second, and a run
-//! whose servers fail must end with status 2 and name the problem. The service binaries are the workspace's own,
+//! it reports must match what happened: every message of a clean run accounted for, second by second, each of the
+//! other modes (group, storm, idle, history) reporting what it did, and a run whose servers fail must end with
+//! status 2 and name the problem. The service binaries are the workspace's own,
 //! built beside this test (`make test` builds the whole workspace).
 
 use std::{
@@ -122,24 +123,26 @@ fn read_report(path: &std::path::Path) -> Value {
     serde_json::from_str(&text).expect("the report is JSON")
 }
 
+/// Runs `loadgen` to the end and returns its summary line and report; panics unless it exited 0.
+async fn clean_run(stack: &Stack, mode_args: &[&str]) -> (String, Value) {
+    let path = report_path();
+    let output = stack.loadgen(&path, mode_args).output().await.expect("run loadgen");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{mode_args:?}: a clean run exits 0; stderr:\n{stderr}");
+    let summary = String::from_utf8_lossy(&output.stdout).lines().next().unwrap_or_default().to_owned();
+    let report = read_report(&path);
+    assert_eq!(report["problems"], Value::Array(Vec::new()), "{mode_args:?}");
+    (summary, report)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_dm_run_through_two_gateways_accounts_for_every_message_second_by_second() {
     let stack = Stack::start(2).await;
-    let path = report_path();
-    let output = stack
-        .loadgen(&path, &["dm", "--users", "20", "--rate", "100", "--duration", "2"])
-        .output()
-        .await
-        .expect("run loadgen");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "a clean run exits 0; stderr:\n{stderr}");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let summary = stdout.lines().next().unwrap_or_default();
+    let (summary, report) = clean_run(&stack, &["dm", "--users", "20", "--rate", "100", "--duration", "2"]).await;
     assert!(summary.starts_with("dm: users=20 members=2 rate=100"), "{summary}");
     assert!(summary.contains("lost=0 dup=0 ooo=0 failed=0"), "{summary}");
     assert!(summary.contains("| worst second "), "{summary}");
 
-    let report = read_report(&path);
     let counts = &report["counts"];
     for key in ["scheduled", "sent", "acked", "expected_deliveries", "delivered"] {
         assert_eq!(counts[key], 200, "{key}: {counts}");
@@ -147,7 +150,6 @@ async fn a_clean_dm_run_through_two_gateways_accounts_for_every_message_second_b
     for key in ["repaired", "lost", "duplicated", "out_of_order", "unanswered", "mismatched"] {
         assert_eq!(counts[key], 0, "{key}: {counts}");
     }
-    assert_eq!(report["problems"], Value::Array(Vec::new()));
     assert_eq!(report["params"]["gateways"], 2);
     // 100 messages scheduled in each of the two seconds, each delivered once to the other member.
     let seconds = report["latency"]["deliver_by_second"].as_array().expect("a timeline");
@@ -210,5 +212,70 @@ async fn a_run_whose_message_service_dies_ends_with_status_2_naming_the_problem(
     assert!(refused + counts["unanswered"].as_u64().unwrap_or(0) > 0, "sends after the kill failed: {counts}");
     let problems = report["problems"].to_string();
     assert!(problems.contains("sends refused") || problems.contains("never answered"), "{problems}");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_other_modes_report_what_they_did_against_the_stack() {
+    let stack = Stack::start(1).await;
+
+    // group: 3 conversations of 4; 60 messages, each delivered to the 3 other members.
+    let (summary, report) = clean_run(
+        &stack,
+        &["--prefix", "g", "group", "--users", "12", "--members", "4", "--rate", "30", "--duration", "2"],
+    )
+    .await;
+    assert!(summary.starts_with("group: users=12 members=4"), "{summary}");
+    let counts = &report["counts"];
+    assert_eq!((counts["acked"].as_u64(), counts["expected_deliveries"].as_u64()), (Some(60), Some(180)), "{counts}");
+    assert_eq!(counts["delivered"], 180, "{counts}");
+    assert_eq!(report["latency"]["last_member"]["count"], 60, "every message reached its last member live");
+
+    // storm: every client drops at 1 s and comes back; nothing lost, every client synced again.
+    let (summary, report) = clean_run(
+        &stack,
+        &["--prefix", "s", "storm", "--users", "10", "--rate", "20", "--duration", "3", "--storm-at", "1"],
+    )
+    .await;
+    assert!(summary.contains("storm: 10/10 back"), "{summary}");
+    let counts = &report["counts"];
+    assert_eq!((counts["acked"].as_u64(), counts["lost"].as_u64()), (Some(60), Some(0)), "{counts}");
+    assert_eq!(counts["delivered"].as_u64().unwrap_or(0) + counts["repaired"].as_u64().unwrap_or(0), 60, "{counts}");
+    assert_eq!(report["results"]["came_back"], 10);
+    assert!(report["results"]["all_synced_after_ms"].as_f64().unwrap_or(0.0) > 0.0, "{}", report["results"]);
+
+    // idle: 20 sockets of 10 users held open, the gateway's memory per connection measured.
+    let (summary, report) =
+        clean_run(&stack, &["--prefix", "i", "idle", "--connections", "20", "--devices", "2", "--hold", "1"]).await;
+    assert!(summary.starts_with("idle: 20 sockets (10 users)"), "{summary}");
+    assert_eq!(report["results"]["connected"], 20);
+    assert!(report["results"]["gateway_rss_kb_connected"].as_u64().unwrap_or(0) > 0, "{}", report["results"]);
+
+    // history: a conversation seeded to 2,000 messages, read back in pages of up to 50, each checked.
+    let database_url = stack.db.url();
+    let (summary, report) = clean_run(
+        &stack,
+        &[
+            "--prefix",
+            "h",
+            "history",
+            "--messages",
+            "2000",
+            "--rate",
+            "40",
+            "--duration",
+            "1",
+            "--database-url",
+            &database_url,
+        ],
+    )
+    .await;
+    assert!(summary.starts_with("history: 2000 messages"), "{summary}");
+    let results = &report["results"];
+    assert_eq!((results["pages"].as_u64(), results["bad_pages"].as_u64()), (Some(40), Some(0)), "{results}");
+    // Pages start at random places, so a page near the end of the history is short; each was checked exact.
+    let read = results["messages_read"].as_u64().unwrap_or(0);
+    assert!(read > 0 && read <= 40 * 50, "{results}");
+    assert_eq!(results["errors"], serde_json::json!({}), "{results}");
     stack.stop().await;
 }
