@@ -2,8 +2,8 @@
 //! message-service as processes, on the real RabbitMQ and PostgreSQL with a fresh database and queue prefix). What
 //! it reports must match what happened: every message of a clean run accounted for, second by second, each of the
 //! other modes (group, storm, idle, history) reporting what it did, and a run whose servers fail must end with
-//! status 2 and name the problem. The service binaries are the workspace's own,
-//! built beside this test (`make test` builds the whole workspace).
+//! status 2 and name the problem. The service binaries are the workspace's own, built beside this test (`make test`
+//! builds the whole workspace).
 
 use std::{
     net::TcpListener,
