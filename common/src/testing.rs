@@ -26,6 +26,19 @@ pub async fn until_served(client: &RpcClient, keys: &[&str], within: std::time::
     }
 }
 
+/// The workspace binary `name`, found beside `own` (a test's own `env!("CARGO_BIN_EXE_…")`): tests that start
+/// Warren's services as processes use the binaries built with them. Panics, saying how to build them, when missing.
+pub fn workspace_binary(own: &str, name: &str) -> std::path::PathBuf {
+    let path = std::path::PathBuf::from(own).with_file_name(name);
+    assert!(path.exists(), "{} is missing: build the workspace first (`make test` does)", path.display());
+    path
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a process under test to listen on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
 /// The broker tests use: `WARREN_AMQP_URL` or the local default.
 pub fn amqp_url() -> String {
     env_or("WARREN_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")

@@ -6,7 +6,6 @@
 //! builds the whole workspace).
 
 use std::{
-    net::TcpListener,
     path::PathBuf,
     process::Stdio,
     time::{Duration, Instant},
@@ -20,13 +19,7 @@ use tokio::{
 };
 
 fn binary(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_loadgen")).with_file_name(name);
-    assert!(path.exists(), "{} is missing: build the workspace first (`make test` does)", path.display());
-    path
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    testing::workspace_binary(env!("CARGO_BIN_EXE_loadgen"), name)
 }
 
 /// One stack: a user-service, a message-service and `gateways` gateways, killed when dropped.
@@ -67,7 +60,7 @@ impl Stack {
         let message_service = spawn("message-service", "message-service-0".into(), &[]);
         let mut started = Vec::new();
         for i in 0..gateways {
-            let port = free_port();
+            let port = testing::free_port();
             let child = spawn("api", format!("api-{i}"), &[("WARREN_HTTP_ADDR", format!("127.0.0.1:{port}"))]);
             started.push((child, format!("http://127.0.0.1:{port}")));
         }

@@ -4,7 +4,6 @@
 //! (`make test` builds the whole workspace).
 
 use std::{
-    net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -55,13 +54,7 @@ pub struct Cluster {
 }
 
 fn binary(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_api")).with_file_name(name);
-    assert!(path.exists(), "{} is missing: build the workspace first (`make test` does)", path.display());
-    path
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    testing::workspace_binary(env!("CARGO_BIN_EXE_api"), name)
 }
 
 impl Cluster {
@@ -115,7 +108,7 @@ impl Cluster {
 
     /// Starts gateway `index` (again, after a kill) on a fresh port.
     pub async fn start_gateway(&mut self, index: usize) {
-        let port = free_port();
+        let port = testing::free_port();
         let mut process =
             self.spawn("api", &format!("api-{index}"), &[("WARREN_HTTP_ADDR", format!("127.0.0.1:{port}"))]);
         process.address = Some(format!("http://127.0.0.1:{port}"));
