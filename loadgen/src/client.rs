@@ -560,12 +560,18 @@ impl Task {
             }
             ServerFrame::Resync { .. } => {
                 self.shared.stats.resyncs.fetch_add(1, Ordering::Relaxed);
-                let now = self.shared.now_ns();
-                self.shared.recorder().stream_broke(self.spec.index, now);
+                self.stream_broke();
                 self.start_sync();
             }
             ServerFrame::Ready { .. } | ServerFrame::Conversation { .. } | ServerFrame::Read { .. } => {}
         }
+    }
+
+    /// This client's live stream broke now (a reconnect, or the gateway's `resync`): pushes made meanwhile never
+    /// reach it.
+    fn stream_broke(&self) {
+        let now = self.shared.now_ns();
+        self.shared.recorder().stream_broke(self.spec.index, now);
     }
 
     fn note_other(&mut self, message: &Message) {
@@ -715,8 +721,7 @@ impl Task {
         self.sink = None;
         self.stream = None;
         self.shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-        let now = self.shared.now_ns();
-        self.shared.recorder().stream_broke(self.spec.index, now);
+        self.stream_broke();
 
         // What was admitted but not written goes back first, then what was in flight (oldest first), in front of
         // everything that was waiting.
