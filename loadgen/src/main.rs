@@ -6,6 +6,7 @@
 //! requests), 1 when it could not run.
 
 mod client;
+mod disk;
 mod history;
 mod idle;
 mod procstat;

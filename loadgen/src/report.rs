@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::{
     client::ClientReport,
+    disk::DiskReport,
     procstat::{GroupUsage, MachineUsage, Snapshot},
     recorder::{Counts, Latencies},
 };
@@ -33,6 +34,9 @@ pub struct Report {
     /// Mode-specific results.
     pub results: serde_json::Value,
     pub loadgen_rss_kb: u64,
+    /// The disks' cache flushes over the measured window, second by second (traffic modes, on Linux 5.5+).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskReport>,
     /// Problems that make the run fail (loss, duplicates, disorder, refused sends, …).
     pub problems: Vec<String>,
 }

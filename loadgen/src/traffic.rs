@@ -147,6 +147,7 @@ pub async fn run(env: &Env, traffic: Traffic) -> anyhow::Result<Report> {
     let before = env.watch.snapshot();
     let start = Instant::now();
     let start_ns = shared.now_ns();
+    let disk = crate::disk::Sampler::start(start);
     let pacer = (clients.clone(), shared.clone(), traffic.clone(), tokio::runtime::Handle::current());
     let storm = tokio::task::spawn_blocking(move || {
         let (clients, shared, traffic, runtime) = pacer;
@@ -212,6 +213,10 @@ pub async fn run(env: &Env, traffic: Traffic) -> anyhow::Result<Report> {
     }
     let window = start.elapsed();
     let after = env.watch.snapshot();
+    let disk = match disk {
+        Some(sampler) => sampler.finish().await,
+        None => None,
+    };
 
     let storm_results = match storm {
         Some(handle) => Some(
@@ -245,6 +250,7 @@ pub async fn run(env: &Env, traffic: Traffic) -> anyhow::Result<Report> {
         window_s: round1(window_s),
         clients: client_report,
         loadgen_rss_kb: crate::procstat::own_rss_kb(),
+        disk,
         ..Report::default()
     };
     report.rates.insert("offered_per_s".into(), traffic.rate);
@@ -359,6 +365,13 @@ pub fn summary_line(report: &Report) -> String {
         && let Some(worst) = SecondSummary::worst(&latency.deliver_by_second)
     {
         line.push_str(&format!(" | worst second {}: p99 {}", worst.second, millis(worst.p99_ms)));
+        if let Some(disk) = &report.disk
+            && let Some(flushing) = disk.second(worst.second)
+        {
+            // A flush counts when it completes: a stall that delayed this second's messages may end in the next.
+            let next = disk.second(worst.second + 1).map_or(String::new(), |s| format!(", {}ms the next", s.flush_ms));
+            line.push_str(&format!(" (disk flushing {}ms in it{next})", flushing.flush_ms));
+        }
     }
     if report.mode == "group" {
         line.push_str(&format!(
@@ -387,6 +400,54 @@ pub fn summary_line(report: &Report) -> String {
     if report.clients.queued > 0 {
         line.push_str(&format!(" | {} sends waited for an in-flight slot", report.clients.queued));
     }
+    if let Some(disk) = &report.disk {
+        let slowest = disk.by_second.iter().map(|s| s.flush_ms).max().unwrap_or(0);
+        line.push_str(&format!(
+            " | disk {} flushes, mean {:.2}ms, most flushing in a second {slowest}ms",
+            disk.flushes, disk.mean_flush_ms
+        ));
+    }
     line.push_str(&report.machine_note());
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        disk::{Counters, DiskReport},
+        recorder::{Counts, Latencies},
+    };
+
+    fn run_with_a_slow_second(disk: Option<DiskReport>) -> Report {
+        let second = |second, p99_ms| SecondSummary { second, count: 1000, p50_ms: 2.0, p99_ms, max_ms: p99_ms };
+        Report {
+            mode: "dm".to_owned(),
+            params: json!({ "users": 1000, "members": 2, "rate": 1000.0 }),
+            window_s: 3.0,
+            counts: Some(Counts::default()),
+            latency: Some(Latencies {
+                deliver_by_second: vec![second(0, 5.0), second(1, 132.1), second(2, 6.0)],
+                ..Latencies::default()
+            }),
+            disk,
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn the_summary_names_the_disks_flushing_in_the_worst_second_and_the_next() {
+        let at = |flushes, flush_ms| Counters { flushes, flush_ms };
+        let disk = DiskReport::from_readings(&[at(0, 0), at(600, 30), at(1200, 130), at(1800, 160)]);
+        let line = summary_line(&run_with_a_slow_second(disk));
+        assert!(line.contains("| worst second 1: p99 132.1ms (disk flushing 100ms in it, 30ms the next) |"), "{line}");
+        assert!(line.contains("| disk 1800 flushes, mean 0.09ms, most flushing in a second 100ms |"), "{line}");
+
+        // The last second has no next; a machine without flush counters has no disk part at all.
+        let disk = DiskReport::from_readings(&[at(0, 0), at(600, 30), at(1200, 130)]);
+        let line = summary_line(&run_with_a_slow_second(disk));
+        assert!(line.contains("p99 132.1ms (disk flushing 100ms in it) |"), "{line}");
+        let line = summary_line(&run_with_a_slow_second(None));
+        assert!(line.contains("| worst second 1: p99 132.1ms |") && !line.contains("disk"), "{line}");
+    }
 }

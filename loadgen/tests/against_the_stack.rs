@@ -82,9 +82,13 @@ impl Stack {
     /// `loadgen` against every gateway, writing its JSON report to `report`.
     fn loadgen(&self, report: &std::path::Path, mode_args: &[&str]) -> Command {
         let mut command = Command::new(binary("loadgen"));
-        for (_, address) in &self.gateways {
-            command.args(["--gateway", address]);
+        // The stack's own processes, so that what it reports is theirs and not other tests' servers.
+        let pid = |group: &str, child: &Child| format!("{group}={}", child.id().unwrap_or_default());
+        for (child, address) in &self.gateways {
+            command.args(["--gateway", address, "--pid", &pid("gateway", child)]);
         }
+        command.args(["--pid", &pid("user-service", &self.user_service)]);
+        command.args(["--pid", &pid("message-service", &self.message_service)]);
         command
             .args(["--pg-database", &self.db.name, "--json"])
             .arg(report)
@@ -144,6 +148,9 @@ async fn a_clean_dm_run_through_two_gateways_accounts_for_every_message_second_b
         assert_eq!(counts[key], 0, "{key}: {counts}");
     }
     assert_eq!(report["params"]["gateways"], 2);
+    for (group, processes) in [("gateway", 2), ("message-service", 1), ("user-service", 1)] {
+        assert_eq!(report["server"][group]["processes"], processes, "{group}: {}", report["server"]);
+    }
     // 100 messages scheduled in each of the two seconds, each delivered once to the other member.
     let seconds = report["latency"]["deliver_by_second"].as_array().expect("a timeline");
     let by_second: Vec<(u64, u64)> =
@@ -158,7 +165,31 @@ async fn a_clean_dm_run_through_two_gateways_accounts_for_every_message_second_b
         assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{second}");
     }
     assert_eq!(report["latency"]["deliver"]["count"], 200);
+
+    // The disks' flushes beside the timeline, on a machine whose kernel counts them (Linux 5.5+).
+    if machine_counts_disk_flushes() {
+        let disk = &report["disk"];
+        let seconds: Vec<u64> = disk["by_second"]
+            .as_array()
+            .expect("a disk timeline")
+            .iter()
+            .map(|s| s["second"].as_u64().unwrap_or(99))
+            .collect();
+        assert!(seconds.len() >= 2 && seconds.iter().enumerate().all(|(i, &s)| s == i as u64), "{disk}");
+        assert!(disk["flushes"].is_u64() && disk["mean_flush_ms"].is_f64(), "{disk}");
+        assert!(summary.contains(" flushes, mean "), "{summary}");
+    } else {
+        assert!(report.get("disk").is_none(), "{report}");
+    }
     stack.stop().await;
+}
+
+/// Whether `/proc/diskstats` has a disk (a block device with a `device` link) with the flush counters of Linux 5.5+.
+fn machine_counts_disk_flushes() -> bool {
+    std::fs::read_to_string("/proc/diskstats").unwrap_or_default().lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() >= 20 && std::path::Path::new(&format!("/sys/block/{}/device", fields[2])).exists()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
