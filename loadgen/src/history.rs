@@ -96,6 +96,7 @@ pub async fn run(env: &Env, history: History) -> anyhow::Result<Report> {
     let schedule = Schedule::new(history.rate, history.duration);
     let before = env.watch.snapshot();
     let start = Instant::now();
+    let started_at = chrono::Utc::now();
     let start_ns = shared.now_ns();
     let readers = clients.clone();
     let page = history.page;
@@ -138,6 +139,7 @@ pub async fn run(env: &Env, history: History) -> anyhow::Result<Report> {
     let mut report = Report {
         mode: "history".into(),
         run: shared.recorder().run().to_owned(),
+        started_at: Some(started_at),
         params: json!({
             "readers": history.readers,
             "messages": last_seq,

@@ -15,6 +15,9 @@ use crate::{
 pub struct Report {
     pub mode: String,
     pub run: String,
+    /// When the measured window began, so that its timelines can be matched with the servers' logs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
     pub params: serde_json::Value,
     /// The measured window (from the first scheduled send to the end of the grace period), seconds.
     pub window_s: f64,

@@ -146,6 +146,7 @@ pub async fn run(env: &Env, traffic: Traffic) -> anyhow::Result<Report> {
 
     let before = env.watch.snapshot();
     let start = Instant::now();
+    let started_at = chrono::Utc::now();
     let start_ns = shared.now_ns();
     let disk = crate::disk::Sampler::start(start);
     let pacer = (clients.clone(), shared.clone(), traffic.clone(), tokio::runtime::Handle::current());
@@ -237,6 +238,7 @@ pub async fn run(env: &Env, traffic: Traffic) -> anyhow::Result<Report> {
     let mut report = Report {
         mode: traffic.mode.to_owned(),
         run,
+        started_at: Some(started_at),
         params: json!({
             "users": traffic.users,
             "members": traffic.members,

@@ -148,6 +148,13 @@ async fn a_clean_dm_run_through_two_gateways_accounts_for_every_message_second_b
         assert_eq!(counts[key], 0, "{key}: {counts}");
     }
     assert_eq!(report["params"]["gateways"], 2);
+    let started_at = report["started_at"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    let age = started_at.map(|t| chrono::Utc::now().signed_duration_since(t));
+    assert!(
+        age.is_some_and(|age| age > chrono::TimeDelta::zero() && age < chrono::TimeDelta::minutes(5)),
+        "{}",
+        report["started_at"]
+    );
     for (group, processes) in [("gateway", 2), ("message-service", 1), ("user-service", 1)] {
         assert_eq!(report["server"][group]["processes"], processes, "{group}: {}", report["server"]);
     }
