@@ -100,6 +100,7 @@ impl DiskReport {
 }
 
 /// Reads the disks at `start` and every second after it until stopped.
+#[derive(Debug)]
 pub struct Sampler {
     stop: oneshot::Sender<()>,
     task: JoinHandle<Vec<Counters>>,
@@ -112,18 +113,21 @@ impl Sampler {
         let (stop, mut stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
             let mut readings = vec![first];
+            // Ticks stay on the grid of whole seconds from `start` (a late one does not move the next), so that
+            // reading n is second n's end, as in the delivery timeline.
             let mut ticks = tokio::time::interval_at(
                 tokio::time::Instant::from_std(start + Duration::from_secs(1)),
                 Duration::from_secs(1),
             );
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = &mut stopped => return readings,
+                    // A second that ended before the stop is read first.
+                    biased;
                     _ = ticks.tick() => match read() {
                         Some(now) => readings.push(now),
                         None => return readings,
                     },
+                    _ = &mut stopped => return readings,
                 }
             }
         });

@@ -176,14 +176,11 @@ async fn a_clean_dm_run_through_two_gateways_accounts_for_every_message_second_b
     // The disks' flushes beside the timeline, on a machine whose kernel counts them (Linux 5.5+).
     if machine_counts_disk_flushes() {
         let disk = &report["disk"];
-        let seconds: Vec<u64> = disk["by_second"]
-            .as_array()
-            .expect("a disk timeline")
-            .iter()
-            .map(|s| s["second"].as_u64().unwrap_or(99))
-            .collect();
-        assert!(seconds.len() >= 2 && seconds.iter().enumerate().all(|(i, &s)| s == i as u64), "{disk}");
-        assert!(disk["flushes"].is_u64() && disk["mean_flush_ms"].is_f64(), "{disk}");
+        // Whole seconds of the measured window only: at least the first, none past its end (`window_s` is rounded
+        // to a tenth).
+        let recorded = disk["by_second"].as_array().expect("a disk timeline").len() as f64;
+        let window = report["window_s"].as_f64().expect("a window");
+        assert!(recorded >= 1.0 && recorded <= window + 0.05, "{window} s: {disk}");
         assert!(summary.contains(" flushes, mean "), "{summary}");
     } else {
         assert!(report.get("disk").is_none(), "{report}");
