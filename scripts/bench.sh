@@ -131,6 +131,10 @@ PY
 tcp_open() { timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null; }
 tcp_open 127.0.0.1 5672 || die "RabbitMQ is not reachable on 127.0.0.1:5672 (scripts/ensure-services.sh starts it)"
 tcp_open 127.0.0.1 5432 || die "PostgreSQL is not reachable on 127.0.0.1:5432 (scripts/ensure-services.sh starts it)"
+# Without the management API the teardown can delete the run's queues but not its exchanges: say so now, not never.
+tcp_open 127.0.0.1 15672 ||
+    log "warning: RabbitMQ's management API (127.0.0.1:15672) is closed, so this run's exchanges $PREFIX.* will be" \
+        "left behind (scripts/ensure-services.sh enables the plugin)"
 for ((i = 0; i < API_REPLICAS; i++)); do
     ! tcp_open 127.0.0.1 $((BASE_PORT + i)) || die "port $((BASE_PORT + i)) is in use; set BENCH_BASE_PORT"
 done
