@@ -148,6 +148,12 @@ if ! psql "$SERVER_URL/postgres" -w -X -tAq -c "SELECT 1 FROM pg_database WHERE 
     psql "$SERVER_URL/postgres" -w -X -q -c "CREATE DATABASE \"$DB\"" >/dev/null || die "cannot create database $DB"
     CREATED_DB=1
 fi
+# The server's settings that decide what a durable acknowledgement and a read cost, so that every run's output
+# says what it ran on (synchronous_commit is not among them: the services set it on their own connections).
+pg_settings=$(psql "$SERVER_URL/postgres" -w -X -tAq -F= -c "SELECT name, current_setting(name) FROM pg_settings
+    WHERE name IN ('fsync', 'wal_sync_method', 'full_page_writes', 'autovacuum', 'shared_buffers') ORDER BY name" |
+    paste -sd' ' -) || pg_settings="(cannot read them)"
+log "PostgreSQL: $pg_settings; the services commit with synchronous_commit=on"
 mkdir -p "$OUT/logs"
 # Thousands of sockets need thousands of descriptors, in the gateways and in the load generator alike.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
