@@ -1,22 +1,19 @@
-//! The disks' cache flushes, second by second of a run, from `/proc/diskstats`.
+//! The disks' cache flushes, second by second of a run, from `/proc/diskstats` (read each second by
+//! [`crate::seconds`]).
 //!
-//! Why: every durable acknowledgement waits for PostgreSQL's WAL flush, and on the VMs we measure on a flush now and
-//! then takes tens of milliseconds instead of a fraction of one (docs/BENCHMARKS.md, "What the p99 misses are").
-//! Such a stall delays every message sent while it lasts, whatever the servers do. Recording how long the disks
-//! spent flushing in each second of the run, beside the delivery timeline, tells a slow second caused by the disk
-//! from one caused by the servers without a separate trace.
+//! Why: every durable acknowledgement waits for PostgreSQL's WAL flush, and on the VMs we measure on a flush now
+//! and then takes tens of milliseconds instead of a fraction of one (docs/BENCHMARKS.md, "What the p99 misses
+//! are"). Such a stall delays every message sent while it lasts, whatever the servers do. Recording how long the
+//! disks spent flushing in each second of the run, beside the delivery timeline, tells a slow second caused by the
+//! disk from one that was not, without a separate trace.
 //!
 //! A disk is a block device with a `device` link in `/sys/block` (a physical or virtual disk; loop, RAM, zram,
 //! device-mapper and md devices have none, and the last two pass their flushes on to the disks below, which are
 //! counted). Flush counters are in `/proc/diskstats` since Linux 5.5; older kernels give no disk timeline.
 
-use std::{
-    fs,
-    time::{Duration, Instant},
-};
+use std::fs;
 
 use serde::Serialize;
-use tokio::{sync::oneshot, task::JoinHandle};
 
 /// Flushes completed and the milliseconds they took, summed over the disks (cumulative since boot).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -96,49 +93,6 @@ impl DiskReport {
     /// The given second, if it was recorded.
     pub fn second(&self, second: u64) -> Option<&DiskSecond> {
         self.by_second.get(usize::try_from(second).ok()?).filter(|s| s.second == second)
-    }
-}
-
-/// Reads the disks at `start` and every second after it until stopped.
-#[derive(Debug)]
-pub struct Sampler {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Vec<Counters>>,
-}
-
-impl Sampler {
-    /// `None` when this machine gives no flush counters.
-    pub fn start(start: Instant) -> Option<Sampler> {
-        let first = read()?;
-        let (stop, mut stopped) = oneshot::channel();
-        let task = tokio::spawn(async move {
-            let mut readings = vec![first];
-            // Ticks stay on the grid of whole seconds from `start` (a late one does not move the next), so that
-            // reading n is second n's end, as in the delivery timeline.
-            let mut ticks = tokio::time::interval_at(
-                tokio::time::Instant::from_std(start + Duration::from_secs(1)),
-                Duration::from_secs(1),
-            );
-            loop {
-                tokio::select! {
-                    // A second that ended before the stop is read first.
-                    biased;
-                    _ = ticks.tick() => match read() {
-                        Some(now) => readings.push(now),
-                        None => return readings,
-                    },
-                    _ = &mut stopped => return readings,
-                }
-            }
-        });
-        Some(Sampler { stop, task })
-    }
-
-    /// Stops sampling; the seconds completed so far.
-    pub async fn finish(self) -> Option<DiskReport> {
-        let _ = self.stop.send(());
-        let readings = self.task.await.ok()?;
-        DiskReport::from_readings(&readings)
     }
 }
 

@@ -13,6 +13,7 @@ mod procstat;
 mod recorder;
 mod report;
 mod schedule;
+mod seconds;
 mod setup;
 mod stats;
 mod target;

@@ -40,6 +40,9 @@ pub struct Report {
     /// The disks' cache flushes over the measured window, second by second (traffic modes, on Linux 5.5+).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk: Option<DiskReport>,
+    /// The watched server processes' CPU in each second of the measured window (traffic modes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub server_by_second: Vec<crate::seconds::ServerSecond>,
     /// Problems that make the run fail (loss, duplicates, disorder, refused sends, …).
     pub problems: Vec<String>,
 }

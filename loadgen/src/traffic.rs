@@ -148,7 +148,7 @@ pub async fn run(env: &Env, traffic: Traffic) -> anyhow::Result<Report> {
     let start = Instant::now();
     let started_at = chrono::Utc::now();
     let start_ns = shared.now_ns();
-    let disk = crate::disk::Sampler::start(start);
+    let seconds = crate::seconds::Sampler::start(start, env.watch.clone());
     let pacer = (clients.clone(), shared.clone(), traffic.clone(), tokio::runtime::Handle::current());
     let storm = tokio::task::spawn_blocking(move || {
         let (clients, shared, traffic, runtime) = pacer;
@@ -214,10 +214,7 @@ pub async fn run(env: &Env, traffic: Traffic) -> anyhow::Result<Report> {
     }
     let window = start.elapsed();
     let after = env.watch.snapshot();
-    let disk = match disk {
-        Some(sampler) => sampler.finish().await,
-        None => None,
-    };
+    let (disk, server_by_second) = seconds.finish().await;
 
     let storm_results = match storm {
         Some(handle) => Some(
@@ -253,6 +250,7 @@ pub async fn run(env: &Env, traffic: Traffic) -> anyhow::Result<Report> {
         clients: client_report,
         loadgen_rss_kb: crate::procstat::own_rss_kb(),
         disk,
+        server_by_second,
         ..Report::default()
     };
     report.rates.insert("offered_per_s".into(), traffic.rate);
@@ -367,12 +365,20 @@ pub fn summary_line(report: &Report) -> String {
         && let Some(worst) = SecondSummary::worst(&latency.deliver_by_second)
     {
         line.push_str(&format!(" | worst second {}: p99 {}", worst.second, millis(worst.p99_ms)));
+        let mut beside = Vec::new();
         if let Some(disk) = &report.disk
             && let Some(flushing) = disk.second(worst.second)
         {
             // A flush counts when it completes: a stall that delayed this second's messages may end in the next.
             let next = disk.second(worst.second + 1).map_or(String::new(), |s| format!(", {}ms the next", s.flush_ms));
-            line.push_str(&format!(" (disk flushing {}ms in it{next})", flushing.flush_ms));
+            beside.push(format!("disk flushing {}ms in it{next}", flushing.flush_ms));
+        }
+        if let Some(servers) = usize::try_from(worst.second).ok().and_then(|s| report.server_by_second.get(s)) {
+            let median = crate::seconds::median_cpu_ms(&report.server_by_second);
+            beside.push(format!("servers' CPU {}ms in it, median second {median}ms", servers.cpu_ms));
+        }
+        if !beside.is_empty() {
+            line.push_str(&format!(" ({})", beside.join("; ")));
         }
     }
     if report.mode == "group" {
@@ -419,6 +425,7 @@ mod tests {
     use crate::{
         disk::{Counters, DiskReport},
         recorder::{Counts, Latencies},
+        seconds::ServerSecond,
     };
 
     fn run_with_a_slow_second(disk: Option<DiskReport>) -> Report {
@@ -451,5 +458,20 @@ mod tests {
         assert!(line.contains("p99 132.1ms (disk flushing 100ms in it) |"), "{line}");
         let line = summary_line(&run_with_a_slow_second(None));
         assert!(line.contains("| worst second 1: p99 132.1ms |") && !line.contains("disk"), "{line}");
+    }
+
+    #[test]
+    fn the_summary_names_the_servers_cpu_in_the_worst_second_against_the_median_second() {
+        let server = |second, cpu_ms| ServerSecond { second, cpu_ms, ..ServerSecond::default() };
+        let at = |flushes, flush_ms| Counters { flushes, flush_ms };
+        let mut report = run_with_a_slow_second(DiskReport::from_readings(&[at(0, 0), at(9, 30), at(18, 60)]));
+        report.server_by_second = vec![server(0, 1000), server(1, 1400), server(2, 1010)];
+        let line = summary_line(&report);
+        let expected = "p99 132.1ms (disk flushing 30ms in it; servers' CPU 1400ms in it, median second 1010ms) |";
+        assert!(line.contains(expected), "{line}");
+
+        report.disk = None;
+        let line = summary_line(&report);
+        assert!(line.contains("p99 132.1ms (servers' CPU 1400ms in it, median second 1010ms) |"), "{line}");
     }
 }

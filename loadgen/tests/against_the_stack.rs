@@ -173,14 +173,20 @@ async fn a_clean_dm_run_through_two_gateways_accounts_for_every_message_second_b
     }
     assert_eq!(report["latency"]["deliver"]["count"], 200);
 
-    // The disks' flushes beside the timeline, on a machine whose kernel counts them (Linux 5.5+).
+    // The servers' CPU beside the timeline: whole seconds of the measured window only, at least the first, none
+    // past its end (`window_s` is rounded to a tenth), each naming the stack's groups.
+    let window = report["window_s"].as_f64().expect("a window");
+    let servers = report["server_by_second"].as_array().expect("a server timeline");
+    assert!(!servers.is_empty() && servers.len() as f64 <= window + 0.05, "{window} s: {servers:?}");
+    for second in servers {
+        let groups = second["by_group"].as_object().expect("groups");
+        assert!(["gateway", "message-service", "user-service"].iter().all(|g| groups.contains_key(*g)), "{second}");
+    }
+    // The disks' flushes, read with the servers, on a machine whose kernel counts them (Linux 5.5+).
     if machine_counts_disk_flushes() {
         let disk = &report["disk"];
-        // Whole seconds of the measured window only: at least the first, none past its end (`window_s` is rounded
-        // to a tenth).
-        let recorded = disk["by_second"].as_array().expect("a disk timeline").len() as f64;
-        let window = report["window_s"].as_f64().expect("a window");
-        assert!(recorded >= 1.0 && recorded <= window + 0.05, "{window} s: {disk}");
+        let recorded = disk["by_second"].as_array().expect("a disk timeline").len();
+        assert_eq!(recorded, servers.len(), "{disk}");
         assert!(summary.contains(" flushes, mean "), "{summary}");
     } else {
         assert!(report.get("disk").is_none(), "{report}");
