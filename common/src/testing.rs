@@ -14,10 +14,16 @@ use crate::{
     config::{AmqpSettings, env_or},
 };
 
-/// Waits until each operation in `keys` has a consumer (a service, or a test's stand-in, is serving it); panics
-/// naming the first that has none after `within`.
+/// Waits until `client` can call (connected, its reply queue consumed) and each operation in `keys` has a
+/// consumer (a service, or a test's stand-in, is serving it); panics naming what is missing after `within`.
+/// Consumers alone are not enough: they are probed on a channel of their own, so they can be seen before the
+/// client's reply queue is, and a call made then fails as "unavailable".
 pub async fn until_served(client: &RpcClient, keys: &[&str], within: std::time::Duration) {
     let deadline = std::time::Instant::now() + within;
+    while !client.is_ready() {
+        assert!(std::time::Instant::now() < deadline, "the client never became ready to call");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     for key in keys {
         while client.consumer_count(key).await.unwrap_or(0) == 0 {
             assert!(std::time::Instant::now() < deadline, "{key} never served");
