@@ -264,6 +264,101 @@ async fn a_call_after_every_replica_stopped_is_unavailable_at_once() {
     h.finish().await;
 }
 
+/// Holds the reply queue a client of `instance` would declare, exclusively on the harness's own connection, so
+/// that client's attach is refused (`RESOURCE_LOCKED`) and retried until [`release_reply_queue`].
+async fn hold_reply_queue(h: &Harness, instance: &str) -> (lapin::Channel, String) {
+    let queue = h.broker.topology().reply_queue("test", instance);
+    let channel = h.broker.current().expect("connected").channel().await.unwrap();
+    h.broker.topology().declare_reply_queue(&channel, &queue).await.unwrap();
+    (channel, queue)
+}
+
+async fn release_reply_queue((channel, queue): (lapin::Channel, String)) {
+    channel.queue_delete(queue.as_str().into(), Default::default()).await.unwrap();
+}
+
+/// A client on a connection that is up but whose reply queue is not yet consumed (a process that just started, or
+/// just reconnected): the moment its own RPC server may already be taking requests on the same connection.
+async fn attaching_client(h: &Harness, instance: &str) -> (Broker, RpcClient) {
+    let settings = common::config::AmqpSettings::new(&testing::amqp_url(), h.prefix.clone());
+    let broker = Broker::start(&settings, "attaching client".into());
+    let client = RpcClient::start(broker.clone(), "test", instance);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !broker.is_connected() {
+        assert!(Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!client.is_ready(), "the held reply queue should keep the client from attaching");
+    (broker, client)
+}
+
+#[tokio::test]
+async fn a_call_made_while_the_client_attaches_to_a_live_connection_waits_for_it_and_is_answered() {
+    let h = Harness::start().await;
+    let stop = CancellationToken::new();
+    let server = h.server(&stop, echo_server);
+    h.wait_for_consumers("getSelf", 1).await;
+    let instance = uuid::Uuid::new_v4().simple().to_string();
+    let held = hold_reply_queue(&h, &instance).await;
+    let (broker, client) = attaching_client(&h, &instance).await;
+
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.call::<Echo>(&Text("early".into()), &ctx(10_000)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!call.is_finished(), "the call gave up while the client was still attaching: {:?}", call.await);
+    release_reply_queue(held).await;
+
+    assert_eq!(call.await.unwrap(), Ok(Text("echo early".into())));
+    assert!(client.is_ready());
+    broker.close().await;
+    stop.cancel();
+    server.await.unwrap().close().await;
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_client_that_cannot_attach_answers_unavailable_after_a_bounded_wait_not_at_the_calls_timeout() {
+    let h = Harness::start().await;
+    let stop = CancellationToken::new();
+    let server = h.server(&stop, echo_server);
+    h.wait_for_consumers("getSelf", 1).await;
+    let instance = uuid::Uuid::new_v4().simple().to_string();
+    let held = hold_reply_queue(&h, &instance).await;
+    let (broker, client) = attaching_client(&h, &instance).await;
+
+    let started = Instant::now();
+    let reply = client.call::<Echo>(&Text("x".into()), &ctx(30_000)).await;
+
+    assert_eq!(reply.unwrap_err().code, ErrorCode::Unavailable);
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    release_reply_queue(held).await;
+    broker.close().await;
+    stop.cancel();
+    server.await.unwrap().close().await;
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_call_while_the_broker_is_unreachable_is_unavailable_at_once() {
+    common::telemetry::init_for_tests();
+    // Nothing listens on this port: the connection is never up, so there is nothing to wait for.
+    let settings = common::config::AmqpSettings::new(
+        &format!("amqp://guest:guest@127.0.0.1:{}/%2f", testing::free_port()),
+        format!("test-{}", uuid::Uuid::new_v4().simple()),
+    );
+    let broker = Broker::start(&settings, "unreachable".into());
+    let client = RpcClient::start(broker.clone(), "test", "unreachable");
+
+    let started = Instant::now();
+    let reply = client.call::<Echo>(&Text("x".into()), &ctx(10_000)).await;
+
+    assert_eq!(reply.unwrap_err().code, ErrorCode::Unavailable);
+    assert!(started.elapsed() < Duration::from_millis(1_500), "took {:?}", started.elapsed());
+    broker.close().await;
+}
+
 #[tokio::test]
 async fn a_burst_of_calls_to_a_stopped_service_shares_its_probes_and_is_answered_unavailable() {
     let h = Harness::start().await;

@@ -12,7 +12,9 @@
 //! failed. A timed-out request waits in its (length-limited) queue instead and is dropped when taken. Requests are published `mandatory` with publisher confirms: no queue bound for the
 //! operation comes back as "unavailable" at once. A queue that exists but has no consumer (every replica stopped)
 //! is caught by a consumer-count probe cached for a second, so that case is also answered at once, not after the
-//! timeout. Replies for calls that already gave up are discarded.
+//! timeout. Replies for calls that already gave up are discarded. The one wait: a call made while the connection
+//! is up but the reply queue is not yet consumed (the few round trips after every connect) waits for that, at most
+//! [`ATTACH_WAIT`]; a broker that is down fails a call at once.
 //!
 //! A zero count is never trusted from the cache (a replica that just started must not be turned away), so while an
 //! operation has no consumer every call to it asks the broker. Those probes are shared: calls that ask while one is
@@ -35,7 +37,7 @@ use lapin::{
     options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
     types::FieldTable,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::{
     connection::{Broker, Session},
@@ -45,6 +47,10 @@ use crate::protocol::{ApiError, Operation, RpcReply};
 
 /// How long a consumer count read from the broker is trusted.
 const PRESENCE_TTL: Duration = Duration::from_secs(1);
+
+/// How long a call waits for the client to attach to a connection that is up (its reply queue declared and
+/// consumed, which takes a few round trips after every connect). A broker that is down still fails a call at once.
+const ATTACH_WAIT: Duration = Duration::from_secs(2);
 
 /// Per-call context: the request id to log under, and how long to wait.
 #[derive(Debug, Clone)]
@@ -71,6 +77,8 @@ struct Inner {
     pending: Mutex<HashMap<u64, ReplySender>>,
     /// The publishing channel of the current connection (with publisher confirms), `None` while down.
     link: RwLock<Option<Channel>>,
+    /// Bumped each time `link` is set, for calls waiting for the client to attach.
+    attached: watch::Sender<u64>,
     /// Each operation's last consumer count, and when the probe that read it started.
     presence: Mutex<HashMap<String, (u32, Instant)>>,
     /// Each operation's probe: its channel, locked while a probe runs.
@@ -98,6 +106,7 @@ impl RpcClient {
             next_id: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             link: RwLock::new(None),
+            attached: watch::Sender::new(0),
             presence: Mutex::new(HashMap::new()),
             probes: Mutex::new(HashMap::new()),
             probes_sent: AtomicU64::new(0),
@@ -144,10 +153,10 @@ impl RpcClient {
             tracing::warn!(operation = routing_key, "no consumer for the operation");
             return Err(unavailable());
         }
-        let publish = {
-            let link = self.inner.link.read().map_err(|_| ApiError::internal())?;
-            link.clone().ok_or_else(|| ApiError::unavailable("the message broker is unreachable, try again shortly"))?
-        };
+        let publish = self
+            .publishing_channel()
+            .await
+            .ok_or_else(|| ApiError::unavailable("the message broker is unreachable, try again shortly"))?;
 
         // A call that asked after this moment may take an "unroutable" below as its answer; one that asked before
         // may not (a queue may have been bound since it asked).
@@ -192,6 +201,31 @@ impl RpcClient {
             Ok(reply) => reply,
             // The sender is dropped only when the pending entry is cleared without an answer.
             Err(_) => Err(unavailable()),
+        }
+    }
+
+    /// The current connection's publishing channel. While the connection is up but the client is not yet attached
+    /// to it (just after the process started, or after a reconnect, the few round trips that declare and consume
+    /// the reply queue), waits for that, up to [`ATTACH_WAIT`]: the process's own RPC server may already be taking
+    /// requests on the same connection, and one that needs this client (the message-service asking the
+    /// user-service) must not be failed for a race inside the process. `None` at once while the broker is down.
+    async fn publishing_channel(&self) -> Option<Channel> {
+        let deadline = tokio::time::Instant::now() + ATTACH_WAIT;
+        // Subscribed before looking, so an attach between the look and the wait still wakes the wait.
+        let mut attached = self.inner.attached.subscribe();
+        let mut link = self.inner.broker.watch();
+        loop {
+            if let Some(channel) = self.inner.link.read().ok()?.clone() {
+                return Some(channel);
+            }
+            if !self.inner.broker.is_connected() {
+                return None;
+            }
+            tokio::select! {
+                changed = attached.changed() => changed.ok()?,
+                changed = link.changed() => changed.ok()?,
+                () = tokio::time::sleep_until(deadline) => return None,
+            }
         }
     }
 
@@ -370,6 +404,7 @@ async fn attach(inner: &Inner, session: &Session) -> lapin::Result<(Channel, lap
     if let Ok(mut link) = inner.link.write() {
         *link = Some(publish);
     }
+    inner.attached.send_modify(|attaches| *attaches += 1);
     tracing::debug!(generation = session.generation, queue = %inner.reply_queue, "RPC client ready");
     Ok((consume, consumer))
 }
