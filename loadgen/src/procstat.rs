@@ -5,7 +5,12 @@
 //! other people's gateways on a shared machine are left out). PostgreSQL backends of other databases can be left
 //! out with `--pg-database`: a backend names its database in its command line; the server's own processes
 //! (checkpointer, WAL writer, …) are always counted. CPU is `utime + stime` of `/proc/PID/stat` (every thread),
-//! memory is `VmRSS` of `/proc/PID/status` (for PostgreSQL a sum that counts shared buffers once per process).
+//! memory is `VmRSS` of `/proc/PID/status` (for PostgreSQL a sum that counts shared buffers once per process), and
+//! context switches are the voluntary and involuntary ones of every thread (`/proc/PID/task/*/status`): each is a
+//! thread going to sleep or being put aside, and on a VM a hand-off to a sleeping vCPU costs CPU of its own
+//! (docs/BENCHMARKS.md, "twentieth machine"). They are counted thread by thread, because a thread that ends takes
+//! its count with it (tokio's blocking threads end after ten idle seconds): such a thread's switches since the
+//! first reading are missed, the others' still count.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -49,6 +54,14 @@ pub fn parse_vm_rss(text: &str) -> Option<u64> {
     text.lines().find_map(|line| line.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse().ok())
 }
 
+/// Voluntary plus involuntary context switches from the text of a thread's `/proc/PID/task/TID/status`.
+pub fn parse_switches(status: &str) -> Option<u64> {
+    let field = |name: &str| -> Option<u64> {
+        status.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+    };
+    Some(field("voluntary_ctxt_switches")? + field("nonvoluntary_ctxt_switches")?)
+}
+
 /// Whether a PostgreSQL process belongs to the run: the server's own processes always do, a backend (or an
 /// autovacuum worker) only when it serves `database`. `cmdline` is `/proc/PID/cmdline` with NULs as spaces, e.g.
 /// `postgres: 15/main: postgres warren 127.0.0.1(51234) idle`.
@@ -84,6 +97,8 @@ pub struct Watch {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub groups: BTreeMap<String, HashMap<u32, Sample>>,
+    /// Context switches so far of every thread of each group's processes, by thread id.
+    pub switches: BTreeMap<String, HashMap<u32, u64>>,
     /// Busy and total ticks of all CPUs together (`/proc/stat`).
     pub machine: (u64, u64),
     /// This process's own CPU ticks.
@@ -135,6 +150,8 @@ pub struct GroupUsage {
     pub cpu_us: u64,
     pub rss_kb_before: u64,
     pub rss_kb_after: u64,
+    /// Context switches of the group's threads between the two snapshots.
+    pub context_switches: u64,
 }
 
 impl Watch {
@@ -157,6 +174,7 @@ impl Watch {
             for &pid in pids {
                 if let Some((_, sample)) = read_process(pid) {
                     entry.insert(pid, sample);
+                    snapshot.switches.entry(group.clone()).or_default().extend(thread_switches(pid));
                 }
             }
         }
@@ -178,6 +196,7 @@ impl Watch {
                 }
             }
             snapshot.groups.entry((*group).to_owned()).or_default().insert(pid, sample);
+            snapshot.switches.entry((*group).to_owned()).or_default().extend(thread_switches(pid));
         }
         snapshot
     }
@@ -195,6 +214,11 @@ pub fn usage(before: &Snapshot, after: &Snapshot, ticks_per_second: u64) -> BTre
             .iter()
             .map(|(pid, sample)| sample.cpu_ticks.saturating_sub(then.get(pid).map_or(0, |s| s.cpu_ticks)))
             .sum();
+        let no_threads = HashMap::new();
+        let threads_then = before.switches.get(group).unwrap_or(&no_threads);
+        let switches: u64 = after.switches.get(group).map_or(0, |threads| {
+            threads.iter().map(|(tid, &count)| count.saturating_sub(threads_then.get(tid).copied().unwrap_or(0))).sum()
+        });
         usage.insert(
             group.clone(),
             GroupUsage {
@@ -202,6 +226,7 @@ pub fn usage(before: &Snapshot, after: &Snapshot, ticks_per_second: u64) -> BTre
                 cpu_us: ticks * micros_per_tick,
                 rss_kb_before: then.values().map(|s| s.rss_kb).sum(),
                 rss_kb_after: now.values().map(|s| s.rss_kb).sum(),
+                context_switches: switches,
             },
         );
     }
@@ -213,6 +238,18 @@ fn read_process(pid: u32) -> Option<(String, Sample)> {
     let (name, cpu_ticks) = parse_stat(&stat)?;
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     Some((name, Sample { cpu_ticks, rss_kb: parse_vm_rss(&status).unwrap_or(0) }))
+}
+
+/// The context switches so far of each thread of `pid`, by thread id (none when they cannot be read).
+fn thread_switches(pid: u32) -> Vec<(u32, u64)> {
+    let Ok(threads) = fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    threads
+        .flatten()
+        .filter_map(|thread| {
+            let tid = thread.file_name().to_str()?.parse().ok()?;
+            Some((tid, parse_switches(&fs::read_to_string(thread.path().join("status")).ok()?)?))
+        })
+        .collect()
 }
 
 /// This process's own resident memory, in kB.
@@ -288,10 +325,26 @@ mod tests {
         let usage = usage(&before, &after, 100);
         assert_eq!(
             usage["gateway"],
-            GroupUsage { processes: 1, cpu_us: 2_500_000, rss_kb_before: 10_000, rss_kb_after: 30_000 }
+            GroupUsage {
+                processes: 1,
+                cpu_us: 2_500_000,
+                rss_kb_before: 10_000,
+                rss_kb_after: 30_000,
+                context_switches: 0
+            }
         );
         assert_eq!(usage["postgres"].cpu_us, 150_000);
         assert_eq!(usage["postgres"].processes, 2);
+    }
+
+    #[test]
+    fn switches_are_counted_thread_by_thread_so_a_thread_that_ends_loses_only_its_own() {
+        let mut before = snapshot(&[("gateway", 1, 0, 0)]);
+        before.switches.insert("gateway".to_owned(), HashMap::from([(1, 100), (2, 50), (3, 1_000)]));
+        let mut after = snapshot(&[("gateway", 1, 0, 0)]);
+        // Thread 3 (a blocking-pool thread, say) ended; thread 4 started.
+        after.switches.insert("gateway".to_owned(), HashMap::from([(1, 130), (2, 55), (4, 7)]));
+        assert_eq!(usage(&before, &after, 100)["gateway"].context_switches, 30 + 5 + 7);
     }
 
     #[test]
@@ -308,9 +361,20 @@ mod tests {
     }
 
     #[test]
+    fn status_gives_a_threads_voluntary_and_involuntary_switches() {
+        let status = "Name:\ttokio-runtime-w\nThreads:\t3\nvoluntary_ctxt_switches:\t1200\n\
+                      nonvoluntary_ctxt_switches:\t34\n";
+        assert_eq!(parse_switches(status), Some(1_234));
+        assert_eq!(parse_switches("Name:\tx\nvoluntary_ctxt_switches:\t5\n"), None, "one of the two missing");
+    }
+
+    #[test]
     fn this_process_can_read_itself() {
         let stat = fs::read_to_string("/proc/self/stat").unwrap();
         assert!(parse_stat(&stat).is_some());
         assert!(own_rss_kb() > 0);
+        // Every thread of this process: the test harness's main thread has at least waited for this one.
+        let threads = std::thread::spawn(|| thread_switches(std::process::id())).join().unwrap();
+        assert!(threads.len() >= 2 && threads.iter().map(|(_, n)| n).sum::<u64>() > 0, "{threads:?}");
     }
 }

@@ -34,6 +34,9 @@ pub struct Report {
     pub machine: MachineUsage,
     /// Server CPU per unit of work (per delivered message, per acknowledged send, per page, …).
     pub cpu_us_per: BTreeMap<String, f64>,
+    /// The server threads' context switches over the window, and per unit of work as `cpu_us_per`.
+    pub server_context_switches: u64,
+    pub context_switches_per: BTreeMap<String, f64>,
     /// Mode-specific results.
     pub results: serde_json::Value,
     pub loadgen_rss_kb: u64,
@@ -51,9 +54,12 @@ impl Report {
     /// Fills the server totals and the per-unit CPU from `server` and the given unit counts.
     pub fn set_server(&mut self, server: BTreeMap<String, GroupUsage>, units: &[(&str, u64)]) {
         self.server_cpu_us = server.values().map(|g| g.cpu_us).sum();
+        self.server_context_switches = server.values().map(|g| g.context_switches).sum();
         for (unit, count) in units {
             if *count > 0 {
                 self.cpu_us_per.insert((*unit).to_owned(), round1(self.server_cpu_us as f64 / *count as f64));
+                let switches = self.server_context_switches as f64 / *count as f64;
+                self.context_switches_per.insert((*unit).to_owned(), round1(switches));
             }
         }
         self.server = server;
@@ -147,12 +153,17 @@ mod tests {
     fn cpu_is_divided_per_unit_and_broken_down_by_group() {
         let mut report = Report::default();
         let mut server = BTreeMap::new();
-        server.insert("gateway".to_owned(), GroupUsage { cpu_us: 3_000, ..GroupUsage::default() });
-        server.insert("postgres".to_owned(), GroupUsage { cpu_us: 1_000, ..GroupUsage::default() });
+        server
+            .insert("gateway".to_owned(), GroupUsage { cpu_us: 3_000, context_switches: 300, ..GroupUsage::default() });
+        server
+            .insert("postgres".to_owned(), GroupUsage { cpu_us: 1_000, context_switches: 6, ..GroupUsage::default() });
         report.set_server(server, &[("delivered", 40), ("nothing", 0)]);
         assert_eq!(report.server_cpu_us, 4_000);
         assert_eq!(report.cpu_us_per.get("delivered"), Some(&100.0));
         assert!(!report.cpu_us_per.contains_key("nothing"));
+        assert_eq!(report.server_context_switches, 306);
+        assert_eq!(report.context_switches_per.get("delivered"), Some(&7.7));
+        assert!(!report.context_switches_per.contains_key("nothing"));
         assert_eq!(report.cpu_breakdown(40), "api 75, pg 25");
     }
 

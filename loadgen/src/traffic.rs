@@ -404,6 +404,9 @@ pub fn summary_line(report: &Report) -> String {
     }
     if let Some(per) = report.cpu_us_per.get("delivered") {
         line.push_str(&format!(" | server {per:.0} µs CPU/delivered ({})", report.cpu_breakdown(counts.delivered)));
+        if let Some(switches) = report.context_switches_per.get("delivered") {
+            line.push_str(&format!(", {switches:.1} context switches/delivered"));
+        }
     }
     if report.clients.queued > 0 {
         line.push_str(&format!(" | {} sends waited for an in-flight slot", report.clients.queued));
@@ -458,6 +461,23 @@ mod tests {
         assert!(line.contains("p99 132.1ms (disk flushing 100ms in it) |"), "{line}");
         let line = summary_line(&run_with_a_slow_second(None));
         assert!(line.contains("| worst second 1: p99 132.1ms |") && !line.contains("disk"), "{line}");
+    }
+
+    #[test]
+    fn the_summary_gives_the_servers_cpu_and_context_switches_per_delivered_message() {
+        let mut report = run_with_a_slow_second(None);
+        report.counts = Some(Counts { delivered: 40, ..Counts::default() });
+        let mut server = std::collections::BTreeMap::new();
+        let usage =
+            |cpu_us, context_switches| crate::procstat::GroupUsage { cpu_us, context_switches, ..Default::default() };
+        server.insert("gateway".to_owned(), usage(3_000, 300));
+        server.insert("postgres".to_owned(), usage(1_000, 6));
+        report.set_server(server, &[("delivered", 40)]);
+        let line = summary_line(&report);
+        assert!(
+            line.contains("| server 100 µs CPU/delivered (api 75, pg 25), 7.7 context switches/delivered"),
+            "{line}"
+        );
     }
 
     #[test]
