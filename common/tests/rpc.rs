@@ -306,7 +306,7 @@ async fn a_call_made_while_the_client_attaches_to_a_live_connection_waits_for_it
         let client = client.clone();
         async move { client.call::<Echo>(&Text("early".into()), &ctx(10_000)).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!call.is_finished(), "the call gave up while the client was still attaching: {:?}", call.await);
     release_reply_queue(held).await;
 
@@ -319,7 +319,7 @@ async fn a_call_made_while_the_client_attaches_to_a_live_connection_waits_for_it
 }
 
 #[tokio::test]
-async fn a_client_that_cannot_attach_answers_unavailable_after_a_bounded_wait_not_at_the_calls_timeout() {
+async fn a_client_that_cannot_attach_answers_unavailable_after_one_bounded_wait_then_at_once_until_attached() {
     let h = Harness::start().await;
     let stop = CancellationToken::new();
     let server = h.server(&stop, echo_server);
@@ -331,9 +331,23 @@ async fn a_client_that_cannot_attach_answers_unavailable_after_a_bounded_wait_no
     let started = Instant::now();
     let reply = client.call::<Echo>(&Text("x".into()), &ctx(30_000)).await;
 
+    // The first call waited for the attach (2 s), then gave up with `unavailable`, not at its 30 s timeout.
     assert_eq!(reply.unwrap_err().code, ErrorCode::Unavailable);
-    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(1_900) && waited < Duration::from_secs(15), "took {waited:?}");
+    // Later calls on the same connection do not each wait again (a gateway's sends queue behind each one).
+    let started = Instant::now();
+    let reply = client.call::<Echo>(&Text("y".into()), &ctx(30_000)).await;
+    assert_eq!(reply.unwrap_err().code, ErrorCode::Unavailable);
+    assert!(started.elapsed() < Duration::from_millis(1_500), "took {:?}", started.elapsed());
+    // Once attached, calls go through again.
     release_reply_queue(held).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !client.is_ready() {
+        assert!(Instant::now() < deadline, "never attached after the queue was released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(client.call::<Echo>(&Text("z".into()), &ctx(5_000)).await, Ok(Text("echo z".into())));
     broker.close().await;
     stop.cancel();
     server.await.unwrap().close().await;

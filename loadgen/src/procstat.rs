@@ -10,7 +10,8 @@
 //! thread going to sleep or being put aside, and on a VM a hand-off to a sleeping vCPU costs CPU of its own
 //! (docs/BENCHMARKS.md, "twentieth machine"). They are counted thread by thread, because a thread that ends takes
 //! its count with it (tokio's blocking threads end after ten idle seconds): such a thread's switches since the
-//! first reading are missed, the others' still count.
+//! first reading are missed, the others' still count. So switches read a little low beside CPU, which keeps the
+//! time of ended threads.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -159,8 +160,18 @@ impl Watch {
         Self { pids, pg_database, ticks_per_second: clock_ticks() }
     }
 
-    /// Reads every watched process now.
+    /// Reads every watched process now, with the context switches of each of their threads.
     pub fn snapshot(&self) -> Snapshot {
+        self.read(true)
+    }
+
+    /// [`Watch::snapshot`] without the threads' context switches, a file per thread that the per-second sampler
+    /// does not use.
+    pub fn cpu_snapshot(&self) -> Snapshot {
+        self.read(false)
+    }
+
+    fn read(&self, with_threads: bool) -> Snapshot {
         let mut snapshot = Snapshot {
             machine: fs::read_to_string("/proc/stat").ok().and_then(|s| parse_proc_stat(&s)).unwrap_or_default(),
             own_ticks: fs::read_to_string("/proc/self/stat").ok().and_then(|s| parse_stat(&s)).map_or(0, |s| s.1),
@@ -174,7 +185,9 @@ impl Watch {
             for &pid in pids {
                 if let Some((_, sample)) = read_process(pid) {
                     entry.insert(pid, sample);
-                    snapshot.switches.entry(group.clone()).or_default().extend(thread_switches(pid));
+                    if with_threads {
+                        snapshot.switches.entry(group.clone()).or_default().extend(thread_switches(pid));
+                    }
                 }
             }
         }
@@ -196,7 +209,9 @@ impl Watch {
                 }
             }
             snapshot.groups.entry((*group).to_owned()).or_default().insert(pid, sample);
-            snapshot.switches.entry((*group).to_owned()).or_default().extend(thread_switches(pid));
+            if with_threads {
+                snapshot.switches.entry((*group).to_owned()).or_default().extend(thread_switches(pid));
+            }
         }
         snapshot
     }

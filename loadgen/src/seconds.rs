@@ -49,7 +49,7 @@ impl Sampler {
         let (stop, stopped) = mpsc::channel::<()>();
         let ticks_per_second = watch.ticks_per_second;
         let thread = std::thread::spawn(move || {
-            let read = || Reading { disk: disk::read(), servers: watch.snapshot() };
+            let read = || Reading { disk: disk::read(), servers: watch.cpu_snapshot() };
             let mut readings = vec![read()];
             for second in 1u32.. {
                 // On the grid of whole seconds from `start`: a late reading does not move the next. A second that

@@ -158,10 +158,11 @@ async fn a_clean_dm_run_through_two_gateways_accounts_for_every_message_second_b
     for (group, processes) in [("gateway", 2), ("message-service", 1), ("user-service", 1)] {
         assert_eq!(report["server"][group]["processes"], processes, "{group}: {}", report["server"]);
     }
-    // Every message woke the gateways' and the message-service's threads.
+    // Every message woke the gateways' and the message-service's threads, several times each (20–60 times per
+    // message at low rates); idle, they wake a few times a second.
     for group in ["gateway", "message-service"] {
         let switches = report["server"][group]["context_switches"].as_u64().unwrap_or(0);
-        assert!(switches >= 200, "{group}: {}", report["server"]);
+        assert!(switches >= 1_000, "{group}: {}", report["server"]);
     }
     assert!(summary.contains(" context switches/delivered"), "{summary}");
     // 100 messages scheduled in each of the two seconds, each delivered once to the other member.

@@ -14,7 +14,9 @@
 //! is caught by a consumer-count probe cached for a second, so that case is also answered at once, not after the
 //! timeout. Replies for calls that already gave up are discarded. The one wait: a call made while the connection
 //! is up but the reply queue is not yet consumed (the few round trips after every connect) waits for that, at most
-//! [`ATTACH_WAIT`]; a broker that is down fails a call at once.
+//! [`ATTACH_WAIT`] (or half its own timeout) and once per connection: when a wait runs out, later calls on the same
+//! connection fail at once until the client is attached, so a stuck attach does not hold up every call (a gateway
+//! sends one batch at a time). A broker that is down fails a call at once.
 //!
 //! A zero count is never trusted from the cache (a replica that just started must not be turned away), so while an
 //! operation has no consumer every call to it asks the broker. Those probes are shared: calls that ask while one is
@@ -79,6 +81,9 @@ struct Inner {
     link: RwLock<Option<Channel>>,
     /// Bumped each time `link` is set, for calls waiting for the client to attach.
     attached: watch::Sender<u64>,
+    /// The generation of the connection on which a call's wait for the attach ran out (0: none since the client
+    /// last attached): calls on it then fail at once rather than each wait again.
+    gave_up_on: AtomicU64,
     /// Each operation's last consumer count, and when the probe that read it started.
     presence: Mutex<HashMap<String, (u32, Instant)>>,
     /// Each operation's probe: its channel, locked while a probe runs.
@@ -107,6 +112,7 @@ impl RpcClient {
             pending: Mutex::new(HashMap::new()),
             link: RwLock::new(None),
             attached: watch::Sender::new(0),
+            gave_up_on: AtomicU64::new(0),
             presence: Mutex::new(HashMap::new()),
             probes: Mutex::new(HashMap::new()),
             probes_sent: AtomicU64::new(0),
@@ -130,10 +136,12 @@ impl RpcClient {
         // The caller stops waiting `timeout` after this moment, however long the consumer probe takes: the server
         // is told that moment, not a later one, so it does not run what nobody waits for.
         let deadline_ms = headers::deadline_after(ctx.timeout);
-        let reply =
-            tokio::time::timeout(ctx.timeout, self.call_raw(O::ROUTING_KEY, body, &ctx.request_id, deadline_ms))
-                .await
-                .map_err(|_| ApiError::timeout(format!("{} did not answer in time", O::ROUTING_KEY)))??;
+        let reply = tokio::time::timeout(
+            ctx.timeout,
+            self.call_raw(O::ROUTING_KEY, body, &ctx.request_id, deadline_ms, ctx.timeout),
+        )
+        .await
+        .map_err(|_| ApiError::timeout(format!("{} did not answer in time", O::ROUTING_KEY)))??;
         let reply: RpcReply<O::Response> = serde_json::from_slice(&reply).map_err(|error| {
             tracing::error!(%error, operation = O::ROUTING_KEY, "cannot decode reply");
             ApiError::internal()
@@ -147,14 +155,16 @@ impl RpcClient {
         body: Vec<u8>,
         request_id: &str,
         deadline_ms: i64,
+        timeout: Duration,
     ) -> Result<Vec<u8>, ApiError> {
         let unavailable = || ApiError::unavailable(format!("{routing_key} is unavailable, try again shortly"));
         if self.consumer_count(routing_key).await == Some(0) {
             tracing::warn!(operation = routing_key, "no consumer for the operation");
             return Err(unavailable());
         }
+        // Half the call's time at most, so that a client that cannot attach answers `unavailable`, not `timeout`.
         let publish = self
-            .publishing_channel()
+            .publishing_channel(ATTACH_WAIT.min(timeout / 2))
             .await
             .ok_or_else(|| ApiError::unavailable("the message broker is unreachable, try again shortly"))?;
 
@@ -206,11 +216,13 @@ impl RpcClient {
 
     /// The current connection's publishing channel. While the connection is up but the client is not yet attached
     /// to it (just after the process started, or after a reconnect, the few round trips that declare and consume
-    /// the reply queue), waits for that, up to [`ATTACH_WAIT`]: the process's own RPC server may already be taking
-    /// requests on the same connection, and one that needs this client (the message-service asking the
-    /// user-service) must not be failed for a race inside the process. `None` at once while the broker is down.
-    async fn publishing_channel(&self) -> Option<Channel> {
-        let deadline = tokio::time::Instant::now() + ATTACH_WAIT;
+    /// the reply queue), waits for that, up to `wait`: the process's own RPC server may already be taking requests
+    /// on the same connection, and one that needs this client (the message-service asking the user-service) must
+    /// not be failed for a race inside the process. `None` at once while the broker is down, and once a wait on
+    /// this connection has run out (the attach is stuck: a reply queue still locked by a previous process of the
+    /// same instance id, say), until the client attaches.
+    async fn publishing_channel(&self, wait: Duration) -> Option<Channel> {
+        let deadline = tokio::time::Instant::now() + wait;
         // Subscribed before looking, so an attach between the look and the wait still wakes the wait.
         let mut attached = self.inner.attached.subscribe();
         let mut link = self.inner.broker.watch();
@@ -218,13 +230,21 @@ impl RpcClient {
             if let Some(channel) = self.inner.link.read().ok()?.clone() {
                 return Some(channel);
             }
-            if !self.inner.broker.is_connected() {
+            let session = self.inner.broker.current().filter(|s| s.connection.status().connected())?;
+            if self.inner.gave_up_on.load(Ordering::Relaxed) == session.generation {
                 return None;
             }
             tokio::select! {
                 changed = attached.changed() => changed.ok()?,
                 changed = link.changed() => changed.ok()?,
-                () = tokio::time::sleep_until(deadline) => return None,
+                () = tokio::time::sleep_until(deadline) => {
+                    // A call short of time gave up early; only a full wait says the attach is stuck.
+                    if wait >= ATTACH_WAIT {
+                        tracing::warn!(generation = session.generation, "the RPC client did not attach in time");
+                        self.inner.gave_up_on.store(session.generation, Ordering::Relaxed);
+                    }
+                    return None;
+                }
             }
         }
     }
@@ -404,6 +424,7 @@ async fn attach(inner: &Inner, session: &Session) -> lapin::Result<(Channel, lap
     if let Ok(mut link) = inner.link.write() {
         *link = Some(publish);
     }
+    inner.gave_up_on.store(0, Ordering::Relaxed);
     inner.attached.send_modify(|attaches| *attaches += 1);
     tracing::debug!(generation = session.generation, queue = %inner.reply_queue, "RPC client ready");
     Ok((consume, consumer))
