@@ -277,59 +277,76 @@ async fn release_reply_queue((channel, queue): (lapin::Channel, String)) {
     channel.queue_delete(queue.as_str().into(), Default::default()).await.unwrap();
 }
 
-/// A client on a connection that is up but whose reply queue is not yet consumed (a process that just started, or
-/// just reconnected): the moment its own RPC server may already be taking requests on the same connection.
-async fn attaching_client(h: &Harness, instance: &str) -> (Broker, RpcClient) {
-    let settings = common::config::AmqpSettings::new(&testing::amqp_url(), h.prefix.clone());
-    let broker = Broker::start(&settings, "attaching client".into());
-    let client = RpcClient::start(broker.clone(), "test", instance);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !broker.is_connected() {
-        assert!(Instant::now() < deadline, "never connected");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+/// An echo server, and a second client on a connection that is up but whose reply queue is not yet consumed (a
+/// process that just started, or just reconnected): the moment its own RPC server may already be taking requests
+/// on the same connection. Its reply queue is held by the harness until [`Attaching::release`].
+struct Attaching {
+    h: Harness,
+    stop: CancellationToken,
+    server: tokio::task::JoinHandle<Broker>,
+    held: Option<(lapin::Channel, String)>,
+    broker: Broker,
+    client: RpcClient,
+}
+
+impl Attaching {
+    async fn start() -> Self {
+        let h = Harness::start().await;
+        let stop = CancellationToken::new();
+        let server = h.server(&stop, echo_server);
+        h.wait_for_consumers("getSelf", 1).await;
+        let instance = uuid::Uuid::new_v4().simple().to_string();
+        let held = hold_reply_queue(&h, &instance).await;
+        let settings = common::config::AmqpSettings::new(&testing::amqp_url(), h.prefix.clone());
+        let broker = Broker::start(&settings, "attaching client".into());
+        let client = RpcClient::start(broker.clone(), "test", &instance);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !broker.is_connected() {
+            assert!(Instant::now() < deadline, "never connected");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!client.is_ready(), "the held reply queue should keep the client from attaching");
+        Attaching { h, stop, server, held: Some(held), broker, client }
     }
-    assert!(!client.is_ready(), "the held reply queue should keep the client from attaching");
-    (broker, client)
+
+    async fn release(&mut self) {
+        if let Some(held) = self.held.take() {
+            release_reply_queue(held).await;
+        }
+    }
+
+    async fn finish(mut self) {
+        self.release().await;
+        self.broker.close().await;
+        self.stop.cancel();
+        self.server.await.unwrap().close().await;
+        self.h.finish().await;
+    }
 }
 
 #[tokio::test]
 async fn a_call_made_while_the_client_attaches_to_a_live_connection_waits_for_it_and_is_answered() {
-    let h = Harness::start().await;
-    let stop = CancellationToken::new();
-    let server = h.server(&stop, echo_server);
-    h.wait_for_consumers("getSelf", 1).await;
-    let instance = uuid::Uuid::new_v4().simple().to_string();
-    let held = hold_reply_queue(&h, &instance).await;
-    let (broker, client) = attaching_client(&h, &instance).await;
+    let mut a = Attaching::start().await;
 
     let call = tokio::spawn({
-        let client = client.clone();
+        let client = a.client.clone();
         async move { client.call::<Echo>(&Text("early".into()), &ctx(10_000)).await }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!call.is_finished(), "the call gave up while the client was still attaching: {:?}", call.await);
-    release_reply_queue(held).await;
+    a.release().await;
 
     assert_eq!(call.await.unwrap(), Ok(Text("echo early".into())));
-    assert!(client.is_ready());
-    broker.close().await;
-    stop.cancel();
-    server.await.unwrap().close().await;
-    h.finish().await;
+    assert!(a.client.is_ready());
+    a.finish().await;
 }
 
 #[tokio::test]
 async fn a_client_that_cannot_attach_answers_unavailable_after_one_bounded_wait_then_at_once_until_attached() {
-    let h = Harness::start().await;
-    let stop = CancellationToken::new();
-    let server = h.server(&stop, echo_server);
-    h.wait_for_consumers("getSelf", 1).await;
-    let instance = uuid::Uuid::new_v4().simple().to_string();
-    let held = hold_reply_queue(&h, &instance).await;
-    let (broker, client) = attaching_client(&h, &instance).await;
+    let mut a = Attaching::start().await;
 
     let started = Instant::now();
-    let reply = client.call::<Echo>(&Text("x".into()), &ctx(30_000)).await;
+    let reply = a.client.call::<Echo>(&Text("x".into()), &ctx(30_000)).await;
 
     // The first call waited for the attach (2 s), then gave up with `unavailable`, not at its 30 s timeout.
     assert_eq!(reply.unwrap_err().code, ErrorCode::Unavailable);
@@ -337,21 +354,18 @@ async fn a_client_that_cannot_attach_answers_unavailable_after_one_bounded_wait_
     assert!(waited >= Duration::from_millis(1_900) && waited < Duration::from_secs(15), "took {waited:?}");
     // Later calls on the same connection do not each wait again (a gateway's sends queue behind each one).
     let started = Instant::now();
-    let reply = client.call::<Echo>(&Text("y".into()), &ctx(30_000)).await;
+    let reply = a.client.call::<Echo>(&Text("y".into()), &ctx(30_000)).await;
     assert_eq!(reply.unwrap_err().code, ErrorCode::Unavailable);
     assert!(started.elapsed() < Duration::from_millis(1_500), "took {:?}", started.elapsed());
     // Once attached, calls go through again.
-    release_reply_queue(held).await;
+    a.release().await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !client.is_ready() {
+    while !a.client.is_ready() {
         assert!(Instant::now() < deadline, "never attached after the queue was released");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(client.call::<Echo>(&Text("z".into()), &ctx(5_000)).await, Ok(Text("echo z".into())));
-    broker.close().await;
-    stop.cancel();
-    server.await.unwrap().close().await;
-    h.finish().await;
+    assert_eq!(a.client.call::<Echo>(&Text("z".into()), &ctx(5_000)).await, Ok(Text("echo z".into())));
+    a.finish().await;
 }
 
 #[tokio::test]
