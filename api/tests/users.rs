@@ -552,11 +552,7 @@ async fn the_user_service_refreshes_only_tokens_it_signed() {
     let (token, user_id) = app.register("uma").await;
     let broker = Broker::start(&app.amqp, "a direct caller".into());
     let client = RpcClient::start(broker.clone(), "caller", &uuid::Uuid::new_v4().simple().to_string());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !client.is_ready() {
-        assert!(Instant::now() < deadline, "never connected");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::testing::until_ready(&client, Duration::from_secs(10)).await;
     let refresh = |token: String| {
         let client = client.clone();
         async move {

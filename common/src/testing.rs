@@ -20,15 +20,21 @@ use crate::{
 /// client's reply queue is, and a call made then fails as "unavailable".
 pub async fn until_served(client: &RpcClient, keys: &[&str], within: std::time::Duration) {
     let deadline = std::time::Instant::now() + within;
-    while !client.is_ready() {
-        assert!(std::time::Instant::now() < deadline, "the client never became ready to call");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_ready(client, within).await;
     for key in keys {
         while client.consumer_count(key).await.unwrap_or(0) == 0 {
             assert!(std::time::Instant::now() < deadline, "{key} never served");
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// Waits until `client` can call (connected, its reply queue consumed); panics after `within`.
+pub async fn until_ready(client: &RpcClient, within: std::time::Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while !client.is_ready() {
+        assert!(std::time::Instant::now() < deadline, "the RPC client never became ready to call");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 

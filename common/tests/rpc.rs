@@ -131,11 +131,7 @@ impl Harness {
 async fn connected_client(settings: &common::config::AmqpSettings, instance: &str) -> (Broker, RpcClient) {
     let broker = Broker::start(settings, "test client".into());
     let client = RpcClient::start(broker.clone(), "test", instance);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !client.is_ready() {
-        assert!(Instant::now() < deadline, "client never became ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    testing::until_ready(&client, Duration::from_secs(10)).await;
     (broker, client)
 }
 
@@ -359,11 +355,7 @@ async fn a_client_that_cannot_attach_answers_unavailable_after_one_bounded_wait_
     assert!(started.elapsed() < Duration::from_millis(1_500), "took {:?}", started.elapsed());
     // Once attached, calls go through again.
     a.release().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !a.client.is_ready() {
-        assert!(Instant::now() < deadline, "never attached after the queue was released");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    testing::until_ready(&a.client, Duration::from_secs(10)).await;
     assert_eq!(a.client.call::<Echo>(&Text("z".into()), &ctx(5_000)).await, Ok(Text("echo z".into())));
     a.finish().await;
 }
